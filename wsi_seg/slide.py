@@ -1,0 +1,391 @@
+"""Read whole-slide images by microns per pixel.
+
+Every read names its coordinate space and its resolution:
+
+* :meth:`Slide.read_x0` takes a region in **level-0 pixels** (``x0, y0, w0, h0``);
+* :meth:`Slide.read_w` takes a region in **working-resolution pixels** (``xw, yw, w_px, h_px``)
+  of the image the slide would be at ``mpp`` micrometres per pixel.
+
+The working-resolution image starts at the slide's ``openslide.bounds-x/-y`` offset (the
+scanned area; level 0 when absent) and working pixel ``xw`` covers the level-0 interval
+``[origin_x0 + xw * f, origin_x0 + (xw + 1) * f)`` with ``f = mpp / slide_mpp``. The reader
+picks the coarsest pyramid level whose resolution is not coarser than the request and resizes
+the remainder (box mean for integer factors, antialiased bilinear otherwise), so the value of a
+working pixel depends only on its position, never on the region it was read with: that is what
+makes block-wise inference equal to one in-memory pass.
+
+Regions past the slide's edge, and transparent (unscanned) areas inside it, are filled with
+white (255, 255, 255), the colour of empty glass, so tissue detection and models see background.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import openslide
+from PIL import Image
+
+from wsi_seg.errors import SlideError
+
+#: Plausible microscope resolutions, micrometres per pixel (1000x oil to 0.5x overview).
+MPP_RANGE_UM = (0.05, 20.0)
+#: A level this close to the request (relative) is used as is, without resampling.
+EXACT_TOL = 1e-3
+#: How much finer than its finest level a slide may be asked for before it is an error:
+#: 5 % upsampling is harmless (scanners report 0.2495 vs 0.25), more would invent detail.
+UPSAMPLE_TOL = 0.05
+
+PLAIN_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
+BACKGROUND_RGB = 255
+
+Image.MAX_IMAGE_PIXELS = None  # plain images are opened on purpose; their size is the user's choice
+
+
+@dataclass(frozen=True)
+class LevelChoice:
+    """The pyramid level serving a request and the resampling left to do.
+
+    Attributes:
+        level: pyramid level index read from.
+        downsample: level-0 pixels per pixel of that level.
+        scale: level pixels per working pixel (>= 1 - UPSAMPLE_TOL; 1 means a pure crop).
+    """
+
+    level: int
+    downsample: float
+    scale: float
+
+
+def choose_level(downsamples: tuple[float, ...], f: float) -> LevelChoice:
+    """Pick the coarsest level not coarser than ``f`` level-0 pixels per working pixel.
+
+    Raises ``ValueError`` when even level 0 is coarser than the request (beyond tolerance).
+    """
+    best = 0
+    for i, d in enumerate(downsamples):
+        if d <= f * (1 + EXACT_TOL) and d >= downsamples[best]:
+            best = i
+    d = downsamples[best]
+    if d > f * (1 + UPSAMPLE_TOL):
+        raise ValueError(f"finest level is {d / f:.3g}x coarser than requested")
+    scale = f / d
+    if abs(scale - 1) < EXACT_TOL:
+        scale = 1.0
+    return LevelChoice(best, d, scale)
+
+
+def check_mpp(mpp: float, path: str | Path, what: str = "MPP") -> float:
+    """Return ``mpp`` if it is a plausible microscope resolution, else raise SlideError."""
+    lo, hi = MPP_RANGE_UM
+    if not (math.isfinite(mpp) and lo <= mpp <= hi):
+        raise SlideError(
+            f"{what} {mpp:g} µm/px is outside the plausible range {lo:g}-{hi:g} µm/px; "
+            "pass the right value with --mpp",
+            path,
+        )
+    return mpp
+
+
+class Slide:
+    """A whole-slide image (anything OpenSlide opens, or a plain PNG/JPEG/TIFF image).
+
+    Use :func:`open_slide` to construct. Thread-safe for reads (OpenSlide handles are).
+    """
+
+    def __init__(self, path: Path, osr: openslide.AbstractSlide, mpp: float) -> None:
+        self.path = path
+        self._osr = osr
+        self.mpp = mpp
+        props = osr.properties
+        w, h = osr.dimensions
+        self.dimensions: tuple[int, int] = (int(w), int(h))
+        bx = int(props.get(openslide.PROPERTY_NAME_BOUNDS_X, 0) or 0)
+        by = int(props.get(openslide.PROPERTY_NAME_BOUNDS_Y, 0) or 0)
+        bw = int(props.get(openslide.PROPERTY_NAME_BOUNDS_WIDTH, w - bx) or w - bx)
+        bh = int(props.get(openslide.PROPERTY_NAME_BOUNDS_HEIGHT, h - by) or h - by)
+        #: level-0 rectangle that holds image data (x0, y0, w0, h0)
+        self.bounds_x0: tuple[int, int, int, int] = (bx, by, bw, bh)
+
+    # -- metadata -------------------------------------------------------------------------
+    @property
+    def origin_x0(self) -> int:
+        """Level-0 x of working pixel column 0 (the bounds offset)."""
+        return self.bounds_x0[0]
+
+    @property
+    def origin_y0(self) -> int:
+        """Level-0 y of working pixel row 0 (the bounds offset)."""
+        return self.bounds_x0[1]
+
+    @property
+    def vendor(self) -> str:
+        return str(self._osr.properties.get(openslide.PROPERTY_NAME_VENDOR, "image"))
+
+    @property
+    def level_count(self) -> int:
+        return int(self._osr.level_count)
+
+    @property
+    def level_dimensions(self) -> tuple[tuple[int, int], ...]:
+        return tuple((int(w), int(h)) for w, h in self._osr.level_dimensions)
+
+    @property
+    def level_downsamples(self) -> tuple[float, ...]:
+        return tuple(float(d) for d in self._osr.level_downsamples)
+
+    @property
+    def objective_power(self) -> float | None:
+        value = self._osr.properties.get(openslide.PROPERTY_NAME_OBJECTIVE_POWER)
+        try:
+            return float(value) if value is not None else None
+        except ValueError:
+            return None
+
+    @property
+    def properties(self) -> Mapping[str, str]:
+        return self._osr.properties
+
+    @property
+    def associated_images(self) -> tuple[str, ...]:
+        return tuple(sorted(self._osr.associated_images))
+
+    @property
+    def stem(self) -> str:
+        return self.path.name.split(".")[0] if self.path.suffix else self.path.name
+
+    # -- geometry ---------------------------------------------------------------------------
+    def level0_px_per_px(self, mpp: float) -> float:
+        """Level-0 pixels per working pixel at ``mpp`` µm/px."""
+        return mpp / self.mpp
+
+    def size_w(self, mpp: float) -> tuple[int, int]:
+        """Size ``(w_px, h_px)`` of the working-resolution image at ``mpp`` µm/px.
+
+        Whole working pixels inside the bounds; a partial last pixel is dropped.
+        """
+        f = self.level0_px_per_px(mpp)
+        _, _, bw, bh = self.bounds_x0
+        return (max(1, int(bw / f + 1e-6)), max(1, int(bh / f + 1e-6)))
+
+    def choose_level(self, mpp: float) -> LevelChoice:
+        """The pyramid level that serves reads at ``mpp`` µm/px (see :func:`choose_level`)."""
+        try:
+            return choose_level(self.level_downsamples, self.level0_px_per_px(mpp))
+        except ValueError:
+            raise SlideError(
+                f"cannot serve {mpp:g} µm/px: the finest level is {self.mpp:g} µm/px", self.path
+            ) from None
+
+    # -- reading ----------------------------------------------------------------------------
+    def read_w(self, xw: int, yw: int, w_px: int, h_px: int, mpp: float) -> np.ndarray:
+        """Read working-resolution pixels ``[xw, xw + w_px) x [yw, yw + h_px)`` at ``mpp``.
+
+        Returns RGB uint8 of shape ``(h_px, w_px, 3)``; outside the slide is white.
+        """
+        if w_px <= 0 or h_px <= 0:
+            raise ValueError(f"empty region {w_px}x{h_px}")
+        choice = self.choose_level(mpp)
+        f = self.level0_px_per_px(mpp)
+        d, s = choice.downsample, choice.scale
+        # Working pixel edge xw sits at level coordinate (origin + xw * f) / d.
+        xl = (self.origin_x0 + xw * f) / d
+        yl = (self.origin_y0 + yw * f) / d
+        if s == 1.0:
+            return self._read_level(choice.level, round(xl), round(yl), w_px, h_px)
+        k = round(s)
+        if abs(s - k) < EXACT_TOL:
+            # Integer factor: box mean over k x k level pixels on a grid fixed by position.
+            lx, ly = round(xl), round(yl)
+            raw = self._read_level(choice.level, lx, ly, w_px * k, h_px * k)
+            return cv2.resize(raw, (w_px, h_px), interpolation=cv2.INTER_AREA)
+        return self._read_resampled(choice.level, xl, yl, s, w_px, h_px)
+
+    def read_x0(self, x0: float, y0: float, w0: float, h0: float, mpp: float) -> np.ndarray:
+        """Read the level-0 rectangle ``(x0, y0, w0, h0)`` at ``mpp`` µm/px.
+
+        The output has ``round(w0 / f) x round(h0 / f)`` pixels with ``f = mpp / slide_mpp``
+        and its top-left pixel starts at ``(x0, y0)``.
+        """
+        f = self.level0_px_per_px(mpp)
+        xw = (x0 - self.origin_x0) / f
+        yw = (y0 - self.origin_y0) / f
+        w_px, h_px = max(1, round(w0 / f)), max(1, round(h0 / f))
+        if abs(xw - round(xw)) < 1e-6 and abs(yw - round(yw)) < 1e-6:
+            return self.read_w(round(xw), round(yw), w_px, h_px, mpp)
+        choice = self.choose_level(mpp)
+        return self._read_resampled(
+            choice.level, x0 / choice.downsample, y0 / choice.downsample, choice.scale, w_px, h_px
+        )
+
+    def thumbnail(self, max_px: int = 1024) -> tuple[np.ndarray, float]:
+        """RGB thumbnail of the bounds whose longer side is at most ``max_px``.
+
+        Returns the image and its scale in level-0 pixels per thumbnail pixel; thumbnail pixel
+        (row, col) covers level-0 ``origin + (col, row) * scale``.
+        """
+        _, _, bw, bh = self.bounds_x0
+        mpp = self.mpp * max(max(bw, bh) / max_px, 1.0)
+        w_px, h_px = self.size_w(mpp)
+        # A slide without a coarse level would need the whole level 0 in one read; reading in
+        # tiles whose source stays under ~64 MB bounds memory (reads are position-exact, so
+        # the tiles join without seams).
+        s = self.choose_level(mpp).scale
+        step = max(16, int(4096 / s))
+        out = np.empty((h_px, w_px, 3), dtype=np.uint8)
+        for yw in range(0, h_px, step):
+            for xw in range(0, w_px, step):
+                tw, th = min(step, w_px - xw), min(step, h_px - yw)
+                out[yw : yw + th, xw : xw + tw] = self.read_w(xw, yw, tw, th, mpp)
+        return out, mpp / self.mpp
+
+    def _read_level(self, level: int, xl: int, yl: int, w: int, h: int) -> np.ndarray:
+        """Read ``w x h`` pixels of ``level`` at level coordinates ``(xl, yl)``, white-padded."""
+        d = self.level_downsamples[level]
+        lw, lh = self.level_dimensions[level]
+        # OpenSlide pads outside with transparency, but clamping first avoids reading (and
+        # allocating) huge empty areas for regions far outside.
+        cx0, cy0 = max(xl, 0), max(yl, 0)
+        cx1, cy1 = min(xl + w, lw), min(yl + h, lh)
+        out = np.full((h, w, 3), BACKGROUND_RGB, dtype=np.uint8)
+        if cx1 <= cx0 or cy1 <= cy0:
+            return out
+        try:
+            region = self._osr.read_region(
+                (round(cx0 * d), round(cy0 * d)), level, (cx1 - cx0, cy1 - cy0)
+            )
+        except openslide.OpenSlideError as exc:
+            raise SlideError(f"cannot read pixels ({exc})", self.path) from None
+        rgba = np.asarray(region)
+        out[cy0 - yl : cy1 - yl, cx0 - xl : cx1 - xl] = _flatten_on_white(rgba)
+        return out
+
+    def _read_resampled(
+        self, level: int, xl: float, yl: float, s: float, w_px: int, h_px: int
+    ) -> np.ndarray:
+        """General resampling: antialias blur then bilinear, both fixed by global position.
+
+        Output pixel (i, j) samples level coordinate ``(xl + (j + .5) * s - .5, ...)``.
+        """
+        margin = int(math.ceil(2 * s)) + 2
+        rx, ry = math.floor(xl) - margin, math.floor(yl) - margin
+        rw = int(math.ceil(w_px * s)) + 2 * margin + 1
+        rh = int(math.ceil(h_px * s)) + 2 * margin + 1
+        raw = self._read_level(level, rx, ry, rw, rh)
+        if s > 1:
+            # Blur before decimating so fine texture does not alias; the margin keeps the
+            # blurred interior identical to a blur of the whole slide.
+            sigma = 0.5 * math.sqrt(s * s - 1)
+            raw = cv2.GaussianBlur(raw, (0, 0), sigmaX=sigma, sigmaY=sigma,
+                                   borderType=cv2.BORDER_REPLICATE)
+        m = np.array([[s, 0, xl - rx + 0.5 * s - 0.5], [0, s, yl - ry + 0.5 * s - 0.5]])
+        return cv2.warpAffine(raw, m, (w_px, h_px),
+                              flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                              borderMode=cv2.BORDER_CONSTANT, borderValue=(255, 255, 255))
+
+    def close(self) -> None:
+        self._osr.close()
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        w, h = self.dimensions
+        return f"Slide({self.path.name}, {w}x{h}, {self.level_count} levels, {self.mpp:g} µm/px)"
+
+
+def _flatten_on_white(rgba: np.ndarray) -> np.ndarray:
+    """Composite premultiplied-free RGBA from OpenSlide onto white (transparent = glass)."""
+    rgb = rgba[..., :3]
+    alpha = rgba[..., 3]
+    if alpha.min() == 255:
+        return rgb
+    a = alpha[..., None].astype(np.uint16)
+    return ((rgb.astype(np.uint16) * a + BACKGROUND_RGB * (255 - a) + 127) // 255).astype(np.uint8)
+
+
+def _mpp_from_properties(props: Mapping[str, str]) -> float | None:
+    values = []
+    for key in (openslide.PROPERTY_NAME_MPP_X, openslide.PROPERTY_NAME_MPP_Y):
+        raw = props.get(key)
+        if raw is None:
+            continue
+        try:
+            values.append(float(raw))
+        except ValueError:
+            continue
+    if not values:
+        return None
+    # Non-square pixels are rare; the mean keeps areas right to first order.
+    return sum(values) / len(values)
+
+
+def open_slide(path: str | os.PathLike[str], mpp: float | None = None) -> Slide:
+    """Open a slide (any OpenSlide format) or a plain image as a one-level slide.
+
+    Args:
+        path: slide file.
+        mpp: level-0 resolution in µm/px. Overrides the slide's own metadata; required for
+            plain images and slides without MPP.
+
+    Raises:
+        SlideError: missing, unreadable or unsupported file, missing or implausible MPP.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise SlideError("no such file", p)
+    if p.is_dir():
+        raise SlideError("is a directory, not a slide", p)
+    if p.stat().st_size == 0:
+        raise SlideError("file is empty", p)
+    osr: openslide.AbstractSlide
+    try:
+        fmt = openslide.OpenSlide.detect_format(str(p))
+        if fmt is not None:
+            osr = openslide.OpenSlide(str(p))
+        elif p.suffix.lower() in PLAIN_IMAGE_SUFFIXES | {".tif", ".tiff"}:
+            osr = openslide.ImageSlide(str(p))
+        else:
+            raise SlideError(
+                "not a slide OpenSlide can open and not a PNG/JPEG/TIFF image", p
+            )
+    except openslide.OpenSlideError as exc:
+        raise SlideError(f"OpenSlide cannot open it ({exc})", p) from None
+    except (OSError, ValueError, SyntaxError) as exc:  # PIL's errors for broken images
+        raise SlideError(f"cannot read image ({exc})", p) from None
+    if mpp is not None:
+        check_mpp(mpp, p, "--mpp")
+        level0_mpp = mpp
+    else:
+        found = _mpp_from_properties(osr.properties)
+        if found is None:
+            osr.close()
+            raise SlideError("slide has no MPP metadata; pass its resolution with --mpp", p)
+        try:
+            level0_mpp = check_mpp(found, p, "slide MPP")
+        except SlideError:
+            osr.close()
+            raise
+    slide = Slide(p, osr, level0_mpp)
+    _probe(slide)
+    return slide
+
+
+def _probe(slide: Slide) -> None:
+    """Decode one small region now, so a truncated file fails at open, not mid-run."""
+    w, h = slide.level_dimensions[-1]
+    try:
+        slide._osr.read_region((0, 0), slide.level_count - 1, (min(w, 64), min(h, 64)))
+        w0, h0 = slide.dimensions
+        slide._osr.read_region((max(0, w0 - 64), max(0, h0 - 64)), 0, (64, 64))
+    except openslide.OpenSlideError as exc:
+        slide.close()
+        raise SlideError(f"slide data is corrupt or truncated ({exc})", slide.path) from None
