@@ -1,0 +1,269 @@
+"""Overlap scores (IoU, Dice) per slide and over a run, and patch accuracy.
+
+Conventions (``FORMATS.md``):
+
+* IoU = TP / (TP + FP + FN), Dice = 2 TP / (2 TP + FP + FN), over pixels of a stated raster
+  (``OverlapScore.resolution_um``: µm per scored pixel); Dice = 2 IoU / (1 + IoU).
+* **Empty vs empty rule**: when prediction and truth are both empty, IoU and Dice are
+  undefined: ``None``, ``empty_both`` is True, the slide is counted in
+  ``RunScore.n_empty_both`` and left out of the macro means (it adds nothing to the micro sums).
+  One side empty and the other not scores 0.
+* Micro means pool TP/FP/FN over slides (exact, since counts are kept); macro means average the
+  per-slide scores of slides that are not empty-vs-empty.
+
+Rasterising: a pixel is inside a polygon when its **centre** is (half-open on ties, even-odd
+over all rings), computed by a numpy scanline per chunk, so a polygon that runs along pixel
+edges (as :mod:`wsi_seg.vectorize` writes) rasterises back to exactly its pixels, and nothing
+slide-sized is ever allocated.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import shapely
+from shapely.geometry.base import BaseGeometry
+
+from wsi_seg.mosaic import Mosaic
+from wsi_seg.vectorize import ArrayLike2D, PixelFrame, threshold_u8
+
+
+@dataclass(frozen=True)
+class OverlapScore:
+    """Pixel counts and scores of one prediction against one truth.
+
+    Attributes:
+        tp, fp, fn: true positive, false positive and false negative pixel counts.
+        resolution_um: µm per scored pixel (None for bare arrays of unknown resolution).
+    """
+
+    tp: int
+    fp: int
+    fn: int
+    resolution_um: float | None = None
+
+    @property
+    def empty_both(self) -> bool:
+        """Prediction and truth both empty (IoU and Dice undefined)."""
+        return self.tp + self.fp + self.fn == 0
+
+    @property
+    def iou(self) -> float | None:
+        """TP / (TP + FP + FN); None when both are empty."""
+        union = self.tp + self.fp + self.fn
+        return None if union == 0 else self.tp / union
+
+    @property
+    def dice(self) -> float | None:
+        """2 TP / (2 TP + FP + FN); None when both are empty."""
+        denom = 2 * self.tp + self.fp + self.fn
+        return None if denom == 0 else 2 * self.tp / denom
+
+    @property
+    def pred_px(self) -> int:
+        return self.tp + self.fp
+
+    @property
+    def truth_px(self) -> int:
+        return self.tp + self.fn
+
+    def as_dict(self) -> dict[str, Any]:
+        """Counts, scores and the empty flag, for JSON reports."""
+        return {**asdict(self), "iou": self.iou, "dice": self.dice, "empty_both": self.empty_both}
+
+
+@dataclass(frozen=True)
+class RunScore:
+    """Scores over many slides.
+
+    Attributes:
+        n_slides: slides scored; n_empty_both: of which empty-vs-empty (no IoU/Dice).
+        micro_iou, micro_dice: from pooled TP/FP/FN (None if every slide is empty-vs-empty).
+        macro_iou, macro_dice: mean of per-slide scores over slides not empty-vs-empty.
+        tp, fp, fn: pooled pixel counts.
+    """
+
+    n_slides: int
+    n_empty_both: int
+    micro_iou: float | None
+    micro_dice: float | None
+    macro_iou: float | None
+    macro_dice: float | None
+    tp: int
+    fp: int
+    fn: int
+
+
+def summarize_scores(scores: Iterable[OverlapScore]) -> RunScore:
+    """Micro and macro IoU/Dice over a run (empty-vs-empty rule in the module doc)."""
+    items = list(scores)
+    pooled = OverlapScore(sum(s.tp for s in items), sum(s.fp for s in items),
+                          sum(s.fn for s in items))
+    scored = [s for s in items if not s.empty_both]
+    ious = [s.iou for s in scored if s.iou is not None]
+    dices = [s.dice for s in scored if s.dice is not None]
+    return RunScore(
+        n_slides=len(items),
+        n_empty_both=len(items) - len(scored),
+        micro_iou=pooled.iou,
+        micro_dice=pooled.dice,
+        macro_iou=float(np.mean(ious)) if ious else None,
+        macro_dice=float(np.mean(dices)) if dices else None,
+        tp=pooled.tp, fp=pooled.fp, fn=pooled.fn,
+    )
+
+
+def iou_dice(pred: np.ndarray, truth: np.ndarray) -> OverlapScore:
+    """Score two boolean masks of the same shape (small arrays, tests, patches)."""
+    pred, truth = np.asarray(pred, dtype=bool), np.asarray(truth, dtype=bool)
+    if pred.shape != truth.shape:
+        raise ValueError(f"shapes differ: prediction {pred.shape}, truth {truth.shape}")
+    tp = int(np.count_nonzero(pred & truth))
+    return OverlapScore(tp, int(np.count_nonzero(pred)) - tp, int(np.count_nonzero(truth)) - tp)
+
+
+# ----------------------------------------------------------------------------- rasterising
+
+def rasterize_window(geom_px: BaseGeometry, row0: int, col0: int, rows: int,
+                     cols: int) -> np.ndarray:
+    """Boolean mask of a window of a raster: pixel centre inside ``geom_px``.
+
+    Args:
+        geom_px: (Multi)Polygon in the raster's pixel-edge coordinates (x = col, y = row;
+            pixel ``(row, col)`` spans ``[col, col+1) x [row, row+1)``).
+        row0, col0, rows, cols: the window, in raster pixels.
+    """
+    out = np.zeros((rows, cols), dtype=bool)
+    if geom_px is None or geom_px.is_empty:
+        return out
+    local = shapely.clip_by_rect(geom_px, col0 - 1, row0 - 1, col0 + cols + 1, row0 + rows + 1)
+    if local.is_empty:
+        return out
+    rings = shapely.get_rings(shapely.get_parts(local))
+    coords, ring_idx = shapely.get_coordinates(rings, return_index=True)
+    same = ring_idx[1:] == ring_idx[:-1]  # consecutive vertices of one ring form a segment
+    x1, y1 = coords[:-1][same, 0] - col0, coords[:-1][same, 1] - row0
+    x2, y2 = coords[1:][same, 0] - col0, coords[1:][same, 1] - row0
+    ylo, yhi = np.minimum(y1, y2), np.maximum(y1, y2)
+    # Rows whose centre r + 0.5 lies in [ylo, yhi): half-open, so vertices count once.
+    r_start = np.clip(np.ceil(ylo - 0.5), 0, rows).astype(np.int64)
+    r_end = np.clip(np.ceil(yhi - 0.5), 0, rows).astype(np.int64)
+    n = np.maximum(r_end - r_start, 0)
+    if n.sum() == 0:
+        return out
+    seg = np.repeat(np.arange(n.size), n)
+    first = np.repeat(np.cumsum(n) - n, n)
+    r = r_start[seg] + (np.arange(seg.size) - first)
+    yc = r + 0.5
+    x = x1[seg] + (yc - y1[seg]) * (x2[seg] - x1[seg]) / (y2[seg] - y1[seg])
+    order = np.lexsort((x, r))
+    r, x = r[order], x[order]
+    # Even-odd: crossings pair up within each row (closed rings cross every row an even
+    # number of times), so global pairs (0,1), (2,3), ... never straddle two rows.
+    ra, xa, xb = r[0::2], x[0::2], x[1::2]
+    c_start = np.clip(np.ceil(xa - 0.5), 0, cols).astype(np.int64)
+    c_end = np.clip(np.ceil(xb - 0.5), 0, cols).astype(np.int64)
+    diff = np.zeros((rows, cols + 1), dtype=np.int32)
+    np.add.at(diff, (ra, c_start), 1)
+    np.add.at(diff, (ra, c_end), -1)
+    out[:] = np.cumsum(diff[:, :cols], axis=1) > 0
+    return out
+
+
+def _truth_in_frame(truth_x0: BaseGeometry | None, frame: PixelFrame) -> BaseGeometry | None:
+    if truth_x0 is None or truth_x0.is_empty:
+        return None
+    return frame.from_level0(truth_x0)
+
+
+def score_array(pred: ArrayLike2D, truth_x0: BaseGeometry | None, frame: PixelFrame, *,
+                fg_min: int = 1) -> OverlapScore:
+    """Score a raster prediction (``pred >= fg_min``) against truth polygons, chunk by chunk.
+
+    Args:
+        pred: 2-D array-like (numpy or zarr) laid on the slide by ``frame``.
+        truth_x0: truth (Multi)Polygon in level-0 px (None or empty: no tumour). Truth outside
+            the frame is not counted.
+        frame: the raster's placement; the score's resolution is ``frame.px_x0 * frame.mpp0``.
+    """
+    truth_px = _truth_in_frame(truth_x0, frame)
+    tp = fp = fn = 0
+    for row0, col0, rows, cols in frame.chunks():
+        p = np.asarray(pred[row0 : row0 + rows, col0 : col0 + cols]) >= fg_min
+        t = (rasterize_window(truth_px, row0, col0, rows, cols) if truth_px is not None
+             else np.zeros_like(p))
+        n_tp = int(np.count_nonzero(p & t))
+        tp += n_tp
+        fp += int(np.count_nonzero(p)) - n_tp
+        fn += int(np.count_nonzero(t)) - n_tp
+    return OverlapScore(tp, fp, fn, frame.px_x0 * frame.mpp0)
+
+
+def score_geometries(pred_x0: BaseGeometry | None, truth_x0: BaseGeometry | None,
+                     frame: PixelFrame) -> OverlapScore:
+    """Score prediction polygons against truth polygons (both level-0 px), rasterised chunk by
+    chunk on ``frame`` (e.g. ``PixelFrame`` of a slide at downsample 2^L)."""
+    pred_px = _truth_in_frame(pred_x0, frame)
+    truth_px = _truth_in_frame(truth_x0, frame)
+    tp = fp = fn = 0
+    for row0, col0, rows, cols in frame.chunks():
+        p = (rasterize_window(pred_px, row0, col0, rows, cols) if pred_px is not None
+             else np.zeros((rows, cols), dtype=bool))
+        t = (rasterize_window(truth_px, row0, col0, rows, cols) if truth_px is not None
+             else np.zeros((rows, cols), dtype=bool))
+        n_tp = int(np.count_nonzero(p & t))
+        tp += n_tp
+        fp += int(np.count_nonzero(p)) - n_tp
+        fn += int(np.count_nonzero(t)) - n_tp
+    return OverlapScore(tp, fp, fn, frame.px_x0 * frame.mpp0)
+
+
+def score_slide(mosaic: Mosaic, truth_x0: BaseGeometry | None, level: int = 0, *,
+                threshold: float = 0.5) -> OverlapScore:
+    """IoU/Dice of a probability mosaic (``p >= threshold``) against truth, at pyramid ``level``.
+
+    The score's resolution is that level's (``resolution_um`` = mosaic mpp * 2^level). Memory:
+    one chunk of the level plus its rasterised truth.
+    """
+    if not 0 <= level < mosaic.n_levels:
+        raise ValueError(f"level {level} not in mosaic (levels 0..{mosaic.n_levels - 1})")
+    return score_array(mosaic.level(level), truth_x0, PixelFrame.of_mosaic(mosaic, level),
+                       fg_min=threshold_u8(threshold))
+
+
+# --------------------------------------------------------------------------- patch accuracy
+
+@dataclass(frozen=True)
+class PatchScore:
+    """Patch classifier counts: accuracy = (tp + tn) / n."""
+
+    tp: int
+    fp: int
+    fn: int
+    tn: int
+
+    @property
+    def n(self) -> int:
+        return self.tp + self.fp + self.fn + self.tn
+
+    @property
+    def accuracy(self) -> float:
+        """Fraction of patches classified right (NaN with no patches)."""
+        return (self.tp + self.tn) / self.n if self.n else math.nan
+
+
+def patch_accuracy(pred: np.ndarray, truth: np.ndarray, threshold: float = 0.5) -> PatchScore:
+    """Accuracy of per-patch predictions (probabilities or booleans) against boolean labels."""
+    p = np.asarray(pred)
+    p = p >= threshold if p.dtype != bool else p
+    t = np.asarray(truth, dtype=bool)
+    if p.shape != t.shape:
+        raise ValueError(f"shapes differ: prediction {p.shape}, truth {t.shape}")
+    tp = int(np.count_nonzero(p & t))
+    fp = int(np.count_nonzero(p & ~t))
+    fn = int(np.count_nonzero(~p & t))
+    return PatchScore(tp, fp, fn, int(p.size) - tp - fp - fn)
