@@ -1,0 +1,165 @@
+"""Vectorize: exact pixel-edge polygons, chunk-border merging, holes, units, QuPath grid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import shapely
+from shapely.geometry import Polygon
+
+from wsi_seg.metrics import rasterize_window
+from wsi_seg.mosaic import MosaicGeometry, build_pyramid, create_mosaic, open_mosaic
+from wsi_seg.vectorize import (
+    QUPATH_GRID_PX,
+    PixelFrame,
+    threshold_u8,
+    vectorize_array,
+    vectorize_mosaic,
+)
+
+# Mosaic at 1 µm/px over a 0.5 µm/px slide whose bounds start at (100, 60): the origin and the
+# scale must both show up in the level-0 coordinates.
+GEOM = MosaicGeometry(height_px=700, width_px=900, mpp=1.0, origin_x0=100.0, origin_y0=60.0,
+                      level0_px_per_px=2.0, chunk_px=128)
+
+
+def _blob(cx: float, cy: float, r: float, seed: int) -> Polygon:
+    rng = np.random.default_rng(seed)
+    t = np.linspace(0, 2 * np.pi, 64, endpoint=False)
+    rr = r * (1 + 0.15 * np.sin(3 * t + rng.uniform(0, 6)) + 0.08 * rng.uniform(-1, 1, t.size))
+    return Polygon(np.c_[cx + rr * np.cos(t), cy + rr * np.sin(t)])
+
+
+def _truth_level0() -> shapely.MultiPolygon:
+    """Blobs in level-0 px: one with a hole, one across many chunk borders, small ones."""
+    ring = _blob(700, 600, 280, 1).difference(_blob(700, 600, 110, 2))  # has a hole
+    big = _blob(1450, 800, 330, 3)  # spans several 128-px chunks of the mosaic (256 px level 0)
+    small = [_blob(200 + 150 * i, 1300, 30 + 10 * i, 10 + i) for i in range(5)]
+    truth = shapely.MultiPolygon([ring, big, *small])
+    assert truth.is_valid  # parts apart: the test counts them
+    return truth
+
+
+def _mosaic_of(truth_x0: shapely.Geometry, path: Path, value: int = 230) -> object:
+    create_mosaic(path, GEOM)
+    mosaic = open_mosaic(path, mode="r+")
+    frame = PixelFrame.of_mosaic(mosaic, 0)
+    truth_px = frame.from_level0(truth_x0)
+    arr = mosaic.level(0)
+    for row0, col0, rows, cols in mosaic.chunks(0):
+        mask = rasterize_window(truth_px, row0, col0, rows, cols)
+        arr[row0 : row0 + rows, col0 : col0 + cols] = np.where(mask, value, 0).astype(np.uint8)
+    build_pyramid(mosaic)
+    return open_mosaic(path)
+
+
+@pytest.fixture(scope="module")
+def oracle(tmp_path_factory: pytest.TempPathFactory) -> tuple[shapely.Geometry, object]:
+    truth = _truth_level0()
+    return truth, _mosaic_of(truth, tmp_path_factory.mktemp("v") / "mask.zarr")
+
+
+def test_oracle_round_trip_iou(oracle: tuple[shapely.Geometry, object]) -> None:
+    truth, mosaic = oracle
+    regions = vectorize_mosaic(mosaic, 0)  # type: ignore[arg-type]
+    pred = shapely.union_all([r.polygon for r in regions])
+    iou = pred.intersection(truth).area / pred.union(truth).area
+    assert iou >= 0.99, iou
+
+
+def test_hole_and_chunk_crossing_region_survive(oracle: tuple[shapely.Geometry, object]) -> None:
+    truth, mosaic = oracle
+    regions = vectorize_mosaic(mosaic, 0)  # type: ignore[arg-type]
+    assert len(regions) == len(truth.geoms)  # the big blob is one region, not one per chunk
+    with_hole = [r for r in regions if r.polygon.interiors]
+    assert len(with_hole) == 1
+    hole = Polygon(with_hole[0].polygon.interiors[0])
+    assert hole.area == pytest.approx(Polygon(truth.geoms[0].interiors[0]).area, rel=0.03)
+    big = max(regions, key=lambda r: r.polygon.area)
+    minx, miny, maxx, maxy = big.polygon.bounds
+    step = GEOM.chunk_px * GEOM.level_scale(0)  # chunk edge in level-0 px
+    borders_x = [x for x in np.arange(100, 1900, step) if minx < x < maxx]
+    borders_y = [y for y in np.arange(60, 1460, step) if miny < y < maxy]
+    assert len(borders_x) >= 2 and len(borders_y) >= 2  # one region across 4+ chunks
+    assert big.polygon.area == pytest.approx(truth.geoms[1].area, rel=0.01)
+
+
+def test_level0_mapping_uses_pixel_edges_origin_and_scale(tmp_path: Path) -> None:
+    create_mosaic(tmp_path / "m.zarr", GEOM)
+    mosaic = open_mosaic(tmp_path / "m.zarr", mode="r+")
+    arr = mosaic.level(0)
+    arr[10:13, 127:131] = 200  # 3 x 4 px block across the chunk border at col 128
+    regions = vectorize_mosaic(open_mosaic(tmp_path / "m.zarr"), 0)
+    assert len(regions) == 1
+    s = GEOM.level_scale(0)
+    expected = shapely.box(100 + 127 * s, 60 + 10 * s, 100 + 131 * s, 60 + 13 * s)
+    assert regions[0].polygon.equals(expected)
+    assert regions[0].mean_prob == pytest.approx(200 / 255)
+    assert regions[0].area_um2 == pytest.approx(12 * GEOM.mpp**2)  # 12 mosaic px of 1 µm²
+    assert regions[0].perimeter_um == pytest.approx(14 * GEOM.mpp)
+
+
+def test_coarser_level_maps_with_its_scale(oracle: tuple[shapely.Geometry, object]) -> None:
+    truth, mosaic = oracle
+    regions = vectorize_mosaic(mosaic, 1)  # type: ignore[arg-type]
+    pred = shapely.union_all([r.polygon for r in regions])
+    assert pred.intersection(truth).area / pred.union(truth).area > 0.97
+    coords = shapely.get_coordinates(pred)
+    s = GEOM.level_scale(1)
+    assert np.allclose(((coords - [100, 60]) / s) % 1, 0)  # corners on level-1 pixel edges
+
+
+def test_exact_pixels_random_masks_many_chunk_sizes() -> None:
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        h, w = (int(v) for v in rng.integers(5, 90, 2))
+        mask = rng.random((h, w)) < 0.45
+        frame = PixelFrame(h, w, 3.0, 5.0, 2.0, 0.25, chunk_px=int(rng.integers(3, 40)))
+        regions = vectorize_array(mask.astype(np.uint8) * 255, frame, fg_min=1)
+        # area equals the pixel count and every polygon is valid: no pinches, no overlaps
+        assert sum(r.polygon.area for r in regions) == pytest.approx(mask.sum() * 4), trial
+        assert all(r.polygon.is_valid for r in regions)
+        union = shapely.union_all([r.polygon for r in regions])
+        back = rasterize_window(frame.from_level0(union), 0, 0, h, w)
+        assert np.array_equal(back, mask), trial
+
+
+def test_valid_on_qupath_grid_after_simplify(oracle: tuple[shapely.Geometry, object]) -> None:
+    _, mosaic = oracle
+    regions = vectorize_mosaic(mosaic, 0, simplify_um=2.0)  # type: ignore[arg-type]
+    for r in regions:
+        assert r.polygon.is_valid
+        coords = shapely.get_coordinates(r.polygon)
+        assert np.allclose(np.round(coords, 2), coords, atol=1e-9)
+        snapped = shapely.set_precision(r.polygon, QUPATH_GRID_PX, mode="pointwise")
+        assert snapped.is_valid
+
+
+def test_min_area_drops_small_regions_and_fills_small_holes(
+        oracle: tuple[shapely.Geometry, object]) -> None:
+    truth, mosaic = oracle
+    all_regions = vectorize_mosaic(mosaic, 0)  # type: ignore[arg-type]
+    hole_um2 = Polygon(truth.geoms[0].interiors[0]).area * 0.25  # level-0 px are 0.5 µm
+    smallest_um2 = min(r.area_um2 for r in all_regions)
+    kept = vectorize_mosaic(mosaic, 0, min_area_um2=smallest_um2 + 1)  # type: ignore[arg-type]
+    assert len(kept) == len(all_regions) - 1
+    filled = vectorize_mosaic(mosaic, 0, min_area_um2=hole_um2 * 1.1)  # type: ignore[arg-type]
+    assert not any(r.polygon.interiors for r in filled)
+
+
+def test_diagonal_touch_gives_two_valid_polygons() -> None:
+    mask = np.zeros((4, 4), np.uint8)
+    mask[0:2, 0:2] = mask[2:4, 2:4] = 255  # touch at one corner only
+    regions = vectorize_array(mask, PixelFrame(4, 4, 0, 0, 1.0, 1.0, chunk_px=3), fg_min=1)
+    assert len(regions) == 2 and all(r.polygon.is_valid for r in regions)
+    assert sum(r.polygon.area for r in regions) == 8
+
+
+def test_empty_mosaic_and_threshold(tmp_path: Path) -> None:
+    create_mosaic(tmp_path / "e.zarr", GEOM)
+    assert vectorize_mosaic(open_mosaic(tmp_path / "e.zarr"), 0) == []
+    assert threshold_u8(0.5) == 128 and threshold_u8(1.0) == 255
+    with pytest.raises(ValueError):
+        threshold_u8(0.0)

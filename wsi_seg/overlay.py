@@ -1,0 +1,216 @@
+"""Pictures and tables: ``overlay.png`` per slide, ``summary.csv`` / ``summary.md`` per run.
+
+The overlay is the slide's thumbnail with tissue outlined (green), prediction (red), truth (blue)
+and their overlap (purple) tinted and outlined, and a legend in the top-left corner. Geometries
+are level-0 px and are mapped with the thumbnail's own scale, so outlines sit where QuPath
+would draw them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Protocol, TypeAlias
+
+import cv2
+import numpy as np
+import shapely
+from shapely.geometry import Polygon
+from shapely.geometry.base import BaseGeometry
+
+from wsi_seg.metrics import rasterize_window
+from wsi_seg.vectorize import RegionPolygon
+
+# RGB colours
+TISSUE_RGB = (0, 170, 0)
+PRED_RGB = (230, 0, 0)
+TRUTH_RGB = (0, 60, 255)
+OVERLAP_RGB = (150, 0, 190)
+TINT_ALPHA = 0.35  # how strongly areas are tinted; outlines are drawn solid
+
+
+class ThumbnailSource(Protocol):
+    """What the overlay needs from a slide (``wsi_seg.slide.Slide`` has it)."""
+
+    def thumbnail(self, max_px: int = 1024) -> tuple[np.ndarray, float]: ...
+
+
+GeometryInput: TypeAlias = BaseGeometry | Iterable[BaseGeometry | RegionPolygon] | None
+
+
+def _polygons(geoms: GeometryInput) -> list[Polygon]:
+    """Polygon parts of a geometry, or of a list of geometries / RegionPolygons."""
+    if geoms is None:
+        return []
+    items = [geoms] if isinstance(geoms, BaseGeometry) else list(geoms)
+    out: list[Polygon] = []
+    for item in items:
+        geom = item.polygon if isinstance(item, RegionPolygon) else item
+        out.extend(p for p in shapely.get_parts(geom) if isinstance(p, Polygon) and
+                   not p.is_empty)
+    return out
+
+
+def _to_thumb(polys: list[Polygon], scale: float, origin: tuple[float, float]) -> BaseGeometry:
+    """Level-0 px -> thumbnail pixel-edge coordinates, as one (Multi)Polygon."""
+    if not polys:
+        return shapely.MultiPolygon()
+    ox, oy = origin
+    moved = shapely.transform(np.array(polys, dtype=object),
+                              lambda xy: (xy - np.array([ox, oy])) / scale)
+    return shapely.union_all(shapely.make_valid(moved))
+
+
+def _outline(img: np.ndarray, geom: BaseGeometry, rgb: tuple[int, int, int], width: int) -> None:
+    rings = shapely.get_rings(shapely.get_parts(geom))
+    pts = [np.round(np.asarray(r.coords)[:, :2] - 0.5).astype(np.int32) for r in rings]
+    if pts:
+        cv2.polylines(img, pts, isClosed=True, color=rgb, thickness=width, lineType=cv2.LINE_AA)
+
+
+def _legend(img: np.ndarray, entries: list[tuple[str, tuple[int, int, int]]]) -> None:
+    scale = max(0.4, min(img.shape[:2]) / 900)
+    line_h = int(22 * scale) + 4
+    box_w = int(170 * scale)
+    x, y = 8, 8
+    h = line_h * len(entries) + 8
+    panel = img[y : y + h, x : x + box_w]
+    panel[:] = (panel * 0.3 + 255 * 0.7).astype(np.uint8)  # pale backdrop: readable on tissue
+    for i, (label, rgb) in enumerate(entries):
+        cy = y + 4 + i * line_h + line_h // 2
+        cv2.rectangle(img, (x + 6, cy - line_h // 3), (x + 6 + line_h // 1, cy + line_h // 3),
+                      rgb, thickness=-1)
+        cv2.putText(img, label, (x + 12 + line_h, cy + int(6 * scale)), cv2.FONT_HERSHEY_SIMPLEX,
+                    0.5 * scale, (0, 0, 0), 1, cv2.LINE_AA)
+
+
+def render_overlay(thumb: np.ndarray, scale: float, *, origin: tuple[float, float] = (0.0, 0.0),
+                   tissue: GeometryInput = None, pred: GeometryInput = None,
+                   truth: GeometryInput = None) -> np.ndarray:
+    """Draw the overlay on an RGB thumbnail and return the new RGB image.
+
+    Args:
+        thumb: RGB uint8 thumbnail; pixel ``(row, col)`` covers level-0
+            ``origin + (col, row) * scale``.
+        scale: level-0 px per thumbnail px.
+        origin: level-0 position of the thumbnail's top-left corner (slide bounds offset).
+        tissue, pred, truth: level-0 geometries (a geometry, or a list of geometries or
+            RegionPolygons); None to leave out.
+    """
+    img = np.ascontiguousarray(thumb[..., :3], dtype=np.uint8).copy()
+    rows, cols = img.shape[:2]
+    pred_g = _to_thumb(_polygons(pred), scale, origin)
+    truth_g = _to_thumb(_polygons(truth), scale, origin)
+    tissue_g = _to_thumb(_polygons(tissue), scale, origin)
+    p = rasterize_window(pred_g, 0, 0, rows, cols)
+    t = rasterize_window(truth_g, 0, 0, rows, cols)
+    for mask, rgb in ((p & ~t, PRED_RGB), (t & ~p, TRUTH_RGB), (p & t, OVERLAP_RGB)):
+        if mask.any():
+            img[mask] = (img[mask] * (1 - TINT_ALPHA) + np.array(rgb) * TINT_ALPHA).astype(np.uint8)
+    width = max(1, round(min(rows, cols) / 500))
+    _outline(img, tissue_g, TISSUE_RGB, width)
+    _outline(img, truth_g, TRUTH_RGB, width)
+    _outline(img, pred_g, PRED_RGB, width)
+    entries = [("tissue", TISSUE_RGB), ("prediction", PRED_RGB)]
+    if truth is not None:
+        entries += [("truth", TRUTH_RGB), ("overlap", OVERLAP_RGB)]
+    _legend(img, entries)
+    return img
+
+
+def write_png(rgb: np.ndarray, path: str | Path) -> Path:
+    """Write an RGB image as PNG atomically (temporary name, then rename)."""
+    path = Path(path)
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise OSError(f"{path}: PNG encoding failed")
+    _atomic_write(path, buf.tobytes())
+    return path
+
+
+def draw_overlay(slide: ThumbnailSource, tissue: GeometryInput, pred: GeometryInput,
+                 truth: GeometryInput, out_png: str | Path, *, max_px: int = 1024) -> Path:
+    """Write ``overlay.png``: the slide's thumbnail (longer side <= ``max_px``) with tissue,
+    prediction (red), truth (blue, overlap purple) and a legend. Geometries in level-0 px."""
+    thumb, scale = slide.thumbnail(max_px)
+    origin = (float(getattr(slide, "origin_x0", 0.0)), float(getattr(slide, "origin_y0", 0.0)))
+    img = render_overlay(thumb, scale, origin=origin, tissue=tissue, pred=pred, truth=truth)
+    return write_png(img, out_png)
+
+
+# -------------------------------------------------------------------------------- summaries
+
+@dataclass(frozen=True)
+class SummaryRow:
+    """One slide's line in ``summary.csv``/``summary.md``.
+
+    Attributes:
+        slide: slide file name (or stem).
+        tissue_mm2, tumour_mm2: areas in mm² (None when unknown).
+        iou, dice: scores against truth (None without truth, or empty-vs-empty).
+        tiles_per_s: inference throughput (None when not run).
+        status: "ok", "skipped", or the one-line error.
+    """
+
+    slide: str
+    tissue_mm2: float | None = None
+    tumour_mm2: float | None = None
+    iou: float | None = None
+    dice: float | None = None
+    tiles_per_s: float | None = None
+    status: str = "ok"
+
+
+SUMMARY_COLUMNS = tuple(f.name for f in fields(SummaryRow))
+_DIGITS = {"tissue_mm2": 3, "tumour_mm2": 3, "iou": 4, "dice": 4, "tiles_per_s": 1}
+
+
+def _cell(name: str, value: object) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.{_DIGITS.get(name, 4)}f}"
+    return " ".join(str(value).split())  # one line per cell, whatever the error text held
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_summary_csv(rows: Sequence[SummaryRow], path: str | Path) -> Path:
+    """``summary.csv``: a header and one row per slide (blank cells for unknown values)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(SUMMARY_COLUMNS)
+    for row in rows:
+        writer.writerow([_cell(c, getattr(row, c)) for c in SUMMARY_COLUMNS])
+    _atomic_write(Path(path), buf.getvalue().encode("utf-8"))
+    return Path(path)
+
+
+def summary_markdown(rows: Sequence[SummaryRow], footer: Sequence[str] = ()) -> str:
+    """The ``summary.md`` text: a Markdown table plus free footer lines (e.g. run means)."""
+    head = ("slide", "tissue mm²", "tumour mm²", "IoU", "Dice", "tiles/s", "status")
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * 5 + ["---"]) + "|"]
+    for row in rows:
+        cells = [_cell(c, getattr(row, c)).replace("|", "\\|") for c in SUMMARY_COLUMNS]
+        lines.append("| " + " | ".join(cell or "-" for cell in cells) + " |")
+    return "\n".join(["# wsi-seg summary", "", *lines, "", *footer]).rstrip() + "\n"
+
+
+def write_summary_md(rows: Sequence[SummaryRow], path: str | Path,
+                     footer: Sequence[str] = ()) -> Path:
+    """Write ``summary.md`` (see :func:`summary_markdown`)."""
+    _atomic_write(Path(path), summary_markdown(rows, footer).encode("utf-8"))
+    return Path(path)
