@@ -1,0 +1,205 @@
+"""Blend overlapping window predictions into one seamless probability map.
+
+Each window's prediction is weighed by an importance map that is smallest at the window's
+border, where a CNN sees the least context, and the result is ``sum(pred * w) / sum(w)`` in
+float32 (MONAI's convention, FORMATS.md). :func:`sliding_window_inference` is the in-memory
+executable specification; the block path (:func:`blend_block`) runs the very same accumulation
+over a block's halo, window by window in the same global order, so each pixel sums the same
+terms in the same order and the mosaic equals the in-memory result bit for bit.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from wsi_seg.tiling import Block, BlockPlan, step_for, window_starts
+
+#: ``predict(tiles)`` maps ``(n, roi, roi, 3)`` uint8 RGB tiles to ``(n, roi, roi)`` float32
+#: probabilities (a patch classifier broadcasts its score over the patch).
+PredictFn = Callable[[np.ndarray], np.ndarray]
+
+BLEND_MODES = ("gaussian", "hann", "constant")
+PAD_VALUE = 255  # white glass, the same as the slide reader's padding
+
+
+def importance_map(roi_px: int, mode: str = "gaussian", sigma_scale: float = 0.125
+                   ) -> np.ndarray:
+    """Window weights, float32 ``(roi, roi)``.
+
+    * ``gaussian``: MONAI's map: separable ``exp(-x^2 / (2 sigma^2))`` over
+      ``x = -(n-1)/2 .. (n-1)/2`` with ``sigma = sigma_scale * n``, not normalised (1 at the
+      centre), floored at ``max(min, 1e-3)``.
+    * ``hann``: separable Hann window sampled at pixel centres (no zero at the border),
+      floored at 1e-3.
+    * ``constant``: ones (box window; the patch classifier's footprint).
+    """
+    n = roi_px
+    if mode == "constant":
+        return np.ones((n, n), np.float32)
+    if mode == "gaussian":
+        x = np.arange(-(n - 1) / 2.0, (n - 1) / 2.0 + 1, dtype=np.float32)
+        sigma = np.float32(sigma_scale * n)
+        g = np.exp(x**2 / (-2 * sigma**2)).astype(np.float32)
+    elif mode == "hann":
+        i = np.arange(n, dtype=np.float64)
+        g = (0.5 - 0.5 * np.cos(2 * np.pi * (i + 0.5) / n)).astype(np.float32)
+    else:
+        raise ValueError(f"unknown blend mode {mode!r}; use one of {', '.join(BLEND_MODES)}")
+    w = np.outer(g, g).astype(np.float32)
+    floor = max(float(w.min()), 1e-3)
+    return np.maximum(w, np.float32(floor))
+
+
+@dataclass(frozen=True)
+class BlendSpec:
+    """Everything that decides the blended values (and nothing that does not).
+
+    Attributes:
+        roi_px: window edge, working pixels.
+        step_px: window step, working pixels.
+        mode: ``gaussian``, ``hann`` or ``constant``.
+        sigma_scale: Gaussian sigma as a fraction of ``roi_px``.
+        batch_size: windows per model call (fixed; the last batch is padded by the predictor).
+    """
+
+    roi_px: int
+    step_px: int
+    mode: str = "gaussian"
+    sigma_scale: float = 0.125
+    batch_size: int = 8
+
+    def weights(self) -> np.ndarray:
+        return importance_map(self.roi_px, self.mode, self.sigma_scale)
+
+
+def _tick(times: MutableMapping[str, float] | None, key: str, since: float) -> float:
+    now = time.perf_counter()
+    if times is not None:
+        times[key] = times.get(key, 0.0) + now - since
+    return now
+
+
+def accumulate(
+    image: np.ndarray,
+    origin_yw: int,
+    origin_xw: int,
+    starts_y: np.ndarray,
+    starts_x: np.ndarray,
+    keep: np.ndarray,
+    predict: PredictFn,
+    spec: BlendSpec,
+    times: MutableMapping[str, float] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Predict the kept windows and accumulate ``sum(pred * w)`` and ``sum(w)``.
+
+    ``image`` covers working pixels ``[origin_yw, origin_yw + H) x [origin_xw, origin_xw + W)``
+    and must contain every kept window. Windows are visited row-major over the given starts:
+    that order is part of the contract (it fixes each pixel's float32 summation order).
+
+    Returns ``(num, den)``, float32 arrays of the image's height and width.
+    """
+    h, w = image.shape[:2]
+    roi = spec.roi_px
+    weight = spec.weights()
+    num = np.zeros((h, w), np.float32)
+    den = np.zeros((h, w), np.float32)
+    coords = [(int(y) - origin_yw, int(x) - origin_xw)
+              for i, y in enumerate(starts_y) for j, x in enumerate(starts_x) if keep[i, j]]
+    batch = np.empty((spec.batch_size, roi, roi, image.shape[2]), image.dtype)
+    t = time.perf_counter()
+    for b0 in range(0, len(coords), spec.batch_size):
+        chunk = coords[b0 : b0 + spec.batch_size]
+        for k, (y, x) in enumerate(chunk):
+            batch[k] = image[y : y + roi, x : x + roi]
+        t = _tick(times, "cut", t)
+        probs = predict(batch[: len(chunk)])
+        t = _tick(times, "predict", t)
+        for k, (y, x) in enumerate(chunk):
+            num[y : y + roi, x : x + roi] += probs[k] * weight
+            den[y : y + roi, x : x + roi] += weight
+        t = _tick(times, "blend", t)
+    return num, den
+
+
+def normalise(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """``num / den`` where any window covered the pixel, 0 elsewhere (float32)."""
+    out = np.zeros_like(num)
+    np.divide(num, den, out=out, where=den > 0)
+    return out
+
+
+def to_uint8(prob: np.ndarray) -> np.ndarray:
+    """Probability 0..1 to 0..255, rounding half up (the mosaic's storage)."""
+    return np.floor(np.clip(prob, 0.0, 1.0) * np.float32(255) + np.float32(0.5)).astype(np.uint8)
+
+
+def sliding_window_inference(
+    image: np.ndarray,
+    predict: PredictFn,
+    roi_px: int,
+    overlap: float = 0.25,
+    mode: str = "gaussian",
+    sigma_scale: float = 0.125,
+    batch_size: int = 8,
+    step_px: int | None = None,
+    keep: np.ndarray | None = None,
+) -> np.ndarray:
+    """Blend a model over a whole in-memory working-resolution image (the specification).
+
+    Args:
+        image: ``(H, W, 3)`` uint8 RGB at the model's resolution.
+        predict: see :data:`PredictFn`.
+        roi_px: window edge, pixels.
+        overlap: fraction of a window shared with the next (MONAI's step rule).
+        mode, sigma_scale: importance map (:func:`importance_map`).
+        batch_size: windows per model call.
+        step_px: explicit step in pixels (overrides ``overlap``).
+        keep: optional bool ``(n_rows, n_cols)`` mask over the window grid; windows left out
+            contribute nothing (pixels covered by none are 0).
+
+    Returns:
+        ``(H, W)`` float32 probabilities.
+    """
+    h, w = image.shape[:2]
+    step = step_px or step_for(roi_px, overlap)
+    sy, sx = window_starts(h, roi_px, step), window_starts(w, roi_px, step)
+    if keep is None:
+        keep = np.ones((len(sy), len(sx)), bool)
+    # Only an axis shorter than the window is padded: with white, as the reader pads.
+    pad_y0, pad_x0 = max(0, -int(sy[0])), max(0, -int(sx[0]))
+    pad_y1 = max(0, int(sy[-1]) + roi_px - h)
+    pad_x1 = max(0, int(sx[-1]) + roi_px - w)
+    padded = np.pad(image, ((pad_y0, pad_y1), (pad_x0, pad_x1), (0, 0)),
+                    constant_values=PAD_VALUE)
+    spec = BlendSpec(roi_px, step, mode, sigma_scale, batch_size)
+    num, den = accumulate(padded, -pad_y0, -pad_x0, sy, sx, keep, predict, spec)
+    return normalise(num, den)[pad_y0 : pad_y0 + h, pad_x0 : pad_x0 + w]
+
+
+def blend_block(
+    halo_image: np.ndarray,
+    block: Block,
+    plan: BlockPlan,
+    predict: PredictFn,
+    spec: BlendSpec,
+    times: MutableMapping[str, float] | None = None,
+) -> np.ndarray:
+    """Probabilities of the region a block owns, from the image of its halo.
+
+    ``halo_image`` holds working pixels ``[block.halo_yw, ...) x [block.halo_xw, ...)``.
+    Returns float32 ``(block.h_px, block.w_px)``.
+    """
+    i0, i1 = block.win_rows
+    j0, j1 = block.win_cols
+    num, den = accumulate(halo_image, block.halo_yw, block.halo_xw, plan.starts_y[i0:i1],
+                          plan.starts_x[j0:j1], plan.keep[i0:i1, j0:j1], predict, spec, times)
+    t = time.perf_counter()
+    y, x = block.yw - block.halo_yw, block.xw - block.halo_xw
+    prob = normalise(num[y : y + block.h_px, x : x + block.w_px],
+                     den[y : y + block.h_px, x : x + block.w_px])
+    _tick(times, "blend", t)
+    return prob

@@ -1,0 +1,201 @@
+"""Find tissue on a low-resolution view of the slide.
+
+The signal is optical density (OD) against the slide's own glass: ``OD = -log10(I / I_glass)``,
+the largest over R, G, B. Stained tissue absorbs light, glass does not, and OD separates pale,
+barely stained fragments from glass better than saturation alone (a bluish-grey fragment is
+hardly saturated but clearly darker than glass). The threshold is Otsu's on OD with a floor, so a
+blank slide (only glass noise and JPEG ringing) yields no tissue at all. Morphological closing
+joins nearby tissue, opening drops specks, and components smaller than ``min_area_um2`` (dust,
+debris) are discarded. All sizes are in micrometres, so results do not depend on the view's
+resolution.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import cv2
+import numpy as np
+from shapely.geometry import MultiPolygon, Polygon
+
+from wsi_seg.slide import Slide
+from wsi_seg.tiling import KeepFn
+
+
+@dataclass(frozen=True)
+class TissueConfig:
+    """How tissue is found.
+
+    Attributes:
+        view_mpp: resolution of the analysis view, µm/px (coarser for huge slides, see
+            ``max_view_px``).
+        max_view_px: longest side of the analysis view; bounds memory for any slide size.
+        od_floor: the lowest OD threshold Otsu may choose (glass noise stays below it).
+        close_um, open_um: structuring element diameters, µm.
+        min_area_um2: smallest tissue component kept, µm².
+    """
+
+    view_mpp: float = 8.0
+    max_view_px: int = 4096
+    od_floor: float = 0.04
+    close_um: float = 48.0
+    open_um: float = 16.0
+    min_area_um2: float = 10_000.0
+
+
+@dataclass(frozen=True)
+class TissueMask:
+    """Tissue on the analysis view and as level-0 polygons.
+
+    ``mask[row, col]`` covers the level-0 rectangle starting at
+    ``(origin_x0 + col * level0_px_per_px, origin_y0 + row * level0_px_per_px)``.
+    """
+
+    mask: np.ndarray
+    level0_px_per_px: float
+    origin_x0: float
+    origin_y0: float
+    slide_mpp: float
+    threshold_od: float
+
+    @property
+    def fraction(self) -> float:
+        """Share of the view's area that is tissue (0..1)."""
+        return float(self.mask.mean()) if self.mask.size else 0.0
+
+    @property
+    def area_mm2(self) -> float:
+        """Tissue area in mm²."""
+        px_um = self.level0_px_per_px * self.slide_mpp
+        return float(self.mask.sum()) * px_um * px_um / 1e6
+
+    @property
+    def empty(self) -> bool:
+        return not bool(self.mask.any())
+
+    @cached_property
+    def _integral(self) -> np.ndarray:
+        return cv2.integral(self.mask.astype(np.uint8))  # type: ignore[no-any-return]
+
+    def any_in_x0(self, x0: float, y0: float, w0: float, h0: float) -> bool:
+        """Whether any tissue lies in the level-0 rectangle (touching counts; conservative)."""
+        s = self.level0_px_per_px
+        rows, cols = self.mask.shape
+        c0 = max(0, int(np.floor((x0 - self.origin_x0) / s)))
+        r0 = max(0, int(np.floor((y0 - self.origin_y0) / s)))
+        c1 = min(cols, int(np.ceil((x0 + w0 - self.origin_x0) / s)))
+        r1 = min(rows, int(np.ceil((y0 + h0 - self.origin_y0) / s)))
+        if c1 <= c0 or r1 <= r0:
+            return False
+        ii = self._integral
+        return bool(ii[r1, c1] - ii[r0, c1] - ii[r1, c0] + ii[r0, c0] > 0)
+
+    def keep_windows(self, level0_px_per_px: float) -> KeepFn:
+        """A :data:`wsi_seg.tiling.KeepFn` for windows at a working resolution.
+
+        ``level0_px_per_px`` is the working resolution in level-0 pixels per pixel; a window
+        is kept when any tissue pixel of the view touches its footprint.
+        """
+        r = level0_px_per_px / self.level0_px_per_px  # view pixels per working pixel
+        rows, cols = self.mask.shape
+        ii = self._integral
+
+        def keep(y_lo: np.ndarray, y_hi: np.ndarray, x_lo: np.ndarray, x_hi: np.ndarray
+                 ) -> np.ndarray:
+            r0 = np.clip(np.floor(y_lo * r), 0, rows).astype(np.int64)
+            r1 = np.clip(np.ceil(y_hi * r), 0, rows).astype(np.int64)
+            c0 = np.clip(np.floor(x_lo * r), 0, cols).astype(np.int64)
+            c1 = np.clip(np.ceil(x_hi * r), 0, cols).astype(np.int64)
+            return (ii[r1, c1] - ii[r0, c1] - ii[r1, c0] + ii[r0, c0]) > 0  # type: ignore[no-any-return]
+
+        return keep
+
+    @cached_property
+    def polygons(self) -> list[Polygon]:
+        """Tissue as level-0 polygons with holes (pixel edges, slightly generous)."""
+        return mask_to_polygons(self.mask, self.level0_px_per_px, self.origin_x0, self.origin_y0)
+
+
+def mask_to_polygons(mask: np.ndarray, scale: float, origin_x0: float, origin_y0: float
+                     ) -> list[Polygon]:
+    """Outer contours with their holes from a binary mask, mapped to level-0 pixels.
+
+    OpenCV traces pixel centres; shifting by half a pixel outward-ish (centre -> edge
+    midpoint) is within one view pixel of the true edge, ample for a tissue outline.
+    """
+    m = np.ascontiguousarray(mask.astype(np.uint8))
+    contours, hierarchy = cv2.findContours(m, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    if hierarchy is None:
+        return []
+    hier = hierarchy[0]
+
+    def to_x0(c: np.ndarray) -> np.ndarray:
+        xy = c.reshape(-1, 2).astype(np.float64) + 0.5
+        return xy * scale + (origin_x0, origin_y0)
+
+    polys = []
+    for i, c in enumerate(contours):
+        if hier[i][3] != -1 or len(c) < 3:
+            continue  # holes are collected from their parent
+        holes = []
+        j = hier[i][2]
+        while j != -1:
+            if len(contours[j]) >= 3:
+                holes.append(to_x0(contours[j]))
+            j = hier[j][0]
+        poly = Polygon(to_x0(c), holes)
+        if not poly.is_valid:
+            poly = poly.buffer(0)
+        for p in getattr(poly, "geoms", [poly]):
+            if isinstance(p, Polygon) and not p.is_empty:
+                polys.append(p)
+    return polys
+
+
+def optical_density(rgb: np.ndarray) -> np.ndarray:
+    """Largest per-channel OD of each pixel against the image's own glass colour (float32).
+
+    Glass is the 99th percentile per channel (at least 180, so an all-tissue view is still
+    compared with something bright); pixels brighter than glass get OD 0.
+    """
+    f = rgb.reshape(-1, 3).astype(np.float32)
+    glass = np.maximum(np.percentile(f, 99, axis=0), 180.0)
+    ratio = np.clip((rgb.astype(np.float32) + 1) / (glass + 1), 1e-3, 1.0)
+    return (-np.log10(ratio)).max(axis=-1)  # type: ignore[no-any-return]
+
+
+def detect_tissue_rgb(rgb: np.ndarray, um_per_px: float, config: TissueConfig = TissueConfig()
+                      ) -> tuple[np.ndarray, float]:
+    """Binary tissue mask of an RGB view whose pixels are ``um_per_px`` µm wide.
+
+    Returns the mask (bool) and the OD threshold used.
+    """
+    od = optical_density(rgb)
+    od8 = (np.clip(od, 0, 1) * 255).astype(np.uint8)
+    otsu, _ = cv2.threshold(od8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    threshold = max(otsu / 255.0, config.od_floor)
+    mask = (od > threshold).astype(np.uint8)
+
+    def disk(um: float) -> np.ndarray:
+        d = max(1, round(um / um_per_px)) | 1
+        return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (d, d))  # type: ignore[no-any-return]
+
+    mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, disk(config.close_um))
+    mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, disk(config.open_um))
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    min_px = config.min_area_um2 / (um_per_px * um_per_px)
+    keep = np.zeros(n, bool)
+    keep[1:] = stats[1:, cv2.CC_STAT_AREA] >= min_px
+    return keep[labels], threshold
+
+
+def find_tissue(slide: Slide, config: TissueConfig = TissueConfig()) -> TissueMask:
+    """Tissue of a slide, found on a view of at most ``config.max_view_px`` pixels."""
+    _, _, bw, bh = slide.bounds_x0
+    view_mpp = max(config.view_mpp, slide.mpp * max(bw, bh) / config.max_view_px, slide.mpp)
+    w_px, h_px = slide.size_w(view_mpp)
+    rgb, scale = slide.thumbnail(max(w_px, h_px))
+    um_per_px = scale * slide.mpp
+    mask, threshold = detect_tissue_rgb(rgb, um_per_px, config)
+    return TissueMask(mask, scale, slide.origin_x0, slide.origin_y0, slide.mpp, threshold)
