@@ -389,3 +389,43 @@ def _probe(slide: Slide) -> None:
     except openslide.OpenSlideError as exc:
         slide.close()
         raise SlideError(f"slide data is corrupt or truncated ({exc})", slide.path) from None
+
+
+#: File suffixes taken as slides when a directory is given (OpenSlide's formats + plain TIFF).
+SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide",
+                  ".bif", ".dcm")
+
+
+def find_slides(paths: list[str | os.PathLike[str]] | tuple[str | os.PathLike[str], ...]
+                ) -> list[Path]:
+    """Expand files and directories into a sorted, de-duplicated list of slide files.
+
+    Directories are searched (not recursively) for :data:`SLIDE_SUFFIXES`; files are taken as
+    given, whatever their suffix, so their own errors surface when they are opened.
+
+    Raises:
+        SlideError: a path does not exist, or a directory holds no slides.
+    """
+    found: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            inside = sorted(c for c in p.iterdir()
+                            if c.is_file() and c.suffix.lower() in SLIDE_SUFFIXES
+                            and not c.name.startswith("."))
+            if not inside:
+                raise SlideError(
+                    f"no slides found (looked for {', '.join(SLIDE_SUFFIXES)})", p)
+            found.extend(inside)
+        elif p.exists():
+            found.append(p)
+        else:
+            raise SlideError("no such file or directory", p)
+    seen: set[Path] = set()
+    unique = []
+    for p in found:
+        key = p.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    return unique
