@@ -22,7 +22,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import zarr
@@ -157,11 +157,11 @@ class Mosaic:
                 yield row0, col0, min(c, rows - row0), min(c, cols - col0)
 
 
-def open_mosaic(path: str | Path, mode: str = "r") -> Mosaic:
+def open_mosaic(path: str | Path, mode: Literal["r", "r+"] = "r") -> Mosaic:
     """Open a mosaic written by :func:`create_mosaic`."""
     group = zarr.open_group(store=zarr.storage.LocalStore(str(path), read_only=mode == "r"),
                             mode=mode, zarr_format=3)
-    meta = dict(group.attrs["wsi_seg"])  # type: ignore[arg-type]
+    meta: dict[str, Any] = dict(group.attrs["wsi_seg"])  # type: ignore[arg-type]
     geom = MosaicGeometry(**meta.pop("geometry"))
     n = int(meta.pop("n_levels"))
     return Mosaic(Path(path), group, geom, n, meta)
@@ -192,10 +192,10 @@ def build_level(mosaic: Mosaic, level: int) -> None:
     """
     src, dst = mosaic.level(level - 1), mosaic.level(level)
     for row0, col0, rows, cols in mosaic.chunks(level):
-        window = src[2 * row0 : 2 * (row0 + rows), 2 * col0 : 2 * (col0 + cols)]
+        window = np.asarray(src[2 * row0 : 2 * (row0 + rows), 2 * col0 : 2 * (col0 + cols)])
         if not window.any():
             continue
-        dst[row0 : row0 + rows, col0 : col0 + cols] = downsample2_mean(np.asarray(window))
+        dst[row0 : row0 + rows, col0 : col0 + cols] = downsample2_mean(window)
 
 
 def build_pyramid(mosaic: Mosaic) -> None:

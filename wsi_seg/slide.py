@@ -272,10 +272,10 @@ class Slide:
 
         Output pixel (i, j) samples level coordinate ``(xl + (j + .5) * s - .5, ...)``.
         """
-        margin = int(math.ceil(2 * s)) + 2
+        margin = math.ceil(2 * s) + 2
         rx, ry = math.floor(xl) - margin, math.floor(yl) - margin
-        rw = int(math.ceil(w_px * s)) + 2 * margin + 1
-        rh = int(math.ceil(h_px * s)) + 2 * margin + 1
+        rw = math.ceil(w_px * s) + 2 * margin + 1
+        rh = math.ceil(h_px * s) + 2 * margin + 1
         raw = self._read_level(level, rx, ry, rw, rh)
         if s > 1:
             # Blur before decimating so fine texture does not alias; the margin keeps the

@@ -104,7 +104,7 @@ def _blob(rng: np.random.Generator, cx: float, cy: float, r: float, n: int = 96,
         radius += wobble / k * rng.uniform(0.3, 1.0) * np.sin(k * theta + rng.uniform(0, 2 * np.pi))
     ax = rng.uniform(0.75, 1.25)
     pts = np.stack([cx + r * ax * radius * np.cos(theta), cy + r / ax * radius * np.sin(theta)], 1)
-    return shapely.make_valid(Polygon(pts)).buffer(0)  # type: ignore[no-any-return]
+    return shapely.make_valid(Polygon(pts)).buffer(0)
 
 
 def _as_multi(geom: shapely.Geometry) -> MultiPolygon:
@@ -320,8 +320,8 @@ class Renderer:
         gy0 = math.floor((y0 * um - margin) / g)
         gx1 = math.ceil(((x0 + w * d) * um + margin) / g)
         gy1 = math.ceil(((y0 + h * d) * um + margin) / g)
-        rows, cols = np.meshgrid(np.arange(gy0, gy1), np.arange(gx0, gx1), indexing="ij")
-        rows, cols = rows.ravel(), cols.ravel()
+        grid_r, grid_c = np.meshgrid(np.arange(gy0, gy1), np.arange(gx0, gx1), indexing="ij")
+        rows, cols = grid_r.ravel(), grid_c.ravel()
         u = [_hash_uniform(self.spec.seed, pop.ident, rows + (1 << 20), cols + (1 << 20), k)
              for k in range(6)]
         keep = u[0] < pop.presence
@@ -372,7 +372,8 @@ def _tiles(renderer: Renderer, downsample: int, level_w: int, level_h: int, tile
 
 def _aperio_description(spec: SynthSpec, level_w: int, level_h: int, first: bool) -> str:
     w, h = spec.width_px, spec.height_px
-    head = f"Aperio Image Library v12.0.15 \r\n{w}x{h} [0,0 {w}x{h}] ({spec.tile_px}x{spec.tile_px})"
+    t = spec.tile_px
+    head = f"Aperio Image Library v12.0.15 \r\n{w}x{h} [0,0 {w}x{h}] ({t}x{t})"
     if not first:
         head += f" -> {level_w}x{level_h}"
     mag = round(10.0 / spec.mpp)

@@ -17,7 +17,7 @@ from functools import cached_property
 
 import cv2
 import numpy as np
-from shapely.geometry import MultiPolygon, Polygon
+from shapely.geometry import Polygon
 
 from wsi_seg.slide import Slide
 from wsi_seg.tiling import KeepFn
@@ -76,7 +76,7 @@ class TissueMask:
 
     @cached_property
     def _integral(self) -> np.ndarray:
-        return cv2.integral(self.mask.astype(np.uint8))  # type: ignore[no-any-return]
+        return cv2.integral(self.mask.astype(np.uint8))
 
     def any_in_x0(self, x0: float, y0: float, w0: float, h0: float) -> bool:
         """Whether any tissue lies in the level-0 rectangle (touching counts; conservative)."""
@@ -107,7 +107,7 @@ class TissueMask:
             r1 = np.clip(np.ceil(y_hi * r), 0, rows).astype(np.int64)
             c0 = np.clip(np.floor(x_lo * r), 0, cols).astype(np.int64)
             c1 = np.clip(np.ceil(x_hi * r), 0, cols).astype(np.int64)
-            return (ii[r1, c1] - ii[r0, c1] - ii[r1, c0] + ii[r0, c0]) > 0  # type: ignore[no-any-return]
+            return (ii[r1, c1] - ii[r0, c1] - ii[r1, c0] + ii[r0, c0]) > 0
 
         return keep
 
@@ -162,7 +162,7 @@ def optical_density(rgb: np.ndarray) -> np.ndarray:
     f = rgb.reshape(-1, 3).astype(np.float32)
     glass = np.maximum(np.percentile(f, 99, axis=0), 180.0)
     ratio = np.clip((rgb.astype(np.float32) + 1) / (glass + 1), 1e-3, 1.0)
-    return (-np.log10(ratio)).max(axis=-1)  # type: ignore[no-any-return]
+    return (-np.log10(ratio)).max(axis=-1)
 
 
 def detect_tissue_rgb(rgb: np.ndarray, um_per_px: float, config: TissueConfig = TissueConfig()
@@ -179,7 +179,7 @@ def detect_tissue_rgb(rgb: np.ndarray, um_per_px: float, config: TissueConfig = 
 
     def disk(um: float) -> np.ndarray:
         d = max(1, round(um / um_per_px)) | 1
-        return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (d, d))  # type: ignore[no-any-return]
+        return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (d, d))
 
     mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, disk(config.close_um))
     mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, disk(config.open_um))

@@ -17,7 +17,7 @@ from wsi_seg.tiling import plan_blocks, step_for
 from wsi_seg.tissue import TissueMask, find_tissue
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "info",
         help="describe slides: levels, MPP, tissue, and the blocks and tiles of a run",

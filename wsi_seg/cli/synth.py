@@ -17,7 +17,7 @@ def _size(text: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "synth",
         help="write a synthetic H&E slide (SVS or tiled TIFF) and its tumour GeoJSON",
