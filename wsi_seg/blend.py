@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from wsi_seg.tiling import Block, BlockPlan, step_for, window_starts
+from wsi_seg.tiling import Block, step_for, window_starts
 
 #: ``predict(tiles)`` maps ``(n, roi, roi, 3)`` uint8 RGB tiles to ``(n, roi, roi)`` float32
 #: probabilities (a patch classifier broadcasts its score over the patch).
@@ -183,20 +183,22 @@ def sliding_window_inference(
 def blend_block(
     halo_image: np.ndarray,
     block: Block,
-    plan: BlockPlan,
+    starts_y: np.ndarray,
+    starts_x: np.ndarray,
+    keep: np.ndarray,
     predict: PredictFn,
     spec: BlendSpec,
     times: MutableMapping[str, float] | None = None,
 ) -> np.ndarray:
     """Probabilities of the region a block owns, from the image of its halo.
 
-    ``halo_image`` holds working pixels ``[block.halo_yw, ...) x [block.halo_xw, ...)``.
-    Returns float32 ``(block.h_px, block.w_px)``.
+    ``halo_image`` holds working pixels ``[block.halo_yw, ...) x [block.halo_xw, ...)``;
+    ``starts_y``, ``starts_x`` and ``keep`` are the plan's window grid restricted to the
+    block's window ranges (:meth:`BlockPlan.windows_of`). Returns float32
+    ``(block.h_px, block.w_px)``.
     """
-    i0, i1 = block.win_rows
-    j0, j1 = block.win_cols
-    num, den = accumulate(halo_image, block.halo_yw, block.halo_xw, plan.starts_y[i0:i1],
-                          plan.starts_x[j0:j1], plan.keep[i0:i1, j0:j1], predict, spec, times)
+    num, den = accumulate(halo_image, block.halo_yw, block.halo_xw, starts_y, starts_x, keep,
+                          predict, spec, times)
     t = time.perf_counter()
     y, x = block.yw - block.halo_yw, block.xw - block.halo_xw
     prob = normalise(num[y : y + block.h_px, x : x + block.w_px],

@@ -122,6 +122,16 @@ class BlockPlan:
     def n_windows_total(self) -> int:
         return int(self.keep.size)
 
+    def windows_of(self, block: Block) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The window grid restricted to a block: ``(starts_y, starts_x, keep)`` copies.
+
+        Copies, so a task carries kilobytes rather than the whole slide's grid.
+        """
+        i0, i1 = block.win_rows
+        j0, j1 = block.win_cols
+        return (self.starts_y[i0:i1].copy(), self.starts_x[j0:j1].copy(),
+                self.keep[i0:i1, j0:j1].copy())
+
 
 #: ``keep_fn(y_lo, y_hi, x_lo, x_hi)`` gets per-window edge arrays (working px, half-open,
 #: the y arrays shaped (n, 1) and the x arrays (1, m)) and returns a bool (n, m) array.

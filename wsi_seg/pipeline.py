@@ -1,0 +1,472 @@
+"""One slide, end to end, as block tasks plus a finishing task.
+
+:func:`prepare_slide` (cheap, on the client) opens the slide, finds tissue, plans blocks and
+creates (or reopens, to resume) the slide's work directory ``OUT/.<stem>.partial/``.
+:func:`run_block` (one Dask task per block, on any worker) reads the block's halo at the model's
+MPP, predicts and blends its windows, and writes the Zarr chunks the block alone owns, then drops
+a completion marker. :func:`finish_slide` builds the pyramid, vectorizes, writes GeoJSON, the
+overlay and ``report.json``, and renames the work directory to ``OUT/<stem>/``, so a slide's
+outputs appear only when complete. A rerun skips finished slides and, in an unfinished one,
+redoes only the blocks without a marker.
+
+Functions here take and return small picklable values (paths, frozen dataclasses), never a
+model or a slide handle: workers keep those in per-process caches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, MutableMapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wsi_seg import __version__
+from wsi_seg.blend import BLEND_MODES, BlendSpec, blend_block, to_uint8
+from wsi_seg.card import ModelCard, bundled_model_path, read_card, sha256_file
+from wsi_seg.errors import WsiSegError
+from wsi_seg.infer import InferConfig, cached_predictor
+from wsi_seg.mosaic import MosaicGeometry, build_pyramid, create_mosaic, open_mosaic
+from wsi_seg.slide import Slide, open_slide
+from wsi_seg.tiling import Block, plan_blocks, step_for
+from wsi_seg.tissue import TissueConfig, TissueMask, find_tissue
+
+PARTIAL_SUFFIX = ".partial"
+MARKERS = "blocks"
+REPORT = "report.json"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that decides a run's outputs, plus how to execute it.
+
+    Attributes:
+        out_dir: output folder (``OUT``).
+        model_path: ``MODEL.keras`` with its card; None for the bundled demo UNet.
+        slide_mpp: level-0 µm/px overriding slide metadata (needed when it is missing).
+        overlap: window overlap fraction (MONAI's step rule).
+        stride_px: window step in working pixels, overriding ``overlap`` (patch models).
+        blend: ``gaussian``, ``hann`` or ``constant``; None: gaussian for a UNet, constant
+            (box footprint) for a patch classifier.
+        sigma_scale: Gaussian sigma as a fraction of the window.
+        block_px, chunk_px: block and mosaic chunk edges, working pixels.
+        infer: model execution (batch size, device, mixed precision, threads).
+        threshold: tumour probability threshold; None: the model card's.
+        min_area_um2: smallest tumour region kept in the GeoJSON, µm².
+        simplify_um: polygon simplification tolerance, µm.
+        vectorize_level: mosaic pyramid level traced into polygons (0 = working MPP).
+        truth: ground-truth file, or a folder searched for ``<stem>.*`` truth files.
+        truth_classes: class names counted as tumour (None: the reader's default set).
+        tissue: tissue detection settings.
+        overwrite: redo finished slides.
+    """
+
+    out_dir: Path
+    model_path: Path | None = None
+    slide_mpp: float | None = None
+    overlap: float = 0.25
+    stride_px: int | None = None
+    blend: str | None = None
+    sigma_scale: float = 0.125
+    block_px: int = 4096
+    chunk_px: int = 1024
+    infer: InferConfig = field(default_factory=InferConfig)
+    threshold: float | None = None
+    min_area_um2: float = 1000.0
+    simplify_um: float = 1.0
+    vectorize_level: int = 0
+    truth: Path | None = None
+    truth_classes: tuple[str, ...] | None = None
+    tissue: TissueConfig = field(default_factory=TissueConfig)
+    overwrite: bool = False
+
+    def resolved_model(self) -> Path:
+        return self.model_path if self.model_path is not None else bundled_model_path("unet")
+
+
+@dataclass(frozen=True)
+class BlockTask:
+    """One block and its windows: everything a worker needs besides cached handles."""
+
+    block: Block
+    starts_y: np.ndarray
+    starts_x: np.ndarray
+    keep: np.ndarray
+
+
+@dataclass(frozen=True)
+class SlideJob:
+    """A prepared slide: where it goes, how it is read, and the blocks still to do."""
+
+    slide_path: Path
+    stem: str
+    final_dir: Path
+    work_dir: Path
+    slide_mpp: float
+    mpp: float
+    geom: MosaicGeometry
+    spec: BlendSpec
+    model_path: Path
+    card: ModelCard
+    model_sha256: str
+    tasks: tuple[BlockTask, ...]
+    n_blocks: int
+    n_blocks_done: int
+    n_tiles: int
+    n_tile_predictions: int
+    tissue_fraction: float
+    tissue_mm2: float
+    tissue_polygons: tuple[Any, ...]
+    config_digest: str
+
+    @property
+    def mosaic_path(self) -> Path:
+        return self.work_dir / "mask.zarr"
+
+    @property
+    def tiles_todo(self) -> int:
+        return sum(t.block.n_windows for t in self.tasks)
+
+
+@dataclass(frozen=True)
+class BlockResult:
+    """What a block task reports back: its work and where the time went (seconds)."""
+
+    stem: str
+    key: str
+    n_windows: int
+    times: dict[str, float]
+
+
+def final_dir_for(out_dir: Path, slide_path: Path) -> Path:
+    return out_dir / slide_stem(slide_path)
+
+
+def slide_stem(path: Path) -> str:
+    """Output name of a slide: the file name without its suffix (``a.ome.tif`` -> ``a.ome``)."""
+    return path.name[: -len(path.suffix)] if path.suffix else path.name
+
+
+def is_finished(out_dir: Path, slide_path: Path) -> bool:
+    """Whether a slide's final outputs exist (they only ever appear complete)."""
+    return (final_dir_for(out_dir, slide_path) / REPORT).is_file()
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
+    os.replace(tmp, path)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if hasattr(obj, "__dataclass_fields__"):
+        return asdict(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def check_writable(out_dir: Path) -> None:
+    """Create ``out_dir`` and prove it is writable, or raise a one-line error."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".wsi-seg-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise WsiSegError(f"output folder is not writable ({exc.strerror or exc})",
+                          out_dir) from None
+
+
+def _digest(data: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def prepare_slide(slide_path: Path, config: RunConfig) -> SlideJob:
+    """Open, find tissue, plan and create (or reopen, to resume) the slide's work directory.
+
+    Raises WsiSegError (one line, naming the file) for anything wrong with the slide or model.
+    """
+    model_path = config.resolved_model()
+    card = read_card(model_path)
+    model_sha = sha256_file(model_path)
+    with open_slide(slide_path, mpp=config.slide_mpp) as slide:
+        mpp = card.mpp
+        slide.choose_level(mpp)  # a model the slide cannot serve fails here, before any work
+        tissue = find_tissue(slide, config.tissue)
+        w_px, h_px = slide.size_w(mpp)
+        f = slide.level0_px_per_px(mpp)
+        roi = card.input_size_px
+        step = config.stride_px or step_for(roi, config.overlap)
+        blend = config.blend or ("constant" if card.kind == "patch" else "gaussian")
+        if blend not in BLEND_MODES:
+            raise WsiSegError(f"unknown blend mode {blend!r}")
+        spec = BlendSpec(roi, step, blend, config.sigma_scale, config.infer.batch_size)
+        plan = plan_blocks(w_px, h_px, roi, step, config.block_px, config.chunk_px,
+                           tissue.keep_windows(f))
+        geom = MosaicGeometry(h_px, w_px, mpp, float(slide.origin_x0), float(slide.origin_y0),
+                              f, config.chunk_px)
+        stem = slide_stem(slide_path)
+        provenance = {
+            "wsi_seg_version": __version__,
+            "slide": slide_path.name,
+            "slide_mpp": slide.mpp,
+            "model": {"sha256": model_sha, "card": card.to_dict()},
+            "mpp": mpp,
+            "tile_px": roi,
+            "step_px": step,
+            "overlap": 1 - step / roi,
+            "blend": blend,
+            "sigma_scale": config.sigma_scale,
+            "block_px": config.block_px,
+            "origin_x0": geom.origin_x0,
+            "origin_y0": geom.origin_y0,
+            "level0_px_per_px": f,
+            "value": "tumour probability * 255 (uint8)",
+        }
+        digest = _digest({"provenance": provenance, "tissue": asdict(config.tissue),
+                          "slide_size": slide.dimensions, "batch": config.infer.batch_size})
+        tissue_fraction, tissue_mm2 = tissue.fraction, tissue.area_mm2
+        tissue_polys = tuple(tissue.polygons)
+    final_dir = final_dir_for(config.out_dir, slide_path)
+    work_dir = config.out_dir / f".{stem}{PARTIAL_SUFFIX}"
+    done = _open_work_dir(work_dir, digest, geom, provenance)
+    tasks = []
+    for block in plan.blocks:
+        if block.key in done:
+            continue
+        tasks.append(BlockTask(block, *plan.windows_of(block)))
+    return SlideJob(
+        slide_path=slide_path, stem=stem, final_dir=final_dir, work_dir=work_dir,
+        slide_mpp=float(provenance["slide_mpp"]), mpp=mpp, geom=geom, spec=spec,
+        model_path=model_path, card=card, model_sha256=model_sha, tasks=tuple(tasks),
+        n_blocks=len(plan.blocks), n_blocks_done=len(plan.blocks) - len(tasks),
+        n_tiles=plan.n_tiles, n_tile_predictions=plan.n_tile_predictions,
+        tissue_fraction=tissue_fraction, tissue_mm2=tissue_mm2, tissue_polygons=tissue_polys,
+        config_digest=digest,
+    )
+
+
+def _open_work_dir(work_dir: Path, digest: str, geom: MosaicGeometry,
+                   provenance: dict[str, Any]) -> set[str]:
+    """Reuse a matching work directory (returning its finished blocks) or start a fresh one."""
+    stamp = work_dir / "config.json"
+    if stamp.is_file():
+        try:
+            same = json.loads(stamp.read_text()).get("digest") == digest
+        except (OSError, ValueError):
+            same = False
+        if same and (work_dir / "mask.zarr" / "zarr.json").is_file():
+            markers = work_dir / MARKERS
+            return {p.stem for p in markers.glob("*.json")} if markers.is_dir() else set()
+    if work_dir.exists():
+        shutil.rmtree(work_dir)
+    work_dir.mkdir(parents=True)
+    (work_dir / MARKERS).mkdir()
+    create_mosaic(work_dir / "mask.zarr", geom, provenance=provenance)
+    _write_json_atomic(stamp, {"digest": digest})
+    return set()
+
+
+# -- worker side ----------------------------------------------------------------------------
+_slides: dict[tuple[str, float | None], Slide] = {}
+_slides_lock = threading.Lock()
+
+
+def _cached_slide(path: Path, mpp: float | None) -> Slide:
+    """One OpenSlide handle per slide per worker process (handles are thread-safe)."""
+    key = (str(path), mpp)
+    with _slides_lock:
+        slide = _slides.get(key)
+        if slide is None:
+            if len(_slides) > 8:  # a directory run visits many slides: keep a few open
+                _slides.pop(next(iter(_slides))).close()
+            slide = open_slide(path, mpp=mpp)
+            _slides[key] = slide
+        return slide
+
+
+def run_block(job: SlideJob, task: BlockTask, infer: InferConfig, slide_mpp: float | None
+              ) -> BlockResult:
+    """Read, predict, blend and write one block; then mark it done. Runs on a worker."""
+    times: dict[str, float] = {}
+    t0 = time.perf_counter()
+    slide = _cached_slide(job.slide_path, slide_mpp)
+    predictor = cached_predictor(job.model_path, infer)
+    t = time.perf_counter()
+    times["load"] = t - t0
+    b = task.block
+    halo = slide.read_w(b.halo_xw, b.halo_yw, b.halo_w_px, b.halo_h_px, job.mpp)
+    times["read"] = time.perf_counter() - t
+    prob = blend_block(halo, b, task.starts_y, task.starts_x, task.keep, predictor, job.spec,
+                       times)
+    t = time.perf_counter()
+    mosaic = open_mosaic(job.mosaic_path, mode="r+")
+    mosaic.level(0)[b.yw : b.yw + b.h_px, b.xw : b.xw + b.w_px] = to_uint8(prob)
+    times["write"] = time.perf_counter() - t
+    result = BlockResult(job.stem, b.key, b.n_windows, times)
+    # The marker is written last: a block without one is redone on resume, and redoing it
+    # rewrites its own chunks completely, so a half-written chunk never survives.
+    _write_json_atomic(job.work_dir / MARKERS / f"{b.key}.json", asdict(result))
+    return result
+
+
+def finish_slide(job: SlideJob, config: RunConfig, block_times: dict[str, float],
+                 wall_s: float) -> dict[str, Any]:
+    """Pyramid, polygons, GeoJSON, overlay, scores and report; then publish the slide."""
+    from wsi_seg.geojson import write_geojson
+    from wsi_seg.overlay import draw_overlay
+    from wsi_seg.vectorize import regions_geometry, vectorize_mosaic
+
+    times = dict(block_times)
+    t = time.perf_counter()
+    mosaic = open_mosaic(job.mosaic_path, mode="r+")
+    build_pyramid(mosaic)
+    t = _lap(times, "pyramid", t)
+    threshold = config.threshold if config.threshold is not None else job.card.threshold
+    level = min(config.vectorize_level, mosaic.n_levels - 1)
+    regions = vectorize_mosaic(mosaic, level, threshold=threshold,
+                               min_area_um2=config.min_area_um2, simplify_um=config.simplify_um)
+    t = _lap(times, "vectorize", t)
+    write_geojson(regions, job.work_dir / "tumor.geojson")
+    t = _lap(times, "geojson", t)
+    tumour_mm2 = sum(r.area_um2 for r in regions) / 1e6
+    notes: list[str] = []
+    if not job.n_blocks:
+        notes.append("no tissue found: the mosaic is all zero")
+
+    score, truth_geom, truth_path = None, None, None
+    if config.truth is not None:
+        score, truth_geom, truth_path, note = _score(job, config, mosaic, level, threshold)
+        if note:
+            notes.append(note)
+        t = _lap(times, "score", t)
+    with contextlib.suppress(WsiSegError):
+        slide = _cached_slide(job.slide_path, config.slide_mpp)
+        draw_overlay(slide, list(job.tissue_polygons), regions_geometry(regions), truth_geom,
+                     job.work_dir / "overlay.png")
+    t = _lap(times, "overlay", t)
+    predict_s = times.get("predict", 0.0)
+    report: dict[str, Any] = {
+        "slide": str(job.slide_path),
+        "status": "ok",
+        "wsi_seg_version": __version__,
+        "model": {"path": str(job.model_path), "sha256": job.model_sha256,
+                  "kind": job.card.kind, "name": job.card.name},
+        "mpp": job.mpp,
+        "slide_mpp": job.slide_mpp,
+        "mosaic_shape_px": [job.geom.height_px, job.geom.width_px],
+        "blocks": job.n_blocks,
+        "tiles": job.n_tiles,
+        "tile_predictions": job.n_tile_predictions,
+        "tissue_fraction": round(job.tissue_fraction, 5),
+        "tissue_mm2": round(job.tissue_mm2, 4),
+        "tumour_mm2": round(tumour_mm2, 4),
+        "tumour_regions": len(regions),
+        "threshold": threshold,
+        "wall_s": round(wall_s, 3),
+        "tiles_per_s": round(job.n_tiles / wall_s, 2) if wall_s > 0 else None,
+        "model_tiles_per_s": (round(job.n_tile_predictions / predict_s, 2)
+                              if predict_s > 0 else None),
+        "stage_s": {k: round(v, 4) for k, v in sorted(times.items())},
+        "truth": str(truth_path) if truth_path else None,
+        "score": score.as_dict() if score is not None else None,
+        "notes": notes,
+    }
+    _write_json_atomic(job.work_dir / REPORT, report)
+    _publish(job)
+    return report
+
+
+def _score(job: SlideJob, config: RunConfig, mosaic: Any, level: int, threshold: float
+           ) -> tuple[Any, Any, Path | None, str | None]:
+    from wsi_seg.annotations import check_truth_fits, read_truth
+    from wsi_seg.metrics import score_slide
+
+    truth_path = find_truth(config.truth, job.slide_path) if config.truth else None
+    if truth_path is None:
+        return None, None, None, f"no ground truth found for {job.slide_path.name}"
+    try:
+        with open_slide(job.slide_path, mpp=config.slide_mpp) as slide:
+            size = slide.dimensions
+        truth = check_truth_fits(read_truth(truth_path, config.truth_classes), size)
+    except WsiSegError as exc:
+        return None, None, truth_path, f"truth not used: {exc}"
+    score = score_slide(mosaic, truth.geometry, level, threshold=threshold)
+    return score, truth.geometry, truth_path, None
+
+
+TRUTH_SUFFIXES = (".tumor.geojson", ".geojson", ".json", ".xml", ".geojson.gz")
+
+
+def find_truth(truth: Path, slide_path: Path) -> Path | None:
+    """The truth file of a slide: ``truth`` itself, or ``truth/<stem><suffix>``."""
+    if truth.is_file():
+        return truth
+    stem = slide_stem(slide_path)
+    for suffix in TRUTH_SUFFIXES:
+        cand = truth / f"{stem}{suffix}"
+        if cand.is_file():
+            return cand
+    return None
+
+
+def _publish(job: SlideJob) -> None:
+    """Rename the finished work directory to its final name (atomic on one filesystem)."""
+    with contextlib.suppress(FileNotFoundError):
+        shutil.rmtree(job.work_dir / MARKERS)
+    with contextlib.suppress(FileNotFoundError):
+        (job.work_dir / "config.json").unlink()
+    if job.final_dir.exists():
+        trash = job.final_dir.with_name(f".{job.final_dir.name}.old")
+        shutil.rmtree(trash, ignore_errors=True)
+        os.replace(job.final_dir, trash)
+        os.replace(job.work_dir, job.final_dir)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(job.work_dir, job.final_dir)
+
+
+def _lap(times: MutableMapping[str, float], key: str, since: float) -> float:
+    now = time.perf_counter()
+    times[key] = times.get(key, 0.0) + now - since
+    return now
+
+
+def sum_times(results: list[BlockResult]) -> dict[str, float]:
+    """Total seconds per stage over block results."""
+    total: dict[str, float] = {}
+    for r in results:
+        for k, v in r.times.items():
+            total[k] = total.get(k, 0.0) + v
+    return total
+
+
+def process_slide_inline(slide_path: Path, config: RunConfig,
+                         on_block: Callable[[BlockResult], None] | None = None
+                         ) -> dict[str, Any]:
+    """Run one slide in this process, block after block (no Dask; tests and debugging)."""
+    start = time.perf_counter()
+    job = prepare_slide(slide_path, config)
+    results = []
+    for task in job.tasks:
+        r = run_block(job, task, config.infer, config.slide_mpp)
+        results.append(r)
+        if on_block:
+            on_block(r)
+    return finish_slide(job, config, sum_times(results), time.perf_counter() - start)
+
+
+def with_overrides(config: RunConfig, **changes: Any) -> RunConfig:
+    """A copy of ``config`` with fields replaced (None values ignored)."""
+    return replace(config, **{k: v for k, v in changes.items() if v is not None})
