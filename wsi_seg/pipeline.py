@@ -37,7 +37,7 @@ from wsi_seg.infer import InferConfig, cached_predictor
 from wsi_seg.mosaic import MosaicGeometry, build_pyramid, create_mosaic, open_mosaic
 from wsi_seg.slide import Slide, open_slide
 from wsi_seg.tiling import Block, plan_blocks, step_for
-from wsi_seg.tissue import TissueConfig, TissueMask, find_tissue
+from wsi_seg.tissue import TissueConfig, find_tissue
 
 PARTIAL_SUFFIX = ".partial"
 MARKERS = "blocks"
@@ -236,7 +236,7 @@ def prepare_slide(slide_path: Path, config: RunConfig) -> SlideJob:
         }
         digest = _digest({"provenance": provenance, "tissue": asdict(config.tissue),
                           "slide_size": slide.dimensions, "batch": config.infer.batch_size})
-        tissue_fraction, tissue_mm2 = tissue.fraction, tissue.area_mm2
+        tissue_fraction, tissue_mm2, slide_mpp = tissue.fraction, tissue.area_mm2, slide.mpp
         tissue_polys = tuple(tissue.polygons)
     final_dir = final_dir_for(config.out_dir, slide_path)
     work_dir = config.out_dir / f".{stem}{PARTIAL_SUFFIX}"
@@ -248,7 +248,7 @@ def prepare_slide(slide_path: Path, config: RunConfig) -> SlideJob:
         tasks.append(BlockTask(block, *plan.windows_of(block)))
     return SlideJob(
         slide_path=slide_path, stem=stem, final_dir=final_dir, work_dir=work_dir,
-        slide_mpp=float(provenance["slide_mpp"]), mpp=mpp, geom=geom, spec=spec,
+        slide_mpp=slide_mpp, mpp=mpp, geom=geom, spec=spec,
         model_path=model_path, card=card, model_sha256=model_sha, tasks=tuple(tasks),
         n_blocks=len(plan.blocks), n_blocks_done=len(plan.blocks) - len(tasks),
         n_tiles=plan.n_tiles, n_tile_predictions=plan.n_tile_predictions,
