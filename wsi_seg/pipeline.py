@@ -103,6 +103,23 @@ class BlockTask:
 
 
 @dataclass(frozen=True)
+class BlockContext:
+    """The slide-level facts a block task needs: small, so every task can carry it."""
+
+    slide_path: Path
+    slide_mpp: float | None
+    stem: str
+    work_dir: Path
+    mpp: float
+    spec: BlendSpec
+    model_path: Path
+
+    @property
+    def mosaic_path(self) -> Path:
+        return self.work_dir / "mask.zarr"
+
+
+@dataclass(frozen=True)
 class SlideJob:
     """A prepared slide: where it goes, how it is read, and the blocks still to do."""
 
@@ -134,6 +151,10 @@ class SlideJob:
     @property
     def tiles_todo(self) -> int:
         return sum(t.block.n_windows for t in self.tasks)
+
+    def context(self, slide_mpp_override: float | None) -> BlockContext:
+        return BlockContext(self.slide_path, slide_mpp_override, self.stem, self.work_dir,
+                            self.mpp, self.spec, self.model_path)
 
 
 @dataclass(frozen=True)
@@ -296,28 +317,27 @@ def _cached_slide(path: Path, mpp: float | None) -> Slide:
         return slide
 
 
-def run_block(job: SlideJob, task: BlockTask, infer: InferConfig, slide_mpp: float | None
-              ) -> BlockResult:
+def run_block(ctx: BlockContext, task: BlockTask, infer: InferConfig) -> BlockResult:
     """Read, predict, blend and write one block; then mark it done. Runs on a worker."""
     times: dict[str, float] = {}
     t0 = time.perf_counter()
-    slide = _cached_slide(job.slide_path, slide_mpp)
-    predictor = cached_predictor(job.model_path, infer)
+    slide = _cached_slide(ctx.slide_path, ctx.slide_mpp)
+    predictor = cached_predictor(ctx.model_path, infer)
     t = time.perf_counter()
     times["load"] = t - t0
     b = task.block
-    halo = slide.read_w(b.halo_xw, b.halo_yw, b.halo_w_px, b.halo_h_px, job.mpp)
+    halo = slide.read_w(b.halo_xw, b.halo_yw, b.halo_w_px, b.halo_h_px, ctx.mpp)
     times["read"] = time.perf_counter() - t
-    prob = blend_block(halo, b, task.starts_y, task.starts_x, task.keep, predictor, job.spec,
+    prob = blend_block(halo, b, task.starts_y, task.starts_x, task.keep, predictor, ctx.spec,
                        times)
     t = time.perf_counter()
-    mosaic = open_mosaic(job.mosaic_path, mode="r+")
+    mosaic = open_mosaic(ctx.mosaic_path, mode="r+")
     mosaic.level(0)[b.yw : b.yw + b.h_px, b.xw : b.xw + b.w_px] = to_uint8(prob)
     times["write"] = time.perf_counter() - t
-    result = BlockResult(job.stem, b.key, b.n_windows, times)
+    result = BlockResult(ctx.stem, b.key, b.n_windows, times)
     # The marker is written last: a block without one is redone on resume, and redoing it
     # rewrites its own chunks completely, so a half-written chunk never survives.
-    _write_json_atomic(job.work_dir / MARKERS / f"{b.key}.json", asdict(result))
+    _write_json_atomic(ctx.work_dir / MARKERS / f"{b.key}.json", asdict(result))
     return result
 
 
@@ -459,8 +479,9 @@ def process_slide_inline(slide_path: Path, config: RunConfig,
     start = time.perf_counter()
     job = prepare_slide(slide_path, config)
     results = []
+    ctx = job.context(config.slide_mpp)
     for task in job.tasks:
-        r = run_block(job, task, config.infer, config.slide_mpp)
+        r = run_block(ctx, task, config.infer)
         results.append(r)
         if on_block:
             on_block(r)

@@ -1,0 +1,327 @@
+"""Run many slides on a Dask cluster: one task per block, a finishing task per slide.
+
+The client prepares each slide (tissue, plan, work directory), submits its block tasks, and as
+the blocks of a slide complete submits its finishing task. A slide that fails (bad file,
+unreadable region, anything) is recorded with a one-line cause and the others go on. Progress
+is shown over tiles (overall, with tiles/s and ETA) with one line per finished slide.
+``OUT/run.json`` records the configuration, versions, per-slide status, stage timings, tiles/s
+and errors, and is rewritten atomically whenever a slide finishes, so a killed run leaves a
+truthful record; rerunning the same command resumes.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from wsi_seg import __version__
+from wsi_seg.cluster import ClusterConfig, WorkerPlan, connect
+from wsi_seg.errors import WsiSegError
+from wsi_seg.infer import InferConfig
+from wsi_seg.pipeline import (
+    BlockResult,
+    RunConfig,
+    SlideJob,
+    _write_json_atomic,
+    check_writable,
+    final_dir_for,
+    finish_slide,
+    is_finished,
+    prepare_slide,
+    run_block,
+    sum_times,
+)
+
+RUN_JSON = "run.json"
+
+
+@dataclass
+class SlideState:
+    """Book-keeping of one slide during a run (mutable, client side only)."""
+
+    path: Path
+    status: str = "pending"  # pending | running | ok | skipped | failed
+    error: str | None = None
+    job: SlideJob | None = None
+    remaining: int = 0
+    results: list[BlockResult] = field(default_factory=list)
+    started: float | None = None
+    report: dict[str, Any] | None = None
+
+    def record(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"slide": str(self.path), "status": self.status}
+        if self.error:
+            d["error"] = self.error
+        if self.job is not None:
+            d.update(blocks=self.job.n_blocks, blocks_resumed=self.job.n_blocks_done,
+                     tiles=self.job.n_tiles)
+        if self.report is not None:
+            d["report"] = str(Path(self.report["slide_dir"]) / "report.json")
+            for k in ("tiles_per_s", "wall_s", "stage_s", "tumour_mm2", "tissue_mm2", "score",
+                      "notes"):
+                d[k] = self.report.get(k)
+        return d
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a run did: per-slide records and the totals."""
+
+    slides: tuple[dict[str, Any], ...]
+    wall_s: float
+    tiles: int
+    failed: int
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0
+
+
+def one_line(exc: BaseException) -> str:
+    """A one-line cause for any exception (WsiSegError already is one)."""
+    if isinstance(exc, WsiSegError):
+        return str(exc)
+    text = " ".join(str(exc).split()) or "no message"
+    return f"{type(exc).__name__}: {text[:300]}"
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"wsi_seg": __version__, "python": platform.python_version()}
+    for pkg in ("tensorflow", "keras", "openslide-python", "openslide-bin", "zarr", "dask",
+                "distributed", "numpy", "shapely", "opencv-python-headless"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            continue
+    return out
+
+
+class Runner:
+    """One run over a list of slides (client side)."""
+
+    def __init__(self, slides: Sequence[Path], config: RunConfig, cluster: ClusterConfig,
+                 quiet: bool = False, gpu_resource: bool | None = None) -> None:
+        self.config = config
+        self.cluster = cluster
+        self.quiet = quiet
+        self.gpu_resource = gpu_resource
+        self.states = [SlideState(Path(p)) for p in slides]
+        self.started_at = datetime.now(UTC).replace(microsecond=0).isoformat()
+        self.t0 = time.perf_counter()
+        self.worker_plan: WorkerPlan | None = None
+        self.dashboard: str | None = None
+
+    # -- output --------------------------------------------------------------------------------
+    def say(self, text: str, err: bool = False) -> None:
+        if err or not self.quiet:
+            from tqdm import tqdm
+
+            tqdm.write(text, file=sys.stderr if err else sys.stdout)
+
+    def write_run_json(self, finished: bool = False) -> None:
+        record = {
+            "wsi_seg_version": __version__,
+            "started": self.started_at,
+            "finished": datetime.now(UTC).replace(microsecond=0).isoformat() if finished else None,
+            "wall_s": round(time.perf_counter() - self.t0, 3),
+            "command": sys.argv,
+            "config": asdict(self.config),
+            "cluster": asdict(self.cluster),
+            "workers": asdict(self.worker_plan) if self.worker_plan else None,
+            "dashboard": self.dashboard,
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+            "versions": versions(),
+            "slides": [s.record() for s in self.states],
+            "failed": sum(s.status == "failed" for s in self.states),
+            "tiles": sum(s.job.n_tiles for s in self.states if s.job and s.status == "ok"),
+            "score": (asdict(sc) if (sc := run_score([s.report for s in self.states
+                                                       if s.report])) else None),
+        }
+        _write_json_atomic(self.config.out_dir / RUN_JSON, record)
+
+    # -- the run ---------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        for state in self.states:
+            if not self.config.overwrite and is_finished(self.config.out_dir, state.path):
+                state.status = "skipped"
+                self.say(f"= {state.path.name}: already finished in "
+                         f"{final_dir_for(self.config.out_dir, state.path)}")
+                continue
+            try:
+                state.job = prepare_slide(state.path, self.config)
+            except WsiSegError as exc:
+                self.fail(state, exc)
+            except Exception as exc:
+                self.fail(state, exc)
+
+    def fail(self, state: SlideState, exc: BaseException) -> None:
+        state.status = "failed"
+        state.error = one_line(exc)
+        self.say(f"wsi-seg: error: {state.error}" if isinstance(exc, WsiSegError)
+                 else f"wsi-seg: error: {state.path}: {state.error}", err=True)
+        if not isinstance(exc, WsiSegError) and os.environ.get("WSI_SEG_DEBUG"):
+            traceback.print_exception(exc)
+
+    def run(self) -> RunResult:
+        from distributed import as_completed
+        from tqdm import tqdm
+
+        check_writable(self.config.out_dir)
+        self.prepare()
+        self.write_run_json()
+        todo = [s for s in self.states if s.job is not None]
+        total_tiles = sum(s.job.tiles_todo for s in todo if s.job)
+        if not todo:
+            self.write_run_json(finished=True)
+            return self.result()
+        with connect(self.cluster) as (client, plan):
+            self.worker_plan = plan
+            self.dashboard = getattr(client, "dashboard_link", None)
+            if plan is not None and self.dashboard:
+                self.say(f"dask: {plan.workers} worker(s) x {plan.threads_per_worker} threads, "
+                         f"dashboard {self.dashboard}")
+            infer = self.config.infer
+            if plan is not None and infer.threads is None:
+                infer = InferConfig(infer.batch_size, infer.mixed_precision, infer.device,
+                                    plan.tf_threads, infer.gpu_index)
+            use_gpu = self.gpu_resource if self.gpu_resource is not None else bool(
+                plan and plan.gpus and self.cluster.scheduler != "threads")
+            resources = {"GPU": 1} if use_gpu else None
+            owner: dict[Any, SlideState] = {}
+            futures = as_completed()
+            for state in todo:
+                job = state.job
+                assert job is not None
+                state.status = "running"
+                state.started = time.perf_counter()
+                state.remaining = len(job.tasks)
+                ctx = job.context(self.config.slide_mpp)
+                for task in job.tasks:
+                    fut = client.submit(  # type: ignore[attr-defined]
+                        run_block, ctx, task, infer, pure=False, resources=resources,
+                        key=f"block-{job.stem}-{task.block.key}-{job.config_digest}",
+                        retries=1)
+                    owner[fut] = state
+                    futures.add(fut)
+                if not job.tasks:
+                    self._submit_finish(client, state, futures, owner)
+            bar = tqdm(total=total_tiles, unit="tile", disable=self.quiet, smoothing=0.1,
+                       dynamic_ncols=True, desc="tiles")
+            for fut in futures:
+                state = owner.pop(fut)
+                if state.status == "failed":
+                    continue
+                try:
+                    value = fut.result()
+                except Exception as exc:
+                    self.fail(state, exc)
+                    self._cancel(state, owner)
+                    self.write_run_json()
+                    continue
+                if isinstance(value, BlockResult):
+                    state.results.append(value)
+                    state.remaining -= 1
+                    bar.update(value.n_windows)
+                    if state.remaining == 0:
+                        self._submit_finish(client, state, futures, owner)
+                else:
+                    self._finished(state, value)
+            bar.close()
+        self.write_run_json(finished=True)
+        return self.result()
+
+    def _submit_finish(self, client: Any, state: SlideState, futures: Any,
+                       owner: dict[Any, SlideState]) -> None:
+        job = state.job
+        assert job is not None and state.started is not None
+        wall = time.perf_counter() - state.started
+        fut = client.submit(finish_slide, job, self.config, sum_times(state.results), wall,
+                            pure=False, key=f"finish-{job.stem}-{job.config_digest}")
+        owner[fut] = state
+        futures.add(fut)
+
+    def _cancel(self, state: SlideState, owner: dict[Any, SlideState]) -> None:
+        for fut, st in list(owner.items()):
+            if st is state:
+                fut.cancel()
+
+    def _finished(self, state: SlideState, report: dict[str, Any]) -> None:
+        state.status = "ok"
+        report["slide_dir"] = str(final_dir_for(self.config.out_dir, state.path))
+        state.report = report
+        score = report.get("score") or {}
+        iou = score.get("iou")
+        extra = f", IoU {iou:.3f}, Dice {score.get('dice'):.3f}" if iou is not None else ""
+        tps = report.get("tiles_per_s") or 0.0
+        self.say(f"✓ {state.path.name}: {report['tiles']} tiles in {report['wall_s']:.1f} s "
+                 f"({tps:.1f} tiles/s), tumour {report['tumour_mm2']:.3f} mm²{extra} -> "
+                 f"{report['slide_dir']}")
+        for note in report.get("notes") or []:
+            self.say(f"  note: {note}")
+        self.write_run_json()
+
+    def result(self) -> RunResult:
+        self._write_summaries()
+        tiles = sum(s.job.n_tiles for s in self.states if s.job and s.status == "ok")
+        return RunResult(tuple(s.record() for s in self.states),
+                         time.perf_counter() - self.t0, tiles,
+                         sum(s.status == "failed" for s in self.states))
+
+    def _write_summaries(self) -> None:
+        from wsi_seg.overlay import SummaryRow, write_summary_csv, write_summary_md
+
+        rows = []
+        for s in self.states:
+            rep = s.report or {}
+            score = rep.get("score") or {}
+            status = s.status if s.status != "failed" else f"failed: {s.error}"
+            rows.append(SummaryRow(
+                slide=s.path.name, tissue_mm2=rep.get("tissue_mm2"),
+                tumour_mm2=rep.get("tumour_mm2"), iou=score.get("iou"),
+                dice=score.get("dice"), tiles_per_s=rep.get("tiles_per_s"), status=status))
+        footer = run_score_lines([s.report for s in self.states if s.report])
+        write_summary_csv(rows, self.config.out_dir / "summary.csv")
+        write_summary_md(rows, self.config.out_dir / "summary.md", footer=footer)
+
+
+def run_score(reports: list[dict[str, Any]]) -> Any:
+    """Micro/macro IoU and Dice over the scored slides (None when nothing was scored)."""
+    from wsi_seg.metrics import OverlapScore, summarize_scores
+
+    scores = [OverlapScore(**{k: r["score"][k] for k in ("tp", "fp", "fn", "resolution_um")})
+              for r in reports if r.get("score")]
+    return summarize_scores(scores) if scores else None
+
+
+def run_score_lines(reports: list[dict[str, Any]]) -> list[str]:
+    """The run's scores as summary footer lines (empty-vs-empty slides counted apart)."""
+    run = run_score(reports)
+    if run is None:
+        return []
+
+    def f(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.4f}"
+
+    return [
+        f"Scored slides: {run.n_slides} ({run.n_empty_both} empty-vs-empty, left out of the "
+        "means).",
+        f"IoU micro {f(run.micro_iou)}, macro {f(run.macro_iou)}; "
+        f"Dice micro {f(run.micro_dice)}, macro {f(run.macro_dice)}.",
+    ]
+
+
+def run_slides(slides: Sequence[Path], config: RunConfig,
+               cluster: ClusterConfig | None = None, quiet: bool = False,
+               gpu_resource: bool | None = None) -> RunResult:
+    """Process slides into ``config.out_dir``; see the module docstring."""
+    return Runner(slides, config, cluster or ClusterConfig(), quiet, gpu_resource).run()
