@@ -14,6 +14,7 @@ from wsi_seg.mosaic import MosaicGeometry, build_pyramid, create_mosaic, open_mo
 from wsi_seg.vectorize import (
     QUPATH_GRID_PX,
     PixelFrame,
+    bridge_diagonals,
     threshold_u8,
     vectorize_array,
     vectorize_mosaic,
@@ -115,7 +116,8 @@ def test_exact_pixels_random_masks_many_chunk_sizes() -> None:
     rng = np.random.default_rng(0)
     for trial in range(20):
         h, w = (int(v) for v in rng.integers(5, 90, 2))
-        mask = rng.random((h, w)) < 0.45
+        # no 2x2 checkerboards (vectorize bridges those, tested below): then exact pixels
+        mask = bridge_diagonals(rng.random((h, w)) < 0.45)
         frame = PixelFrame(h, w, 3.0, 5.0, 2.0, 0.25, chunk_px=int(rng.integers(3, 40)))
         regions = vectorize_array(mask.astype(np.uint8) * 255, frame, fg_min=1)
         # area equals the pixel count and every polygon is valid: no pinches, no overlaps
@@ -137,6 +139,20 @@ def test_valid_on_qupath_grid_after_simplify(oracle: tuple[shapely.Geometry, obj
         assert snapped.is_valid
 
 
+def test_off_grid_scale_is_snapped_and_stays_valid() -> None:
+    rng = np.random.default_rng(2)
+    mask = rng.random((200, 200)) < 0.5
+    frame = PixelFrame(200, 200, 0.333, 7.777, 1.98765, 0.2516, chunk_px=64)
+    assert not frame.on_qupath_grid()
+    regions = vectorize_array(mask.astype(np.uint8), frame, fg_min=1, simplify_um=0.3)
+    assert regions
+    for r in regions:
+        coords = shapely.get_coordinates(r.polygon)
+        assert np.allclose(np.round(coords, 2), coords, atol=1e-6)
+        assert r.polygon.is_valid
+        assert shapely.set_precision(r.polygon, QUPATH_GRID_PX, mode="pointwise").is_valid
+
+
 def test_min_area_drops_small_regions_and_fills_small_holes(
         oracle: tuple[shapely.Geometry, object]) -> None:
     truth, mosaic = oracle
@@ -149,12 +165,32 @@ def test_min_area_drops_small_regions_and_fills_small_holes(
     assert not any(r.polygon.interiors for r in filled)
 
 
-def test_diagonal_touch_gives_two_valid_polygons() -> None:
+def test_diagonal_touch_inside_a_chunk_is_bridged_into_one_polygon() -> None:
     mask = np.zeros((4, 4), np.uint8)
     mask[0:2, 0:2] = mask[2:4, 2:4] = 255  # touch at one corner only
-    regions = vectorize_array(mask, PixelFrame(4, 4, 0, 0, 1.0, 1.0, chunk_px=3), fg_min=1)
+    regions = vectorize_array(mask, PixelFrame(4, 4, 0, 0, 1.0, 1.0, chunk_px=4), fg_min=1)
+    assert len(regions) == 1 and regions[0].polygon.is_valid
+    assert regions[0].polygon.area == 9  # one bridging pixel
+    assert regions[0].mean_prob == pytest.approx(1.0)  # statistics over the real pixels only
+
+
+def test_diagonal_touch_across_chunk_corner_gives_two_valid_polygons() -> None:
+    mask = np.zeros((4, 4), np.uint8)
+    mask[0:2, 0:2] = mask[2:4, 2:4] = 255  # the corner is the corner of four chunks
+    regions = vectorize_array(mask, PixelFrame(4, 4, 0, 0, 1.0, 1.0, chunk_px=2), fg_min=1)
     assert len(regions) == 2 and all(r.polygon.is_valid for r in regions)
     assert sum(r.polygon.area for r in regions) == 8
+    assert regions[0].polygon.touches(regions[1].polygon)
+
+
+def test_noisy_map_with_many_holes_is_fast_and_valid() -> None:
+    rng = np.random.default_rng(5)
+    field = rng.random((768, 768)) < 0.3  # 30 % speckle over a big blob: thousands of holes
+    field[100:700, 100:700] = rng.random((600, 600)) < 0.9
+    frame = PixelFrame(768, 768, 0, 0, 2.0, 0.5, chunk_px=256)
+    regions = vectorize_array(field.astype(np.uint8) * 255, frame, fg_min=1)
+    assert all(r.polygon.is_valid for r in regions)
+    assert max(len(r.polygon.interiors) for r in regions) > 1000
 
 
 def test_empty_mosaic_and_threshold(tmp_path: Path) -> None:

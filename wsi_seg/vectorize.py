@@ -2,27 +2,34 @@
 
 Algorithm, one chunk of a pyramid level at a time (memory: one chunk, plus the output):
 
-1. Threshold the chunk (``value >= threshold_u8(threshold)``) and label its 8-connected
-   components (OpenCV), so each component's pixel count, probability sum and maximum come from
-   one ``bincount``; components too small to ever reach ``min_area_um2`` that do not touch a
-   chunk border are dropped before any contour is traced.
+1. Threshold the chunk (``value >= threshold_u8(threshold)``), bridge every 2x2 checkerboard
+   (two pixels touching only at a corner) with one pixel, so that no ring can pinch and every
+   traced polygon is valid by construction, and label the 8-connected components (OpenCV):
+   each component's pixel count, probability sum and maximum come from one ``bincount``;
+   components too small to ever reach ``min_area_um2`` that do not touch a chunk border are
+   dropped before any contour is traced, and holes smaller than it are filled.
 2. Trace the components with ``cv2.findContours(RETR_CCOMP)`` on the mask **upsampled 2x** (and
    padded by one zero pixel). In the 2x mask every boundary sub-pixel sits in the corner of its
    original pixel that faces the outside, so ``point // 2`` is exactly a pixel *corner*: the
    rings run along pixel edges, a polygon's area equals its pixel count, and rasterising it
    again gives back the same pixels (checked in ``tests/test_vectorize.py``).
-3. Pieces that touch an interior chunk border are kept aside; at the end, pieces that touch one
-   another are grouped (STRtree + union-find) and each group is unioned (shapely). Their pixel
-   edges on the shared border coincide exactly (integer coordinates), so the union is exact.
+3. Pieces that touch an interior chunk border get a global id, written into the chunk's four
+   edge strips; facing strips of neighbouring chunks give the pairs of pieces that are
+   8-adjacent across the border (union-find, no geometric search). Each group's *shells* are
+   unioned (their pixel edges on the shared border coincide exactly: integer coordinates) and
+   the pieces' holes, which never touch a chunk border, are put back afterwards - unioning
+   hole-riddled pieces directly is orders of magnitude slower.
 4. Each region is mapped to level 0 (pixel ``(row, col)`` of level ``L`` covers
-   ``[origin_x0 + col*s, origin_x0 + (col+1)*s)`` with ``s = geom.level_scale(L)``), holes
-   smaller than ``min_area_um2`` are filled, it is simplified (``simplify_um``), snapped to
-   QuPath's 0.01 px grid with ``shapely.set_precision`` (which keeps it valid) and regions
-   below ``min_area_um2`` are dropped.
+   ``[origin_x0 + col*s, origin_x0 + (col+1)*s)`` with ``s = geom.level_scale(L)``),
+   simplified (``simplify_um``, topology-preserving Douglas-Peucker), snapped to QuPath's
+   0.01 px grid with ``shapely.set_precision`` (which keeps it valid) unless the corners
+   already lie on it (``s`` and the origin multiples of 0.01), and regions below
+   ``min_area_um2`` are dropped.
 
-Eight-connectivity: two pixels that touch only at a corner belong to one component (OpenCV's
-rule), but a polygon may not pinch itself, so such a region is written as two polygons touching
-at one point (both valid) that share the component's probability statistics.
+Eight-connectivity: two pixels that touch only at a corner belong to one region (OpenCV's rule);
+inside a chunk the bridging pixel makes that region one simple polygon. Across a chunk border
+no pixel is added, so such a region is written as two polygons touching at one point (both
+valid) that share the region's probability statistics.
 """
 
 from __future__ import annotations
@@ -100,6 +107,15 @@ class PixelFrame:
         return cls(rows, cols, g.origin_x0, g.origin_y0, g.level_scale(level),
                    g.mpp / g.level0_px_per_px, g.chunk_px)
 
+    def on_qupath_grid(self) -> bool:
+        """Whether every pixel corner maps to a level-0 point on QuPath's 0.01 px grid.
+
+        Then traced polygons (and their Douglas-Peucker simplifications, which keep a subset
+        of the corners) are already on the grid, valid as they are, and need no snapping.
+        """
+        return all(abs(v / QUPATH_GRID_PX - round(v / QUPATH_GRID_PX)) < 1e-6
+                   for v in (self.px_x0, self.origin_x0, self.origin_y0))
+
     def chunks(self) -> Iterator[tuple[int, int, int, int]]:
         """Chunk windows ``(row0, col0, rows, cols)`` in raster pixels, row-major."""
         c = self.chunk_px
@@ -130,13 +146,27 @@ def threshold_u8(threshold: float) -> int:
 
 @dataclass
 class _Piece:
-    """A region, or a part of one cut by chunk borders, in raster pixel-edge coordinates."""
+    """A region, or a part of one cut by chunk borders, in raster pixel-edge coordinates.
 
-    geom: BaseGeometry  # Polygon or MultiPolygon (integer coordinates)
+    The shell is kept apart from the holes: holes never touch a chunk border, so merging
+    pieces across borders only needs their shells (far cheaper for ragged, hole-riddled maps).
+    """
+
+    shell: BaseGeometry  # Polygon without holes (or, defensively, any valid areal geometry)
+    holes: list[np.ndarray]  # hole rings, integer (x, y) corners
     count: int  # foreground pixels
     total: int  # sum of stored values (0..255) over them
     vmax: int  # maximum stored value
-    open: bool  # touches an interior chunk border: may continue in a neighbour chunk
+
+
+@dataclass
+class _Strips:
+    """Global open-piece ids (-1: none) along a chunk's four edges, for border merging."""
+
+    top: np.ndarray
+    bottom: np.ndarray
+    left: np.ndarray
+    right: np.ndarray
 
 
 def _component_stats(labels: np.ndarray, values: np.ndarray, fg: np.ndarray,
@@ -159,11 +189,40 @@ def _component_stats(labels: np.ndarray, values: np.ndarray, fg: np.ndarray,
     return counts, sums, vmax
 
 
-def _trace(mask: np.ndarray) -> list[tuple[np.ndarray, list[np.ndarray], tuple[int, int]]]:
-    """Exact pixel-edge rings of a binary mask.
+def bridge_diagonals(mask: np.ndarray) -> np.ndarray:
+    """Add one pixel to every 2x2 checkerboard (pixels touching only at a corner).
+
+    Such a corner is where pixel-edge rings would pinch (an invalid polygon) or where a region
+    would split into pieces touching at a point. Bridging it keeps 8-connected regions as one
+    simple polygon, valid by construction, at the cost of one pixel per corner.
+    """
+    m = mask.astype(bool, copy=True)
+    while True:
+        a, b, c, d = m[:-1, :-1], m[:-1, 1:], m[1:, :-1], m[1:, 1:]
+        main = a & d & ~b & ~c  # [[1,0],[0,1]] -> fill the top-right pixel
+        anti = b & c & ~a & ~d  # [[0,1],[1,0]] -> fill the top-left pixel
+        if not (main.any() or anti.any()):
+            return m
+        m[:-1, 1:] |= main
+        m[:-1, :-1] |= anti  # filling may create a new checkerboard next door: loop
+
+
+def _ring_areas(rings: list[np.ndarray]) -> np.ndarray:
+    """Shoelace areas of integer rings (pixel units)."""
+    out = np.empty(len(rings))
+    for i, r in enumerate(rings):
+        x, y = r[:, 0].astype(np.int64), r[:, 1].astype(np.int64)
+        out[i] = abs(int(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))) / 2
+    return out
+
+
+def _trace(mask: np.ndarray,
+           min_hole_px: float) -> list[tuple[np.ndarray, list[np.ndarray], tuple[int, int]]]:
+    """Exact pixel-edge rings of a binary mask without 2x2 checkerboards.
 
     Returns ``[(shell, [holes], (row, col))]``: rings as integer (x, y) pixel corners, and one
-    foreground pixel of the component the shell bounds (to look up its label).
+    foreground pixel of the component the shell bounds (to look up its label). Holes smaller
+    than ``min_hole_px`` pixels are left out (filled).
     """
     h, w = mask.shape
     up = cv2.resize(mask, (2 * w, 2 * h), interpolation=cv2.INTER_NEAREST)
@@ -181,72 +240,112 @@ def _trace(mask: np.ndarray) -> list[tuple[np.ndarray, list[np.ndarray], tuple[i
         while j != -1:
             holes.append(contours[j][:, 0, :] // 2)
             j = hier[j][0]
+        if holes and min_hole_px > 0:
+            areas = _ring_areas(holes)
+            holes = [hole for hole, area in zip(holes, areas, strict=True) if area >= min_hole_px]
         # With the 1-px padding, sub-pixel p maps to original corner p // 2 (module docstring).
         x, y = contour[0, 0]
         out.append((contour[:, 0, :] // 2, holes, (int(y - 1) // 2, int(x - 1) // 2)))
     return out
 
 
-def _as_valid(poly: Polygon) -> BaseGeometry:
-    """A traced ring may pinch at a corner (8-connectivity); split such polygons validly."""
-    if poly.is_valid:
-        return poly
-    fixed = shapely.make_valid(poly)
-    return MultiPolygon([p for p in shapely.get_parts(fixed) if isinstance(p, Polygon)])
-
-
 def _chunk_pieces(block: np.ndarray, row0: int, col0: int, frame: PixelFrame, fg_min: int,
-                  min_px: float) -> list[_Piece]:
-    """Pieces of one chunk, in raster pixel-edge coordinates of the whole level."""
-    fg = block >= fg_min
-    if not fg.any():
-        return []
-    rows_any, cols_any = np.nonzero(fg.any(axis=1))[0], np.nonzero(fg.any(axis=0))[0]
+                  min_px: float, next_gid: int) -> tuple[list[_Piece], list[_Piece], _Strips]:
+    """Closed pieces, open pieces (ids ``next_gid`` on) and edge strips of one chunk.
+
+    Coordinates are raster pixel edges of the whole level.
+    """
+    rows, cols = block.shape
+    strips = _Strips(np.full(cols, -1), np.full(cols, -1), np.full(rows, -1), np.full(rows, -1))
+    fg0 = block >= fg_min
+    if not fg0.any():
+        return [], [], strips
+    rows_any, cols_any = np.nonzero(fg0.any(axis=1))[0], np.nonzero(fg0.any(axis=0))[0]
     r0, r1, c0, c1 = rows_any[0], rows_any[-1] + 1, cols_any[0], cols_any[-1] + 1
-    fg = np.ascontiguousarray(fg[r0:r1, c0:c1])
+    fg_orig = fg0[r0:r1, c0:c1]
+    fg = bridge_diagonals(fg_orig)
     values = block[r0:r1, c0:c1]
     n, labels, stats, _ = cv2.connectedComponentsWithStats(fg.view(np.uint8), connectivity=8)
-    counts, sums, vmax = _component_stats(labels, values, fg, n)
+    counts, sums, vmax = _component_stats(labels, values, fg_orig, n)
 
     # Which components touch a chunk border shared with another chunk (level coordinates).
     left = stats[:, cv2.CC_STAT_LEFT] + c0 + col0
     top = stats[:, cv2.CC_STAT_TOP] + r0 + row0
     right = left + stats[:, cv2.CC_STAT_WIDTH]
     bottom = top + stats[:, cv2.CC_STAT_HEIGHT]
-    rows, cols = block.shape
     is_open = (((left == col0) & (col0 > 0))
                | ((right == col0 + cols) & (col0 + cols < frame.width_px))
                | ((top == row0) & (row0 > 0))
                | ((bottom == row0 + rows) & (row0 + rows < frame.height_px)))
+    is_open[0] = False  # background label
     keep = is_open | (counts >= min_px)
-    keep[0] = False  # background label
+    keep[0] = False
     if not keep.any():
-        return []
+        return [], [], strips
     if not keep[1:].all():  # drop small closed components before tracing
         fg = keep[labels]
-        labels = np.where(fg, labels, 0)
 
-    pieces: list[_Piece] = []
+    gid = np.full(n, -1, dtype=np.int64)
+    gid[is_open] = np.arange(next_gid, next_gid + int(is_open.sum()))
+    if r0 == 0:
+        strips.top[c0:c1] = gid[labels[0, :]]
+    if r1 == rows:
+        strips.bottom[c0:c1] = gid[labels[-1, :]]
+    if c0 == 0:
+        strips.left[r0:r1] = gid[labels[:, 0]]
+    if c1 == cols:
+        strips.right[r0:r1] = gid[labels[:, -1]]
+
     offset = np.array([c0 + col0, r0 + row0])
-    per_label: dict[int, list[BaseGeometry]] = {}
-    for shell, holes, (row, col) in _trace(fg.view(np.uint8)):
+    closed: list[_Piece] = []
+    opened: dict[int, _Piece] = {}
+    for shell, holes, (row, col) in _trace(fg.view(np.uint8), min_px):
         label = int(labels[row, col])
-        poly = Polygon(shell + offset, [h + offset for h in holes])
-        per_label.setdefault(label, []).append(_as_valid(poly))
-    for label, geoms in per_label.items():
-        geom = geoms[0] if len(geoms) == 1 else shapely.union_all(geoms)
-        pieces.append(_Piece(geom, int(counts[label]), int(sums[label]), int(vmax[label]),
-                             bool(is_open[label])))
-    return pieces
+        shell_poly: BaseGeometry = Polygon(shell + offset)
+        hole_rings = [h + offset for h in holes]
+        if not shell_poly.is_valid:  # not expected once checkerboards are bridged
+            shell_poly = shapely.make_valid(Polygon(shell + offset, hole_rings))
+            hole_rings = []
+        piece = _Piece(shell_poly, hole_rings, int(counts[label]), int(sums[label]),
+                       int(vmax[label]))
+        if is_open[label]:
+            opened[int(gid[label])] = piece
+        else:
+            closed.append(piece)
+    # Open pieces are indexed by their global id; keep the list aligned even if a label
+    # produced no ring (not expected).
+    ids = range(next_gid, next_gid + int(is_open.sum()))
+    empty = _Piece(Polygon(), [], 0, 0, 0)
+    return closed, [opened.get(g, empty) for g in ids], strips
 
 
-def _merge_open(pieces: list[_Piece]) -> list[_Piece]:
-    """Union pieces that touch one another (across chunk borders); stats add up."""
-    if not pieces:
-        return []
-    geoms = np.array([p.geom for p in pieces], dtype=object)
-    tree = shapely.STRtree(geoms)
-    left, right = tree.query(geoms, predicate="intersects")
+def _pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Id pairs of two facing edge strips that are 8-adjacent across the border."""
+    both = [(a, b), (a[:-1], b[1:]), (a[1:], b[:-1])]
+    out = [np.c_[x[(x >= 0) & (y >= 0)], y[(x >= 0) & (y >= 0)]] for x, y in both]
+    return np.concatenate(out) if out else np.empty((0, 2), dtype=np.int64)
+
+
+def _border_pairs(strips: dict[tuple[int, int], _Strips], i: int, j: int) -> list[np.ndarray]:
+    """Adjacent open-piece id pairs between chunk (i, j) and its already-processed neighbours."""
+    me = strips[(i, j)]
+    out = []
+    if (i, j - 1) in strips:
+        out.append(_pairs(strips[(i, j - 1)].right, me.left))
+    if (i - 1, j) in strips:
+        out.append(_pairs(strips[(i - 1, j)].bottom, me.top))
+    corner = strips.get((i - 1, j - 1))  # diagonal neighbours touch at one pixel corner
+    if corner is not None and corner.bottom[-1] >= 0 and me.top[0] >= 0:
+        out.append(np.array([[corner.bottom[-1], me.top[0]]]))
+    corner = strips.get((i - 1, j + 1))
+    if corner is not None and corner.bottom[0] >= 0 and me.top[-1] >= 0:
+        out.append(np.array([[corner.bottom[0], me.top[-1]]]))
+    return out
+
+
+def _merge_open(pieces: list[_Piece], pairs: np.ndarray) -> list[_Piece]:
+    """Union pieces linked by border pairs (union-find); their shells are unioned, holes and
+    statistics carried over."""
     parent = list(range(len(pieces)))
 
     def find(i: int) -> int:
@@ -255,7 +354,7 @@ def _merge_open(pieces: list[_Piece]) -> list[_Piece]:
             i = parent[i]
         return i
 
-    for a, b in zip(left.tolist(), right.tolist(), strict=True):
+    for a, b in np.unique(pairs, axis=0).tolist() if len(pairs) else []:
         ra, rb = find(a), find(b)
         if ra != rb:
             parent[max(ra, rb)] = min(ra, rb)
@@ -265,44 +364,63 @@ def _merge_open(pieces: list[_Piece]) -> list[_Piece]:
     merged = []
     for members in groups.values():
         parts = [pieces[i] for i in members]
-        geom = parts[0].geom if len(parts) == 1 else shapely.union_all([p.geom for p in parts])
-        merged.append(_Piece(geom, sum(p.count for p in parts), sum(p.total for p in parts),
-                             max(p.vmax for p in parts), False))
+        shell = (parts[0].shell if len(parts) == 1
+                 else shapely.union_all([p.shell for p in parts]))
+        merged.append(_Piece(shell, [h for p in parts for h in p.holes],
+                             sum(p.count for p in parts), sum(p.total for p in parts),
+                             max(p.vmax for p in parts)))
     return merged
 
 
-def _fill_small_holes(poly: Polygon, min_area: float) -> Polygon:
-    if min_area <= 0 or not poly.interiors:
-        return poly
-    holes = [r for r in poly.interiors if Polygon(r).area >= min_area]
-    return poly if len(holes) == len(poly.interiors) else Polygon(poly.exterior, holes)
+def _assemble(piece: _Piece, min_hole_px: float) -> list[Polygon]:
+    """A piece's polygons: its (merged) shell with its holes put back.
+
+    Holes that the merge itself closed (a ring of tumour across chunk borders) are filled
+    when smaller than ``min_hole_px`` raster pixels, like holes found inside one chunk.
+    """
+    parts = [p for p in shapely.get_parts(piece.shell) if isinstance(p, Polygon)]
+    if min_hole_px > 0 and any(p.interiors for p in parts):
+        parts = [Polygon(p.exterior, [r for r in p.interiors if Polygon(r).area >= min_hole_px])
+                 for p in parts]
+    if not piece.holes:
+        return parts
+    if len(parts) == 1:
+        return [Polygon(parts[0].exterior, [*parts[0].interiors, *piece.holes])]
+    # Shells joined only at a corner: give each hole to the part that holds it.
+    owned: list[list[Any]] = [list(p.interiors) for p in parts]
+    for hole in piece.holes:
+        x, y = float(hole[0][0]), float(hole[0][1])  # a hole corner lies inside its part
+        k = next((k for k, p in enumerate(parts) if shapely.intersects_xy(p, x, y)), None)
+        if k is not None:
+            owned[k].append(hole)
+    return [Polygon(p.exterior, holes) for p, holes in zip(parts, owned, strict=True)]
 
 
 def _finish(pieces: list[_Piece], frame: PixelFrame, min_area_um2: float,
             simplify_um: float) -> list[RegionPolygon]:
-    """Level-0 mapping, hole filling, simplification, grid snapping and area filtering."""
+    """Level-0 mapping, simplification, grid snapping and area filtering."""
     if not pieces:
         return []
     um2_per_px0 = frame.mpp0**2
     min_area_px0 = min_area_um2 / um2_per_px0
-    min_hole_raster = min_area_px0 / frame.px_x0**2
+    min_hole_px = min_area_px0 / frame.px_x0**2
     polys: list[Polygon] = []
     owner: list[int] = []
     for k, piece in enumerate(pieces):
-        for part in shapely.get_parts(piece.geom):
-            polys.append(_fill_small_holes(part, min_hole_raster))
+        for part in _assemble(piece, min_hole_px):
+            polys.append(part)
             owner.append(k)
     geoms = frame.to_level0(np.array(polys, dtype=object))
     if simplify_um > 0:
         geoms = shapely.simplify(geoms, simplify_um / frame.mpp0, preserve_topology=True)
-    geoms = shapely.set_precision(geoms, QUPATH_GRID_PX)  # mode "valid_output": stays valid
+    if not frame.on_qupath_grid():
+        # Corners are off QuPath's 0.01 px grid: snap them the way that keeps them valid.
+        geoms = shapely.set_precision(geoms, QUPATH_GRID_PX)  # mode "valid_output"
     out = []
     for geom, k in zip(geoms, owner, strict=True):
         piece = pieces[k]
         for part in shapely.get_parts(geom):
-            if not isinstance(part, Polygon) or part.is_empty or part.area < max(min_area_px0, 0):
-                continue
-            if not part.is_valid:  # defensive: set_precision promises validity
+            if not isinstance(part, Polygon) or part.is_empty or part.area < min_area_px0:
                 continue
             out.append(RegionPolygon(
                 polygon=part,
@@ -319,8 +437,9 @@ def vectorize_array(arr: ArrayLike2D, frame: PixelFrame, *, fg_min: int,
                     min_area_um2: float = 0.0, simplify_um: float = 0.0) -> list[RegionPolygon]:
     """Polygons of ``arr >= fg_min`` (a 2-D array or zarr array laid on the slide by ``frame``).
 
-    Reads ``arr`` one ``frame.chunk_px`` chunk at a time, so memory is one chunk plus the
-    output whatever the raster size. ``mean_prob``/``max_prob`` are ``value / 255``.
+    Reads ``arr`` one ``frame.chunk_px`` chunk at a time; besides the output, memory holds one
+    chunk and the edge strips of two chunk rows, whatever the raster size.
+    ``mean_prob``/``max_prob`` are ``value / 255``.
 
     Args:
         arr: 2-D uint8 (or integer/bool) array-like of shape ``(frame.height_px, frame.width_px)``.
@@ -332,17 +451,27 @@ def vectorize_array(arr: ArrayLike2D, frame: PixelFrame, *, fg_min: int,
     if tuple(arr.shape) != (frame.height_px, frame.width_px):
         raise ValueError(f"array shape {arr.shape} does not match frame "
                          f"{(frame.height_px, frame.width_px)}")
-    # A component with fewer raster pixels than this can never reach min_area_um2.
+    # A component (or hole) with fewer raster pixels than this can never reach min_area_um2.
     min_px = min_area_um2 / (frame.mpp0 * frame.px_x0) ** 2
     closed: list[_Piece] = []
     open_pieces: list[_Piece] = []
+    pairs: list[np.ndarray] = []
+    strips: dict[tuple[int, int], _Strips] = {}
+    c = frame.chunk_px
     for row0, col0, rows, cols in frame.chunks():
+        i, j = row0 // c, col0 // c
+        if j == 0:  # a new chunk row: strips older than the previous row are no longer needed
+            strips = {k: v for k, v in strips.items() if k[0] >= i - 1}
         block = np.asarray(arr[row0 : row0 + rows, col0 : col0 + cols])
         if block.dtype == bool:
             block = block.view(np.uint8)
-        for piece in _chunk_pieces(block, row0, col0, frame, fg_min, min_px):
-            (open_pieces if piece.open else closed).append(piece)
-    return _finish(closed + _merge_open(open_pieces), frame, min_area_um2, simplify_um)
+        done, opened, strips[(i, j)] = _chunk_pieces(block, row0, col0, frame, fg_min, min_px,
+                                                     len(open_pieces))
+        closed += done
+        open_pieces += opened
+        pairs += _border_pairs(strips, i, j)
+    links = np.concatenate(pairs) if pairs else np.empty((0, 2), dtype=np.int64)
+    return _finish(closed + _merge_open(open_pieces, links), frame, min_area_um2, simplify_um)
 
 
 def vectorize_mosaic(mosaic: Mosaic, level: int = 0, *, threshold: float = 0.5,
