@@ -207,22 +207,28 @@ def bridge_diagonals(mask: np.ndarray) -> np.ndarray:
         m[:-1, :-1] |= anti  # filling may create a new checkerboard next door: loop
 
 
-def _ring_areas(rings: list[np.ndarray]) -> np.ndarray:
-    """Shoelace areas of integer rings (pixel units)."""
-    out = np.empty(len(rings))
-    for i, r in enumerate(rings):
-        x, y = r[:, 0].astype(np.int64), r[:, 1].astype(np.int64)
-        out[i] = abs(int(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))) / 2
-    return out
+def _fill_small_holes(fg: np.ndarray, min_px: float) -> np.ndarray:
+    """Fill background components smaller than ``min_px`` that are enclosed in the window.
+
+    Done on the mask, before tracing, because a noisy map has tens of thousands of pinholes
+    that would otherwise each become a ring. A background component that touches the window's
+    edge may continue outside it, so it is left alone (holes closed across chunk borders are
+    filtered after merging).
+    """
+    _, labels, stats, _ = cv2.connectedComponentsWithStats((~fg).view(np.uint8), connectivity=4)
+    h, w = fg.shape
+    x, y = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]
+    inner = ((x > 0) & (y > 0) & (x + stats[:, cv2.CC_STAT_WIDTH] < w)
+             & (y + stats[:, cv2.CC_STAT_HEIGHT] < h) & (stats[:, cv2.CC_STAT_AREA] < min_px))
+    inner[0] = False  # label 0 is the foreground itself
+    return fg | inner[labels] if inner.any() else fg
 
 
-def _trace(mask: np.ndarray,
-           min_hole_px: float) -> list[tuple[np.ndarray, list[np.ndarray], tuple[int, int]]]:
+def _trace(mask: np.ndarray) -> list[tuple[np.ndarray, list[np.ndarray], tuple[int, int]]]:
     """Exact pixel-edge rings of a binary mask without 2x2 checkerboards.
 
     Returns ``[(shell, [holes], (row, col))]``: rings as integer (x, y) pixel corners, and one
-    foreground pixel of the component the shell bounds (to look up its label). Holes smaller
-    than ``min_hole_px`` pixels are left out (filled).
+    foreground pixel of the component the shell bounds (to look up its label).
     """
     h, w = mask.shape
     up = cv2.resize(mask, (2 * w, 2 * h), interpolation=cv2.INTER_NEAREST)
@@ -240,9 +246,6 @@ def _trace(mask: np.ndarray,
         while j != -1:
             holes.append(contours[j][:, 0, :] // 2)
             j = hier[j][0]
-        if holes and min_hole_px > 0:
-            areas = _ring_areas(holes)
-            holes = [hole for hole, area in zip(holes, areas, strict=True) if area >= min_hole_px]
         # With the 1-px padding, sub-pixel p maps to original corner p // 2 (module docstring).
         x, y = contour[0, 0]
         out.append((contour[:, 0, :] // 2, holes, (int(y - 1) // 2, int(x - 1) // 2)))
@@ -299,7 +302,9 @@ def _chunk_pieces(block: np.ndarray, row0: int, col0: int, frame: PixelFrame, fg
     offset = np.array([c0 + col0, r0 + row0])
     closed: list[_Piece] = []
     opened: dict[int, _Piece] = {}
-    for shell, holes, (row, col) in _trace(fg.view(np.uint8), min_px):
+    if min_px > 0:
+        fg = _fill_small_holes(fg, min_px)
+    for shell, holes, (row, col) in _trace(fg.view(np.uint8)):
         label = int(labels[row, col])
         shell_poly: BaseGeometry = Polygon(shell + offset)
         hole_rings = [h + offset for h in holes]
