@@ -20,6 +20,7 @@ white (255, 255, 255), the colour of empty glass, so tissue detection and models
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Mapping
@@ -29,6 +30,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import openslide
+import tifffile
 from PIL import Image
 
 from wsi_seg.errors import SlideError
@@ -349,8 +351,11 @@ def open_slide(path: str | os.PathLike[str], mpp: float | None = None) -> Slide:
     osr: openslide.AbstractSlide
     try:
         fmt = openslide.OpenSlide.detect_format(str(p))
+        damage = None if fmt is not None else _tiff_damage(p)
         if fmt is not None:
             osr = openslide.OpenSlide(str(p))
+        elif damage is not None:
+            raise SlideError(damage, p)
         elif p.suffix.lower() in PLAIN_IMAGE_SUFFIXES | {".tif", ".tiff"}:
             osr = openslide.ImageSlide(str(p))
         else:
@@ -377,6 +382,47 @@ def open_slide(path: str | os.PathLike[str], mpp: float | None = None) -> Slide:
     slide = Slide(p, osr, level0_mpp)
     _probe(slide)
     return slide
+
+
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def _tiff_damage(p: Path) -> str | None:
+    """Why a TIFF-looking file is not a slide, when the cause is truncation; else None.
+
+    A truncated SVS loses its later pyramid directories, so OpenSlide no longer recognises
+    the vendor and would report "not a slide"; naming the truncation is the useful answer.
+    """
+    with open(p, "rb") as f:
+        if f.read(4) not in _TIFF_MAGIC:
+            return None
+    size = p.stat().st_size
+    lost: list[str] = []
+
+    class _Catch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lost.append(record.getMessage())
+
+    log = logging.getLogger("tifffile")
+    handler, propagate = _Catch(logging.WARNING), log.propagate
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        with tifffile.TiffFile(p) as tif:
+            end = max((int(o) + int(n) for page in tif.pages
+                       for o, n in zip(getattr(page, "dataoffsets", ()),
+                                       getattr(page, "databytecounts", ()), strict=False)),
+                      default=0)
+    except Exception:  # any parse failure of a TIFF header is damage
+        return "TIFF structure is corrupt or truncated"
+    finally:
+        log.removeHandler(handler)
+        log.propagate = propagate
+    if end > size:
+        return f"file is truncated: its image data runs to byte {end} but the file has {size}"
+    if any("offset" in m for m in lost):
+        return "file is truncated or corrupt: a TIFF directory points past the end of the file"
+    return None
 
 
 def _probe(slide: Slide) -> None:
