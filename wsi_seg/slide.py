@@ -206,7 +206,19 @@ class Slide:
             lx, ly = round(xl), round(yl)
             raw = self._read_level(choice.level, lx, ly, w_px * k, h_px * k)
             return cv2.resize(raw, (w_px, h_px), interpolation=cv2.INTER_AREA)
-        return self._read_resampled(choice.level, xl, yl, s, w_px, h_px)
+        # Sample positions from the absolute working index (xw + j), so a pixel's value is the
+        # same in every region that holds it (bit for bit: block reads equal one big read).
+        cols = xw + np.arange(w_px, dtype=np.float64)
+        rows = yw + np.arange(h_px, dtype=np.float64)
+        u = (self.origin_x0 + (cols + 0.5) * f) / d - 0.5
+        v = (self.origin_y0 + (rows + 0.5) * f) / d - 0.5
+        out = self._read_resampled(choice.level, u, v, s)
+        # Working pixels whose footprint lies wholly outside the slide are white, exactly as
+        # in the other paths (the antialiasing blur would otherwise bleed tissue into them).
+        w0, h0 = self.dimensions
+        out[:, (self.origin_x0 + (cols + 1) * f <= 0) | (self.origin_x0 + cols * f >= w0)] = 255
+        out[(self.origin_y0 + (rows + 1) * f <= 0) | (self.origin_y0 + rows * f >= h0)] = 255
+        return out
 
     def read_x0(self, x0: float, y0: float, w0: float, h0: float, mpp: float) -> np.ndarray:
         """Read the level-0 rectangle ``(x0, y0, w0, h0)`` at ``mpp`` µm/px.
@@ -221,9 +233,10 @@ class Slide:
         if abs(xw - round(xw)) < 1e-6 and abs(yw - round(yw)) < 1e-6:
             return self.read_w(round(xw), round(yw), w_px, h_px, mpp)
         choice = self.choose_level(mpp)
-        return self._read_resampled(
-            choice.level, x0 / choice.downsample, y0 / choice.downsample, choice.scale, w_px, h_px
-        )
+        d, s = choice.downsample, choice.scale
+        u = (x0 + (np.arange(w_px) + 0.5) * f) / d - 0.5
+        v = (y0 + (np.arange(h_px) + 0.5) * f) / d - 0.5
+        return self._read_resampled(choice.level, u, v, s)
 
     def thumbnail(self, max_px: int = 1024) -> tuple[np.ndarray, float]:
         """RGB thumbnail of the bounds whose longer side is at most ``max_px``.
@@ -267,17 +280,21 @@ class Slide:
         out[cy0 - yl : cy1 - yl, cx0 - xl : cx1 - xl] = _flatten_on_white(rgba)
         return out
 
-    def _read_resampled(
-        self, level: int, xl: float, yl: float, s: float, w_px: int, h_px: int
-    ) -> np.ndarray:
-        """General resampling: antialias blur then bilinear, both fixed by global position.
+    def _read_resampled(self, level: int, u: np.ndarray, v: np.ndarray, s: float
+                        ) -> np.ndarray:
+        """General resampling: antialias blur, then bilinear at level coordinates.
 
-        Output pixel (i, j) samples level coordinate ``(xl + (j + .5) * s - .5, ...)``.
+        Output pixel ``(i, j)`` is the (blurred) level image sampled at level pixel-centre
+        coordinates ``(v[i], u[j])``. The blur is exact away from the read's border (the
+        margin) and the interpolation is plain float arithmetic per pixel, so each output
+        pixel depends only on its sample position, not on the region read. (OpenCV's
+        ``warpAffine``/``remap`` quantise positions in fixed point relative to the region, which
+        changes a pixel by one grey level from one region to another.)
         """
         margin = math.ceil(2 * s) + 2
-        rx, ry = math.floor(xl) - margin, math.floor(yl) - margin
-        rw = math.ceil(w_px * s) + 2 * margin + 1
-        rh = math.ceil(h_px * s) + 2 * margin + 1
+        rx, ry = math.floor(u[0]) - margin, math.floor(v[0]) - margin
+        rw = math.floor(u[-1]) - rx + margin + 2
+        rh = math.floor(v[-1]) - ry + margin + 2
         raw = self._read_level(level, rx, ry, rw, rh)
         if s > 1:
             # Blur before decimating so fine texture does not alias; the margin keeps the
@@ -285,10 +302,21 @@ class Slide:
             sigma = 0.5 * math.sqrt(s * s - 1)
             raw = cv2.GaussianBlur(raw, (0, 0), sigmaX=sigma, sigmaY=sigma,
                                    borderType=cv2.BORDER_REPLICATE)
-        m = np.array([[s, 0, xl - rx + 0.5 * s - 0.5], [0, s, yl - ry + 0.5 * s - 0.5]])
-        return cv2.warpAffine(raw, m, (w_px, h_px),
-                              flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                              borderMode=cv2.BORDER_CONSTANT, borderValue=(255, 255, 255))
+        ix = np.floor(u).astype(np.int64)
+        tx = (u - ix).astype(np.float32)[None, :, None]
+        ix -= rx
+        iy = np.floor(v).astype(np.int64)
+        ty = (v - iy).astype(np.float32)[:, None, None]
+        iy -= ry
+        out = np.empty((len(v), len(u), 3), np.uint8)
+        for r0 in range(0, len(v), 256):  # strips bound the float temporaries
+            r1 = min(r0 + 256, len(v))
+            top = raw[iy[r0:r1]].astype(np.float32)
+            col = top + (raw[iy[r0:r1] + 1] - top) * ty[r0:r1]
+            left = col[:, ix]
+            val = left + (col[:, ix + 1] - left) * tx
+            out[r0:r1] = np.clip(val + 0.5, 0, 255).astype(np.uint8)
+        return out
 
     def close(self) -> None:
         self._osr.close()
