@@ -11,7 +11,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from wsi_seg.errors import WsiSegError
+from wsi_seg.errors import NoTissueError, WsiSegError
 from wsi_seg.slide import Slide, find_slides, open_slide
 from wsi_seg.tiling import plan_blocks, step_for
 from wsi_seg.tissue import TissueMask, find_tissue
@@ -136,6 +136,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"wsi-seg: error: {exc}", file=sys.stderr)
             continue
         print(json.dumps(d) if args.json else format_text(d), flush=True)
-        if d["tissue_fraction"] == 0:
-            print(f"wsi-seg: note: {path}: no tissue found", file=sys.stderr)
+        if tissue.empty:
+            # Bad input for a run (nothing to segment): say so and exit non-zero, after the
+            # description so the user still sees what the slide holds.
+            failed += 1
+            err = NoTissueError("no tissue found (only glass at "
+                                f"{tissue.level0_px_per_px * slide.mpp:.3g} µm/px, "
+                                f"OD threshold {tissue.threshold_od:.3f})", path)
+            print(f"wsi-seg: error: {err}", file=sys.stderr)
     return 1 if failed else 0
