@@ -37,10 +37,10 @@ def red_channel_unet(path: Path, roi: int = 64, mpp: float = 1.0) -> Path:
     import keras
 
     inp = keras.Input((roi, roi, 3))
-    out = keras.layers.Conv2D(
-        1, 1, activation="linear", use_bias=False,
-        kernel_initializer=keras.initializers.Constant(np.array([1.0, 0.0, 0.0]).reshape(1, 1, 3, 1)),
-        dtype="float32")(inp)
+    pick_red = np.array([1.0, 0.0, 0.0]).reshape(1, 1, 3, 1)
+    out = keras.layers.Conv2D(1, 1, activation="linear", use_bias=False,
+                              kernel_initializer=keras.initializers.Constant(pick_red),
+                              dtype="float32")(inp)
     return _save(keras.Model(inp, out), path, "unet", roi, mpp)
 
 
