@@ -341,6 +341,18 @@ def run_block(ctx: BlockContext, task: BlockTask, infer: InferConfig) -> BlockRe
     return result
 
 
+def warm_worker(model_path: Path, infer: InferConfig) -> str:
+    """Load the model and trace its function on a worker ahead of the first block.
+
+    Run while the client is still finding tissue and planning, so TensorFlow's import, the
+    model load and the first trace overlap with that work instead of delaying the first block.
+    """
+    predictor = cached_predictor(model_path, infer)
+    roi = predictor.roi_px
+    predictor(np.full((1, roi, roi, 3), 255, np.uint8))
+    return predictor.device
+
+
 def finish_slide(job: SlideJob, config: RunConfig, block_times: dict[str, float],
                  wall_s: float) -> dict[str, Any]:
     """Pyramid, polygons, GeoJSON, overlay, scores and report; then publish the slide."""

@@ -38,6 +38,7 @@ from wsi_seg.pipeline import (
     prepare_slide,
     run_block,
     sum_times,
+    warm_worker,
 )
 
 RUN_JSON = "run.json"
@@ -177,11 +178,10 @@ class Runner:
         from tqdm import tqdm
 
         check_writable(self.config.out_dir)
-        self.prepare()
-        self.write_run_json()
-        todo = [s for s in self.states if s.job is not None]
-        total_tiles = sum(s.job.tiles_todo for s in todo if s.job)
-        if not todo:
+        pending = [s for s in self.states
+                   if self.config.overwrite or not is_finished(self.config.out_dir, s.path)]
+        if not pending:
+            self.prepare()
             self.write_run_json(finished=True)
             return self.result()
         with connect(self.cluster) as (client, plan):
@@ -194,6 +194,13 @@ class Runner:
             if plan is not None and infer.threads is None:
                 infer = InferConfig(infer.batch_size, infer.mixed_precision, infer.device,
                                     plan.tf_threads, infer.gpu_index)
+            # Workers import TensorFlow and load the model while the client plans the slides.
+            warm = _warm_workers(client, self.config, infer)
+            self.prepare()
+            self.write_run_json()
+            todo = [s for s in self.states if s.job is not None]
+            total_tiles = sum(s.job.tiles_todo for s in todo if s.job)
+            self._await_warm(warm)
             use_gpu = self.gpu_resource if self.gpu_resource is not None else bool(
                 plan and plan.gpus and self.cluster.scheduler != "threads")
             resources = {"GPU": 1} if use_gpu else None
@@ -239,6 +246,17 @@ class Runner:
             bar.close()
         self.write_run_json(finished=True)
         return self.result()
+
+    def _await_warm(self, warm: list[Any]) -> None:
+        """Wait for the warm-up; a model that cannot load fails every slide with its cause."""
+        try:
+            for fut in warm:
+                fut.result()
+        except Exception as exc:
+            for state in self.states:
+                if state.job is not None:
+                    state.job = None
+                    self.fail(state, exc)
 
     def _submit_finish(self, client: Any, state: SlideState, futures: Any,
                        owner: dict[Any, SlideState]) -> None:
@@ -292,6 +310,18 @@ class Runner:
         footer = run_score_lines([s.report for s in self.states if s.report])
         write_summary_csv(rows, self.config.out_dir / "summary.csv")
         write_summary_md(rows, self.config.out_dir / "summary.md", footer=footer)
+
+
+def _warm_workers(client: Any, config: RunConfig, infer: InferConfig) -> list[Any]:
+    """Start loading the model on every worker (futures; empty when there is no model)."""
+    try:
+        model = config.resolved_model()
+    except WsiSegError:
+        return []
+    workers = list(client.scheduler_info().get("workers", {}))
+    return [client.submit(warm_worker, model, infer, pure=False, key=f"warm-up-{i}",
+                          workers=[addr], allow_other_workers=False)
+            for i, addr in enumerate(workers)]
 
 
 def run_score(reports: list[dict[str, Any]]) -> Any:
