@@ -80,8 +80,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=S, help="output folder (required)")
     p.add_argument("--config", type=Path, help="TOML run configuration (see pipelines/)")
     g = p.add_argument_group("model and resolution")
-    g.add_argument("--model", type=Path, default=S,
-                   help="MODEL.keras with its MODEL.json card (default: bundled demo UNet)")
+    g.add_argument("--model", default=S,
+                   help="MODEL.keras with its MODEL.json card, or bundled:unet / bundled:patch "
+                   "[bundled:unet]")
     g.add_argument("--mpp", type=float, default=S,
                    help="level-0 µm/px of the slides, overriding (or supplying) their metadata")
     g.add_argument("--tile", type=int, default=S,
@@ -172,6 +173,15 @@ def _path(value: Any) -> Path | None:
     return None if value in (None, "") else Path(value)
 
 
+def model_path(value: Any) -> Path | None:
+    """A model option: a path, or ``bundled:unet`` / ``bundled:patch`` for the demo models."""
+    if isinstance(value, str | Path) and str(value).startswith("bundled:"):
+        from wsi_seg.card import bundled_model_path
+
+        return bundled_model_path(str(value).split(":", 1)[1])
+    return _path(value)
+
+
 def build_configs(opts: dict[str, Any]) -> tuple[RunConfig, ClusterConfig]:
     if opts["block"] % opts["chunk"]:
         raise WsiSegError(f"--block {opts['block']} must be a multiple of --chunk {opts['chunk']}")
@@ -184,7 +194,7 @@ def build_configs(opts: dict[str, Any]) -> tuple[RunConfig, ClusterConfig]:
                         device=str(opts["device"]), threads=opts["tf_threads"])
     classes = opts["truth_class"]
     config = RunConfig(
-        out_dir=Path(opts["out"]), model_path=_path(opts["model"]), slide_mpp=opts["mpp"],
+        out_dir=Path(opts["out"]), model_path=model_path(opts["model"]), slide_mpp=opts["mpp"],
         overlap=float(opts["overlap"]), stride_px=opts["stride"], blend=opts["blend"],
         sigma_scale=float(opts["sigma_scale"]), block_px=int(opts["block"]),
         chunk_px=int(opts["chunk"]), infer=infer, threshold=opts["threshold"],
