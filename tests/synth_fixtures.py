@@ -29,8 +29,9 @@ SLIDES: dict[str, tuple[tuple[int, int], int, int]] = {
     "p2.svs": ((3000, 2000), 1, 2),
     # 4x pyramid: levels 1, 4 (2400x1600, 600x400).
     "p4.svs": ((2400, 1600), 2, 4),
-    # Generic tiled TIFF, 2x pyramid: levels 1, 2 (2000x1200, 1000x600).
-    "p2.tif": ((2000, 1200), 3, 2),
+    # Generic tiled TIFF, 2x pyramid: levels 1, 2 (2000x1200, 1000x600). Its own stem: the
+    # truth file is <stem>.tumor.geojson, so p2.tif would overwrite p2.svs's.
+    "t2.tif": ((2000, 1200), 3, 2),
     # Determinism: the same seed twice, and another seed.
     "det-a.svs": ((1100, 900), 5, 2),
     "det-b.svs": ((1100, 900), 5, 2),
