@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The whole check, from a fresh clone with only Python 3.11: set up .venv with the dev extras
+# (first run only), then ruff, mypy and the test suite. Arguments go to pytest.
+# Tests that need ../shared/data skip without it; WSI_SEG_REQUIRE_DATA=1 (set by .ci/run)
+# turns those skips into failures.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
+cd "$ROOT"
+T0="$(now)"
+ensure_env dev
+
+status=0
+step() {
+    local name="$1" t
+    shift
+    t="$(now)"
+    echo "==> $name"
+    if "$@"; then
+        echo "==> $name: ok ($(since "$t"))"
+    else
+        echo "==> $name: FAILED ($(since "$t"))"
+        status=1
+    fi
+}
+step "ruff" ruff check .
+step "mypy" mypy
+step "pytest" pytest -q "$@"
+echo "==> total $(since "$T0"): $([[ $status == 0 ]] && echo PASSED || echo FAILED)"
+exit $status
