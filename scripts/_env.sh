@@ -46,7 +46,10 @@ ensure_env() {
         spec="$ROOT"
         [[ -n "$extras" ]] && spec="$ROOT[$extras]"
         echo "==> installing wsi-seg${extras:+[$extras]} into $VENV (first time: a few minutes)"
-        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$spec"
+        # Some machines' pip.conf name local indexes that do not exist; pip warns once per
+        # package about them. Drop those lines, keep every other message and pip's status.
+        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$spec" \
+            2> >(grep -v '^WARNING: Location .* is ignored' >&2 || true)
         # Keep the other stamp only if it was for this same pyproject.
         { grep " $hash\$" "$STAMP" 2>/dev/null | grep -vx "$want" || true; echo "$want"; } \
             > "$STAMP.tmp"
