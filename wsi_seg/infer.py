@@ -42,14 +42,16 @@ class InferConfig:
         mixed_precision: float16 compute on GPU (outputs stay float32).
         device: ``auto`` (GPU when present), ``gpu`` (required) or ``cpu``.
         threads: TensorFlow intra-op threads per process (None: TensorFlow's default).
-        gpu_index: which visible GPU this process uses (one worker per GPU).
+        gpu_index: which visible GPU this process uses; None picks one from the Dask worker's
+            name (``LocalCluster`` names workers 0, 1, ...), so one worker per GPU gives each
+            worker its own card.
     """
 
     batch_size: int = 16
     mixed_precision: bool = False
     device: str = "auto"
     threads: int | None = None
-    gpu_index: int = 0
+    gpu_index: int | None = None
 
 
 _configured = False
@@ -79,6 +81,20 @@ def gpus() -> list[Any]:
     return list(tf.config.list_physical_devices("GPU"))
 
 
+def worker_index() -> int:
+    """This process's position among Dask workers (0 outside a worker or for named workers)."""
+    try:
+        from distributed import get_worker
+
+        name = get_worker().name
+    except (ImportError, ValueError):
+        return 0
+    try:
+        return int(str(name).rsplit("-", 1)[-1])
+    except ValueError:
+        return 0
+
+
 def _pick_device(config: InferConfig) -> str:
     import tensorflow as tf
 
@@ -87,7 +103,8 @@ def _pick_device(config: InferConfig) -> str:
         return "/CPU:0"
     if not found:
         raise ModelError("--device gpu was asked for but TensorFlow sees no GPU")
-    gpu = found[config.gpu_index % len(found)]
+    index = config.gpu_index if config.gpu_index is not None else worker_index()
+    gpu = found[index % len(found)]
     try:
         # One card per worker process: the others stay untouched (no memory grabbed on them).
         tf.config.set_visible_devices([gpu], "GPU")
