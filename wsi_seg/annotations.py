@@ -307,6 +307,21 @@ def _mask_array(path: Path) -> Any:
     return arr
 
 
+class _Nonzero255:
+    """A 2-D array-like seen as 0/255: nonzero pixels become 255.
+
+    With values 0/255 and threshold 1, every corner-only contact (saddle) counts as connected
+    when vectorized, i.e. a binary mask keeps 8-connectivity.
+    """
+
+    def __init__(self, arr: Any) -> None:
+        self.arr = arr
+        self.shape = tuple(arr.shape)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return np.where(np.asarray(self.arr[key]) != 0, 255, 0).astype(np.uint8)
+
+
 def read_mask_truth(path: str | Path, *, mask_px_x0: float | None = None,
                     mask_mpp: float | None = None, slide_mpp: float | None = None) -> Truth:
     """A binary mask (nonzero = tumour) traced to polygons in level-0 slide pixels.
@@ -327,7 +342,7 @@ def read_mask_truth(path: str | Path, *, mask_px_x0: float | None = None,
     rows, cols = int(arr.shape[0]), int(arr.shape[1])
     chunk = int(getattr(arr, "chunks", (1024, 1024))[0]) if path.is_dir() else 1024
     frame = PixelFrame(rows, cols, 0.0, 0.0, float(mask_px_x0), slide_mpp or 1.0, chunk)
-    regions = vectorize_array(arr, frame, fg_min=1)
+    regions = vectorize_array(_Nonzero255(arr), frame, fg_min=1)
     polys = tuple(r.polygon for r in regions)
     geom = shapely.union_all(polys) if polys else MultiPolygon()
     return Truth(path, polys, geom, ("nonzero",), ("nonzero",))

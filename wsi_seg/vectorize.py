@@ -2,17 +2,21 @@
 
 Algorithm, one chunk of a pyramid level at a time (memory: one chunk, plus the output):
 
-1. Threshold the chunk (``value >= threshold_u8(threshold)``), bridge every 2x2 checkerboard
-   (two pixels touching only at a corner) with one pixel, so that no ring can pinch and every
-   traced polygon is valid by construction, and label the 8-connected components (OpenCV):
-   each component's pixel count, probability sum and maximum come from one ``bincount``;
-   components too small to ever reach ``min_area_um2`` that do not touch a chunk border are
-   dropped before any contour is traced, and holes smaller than it are filled.
+1. Threshold the chunk (``value >= threshold_u8(threshold)``), decide each ambiguous 2x2
+   saddle (two pixels touching only at a corner) by the mean of its four values, as marching
+   squares does (:func:`resolve_saddles`: one pixel changes per saddle), and label the
+   8-connected components (OpenCV): each component's pixel count, probability sum and maximum
+   come from one ``bincount``. Components too small to ever reach ``min_area_um2`` that do not
+   touch a chunk border are dropped, and enclosed background smaller than it is filled, before
+   any contour is traced (a noisy map has tens of thousands of pinholes).
 2. Trace the components with ``cv2.findContours(RETR_CCOMP)`` on the mask **upsampled 2x** (and
    padded by one zero pixel). In the 2x mask every boundary sub-pixel sits in the corner of its
    original pixel that faces the outside, so ``point // 2`` is exactly a pixel *corner*: the
    rings run along pixel edges, a polygon's area equals its pixel count, and rasterising it
-   again gives back the same pixels (checked in ``tests/test_vectorize.py``).
+   again gives back the same pixels (checked in ``tests/test_vectorize.py``). With the
+   saddles resolved no ring pinches, so polygons are valid by construction; a saddle that
+   straddles a chunk border is not seen by either chunk, so rings are still checked and the
+   rare invalid one is repaired (``make_valid``).
 3. Pieces that touch an interior chunk border get a global id, written into the chunk's four
    edge strips; facing strips of neighbouring chunks give the pairs of pieces that are
    8-adjacent across the border (union-find, no geometric search). Each group's *shells* are
@@ -26,10 +30,9 @@ Algorithm, one chunk of a pyramid level at a time (memory: one chunk, plus the o
    already lie on it (``s`` and the origin multiples of 0.01), and regions below
    ``min_area_um2`` are dropped.
 
-Eight-connectivity: two pixels that touch only at a corner belong to one region (OpenCV's rule);
-inside a chunk the bridging pixel makes that region one simple polygon. Across a chunk border
-no pixel is added, so such a region is written as two polygons touching at one point (both
-valid) that share the region's probability statistics.
+Saddles across chunk borders: two pixels that touch only at a corner there belong to one
+region, written as polygons touching at one point (each valid) that share the region's
+probability statistics.
 """
 
 from __future__ import annotations
@@ -152,11 +155,12 @@ class _Piece:
     pieces across borders only needs their shells (far cheaper for ragged, hole-riddled maps).
     """
 
-    shell: BaseGeometry  # Polygon without holes (or, defensively, any valid areal geometry)
-    holes: list[np.ndarray]  # hole rings, integer (x, y) corners
+    shell: BaseGeometry  # valid Polygon/MultiPolygon: the outer rings, with pinch holes only
+    holes: list[np.ndarray]  # simple hole rings, integer (x, y) corners
     count: int  # foreground pixels
     total: int  # sum of stored values (0..255) over them
     vmax: int  # maximum stored value
+    suspect: bool = False  # a ring needed repair: check the final polygons' validity
 
 
 @dataclass
@@ -189,22 +193,42 @@ def _component_stats(labels: np.ndarray, values: np.ndarray, fg: np.ndarray,
     return counts, sums, vmax
 
 
-def bridge_diagonals(mask: np.ndarray) -> np.ndarray:
-    """Add one pixel to every 2x2 checkerboard (pixels touching only at a corner).
+def resolve_saddles(fg: np.ndarray, values: np.ndarray, fg_min: int,
+                    max_rounds: int = 4) -> np.ndarray:
+    """Decide every 2x2 checkerboard (two pixels touching only at a corner) by the data.
 
-    Such a corner is where pixel-edge rings would pinch (an invalid polygon) or where a region
-    would split into pieces touching at a point. Bridging it keeps 8-connected regions as one
-    simple polygon, valid by construction, at the cost of one pixel per corner.
+    Such a saddle is ambiguous, and as pixel-edge polygons it would pinch (invalid). As in
+    marching squares' asymptotic decider, the corner is connected when the mean of the four
+    values is at least the threshold: then the higher-valued background pixel is filled;
+    otherwise the lower-valued foreground pixel is cleared. Only saddle pixels change. A change
+    can create a new saddle next door, so this repeats; after ``max_rounds`` rounds remaining
+    saddles are filled (monotone, so it ends).
+
+    Returns a new boolean mask without 2x2 checkerboards.
     """
-    m = mask.astype(bool, copy=True)
+    fg = fg.astype(bool, copy=True)
+    v = values.astype(np.int32)
+    rounds = 0
     while True:
-        a, b, c, d = m[:-1, :-1], m[:-1, 1:], m[1:, :-1], m[1:, 1:]
-        main = a & d & ~b & ~c  # [[1,0],[0,1]] -> fill the top-right pixel
-        anti = b & c & ~a & ~d  # [[0,1],[1,0]] -> fill the top-left pixel
+        a, b, c, d = fg[:-1, :-1], fg[:-1, 1:], fg[1:, :-1], fg[1:, 1:]
+        main = a & d & ~b & ~c  # foreground on the main diagonal
+        anti = b & c & ~a & ~d  # foreground on the anti-diagonal
         if not (main.any() or anti.any()):
-            return m
-        m[:-1, 1:] |= main
-        m[:-1, :-1] |= anti  # filling may create a new checkerboard next door: loop
+            return fg
+        r, q = np.nonzero(main | anti)  # top-left corner of each saddle
+        is_main = main[r, q]
+        # (row, col) of the two foreground and the two background pixels of each saddle
+        f1 = (r, np.where(is_main, q, q + 1))
+        f2 = (r + 1, np.where(is_main, q + 1, q))
+        b1 = (r, np.where(is_main, q + 1, q))
+        b2 = (r + 1, np.where(is_main, q, q + 1))
+        total = v[f1] + v[f2] + v[b1] + v[b2]
+        connect = (total >= 4 * fg_min) | (rounds >= max_rounds)
+        fill = tuple(np.where(v[b1] >= v[b2], b1[k], b2[k])[connect] for k in (0, 1))
+        clear = tuple(np.where(v[f1] <= v[f2], f1[k], f2[k])[~connect] for k in (0, 1))
+        fg[fill] = True
+        fg[clear] = False
+        rounds += 1
 
 
 def _fill_small_holes(fg: np.ndarray, min_px: float) -> np.ndarray:
@@ -252,6 +276,26 @@ def _trace(mask: np.ndarray) -> list[tuple[np.ndarray, list[np.ndarray], tuple[i
     return out
 
 
+def _areal(geom: BaseGeometry) -> list[Polygon]:
+    return [p for p in shapely.get_parts(geom) if isinstance(p, Polygon) and not p.is_empty]
+
+
+def _piece(shell: np.ndarray, holes: list[np.ndarray], count: int, total: int,
+           vmax: int) -> _Piece:
+    """A traced component as a piece.
+
+    Without saddles (:func:`resolve_saddles`) every ring is simple and no hole touches
+    another ring, so the polygon is valid by construction. The shell is still checked (one
+    cheap test per component); should it pinch anyway, it is repaired and the piece marked
+    ``suspect`` so its final polygons get the full (costlier) validity check.
+    """
+    shell_poly = Polygon(shell)
+    if shell_poly.is_valid:
+        return _Piece(shell_poly, holes, count, total, vmax)
+    repaired = shapely.make_valid(Polygon(shell, holes))
+    return _Piece(shapely.MultiPolygon(_areal(repaired)), [], count, total, vmax, True)
+
+
 def _chunk_pieces(block: np.ndarray, row0: int, col0: int, frame: PixelFrame, fg_min: int,
                   min_px: float, next_gid: int) -> tuple[list[_Piece], list[_Piece], _Strips]:
     """Closed pieces, open pieces (ids ``next_gid`` on) and edge strips of one chunk.
@@ -265,11 +309,10 @@ def _chunk_pieces(block: np.ndarray, row0: int, col0: int, frame: PixelFrame, fg
         return [], [], strips
     rows_any, cols_any = np.nonzero(fg0.any(axis=1))[0], np.nonzero(fg0.any(axis=0))[0]
     r0, r1, c0, c1 = rows_any[0], rows_any[-1] + 1, cols_any[0], cols_any[-1] + 1
-    fg_orig = fg0[r0:r1, c0:c1]
-    fg = bridge_diagonals(fg_orig)
     values = block[r0:r1, c0:c1]
+    fg = resolve_saddles(fg0[r0:r1, c0:c1], values, fg_min)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(fg.view(np.uint8), connectivity=8)
-    counts, sums, vmax = _component_stats(labels, values, fg_orig, n)
+    counts, sums, vmax = _component_stats(labels, values, fg, n)
 
     # Which components touch a chunk border shared with another chunk (level coordinates).
     left = stats[:, cv2.CC_STAT_LEFT] + c0 + col0
@@ -306,13 +349,8 @@ def _chunk_pieces(block: np.ndarray, row0: int, col0: int, frame: PixelFrame, fg
         fg = _fill_small_holes(fg, min_px)
     for shell, holes, (row, col) in _trace(fg.view(np.uint8)):
         label = int(labels[row, col])
-        shell_poly: BaseGeometry = Polygon(shell + offset)
-        hole_rings = [h + offset for h in holes]
-        if not shell_poly.is_valid:  # not expected once checkerboards are bridged
-            shell_poly = shapely.make_valid(Polygon(shell + offset, hole_rings))
-            hole_rings = []
-        piece = _Piece(shell_poly, hole_rings, int(counts[label]), int(sums[label]),
-                       int(vmax[label]))
+        piece = _piece(shell + offset, [h + offset for h in holes], int(counts[label]),
+                       int(sums[label]), int(vmax[label]))
         if is_open[label]:
             opened[int(gid[label])] = piece
         else:
@@ -373,7 +411,7 @@ def _merge_open(pieces: list[_Piece], pairs: np.ndarray) -> list[_Piece]:
                  else shapely.union_all([p.shell for p in parts]))
         merged.append(_Piece(shell, [h for p in parts for h in p.holes],
                              sum(p.count for p in parts), sum(p.total for p in parts),
-                             max(p.vmax for p in parts)))
+                             max(p.vmax for p in parts), any(p.suspect for p in parts)))
     return merged
 
 
@@ -383,22 +421,24 @@ def _assemble(piece: _Piece, min_hole_px: float) -> list[Polygon]:
     Holes that the merge itself closed (a ring of tumour across chunk borders) are filled
     when smaller than ``min_hole_px`` raster pixels, like holes found inside one chunk.
     """
-    parts = [p for p in shapely.get_parts(piece.shell) if isinstance(p, Polygon)]
+    parts = _areal(piece.shell)
     if min_hole_px > 0 and any(p.interiors for p in parts):
         parts = [Polygon(p.exterior, [r for r in p.interiors if Polygon(r).area >= min_hole_px])
                  for p in parts]
-    if not piece.holes:
-        return parts
-    if len(parts) == 1:
-        return [Polygon(parts[0].exterior, [*parts[0].interiors, *piece.holes])]
-    # Shells joined only at a corner: give each hole to the part that holds it.
-    owned: list[list[Any]] = [list(p.interiors) for p in parts]
-    for hole in piece.holes:
-        x, y = float(hole[0][0]), float(hole[0][1])  # a hole corner lies inside its part
-        k = next((k for k, p in enumerate(parts) if shapely.intersects_xy(p, x, y)), None)
-        if k is not None:
-            owned[k].append(hole)
-    return [Polygon(p.exterior, holes) for p, holes in zip(parts, owned, strict=True)]
+    if piece.holes and len(parts) == 1:
+        parts = [Polygon(parts[0].exterior, [*parts[0].interiors, *piece.holes])]
+    elif piece.holes:
+        # Shells joined only at a corner: give each hole to the part whose outline holds it
+        # (a point strictly inside the hole is inside exactly one part's exterior ring).
+        owned: list[list[Any]] = [list(p.interiors) for p in parts]
+        outlines = [Polygon(p.exterior) for p in parts]
+        for hole in piece.holes:
+            inside = Polygon(hole).representative_point()
+            k = next((k for k, o in enumerate(outlines) if o.contains(inside)), None)
+            if k is not None:
+                owned[k].append(hole)
+        parts = [Polygon(p.exterior, holes) for p, holes in zip(parts, owned, strict=True)]
+    return parts
 
 
 def _finish(pieces: list[_Piece], frame: PixelFrame, min_area_um2: float,
@@ -415,6 +455,20 @@ def _finish(pieces: list[_Piece], frame: PixelFrame, min_area_um2: float,
         for part in _assemble(piece, min_hole_px):
             polys.append(part)
             owner.append(k)
+    # Valid by construction unless a ring needed repair (module doc); checking every polygon
+    # would cost seconds for hole-riddled maps, so only suspect pieces are checked and split.
+    suspect = np.array([pieces[k].suspect for k in owner], dtype=bool)
+    valid = np.ones(len(polys), dtype=bool)
+    if suspect.any():
+        valid[suspect] = shapely.is_valid(np.array(polys, dtype=object)[suspect])
+    if not valid.all():
+        fixed_polys: list[Polygon] = []
+        fixed_owner: list[int] = []
+        for poly, k, ok in zip(polys, owner, valid, strict=True):
+            parts = [poly] if ok else _areal(shapely.make_valid(poly))
+            fixed_polys += parts
+            fixed_owner += [k] * len(parts)
+        polys, owner = fixed_polys, fixed_owner
     geoms = frame.to_level0(np.array(polys, dtype=object))
     if simplify_um > 0:
         geoms = shapely.simplify(geoms, simplify_um / frame.mpp0, preserve_topology=True)
