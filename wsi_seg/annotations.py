@@ -177,7 +177,7 @@ def _features(doc: Any) -> list[dict[str, Any]]:
     return []
 
 
-def _parse_geojson(path: Path) -> list[_Annotation]:
+def _parse_geojson(path: Path, allow_empty: bool = False) -> list[_Annotation]:
     raw = path.read_bytes()
     if raw[:2] == b"\x1f\x8b":
         try:
@@ -189,6 +189,9 @@ def _parse_geojson(path: Path) -> list[_Annotation]:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise AnnotationError(f"malformed JSON: {exc}", path) from None
     features = _features(doc)
+    if allow_empty and isinstance(doc, dict) and doc.get("type") == "FeatureCollection" \
+            and doc.get("features") == []:
+        return []  # a prediction with no tumour
     if not features:
         raise AnnotationError("no GeoJSON Features (expected a FeatureCollection, a Feature, "
                               "a list of Features or a geometry)", path)
@@ -408,6 +411,20 @@ def read_truth(path: str | Path, classes: Sequence[str] | None = None, *,
         geom = geom.difference(shapely.union_all(negatives))
     return Truth(path, polys, geom, tuple(sorted({a.class_name for a in kept})),
                  tuple(all_classes))
+
+
+def read_prediction_geojson(path: str | Path) -> BaseGeometry:
+    """Predicted tumour of a ``tumor.geojson`` (every area Feature, whatever its class) as one
+    (Multi)Polygon in level-0 px; an empty FeatureCollection is an empty prediction.
+
+    Raises:
+        AnnotationError: unreadable, malformed or truncated file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AnnotationError("no such file", path)
+    polys = [p for a in _parse_geojson(path, allow_empty=True) for p in a.polygons]
+    return shapely.union_all(polys) if polys else MultiPolygon()
 
 
 def check_truth_fits(truth: Truth, slide_size_x0: tuple[int, int], *,
