@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -208,27 +209,34 @@ def test_resume_continues_from_the_saved_epoch(
 
 
 def test_resume_without_checkpoint_and_with_other_architecture(
-    tmp_path: Path, unet_data: tuple[Path, Path]
+    tmp_path: Path, unet_data: tuple[Path, Path], trained_unet: tuple[Path, TrainResult]
 ) -> None:
     out = tmp_path / "x.keras"
     with pytest.raises(WsiSegError, match="nothing to resume"):
         train_unet(tiny_unet(*unet_data), quick_cfg(out, epochs=1, resume=True))
-    train_unet(tiny_unet(*unet_data), quick_cfg(out, epochs=1, steps_per_epoch=1))
+    done = trained_unet[0]
+    shutil.copytree(done.with_name("m.training"), tmp_path / "x.training")
     other = UnetOptions(*unet_data, mpp=1.0, input_size_px=32, depth=2, base_filters=8)
     with pytest.raises(WsiSegError, match="another architecture"):
-        train_unet(other, quick_cfg(out, epochs=2, resume=True))
+        train_unet(other, quick_cfg(out, epochs=8, resume=True))
 
 
-def test_early_stopping_and_lr_reduction(tmp_path: Path, unet_data: tuple[Path, Path]) -> None:
+def test_greyscale_resize_early_stopping_lr_reduction(
+    tmp_path: Path, unet_data: tuple[Path, Path]
+) -> None:
+    opts = UnetOptions(*unet_data, mpp=2.0, input_size_px=32, channels=1, depth=2,
+                       base_filters=4, tile_mode="resize")
     # min_delta 10: no epoch after the first counts as an improvement, so patience runs out
-    cfg = quick_cfg(tmp_path / "e.keras", epochs=10, learning_rate=1e-4, early_stopping=2,
-                    lr_patience=1, steps_per_epoch=1, min_delta=10.0)
-    result = train_unet(tiny_unet(*unet_data), cfg)
+    cfg = quick_cfg(tmp_path / "g.keras", epochs=10, learning_rate=1e-4, early_stopping=2,
+                    lr_patience=1, steps_per_epoch=1, min_delta=10.0, augment=Augment())
+    result = train_unet(opts, cfg)
+    assert result.card.channels == 1 and result.card.mpp == 2.0
     assert result.stopped_early and result.epochs_run == 3
     lrs = [row["lr"] for row in result.history]  # the rate each epoch trained with
     assert lrs == pytest.approx([1e-4, 1e-4, 5e-5])
-    state = json.loads((tmp_path / "e.training" / "state.json").read_text())
+    state = json.loads((tmp_path / "g.training" / "state.json").read_text())
     assert state["lr"] == pytest.approx(2.5e-5)  # halved again after epoch 3
+    assert result.card.training["best_epoch"] == 1
 
 
 @pytest.mark.parametrize("loss", sorted(LOSS_FUNCTIONS))
@@ -240,14 +248,6 @@ def test_losses_prefer_better_predictions(loss: str) -> None:
     bad = 1 - good
     lg, lb = float(fn(y, good)), float(fn(y, bad))
     assert np.isfinite(lg) and np.isfinite(lb) and lg < lb
-
-
-def test_greyscale_resize_mode(tmp_path: Path, unet_data: tuple[Path, Path]) -> None:
-    opts = UnetOptions(*unet_data, mpp=2.0, input_size_px=32, channels=1, depth=2,
-                       base_filters=4, tile_mode="resize")
-    result = train_unet(opts, quick_cfg(tmp_path / "g.keras", epochs=1, steps_per_epoch=2,
-                                        augment=Augment()))
-    assert result.card.channels == 1 and result.card.mpp == 2.0
 
 
 def test_evaluate_cli(

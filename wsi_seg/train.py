@@ -372,7 +372,6 @@ def fit(
 
     cfg.check()
     wd = cfg.workdir
-    wd.mkdir(parents=True, exist_ok=True)
     describe = describe or _val_scores
     if cfg.resume:
         state_path = wd / "state.json"
@@ -387,6 +386,7 @@ def fit(
             )
     else:
         state = TrainState(lr=cfg.learning_rate, spec=spec)
+    wd.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(cfg.seed + state.epoch)  # a resumed run draws new batches
     _set_precision(cfg.mixed_precision)
     try:
