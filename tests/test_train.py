@@ -239,6 +239,25 @@ def test_greyscale_resize_early_stopping_lr_reduction(
     assert result.card.training["best_epoch"] == 1
 
 
+def test_mixed_precision_trains_resumes_and_saves_float32(
+    tmp_path: Path, unet_data: tuple[Path, Path]
+) -> None:
+    from wsi_seg.card import load_model
+
+    out = tmp_path / "mp.keras"
+    opts = tiny_unet(*unet_data)
+    train_unet(opts, quick_cfg(out, epochs=1, steps_per_epoch=2, mixed_precision=True))
+    result = train_unet(opts, quick_cfg(out, epochs=2, steps_per_epoch=2, mixed_precision=True,
+                                        resume=True))
+    assert [row["epoch"] for row in result.history] == [1, 2]
+    model, card = load_model(out)
+    assert card.training["mixed_precision"] is True
+    assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
+    import keras
+
+    assert keras.mixed_precision.global_policy().name == "float32"  # policy restored
+
+
 @pytest.mark.parametrize("loss", sorted(LOSS_FUNCTIONS))
 def test_losses_prefer_better_predictions(loss: str) -> None:
     fn = LOSS_FUNCTIONS[loss]

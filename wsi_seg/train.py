@@ -401,13 +401,15 @@ def fit(
         if cfg.resume:
             # The checkpoint holds the optimizer's slots too (Adam moments, step counter);
             # they load only into an optimizer that is already built.
-            optimizer.build(model.trainable_variables)
+            # model.optimizer, not optimizer: under mixed precision Keras wraps it in a
+            # LossScaleOptimizer whose loss scale is checkpointed too.
+            model.optimizer.build(model.trainable_variables)
             try:
                 model.load_weights(wd / "checkpoint.weights.h5")
             except (ValueError, OSError) as exc:
                 raise WsiSegError(f"cannot resume: checkpoint does not load ({exc})",
                                   wd / "checkpoint.weights.h5") from None
-            optimizer.learning_rate.assign(state.lr)
+            model.optimizer.learning_rate.assign(state.lr)
         tracker = _Tracker(cfg, state, card, describe)
         done = state.epoch
         if done < cfg.epochs and not state.stopped_early:
