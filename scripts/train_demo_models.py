@@ -28,7 +28,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 
 def parse_args() -> argparse.Namespace:
@@ -43,7 +43,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--test-seeds", default="6,7")
     p.add_argument("--unet-epochs", type=int, default=12)
     p.add_argument("--unet-steps", type=int, default=30, help="UNet steps per epoch")
-    p.add_argument("--patch-epochs", type=int, default=15)
+    p.add_argument("--patch-epochs", type=int, default=20)
     p.add_argument("--only", choices=("unet", "patch"), default=None)
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args()
@@ -67,22 +67,41 @@ def make_slides(work: Path, all_seeds: list[int], size: int) -> dict[int, tuple[
     return out
 
 
-def tiles_per_second(model_path: Path, batch: int = 16, reps: int = 5) -> float:
-    """Inference speed of a saved model on this machine: tf.function, fixed batch shape."""
+def tiles_per_second(model_path: Path, batch: int = 16, reps: int = 8) -> dict[str, float]:
+    """Inference speed of a saved model here: tf.function with a fixed batch shape.
+
+    Wall-clock tiles/s depends on what else runs on the machine, so the CPU seconds per tile
+    (all threads) and the load average are recorded too: ``cores / cpu_s_per_tile`` is the
+    speed an idle machine with ``cores`` cores would reach.
+    """
     import tensorflow as tf
 
     from wsi_seg.card import load_model
 
     model, card = load_model(model_path)
     s, c = card.input_size_px, card.channels
-    fn = tf.function(lambda x: model(x, training=False),
-                     input_signature=[tf.TensorSpec((batch, s, s, c), tf.float32)])
+    fn = tf.function(tf.autograph.experimental.do_not_convert(
+        lambda x: model(x, training=False)),
+        input_signature=[tf.TensorSpec((batch, s, s, c), tf.float32)])
     x = tf.constant(np.random.default_rng(0).random((batch, s, s, c), np.float32))
     fn(x)
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     for _ in range(reps):
         fn(x).numpy()
-    return batch * reps / (time.perf_counter() - t)
+    wall, cpu = time.perf_counter() - t, time.process_time() - cpu
+    n = batch * reps
+    return {
+        "tiles_per_s": round(n / wall, 1),
+        "cpu_ms_per_tile": round(1000 * cpu / n, 2),
+        "load_average_1min": round(os.getloadavg()[0], 2),
+        "batch": batch,
+    }
+
+
+def _cpu_per_epoch(history: list[dict[str, float]]) -> float:
+    """Mean CPU seconds of the epochs after the first (which also traces the graphs)."""
+    rows = history[1:] or history
+    return round(float(np.mean([r["cpu_seconds"] for r in rows])), 1)
 
 
 def slide_text(ids: list[int], size: int) -> str:
@@ -94,7 +113,12 @@ def train_unet_demo(args: argparse.Namespace, slides: dict[int, tuple[Path, Path
     from wsi_seg.datasets import Augment
     from wsi_seg.extract import ExtractOptions, extract_training_data
     from wsi_seg.train import (
-        TrainConfig, UnetOptions, evaluate_folder, summarise_images, train_unet, update_card,
+        TrainConfig,
+        UnetOptions,
+        evaluate_folder,
+        summarise_images,
+        train_unet,
+        update_card,
     )
 
     tr, va, te = seeds(args.train_seeds), seeds(args.val_seeds), seeds(args.test_seeds)
@@ -144,6 +168,8 @@ def train_unet_demo(args: argparse.Namespace, slides: dict[int, tuple[Path, Path
         },
         training={**result.card.training, "epochs_run": result.epochs_run,
                   "seconds_per_epoch": round(result.seconds_per_epoch, 1),
+                  "cpu_seconds_per_epoch": _cpu_per_epoch(result.history),
+                  "valid_dir": f"{counts['valid']} tiles of {slide_text(va, args.size)}",
                   "total_seconds": round(train_s, 1), "machine": f"{os.cpu_count()} CPU cores"},
         extra={
             "validation_note": (
@@ -154,9 +180,10 @@ def train_unet_demo(args: argparse.Namespace, slides: dict[int, tuple[Path, Path
                 f"pixels. val_*: {counts['valid']} tiles of {slide_text(va, args.size)} used "
                 "to select the best epoch (tile-batch means)."
             ),
-            "inference_tiles_per_s": round(speed, 1),
-            "inference_note": "tf.function, batch 16 of 256x256x3 float32, on the CPU that "
-            "trained it",
+            "inference_speed": speed,
+            "inference_note": "tf.function, fixed batch of 256x256x3 float32 tiles, on the "
+            f"{os.cpu_count()}-core CPU that trained it (shared with other jobs at the time: "
+            "see load_average_1min)",
             "reproduce": "python scripts/train_demo_models.py",
         },
     )
@@ -185,16 +212,17 @@ def train_patch_demo(args: argparse.Namespace, slides: dict[int, tuple[Path, Pat
         f"{n_train} IDC-layout 50 px patches at 4.0 µm/px (stride 25 px, >= 50 % tissue; class 1 "
         "when >= 50 % "
         f"tumour) cut by wsi_seg.extract from synthetic slides {slide_text(tr, args.size)}, "
-        "one patient per slide; undersampled to balance classes; flips, rotations, colour jitter"
+        "one patient per slide; tumour patches oversampled to balance classes; flips, "
+        "rotations, colour jitter"
     )
     opts = PatchOptions(
-        data_dir=folder, mpp=4.0, input_size_px=50, channels=3, balance="undersample",
+        data_dir=folder, mpp=4.0, input_size_px=50, channels=3, balance="oversample",
         val_patients=tuple(f"synth{s}" for s in va), test_patients=tuple(f"synth{s}" for s in te),
         filters=(16, 32), dense_units=64, dropout=0.25, trained_on=trained_on,
     )
     cfg = TrainConfig(
         out=out, epochs=args.patch_epochs, batch_size=32, learning_rate=1e-3, loss="bce",
-        monitor="val_loss", early_stopping=5, lr_patience=3, seed=args.seed, augment=Augment(),
+        monitor="val_loss", early_stopping=6, lr_patience=3, seed=args.seed, augment=Augment(),
         verbose=2,
     )
     t = time.perf_counter()
@@ -205,14 +233,16 @@ def train_patch_demo(args: argparse.Namespace, slides: dict[int, tuple[Path, Pat
         out,
         training={**result.card.training, "epochs_run": result.epochs_run,
                   "seconds_per_epoch": round(result.seconds_per_epoch, 1),
+                  "cpu_seconds_per_epoch": _cpu_per_epoch(result.history),
                   "total_seconds": round(train_s, 1), "machine": f"{os.cpu_count()} CPU cores"},
         extra={
             **result.card.extra,
             "per_patient": {s.patient: {"accuracy": round(s.accuracy, 4), "iou": round(s.iou, 4),
                                         "patches": s.patches} for s in scores},
-            "inference_patches_per_s": round(speed, 1),
-            "inference_note": "tf.function, batch 64 of 50x50x3 float32, on the CPU that "
-            "trained it",
+            "inference_speed": speed,
+            "inference_note": "tf.function, fixed batch of 50x50x3 float32 patches, on the "
+            f"{os.cpu_count()}-core CPU that trained it (shared with other jobs at the time: "
+            "see load_average_1min)",
             "reproduce": "python scripts/train_demo_models.py",
         },
     )

@@ -300,15 +300,14 @@ class _Tracker:
 
         class _Cb(keras.callbacks.Callback):
             def on_epoch_begin(_cb, epoch: int, logs: Any = None) -> None:
-                self.t0 = time.perf_counter()
+                self.t0, self.cpu0 = time.perf_counter(), time.process_time()
 
             def on_epoch_end(_cb, epoch: int, logs: Any = None) -> None:
                 self.epoch_end(epoch, dict(logs or {}))
 
         self.callback = _Cb()
         self.cfg, self.state, self.card, self.describe = cfg, state, card, describe
-        self.t0 = time.perf_counter()
-        self.model: Any = None
+        self.t0, self.cpu0 = time.perf_counter(), time.process_time()
 
     def epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         cfg, st = self.cfg, self.state
@@ -317,6 +316,8 @@ class _Tracker:
         row = {"epoch": float(epoch + 1), **{k: float(v) for k, v in logs.items()}}
         row["lr"] = st.lr
         row["seconds"] = round(seconds, 2)
+        # CPU seconds (all threads) tell the cost apart from waiting on a busy machine.
+        row["cpu_seconds"] = round(time.process_time() - self.cpu0, 2)
         st.history.append(row)
         st.epoch = epoch + 1
         value = float(logs.get(cfg.monitor, float("nan")))
@@ -429,7 +430,10 @@ def fit(
         raise WsiSegError("training produced no model (every validation score was NaN)", cfg.out)
     _, final_card = load_model(cfg.out)
     ran = state.history[done:] if len(state.history) > done else []
-    secs = float(np.mean([r["seconds"] for r in ran])) if ran else float("nan")
+    # The first epoch of a run includes tracing the graphs; report the steady state when
+    # there is one.
+    steady = ran[1:] or ran
+    secs = float(np.mean([r["seconds"] for r in steady])) if steady else float("nan")
     return TrainResult(cfg.out, final_card, state.history, state.epoch, secs, state.stopped_early)
 
 
@@ -779,9 +783,14 @@ def _predict_fn(model: Any, batch: int, s: int, c: int) -> Any:
     if key not in _FN_CACHE:
         if len(_FN_CACHE) > 8:
             _FN_CACHE.clear()
+
+        @tf.autograph.experimental.do_not_convert
+        def infer(x: Any) -> Any:
+            return model(x, training=False)
+
+        # One fixed input signature: traced once, whatever the number of tiles.
         _FN_CACHE[key] = tf.function(
-            lambda x: model(x, training=False),
-            input_signature=[tf.TensorSpec((batch, s, s, c), tf.float32)],
+            infer, input_signature=[tf.TensorSpec((batch, s, s, c), tf.float32)]
         )
     return _FN_CACHE[key]
 
