@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -259,6 +260,13 @@ def main() -> int:
         report["unet"] = train_unet_demo(args, slides)
     if args.only in (None, "patch"):
         report["patch"] = train_patch_demo(args, slides)
+    # Training logs, curves and checkpoints stay in the scratch folder, not in the package.
+    for kind in report:
+        logs = args.out / f"{kind}_demo.training"
+        if logs.is_dir():
+            dest = args.work / f"{kind}_demo.training"
+            shutil.rmtree(dest, ignore_errors=True)
+            shutil.move(str(logs), dest)
     (args.work / "demo_training_report.json").write_text(json.dumps(report, indent=2))
     for kind, r in report.items():
         path = args.out / f"{kind}_demo.keras"
