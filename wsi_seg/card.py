@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import zipfile
 from dataclasses import dataclass, field
@@ -88,10 +89,11 @@ class ModelCard:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         extra = d.pop("extra")
-        return {"format": CARD_FORMAT, **d, **extra}
+        return _finite({"format": CARD_FORMAT, **d, **extra})
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+        """Strict JSON (undefined scores such as an empty-vs-empty IoU become ``null``)."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False, allow_nan=False) + "\n"
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelCard:
@@ -114,6 +116,17 @@ class ModelCard:
             return cls.from_dict(json.loads(text))
         except json.JSONDecodeError as exc:
             raise ValueError(f"card is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+def _finite(node: Any) -> Any:
+    """Replace NaN and infinities by None, recursively (JSON has no NaN)."""
+    if isinstance(node, float) and not math.isfinite(node):
+        return None
+    if isinstance(node, dict):
+        return {k: _finite(v) for k, v in node.items()}
+    if isinstance(node, list | tuple):
+        return [_finite(v) for v in node]
+    return node
 
 
 def card_problems(card: ModelCard) -> list[str]:

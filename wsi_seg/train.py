@@ -17,6 +17,7 @@ Files written for ``--out DIR/MODEL.keras``::
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -253,6 +254,15 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 # -- the loop -------------------------------------------------------------------------------------
+def _data_seed(cfg: TrainConfig) -> int:
+    """Seed for the input pipeline: a resumed run continues with fresh crops and orders
+    instead of replaying the first epochs' batches."""
+    if cfg.resume:
+        with contextlib.suppress(WsiSegError):
+            return cfg.seed + TrainState.read(cfg.workdir / "state.json").epoch
+    return cfg.seed
+
+
 def _set_precision(mixed: bool) -> None:
     import keras
 
@@ -586,7 +596,7 @@ def train_unet(opts: UnetOptions, cfg: TrainConfig) -> TrainResult:
         steps = cfg.steps_per_epoch or max(1, math.ceil(len(images) / cfg.batch_size))
     train_ds = unet_train_dataset(
         images, masks, size, opts.channels, opts.normalisation, cfg.batch_size,
-        opts.tile_mode, cfg.augment, cfg.seed,
+        opts.tile_mode, cfg.augment, _data_seed(cfg),
     )
     vx, vy = fixed_tiles(v_images, v_masks, size, opts.tile_mode)
     val_ds = fixed_dataset(vx, vy, opts.channels, opts.normalisation, cfg.batch_size)
@@ -701,7 +711,7 @@ def train_patch(opts: PatchOptions, cfg: TrainConfig) -> tuple[TrainResult, list
     steps = cfg.steps_per_epoch or max(1, math.ceil(len(idx) / cfg.batch_size))
     train_ds = patch_dataset(
         [train[i].path for i in idx], labels[idx], size, opts.channels, opts.normalisation,
-        cfg.batch_size, aug=cfg.augment, shuffle_seed=cfg.seed, repeat=True,
+        cfg.batch_size, aug=cfg.augment, shuffle_seed=_data_seed(cfg), repeat=True,
     )
     val = by_split["val"]
     val_ds = patch_dataset(
