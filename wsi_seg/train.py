@@ -476,7 +476,8 @@ def draw_learning_curves(history: Sequence[dict[str, float]], path: Path) -> Non
         ("scores", ["dice", "val_dice", "iou", "val_iou", "accuracy", "val_accuracy"]),
     ]
     w, h, m = 560, 380, 50
-    canvas = np.full((h, 2 * w, 3), 255, np.uint8)
+    legend_h = 30  # one row of legend entries under each panel, clear of the curves
+    canvas = np.full((h + legend_h, 2 * w, 3), 255, np.uint8)
     epochs = [r["epoch"] for r in history]
     for p, (title, keys) in enumerate(panels):
         ox = p * w
@@ -503,7 +504,7 @@ def draw_learning_curves(history: Sequence[dict[str, float]], path: Path) -> Non
         for val, y in ((lo, h - m), (hi, m)):
             cv2.putText(canvas, f"{val:.3g}", (ox + 4, y + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
                         (0, 0, 0), 1)
-        cv2.putText(canvas, f"epoch {e0:g}..{e1:g}", (ox + w // 2 - 40, h - m + 20),
+        cv2.putText(canvas, f"epoch {e0:g}..{e1:g}", (ox + w // 2 - 40, h - m + 18),
                     cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
         for i, (k, v) in enumerate(series.items()):
             colour = _COLOURS_BGR[(i // 2) % len(_COLOURS_BGR)]
@@ -516,10 +517,12 @@ def draw_learning_curves(history: Sequence[dict[str, float]], path: Path) -> Non
                     cv2.line(canvas, a, b, colour, 2, cv2.LINE_AA)
             for q in pts:
                 cv2.circle(canvas, q, 3, colour, -1, cv2.LINE_AA)
-            ly = m + 16 + 16 * i
-            cv2.line(canvas, (ox + w - m - 120, ly - 4), (ox + w - m - 100, ly - 4), colour, 2)
-            cv2.putText(canvas, k, (ox + w - m - 95, ly), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
-                        colour, 1)
+            lx, ly = ox + 8 + 92 * i, h + 12
+            if dashed:
+                _dashed_line(canvas, (lx, ly - 4), (lx + 18, ly - 4), colour, dash=4)
+            else:
+                cv2.line(canvas, (lx, ly - 4), (lx + 18, ly - 4), colour, 2)
+            cv2.putText(canvas, k, (lx + 22, ly), cv2.FONT_HERSHEY_SIMPLEX, 0.38, colour, 1)
     ok, png = cv2.imencode(".png", canvas)
     if ok:
         _atomic_write_bytes(path, png.tobytes())
