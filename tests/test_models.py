@@ -263,3 +263,12 @@ def test_bundled_models_load_and_predict(kind: str) -> None:
 def test_bundled_model_unknown_kind() -> None:
     with pytest.raises(ModelError):
         bundled_model_path("vit")
+
+
+def test_seed_architectures_build() -> None:
+    """The seeds' UNet: 4 levels of 32..256 filters on 224 x 224 greyscale."""
+    model = build_unet(224, 1, depth=4, base_filters=32)
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)
+             and not isinstance(layer, keras.layers.Conv2DTranspose)]
+    assert {c.filters for c in convs} == {32, 64, 128, 256, 1}
+    assert model.outputs[0].shape == (None, 224, 224, 1)

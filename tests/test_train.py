@@ -399,3 +399,18 @@ def test_patch_overlay_colours(tmp_path: Path) -> None:
     assert r[0] > r[2] + 50  # prediction only: red
     assert b[2] > b[0] + 50  # truth only: blue
     assert purple[0] > purple[1] + 50 and purple[2] > purple[1] + 50  # both: purple
+
+
+def test_small_edge_patches_are_padded_white_in_both_readers(tmp_path: Path) -> None:
+    """IDC edge patches are smaller than 50 x 50: tf.data and NumPy pad them the same way."""
+    from wsi_seg.datasets import load_patch_tf, read_patch
+
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, (30, 41, 3), dtype=np.uint8)
+    path = tmp_path / "p_idx5_x0_y0_class0.png"
+    cv2.imwrite(str(path), small[..., ::-1])
+    a = read_patch(path, 50)
+    b = np.asarray(load_patch_tf(str(path), 50)).astype(np.uint8)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a[:30, :41], small)
+    assert (a[30:] == 255).all() and (a[:, 41:] == 255).all()
