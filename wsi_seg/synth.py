@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -352,7 +353,7 @@ class Renderer:
 
 # -- writing ----------------------------------------------------------------------------------
 def _tiles(renderer: Renderer, downsample: int, level_w: int, level_h: int, tile: int,
-           threads: int) -> Iterator[np.ndarray]:
+           threads: int, bar: Any = None) -> Iterator[np.ndarray]:
     """Tiles in TIFF order, rendered by a few threads with a bounded read-ahead.
 
     OpenCV and NumPy release the GIL, so threads scale; the bounded queue keeps memory at a
@@ -366,8 +367,12 @@ def _tiles(renderer: Renderer, downsample: int, level_w: int, level_h: int, tile
             pending.append(pool.submit(renderer.render, x0, y0, tile, tile, downsample))
             if len(pending) >= 4 * threads:
                 yield pending.popleft().result()
+                if bar is not None:
+                    bar.update(1)
         while pending:
             yield pending.popleft().result()
+            if bar is not None:
+                bar.update(1)
 
 
 def _aperio_description(spec: SynthSpec, level_w: int, level_h: int, first: bool) -> str:
@@ -416,6 +421,7 @@ def write_synthetic_slide(
     level_factor: int = 2,
     jpeg_quality: int = 90,
     threads: int | None = None,
+    progress: bool = False,
 ) -> SynthResult:
     """Write a pyramidal synthetic slide and its tumour truth (``<stem>.tumor.geojson``) beside it.
 
@@ -428,6 +434,7 @@ def write_synthetic_slide(
         level_factor: downsample between pyramid levels, 2 or 4.
         jpeg_quality: JPEG quality of the tiles.
         threads: rendering threads (default: the CPUs available to this process).
+        progress: show a progress bar over tiles (all pyramid levels) on stderr.
     """
     threads = threads or len(os.sched_getaffinity(0))
     out = Path(path)
@@ -445,7 +452,12 @@ def write_synthetic_slide(
     renderer = Renderer(spec, layout)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.partial")
-    with tifffile.TiffWriter(tmp, bigtiff=True) as tif:
+    from tqdm import tqdm
+
+    total = sum(math.ceil(w / d / spec.tile_px) * math.ceil(h / d / spec.tile_px)
+                for d in spec.level_downsamples())
+    bar = tqdm(total=total, unit="tile", desc=out.name, disable=not progress, leave=False)
+    with bar, tifffile.TiffWriter(tmp, bigtiff=True) as tif:
         for i, d in enumerate(spec.level_downsamples()):
             lw, lh = math.ceil(w / d), math.ceil(h / d)
             kwargs: dict[str, object] = dict(
@@ -461,7 +473,7 @@ def write_synthetic_slide(
                 kwargs["resolution"] = (1e4 / (mpp * d), 1e4 / (mpp * d))
                 kwargs["resolutionunit"] = "CENTIMETER"
                 kwargs["description"] = f"wsi-seg synthetic slide seed={seed} mpp={mpp}"
-            tif.write(_tiles(renderer, d, lw, lh, spec.tile_px, threads), **kwargs)  # type: ignore[arg-type]
+            tif.write(_tiles(renderer, d, lw, lh, spec.tile_px, threads, bar), **kwargs)  # type: ignore[arg-type]
     os.replace(tmp, out)
     truth = truth_path_for(out)
     write_truth_geojson(layout.tumour, truth, out.name)

@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         raise WsiSegError(f"--mpp {args.mpp:g} is outside 0.05-20 µm/px", args.out)
     try:
         res = write_synthetic_slide(args.out, args.size, args.seed, args.format, args.mpp,
-                                    args.level_factor, args.quality)
+                                    args.level_factor, args.quality, progress=True)
     except ValueError as exc:
         raise WsiSegError(str(exc), args.out) from None
     except OSError as exc:
