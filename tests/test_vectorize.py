@@ -144,8 +144,8 @@ def test_valid_on_qupath_grid_after_simplify(oracle: tuple[shapely.Geometry, obj
 
 def test_off_grid_scale_is_snapped_and_stays_valid() -> None:
     rng = np.random.default_rng(2)
-    mask = rng.random((200, 200)) < 0.5
-    frame = PixelFrame(200, 200, 0.333, 7.777, 1.98765, 0.2516, chunk_px=64)
+    mask = rng.random((120, 120)) < 0.5
+    frame = PixelFrame(120, 120, 0.333, 7.777, 1.98765, 0.2516, chunk_px=48)
     assert not frame.on_qupath_grid()
     regions = vectorize_array(mask.astype(np.uint8), frame, fg_min=1, simplify_um=0.3)
     assert regions
@@ -203,9 +203,9 @@ def test_noisy_map_with_many_holes_is_fast_and_valid() -> None:
     values = np.where(rng.random(p.shape) < p, rng.integers(128, 256, p.shape),
                       rng.integers(0, 128, p.shape)).astype(np.uint8)
     frame = PixelFrame(512, 512, 0, 0, 2.0, 0.5, chunk_px=128)
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time: robust to a busy CI machine
     regions = vectorize_array(values, frame, fg_min=128)
-    assert time.perf_counter() - start < 30  # generous: shared CI; the slow path took 300 s
+    assert time.process_time() - start < 20  # ~1 s; the make_valid path once took 300 s
     assert all(r.polygon.is_valid for r in regions)
     assert max(len(r.polygon.interiors) for r in regions) > 1000
     # saddles are decided both ways by the data, so the area stays close to the pixel count
