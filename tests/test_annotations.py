@@ -116,6 +116,12 @@ def test_every_qupath_top_level(tmp_path: Path, doc: object) -> None:
     assert truth.geometry.area == 100 * 100
 
 
+def test_utf8_bom(tmp_path: Path) -> None:
+    path = tmp_path / "bom.geojson"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(_feature("Tumor")).encode())
+    assert read_truth(path).geometry.area == 100 * 100
+
+
 def test_gzip_and_multipolygon_and_repair(tmp_path: Path) -> None:
     bowtie = [[500, 500], [510, 510], [510, 500], [500, 510], [500, 500]]  # self-intersecting
     multi = {"type": "Feature", "properties": {"classification": {"names": ["Tumor"],

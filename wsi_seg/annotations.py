@@ -359,7 +359,7 @@ def _parse(path: Path) -> list[_Annotation]:
     head = b""
     if path.is_file():
         with open(path, "rb") as fh:
-            head = fh.read(512)
+            head = fh.read(512).removeprefix(b"\xef\xbb\xbf")  # a UTF-8 BOM (Windows tools)
     if head[:2] == b"\x1f\x8b" or head.lstrip()[:1] in (b"{", b"["):
         return _parse_geojson(path)
     if head.lstrip()[:1] == b"<":
