@@ -73,6 +73,9 @@ log = logging.getLogger(__name__)
 FORMAT = "wsi-seg-bench/1"
 PARTS = ("throughput", "seeds", "memory", "scaling")
 NOT_MEASURED_GPU = "not measured: no GPU"
+#: Environment variables that change TensorFlow's or OpenMP's speed, recorded with the machine.
+ENV_PREFIXES = ("TF_ENABLE_", "TF_CPP_", "TF_NUM_", "TF_XLA_", "TF_GPU_", "TF_FORCE_",
+                "TF_INTRA_", "TF_INTER_", "OMP_", "KMP_", "MKL_", "CUDA_VISIBLE_DEVICES")
 
 
 # -- configuration ------------------------------------------------------------------------------
@@ -244,8 +247,7 @@ def machine_info() -> dict[str, Any]:
         "wsi_seg_version": __version__,
         "git_commit": _git_commit(),
         "versions": versions(),
-        "tf_env": {k: v for k, v in os.environ.items()
-                   if k.startswith(("TF_", "OMP_", "CUDA_VISIBLE"))},
+        "env": {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIXES)},
     }
 
 
@@ -397,7 +399,7 @@ def start_cluster(workers: int | None = None, threads_per_worker: int | None = N
     plan = plan_local_workers(ClusterConfig(workers=workers,
                                             threads_per_worker=threads_per_worker))
     cluster = LocalCluster(n_workers=plan.workers, threads_per_worker=plan.threads_per_worker,
-                           processes=True, dashboard_address=None, host="127.0.0.1",
+                           processes=True, dashboard_address="127.0.0.1:0", host="127.0.0.1",
                            resources={"GPU": 1} if plan.gpus else None,
                            silence_logs=logging.ERROR)
     client = Client(cluster)
