@@ -115,6 +115,13 @@ def test_throughput_and_seeds_record(tmp_path: Path, cache: Path,
         assert st["stages"]["predict"]["total_s"] > 0
         assert 0 < st["blocks_wall_s"] <= st["wall_s"]
         assert e2e["score"] is not None  # the synthetic truth was found and scored
+        b = e["budget"]
+        terms = ("model_distinct_s", "halo_duplicates_s", "batch_padding_s",
+                 "blocks_not_hidden_s", "finish_s", "other_s")
+        assert close(sum(b[k] for k in terms), b["wall_s"])
+        assert b["model_distinct_s"] > 0 and b["halo_duplicates_s"] >= 0
+        assert b["padded_predictions"] >= 0
+        assert e2e["cold_wall_s"] > 0  # the smallest size also gets a cold `wsi-seg run`
 
     for s in rec["seeds_way"]:
         assert s["seeds_tiles_per_s"]["min"] > 0 and min(s["seeds_tiles_done"]) >= 1
@@ -126,6 +133,7 @@ def test_throughput_and_seeds_record(tmp_path: Path, cache: Path,
     assert on_disk["throughput"][0]["tiles"] == rec["throughput"][0]["tiles"]
     md = (cfg.out_dir / "bench.md").read_text()
     assert "## Throughput against the limits" in md and "seeds' way" in md
+    assert "## Where the wall time goes" in md
     assert not (cfg.out_dir / "runs").exists()  # scratch runs are removed
 
 

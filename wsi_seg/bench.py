@@ -498,6 +498,31 @@ def measure_e2e(bench: Bench, slide: dict[str, Any], run_cfg: Any,
     return rec
 
 
+def measure_cold(slide: dict[str, Any], run_cfg: Any, workers: int | None,
+                 threads_per_worker: int | None) -> dict[str, Any]:
+    """One ``run_slides`` exactly as ``wsi-seg run`` does it: a fresh local cluster, whose
+    start, TensorFlow import and model load are part of the wall time."""
+    from wsi_seg.cluster import ClusterConfig
+    from wsi_seg.infer import InferConfig
+    from wsi_seg.runner import run_slides
+
+    out = Path(run_cfg.out_dir)
+    if out.exists():
+        shutil.rmtree(out)
+    infer = run_cfg.infer
+    cfg = replace(run_cfg, infer=InferConfig(infer.batch_size, infer.mixed_precision,
+                                             infer.device, None, infer.gpu_index))
+    t = time.perf_counter()
+    result = run_slides([Path(slide["path"])], cfg,
+                        ClusterConfig(workers=workers, threads_per_worker=threads_per_worker,
+                                      dashboard=False), quiet=True)
+    wall = time.perf_counter() - t
+    if not result.ok:
+        raise WsiSegError(f"benchmark run failed: {result.slides[0].get('error')}",
+                          slide["path"])
+    return {"wall_s": wall, "tiles": result.tiles}
+
+
 def measure_model_only(bench: Bench, model_path: Path, infer: Any, n_predictions: int,
                        max_s: float, seed: int = 0) -> dict[str, Any]:
     """Model-only predictions/s: every worker predicts random tiles at once."""
@@ -526,6 +551,35 @@ def measure_read_only(bench: Bench, slide: dict[str, Any], job: Any) -> dict[str
     wall = time.perf_counter() - t
     return {"wall_s": wall, "read_task_s": sum(secs), "tiles_per_s": job.n_tiles / wall,
             "predictions_per_s": job.n_tile_predictions / wall, "load_avg": [load0, _load()]}
+
+
+def time_budget(job: Any, batch_size: int, e2e: list[dict[str, Any]],
+                model: list[dict[str, Any]]) -> dict[str, Any]:
+    """Where the run's wall time goes, against the model's own pace (medians, seconds).
+
+    ``model_distinct_s`` is what the model alone needs for the distinct windows; the other
+    terms are what the run adds: re-predicted halo windows, padding of each block's last batch,
+    the rest of the blocks phase not hidden behind prediction (reading, cutting, blending,
+    writing, and their contention with the model for the cores), the serial finishing stages,
+    and the rest (planning, tissue, scheduling, records). They sum to the wall time.
+    """
+    rate = statistics.median(m["predictions_per_s"] for m in model)
+    wall = statistics.median(e["wall_s"] for e in e2e)
+    blocks = statistics.median(e["blocks_wall_s"] for e in e2e)
+    finish = statistics.median(e["finish_s"] for e in e2e)
+    pad = sum(-(-t.block.n_windows // batch_size) * batch_size - t.block.n_windows
+              for t in job.tasks)
+    terms = {
+        "model_distinct_s": job.n_tiles / rate,
+        "halo_duplicates_s": (job.n_tile_predictions - job.n_tiles) / rate,
+        "batch_padding_s": pad / rate,
+    }
+    terms["blocks_not_hidden_s"] = blocks - sum(terms.values())
+    terms["finish_s"] = finish
+    terms["other_s"] = wall - blocks - finish
+    return {"wall_s": round(wall, 3), "padded_predictions": pad,
+            **{k: round(v, 3) for k, v in terms.items()},
+            "shares": {k.removesuffix("_s"): round(v / wall, 4) for k, v in terms.items()}}
 
 
 BLOCK_STAGES = ("load", "read", "cut", "predict", "blend", "write")
@@ -740,9 +794,16 @@ class Benchmark:
                 e2e = got[("e2e", kind)]
                 job = jobs[kind]
                 if tp_here:
-                    entries.append(self._throughput_entry(kind, slide, job, e2e,
-                                                          got[("model", kind)],
-                                                          got[("read", kind)]))
+                    entry = self._throughput_entry(kind, slide, job, e2e, got[("model", kind)],
+                                                   got[("read", kind)])
+                    if size == min(cfg.sizes):
+                        self.say(f"bench: {size} px, {kind}: cold run (fresh cluster)")
+                        cold = measure_cold(slide, run_cfgs[kind], cfg.workers,
+                                            cfg.threads_per_worker)
+                        entry["e2e"]["cold_wall_s"] = round(cold["wall_s"], 3)
+                        entry["e2e"]["startup_s"] = round(
+                            cold["wall_s"] - entry["e2e"]["wall_s"]["median"], 3)
+                    entries.append(entry)
                 if with_seeds:
                     sw = got[("seeds", kind)]
                     speed = [e["tiles_per_s"] / s["tiles_per_s"] for e, s in zip(e2e, sw,
@@ -787,6 +848,7 @@ class Benchmark:
             ratio_lit.append(e["tiles_per_s"] / min(m["predictions_per_s"], rd["tiles_per_s"]))
         p = PROFILES[kind]
         return {
+            "budget": time_budget(job, p.batch_size, e2e, model),
             "model": kind, "model_path": str(self.cfg.model_path(kind)),
             "size_px": slide["size_px"], "batch_size": p.batch_size,
             "tile_px": job.card.input_size_px, "step_px": job.spec.step_px, "mpp": job.mpp,
@@ -1131,6 +1193,28 @@ def markdown(record: dict[str, Any]) -> str:
         lines.append("| **run wall** | " + " | ".join(
             f"**{e['stages']['wall_s']:.2f} s** (blocks {e['stages']['blocks_wall_s']:.2f} s)"
             for e in tp) + " |")
+        lines.append("")
+    if tp:
+        lines += ["## Where the wall time goes (against the model's own pace)", "",
+                  "model (distinct windows) = tiles / model-only rate; the rest is what the run "
+                  "adds to it. The ratio is about model / wall when the model is the limit.", "",
+                  "| model | slide | wall s | model (distinct) | halo duplicates | batch padding "
+                  "| blocks phase not hidden | finish (serial) | other | cold start |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for e in tp:
+            b = e.get("budget") or {}
+            sh = b.get("shares", {})
+
+            def cell(k: str, b: dict[str, Any] = b, sh: dict[str, Any] = sh) -> str:
+                return f"{b.get(k + '_s', 0):.2f} s ({100 * sh.get(k, 0):.0f} %)"
+
+            startup = e["e2e"].get("startup_s")
+            lines.append(
+                f"| {e['model']} | {_size(e['size_px'])} | {b.get('wall_s')} | "
+                f"{cell('model_distinct')} | {cell('halo_duplicates')} | "
+                f"{cell('batch_padding')} | {cell('blocks_not_hidden')} | {cell('finish')} | "
+                f"{cell('other')} | "
+                f"{'+' + format(startup, '.1f') + ' s' if startup is not None else '–'} |")
         lines.append("")
     sw = record.get("seeds_way") or []
     if sw:
