@@ -219,3 +219,18 @@ def test_empty_mosaic_and_threshold(tmp_path: Path) -> None:
     assert threshold_u8(0.5) == 128 and threshold_u8(1.0) == 255
     with pytest.raises(ValueError):
         threshold_u8(0.0)
+
+
+def test_region_covering_whole_chunks_is_one_exact_polygon() -> None:
+    mask = np.zeros((40, 50), np.uint8)
+    mask[3:37, 2:47] = 200  # covers the middle chunks completely
+    mask[20:22, 30:33] = 0  # a hole inside a partial chunk
+    frame = PixelFrame(40, 50, 0, 0, 1.0, 1.0, chunk_px=10)
+    regions = vectorize_array(mask, frame, fg_min=1)
+    assert len(regions) == 1 and regions[0].polygon.is_valid
+    assert regions[0].polygon.area == np.count_nonzero(mask)
+    assert len(regions[0].polygon.interiors) == 1
+    assert regions[0].mean_prob == pytest.approx(200 / 255)
+    full = np.full((20, 20), 255, np.uint8)  # one chunk, all tumour, no neighbours
+    only = vectorize_array(full, PixelFrame(20, 20, 0, 0, 1.0, 1.0, chunk_px=20), fg_min=1)
+    assert len(only) == 1 and only[0].polygon.area == 400

@@ -307,6 +307,16 @@ def _chunk_pieces(block: np.ndarray, row0: int, col0: int, frame: PixelFrame, fg
     fg0 = block >= fg_min
     if not fg0.any():
         return [], [], strips
+    if fg0.all():  # inside a large region: one rectangle, nothing to label or trace
+        touches = [row0 > 0, row0 + rows < frame.height_px, col0 > 0,
+                   col0 + cols < frame.width_px]
+        box = _Piece(shapely.box(col0, row0, col0 + cols, row0 + rows), [], rows * cols,
+                     int(block.sum(dtype=np.int64)), int(block.max()))
+        if not any(touches):
+            return ([box] if rows * cols >= min_px else []), [], strips
+        for strip in (strips.top, strips.bottom, strips.left, strips.right):
+            strip[:] = next_gid
+        return [], [box], strips
     rows_any, cols_any = np.nonzero(fg0.any(axis=1))[0], np.nonzero(fg0.any(axis=0))[0]
     r0, r1, c0, c1 = rows_any[0], rows_any[-1] + 1, cols_any[0], cols_any[-1] + 1
     values = block[r0:r1, c0:c1]
