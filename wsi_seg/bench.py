@@ -17,9 +17,10 @@ What is measured (keys of the record):
       ``predictions_per_s`` = model evaluations, halo duplicates included
       (``report["tile_predictions"]``) / wall time.
     * ``model_only``: the same model, batch size, device and :class:`~wsi_seg.infer.Predictor`
-      (the workers' cached one) on random tiles already in memory, one caller per worker, all
-      workers at once: ``predictions_per_s``. ``limit_tiles_per_s`` converts it to distinct
-      windows of this slide's plan (x tiles / tile_predictions): the best e2e rate the model allows.
+      (the workers' cached one) on random tiles already in memory, as many callers per worker
+      as task threads, all workers at once: ``predictions_per_s``. ``limit_tiles_per_s``
+      converts it to distinct windows of this slide's plan (x tiles / tile_predictions): the
+      best e2e rate the model allows.
     * ``read_only``: the same blocks' halos read from the same slide with
       :meth:`wsi_seg.slide.Slide.read_w` on the same workers and task threads, no model:
       ``tiles_per_s`` (distinct windows / wall) and ``predictions_per_s``.
@@ -524,20 +525,26 @@ def measure_cold(slide: dict[str, Any], run_cfg: Any, workers: int | None,
 
 
 def measure_model_only(bench: Bench, model_path: Path, infer: Any, n_predictions: int,
-                       max_s: float, seed: int = 0) -> dict[str, Any]:
-    """Model-only predictions/s: every worker predicts random tiles at once."""
+                       max_s: float, seed: int = 0, callers: int | None = None
+                       ) -> dict[str, Any]:
+    """Model-only predictions/s: every worker predicts random tiles at once, with as many
+    concurrent callers per worker as a run has task threads (``callers``), so the model sees
+    the same concurrency as in a run (one caller leaves the cores idle while Python
+    prepares a batch, which would understate the limit)."""
     addrs = bench.worker_addresses()
-    per_worker = max(infer.batch_size, -(-n_predictions // len(addrs)))
+    callers = callers or bench.threads_per_worker
+    n_tasks = len(addrs) * callers
+    per_task = max(infer.batch_size, -(-n_predictions // n_tasks))
     load0 = _load()
     t = time.perf_counter()
-    futs = [bench.client.submit(_model_only_task, str(model_path), infer, per_worker, max_s,
+    futs = [bench.client.submit(_model_only_task, str(model_path), infer, per_task, max_s,
                                 seed + i, pure=False, workers=[a], allow_other_workers=False)
-            for i, a in enumerate(addrs)]
+            for i, a in enumerate(addrs * callers)]
     parts = [f.result() for f in futs]
     wall = time.perf_counter() - t
     n = sum(p["predictions"] for p in parts)
     return {"predictions": n, "wall_s": wall, "predictions_per_s": n / wall,
-            "per_worker_predictions_per_s": [p["predictions"] / p["seconds"] for p in parts],
+            "callers_per_worker": callers,
             "device": sorted({p["device"] for p in parts}), "load_avg": [load0, _load()]}
 
 

@@ -28,8 +28,8 @@ what each figure means:
                         windows predicted (report "tiles") / the whole run's wall time.
   blocks-phase tiles/s  the same over the blocks phase only (report "tiles_per_s").
   model-only            the same model, batch size, device and Predictor on random tiles
-                        already in memory, one caller per worker, all workers at once:
-                        model evaluations per second.
+                        already in memory, as many callers per worker as task threads
+                        (the run's concurrency), all workers at once: model evaluations/s.
   model limit tiles/s   model-only expressed in this slide's distinct windows: a block
                         re-predicts the windows it shares with its neighbours (its halo), so
                         limit = model-only x tiles / tile_predictions.
