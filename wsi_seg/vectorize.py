@@ -51,6 +51,7 @@ from shapely.geometry.base import BaseGeometry
 from wsi_seg.mosaic import Mosaic
 
 QUPATH_GRID_PX = 0.01  # QuPath 0.6+ snaps every imported coordinate to this grid (FORMATS.md)
+_BATCH = 256  # pieces finished (mapped, simplified, snapped) at a time: bounds their copies
 
 
 class ArrayLike2D(Protocol):
@@ -396,9 +397,10 @@ def _border_pairs(strips: dict[tuple[int, int], _Strips], i: int, j: int) -> lis
     return out
 
 
-def _merge_open(pieces: list[_Piece], pairs: np.ndarray) -> list[_Piece]:
+def _merge_open(pieces: list[_Piece], pairs: np.ndarray) -> Iterator[_Piece]:
     """Union pieces linked by border pairs (union-find); their shells are unioned, holes and
-    statistics carried over."""
+    statistics carried over. Yields one piece per group and releases the inputs as it goes
+    (``pieces`` is emptied), so the raw staircase pieces are not held twice."""
     parent = list(range(len(pieces)))
 
     def find(i: int) -> int:
@@ -414,15 +416,17 @@ def _merge_open(pieces: list[_Piece], pairs: np.ndarray) -> list[_Piece]:
     groups: dict[int, list[int]] = {}
     for i in range(len(pieces)):
         groups.setdefault(find(i), []).append(i)
-    merged = []
+    slots: list[_Piece | None] = list(pieces)
+    pieces.clear()
     for members in groups.values():
-        parts = [pieces[i] for i in members]
-        shell = (parts[0].shell if len(parts) == 1
-                 else shapely.union_all([p.shell for p in parts]))
-        merged.append(_Piece(shell, [h for p in parts for h in p.holes],
-                             sum(p.count for p in parts), sum(p.total for p in parts),
-                             max(p.vmax for p in parts), any(p.suspect for p in parts)))
-    return merged
+        live = [p for p in (slots[i] for i in members) if p is not None]
+        for i in members:
+            slots[i] = None
+        shell = (live[0].shell if len(live) == 1
+                 else shapely.union_all([p.shell for p in live]))
+        yield _Piece(shell, [h for p in live for h in p.holes],
+                     sum(p.count for p in live), sum(p.total for p in live),
+                     max(p.vmax for p in live), any(p.suspect for p in live))
 
 
 def _assemble(piece: _Piece, min_hole_px: float) -> list[Polygon]:
@@ -453,7 +457,7 @@ def _assemble(piece: _Piece, min_hole_px: float) -> list[Polygon]:
 
 def _finish(pieces: list[_Piece], frame: PixelFrame, min_area_um2: float,
             simplify_um: float) -> list[RegionPolygon]:
-    """Level-0 mapping, simplification, grid snapping and area filtering."""
+    """Level-0 mapping, simplification, grid snapping and area filtering (unsorted)."""
     if not pieces:
         return []
     um2_per_px0 = frame.mpp0**2
@@ -498,7 +502,6 @@ def _finish(pieces: list[_Piece], frame: PixelFrame, min_area_um2: float,
                 area_um2=part.area * um2_per_px0,
                 perimeter_um=part.length * frame.mpp0,
             ))
-    out.sort(key=lambda r: (r.polygon.bounds[1], r.polygon.bounds[0]))
     return out
 
 
@@ -524,6 +527,7 @@ def vectorize_array(arr: ArrayLike2D, frame: PixelFrame, *, fg_min: int,
     min_px = min_area_um2 / (frame.mpp0 * frame.px_x0) ** 2
     closed: list[_Piece] = []
     open_pieces: list[_Piece] = []
+    regions: list[RegionPolygon] = []
     pairs: list[np.ndarray] = []
     strips: dict[tuple[int, int], _Strips] = {}
     c = frame.chunk_px
@@ -539,8 +543,18 @@ def vectorize_array(arr: ArrayLike2D, frame: PixelFrame, *, fg_min: int,
         closed += done
         open_pieces += opened
         pairs += _border_pairs(strips, i, j)
+        if len(closed) >= _BATCH:  # final already: simplify now rather than hold staircases
+            regions += _finish(closed, frame, min_area_um2, simplify_um)
+            closed = []
     links = np.concatenate(pairs) if pairs else np.empty((0, 2), dtype=np.int64)
-    return _finish(closed + _merge_open(open_pieces, links), frame, min_area_um2, simplify_um)
+    for piece in _merge_open(open_pieces, links):
+        closed.append(piece)
+        if len(closed) >= _BATCH:
+            regions += _finish(closed, frame, min_area_um2, simplify_um)
+            closed = []
+    regions += _finish(closed, frame, min_area_um2, simplify_um)
+    regions.sort(key=lambda r: (r.polygon.bounds[1], r.polygon.bounds[0]))
+    return regions
 
 
 def vectorize_mosaic(mosaic: Mosaic, level: int = 0, *, threshold: float = 0.5,
