@@ -14,8 +14,8 @@ What each Feature carries, and the QuPath rule behind it (``FORMATS.md``)::
 
 The file is a FeatureCollection (not a bare list), written to a temporary name and renamed, so
 a reader never sees half a file. A ``.gz`` suffix writes gzip (QuPath reads ``.geojson.gz``).
-Ids are random-format (version 4) UUIDs drawn from a seed of the file name and the regions, so a
-rerun writes the same file byte for byte.
+Ids are random-format (version 4) UUIDs drawn from a seed of the folder and file name and the
+regions, so a rerun writes the same file byte for byte.
 """
 
 from __future__ import annotations
@@ -137,7 +137,9 @@ def write_geojson(regions: Sequence[RegionPolygon], path: str | Path, *,
         ``path``. Written to a temporary file in the same folder, then renamed (atomic).
     """
     path = Path(path)
-    doc = feature_collection(regions, name=path.name, class_name=class_name, color=color)
+    # Seed the ids with the slide's folder too: every slide's file is called tumor.geojson.
+    name = f"{path.parent.name}/{path.name}"
+    doc = feature_collection(regions, name=name, class_name=class_name, color=color)
     # One C-encoder pass over the whole document is the fast path for many features.
     data = (json.dumps(doc, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
     if path.suffix == ".gz":
