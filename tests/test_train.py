@@ -27,13 +27,11 @@ from wsi_seg.datasets import (
 from wsi_seg.errors import WsiSegError
 from wsi_seg.train import (
     LOSS_FUNCTIONS,
-    PatchOptions,
     TrainConfig,
     TrainResult,
     UnetOptions,
     evaluate_folder,
     overlap_scores,
-    train_patch,
     train_unet,
 )
 
@@ -360,31 +358,40 @@ def test_idc_bad_inputs(tmp_path: Path) -> None:
         scan_idc(d)
 
 
-def test_patch_training_with_per_patient_evaluation(tmp_path: Path) -> None:
+def test_patch_training_with_per_patient_evaluation(
+    tmp_path: Path, unet_data: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     data = make_idc_folder(tmp_path / "idc", 5, 0)
     out = tmp_path / "p.keras"
-    opts = PatchOptions(data, filters=(4, 8), dense_units=8, balance="oversample",
-                        val_patients=("1001",), test_patients=("1003", "1004"))
-    result, scores = train_patch(opts, quick_cfg(out, epochs=3, batch_size=8, loss="bce",
-                                                  steps_per_epoch=None))
-    assert [s.patient for s in scores] == ["1003", "1004"]
-    assert all(s.patches == 16 for s in scores)
-    card = result.card
+    rc = main(["train", "patch", "--data", str(data), "--out", str(out), "--filters", "4,8",
+               "--dense-units", "8", "--balance", "oversample", "--val-patients", "1001",
+               "--test-patients", "1003,1004", "--epochs", "3", "--batch-size", "8",
+               "--no-augment", "--quiet", "--lr", "0.01"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "patient 1003: 16 patches" in printed and "mean over 2 patients" in printed
+    from wsi_seg.card import load_model
+
+    _, card = load_model(out)
     assert card.kind == "patch" and card.input_size_px == 50 and card.mpp == 4.0
     assert {"test_mean_accuracy", "test_mean_iou", "test_patients"} <= set(card.validation)
     split = card.training["split"]
     assert split == {"train": ["1000", "1002"], "val": ["1001"], "test": ["1003", "1004"]}
+    assert card.training["balanced_train_patches"] == 2 * max(
+        card.training["counts"]["train"]["patches"]
+        - card.training["counts"]["train"]["tumour_patches"],
+        card.training["counts"]["train"]["tumour_patches"],
+    )
     work = tmp_path / "p.training"
     with open(work / "patients.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["patient"] for r in rows] == ["1003", "1004", "mean"]
     overlay = cv2.imread(str(work / "overlays" / "1003.png"))
     assert overlay.shape[:2] == (201, 201)  # 4 x 4 patches of 50 px at x, y = 1, 51, 101, 151
-    # the reloaded model is what the card describes
-    from wsi_seg.card import load_model
-
-    _, card2 = load_model(out)
-    assert card2 == card
+    # a patch model scores whole images too (its patch scores painted over their footprints)
+    valid = unet_data[1]
+    scores, _ = evaluate_folder(out, valid / "images", valid / "masks")
+    assert len(scores) == 2 and all(0 <= s.accuracy <= 1 for s in scores)
 
 
 def test_patch_overlay_colours(tmp_path: Path) -> None:
