@@ -12,7 +12,7 @@ Everything comes from the package itself, nothing is downloaded:
    the held-out slides, and the cards get those scores, the data description, the time per
    epoch and the measured inference speed.
 
-Usage (about 5-10 minutes on a 2-core CPU)::
+Usage (about 8 minutes on an idle 2-core CPU; 20-25 minutes when other jobs share it)::
 
     python scripts/train_demo_models.py --work /tmp/demo-train --out wsi_seg/weights
 """
