@@ -1,14 +1,16 @@
 """Thresholded probability mosaic -> tumour polygons (with holes) in level-0 slide pixels.
 
-Algorithm, one chunk of a pyramid level at a time (memory: one chunk, plus the output):
+Algorithm, one chunk of a pyramid level at a time. Memory: one chunk, the edge strips of two
+chunk rows, and the regions still open at chunk borders (their exact pixel-edge outlines, so
+it grows with the boundary length of the largest regions, not with the slide area):
 
 1. Threshold the chunk (``value >= threshold_u8(threshold)``), decide each ambiguous 2x2
    saddle (two pixels touching only at a corner) by the mean of its four values, as marching
    squares does (:func:`resolve_saddles`: one pixel changes per saddle), and label the
    8-connected components (OpenCV): each component's pixel count, probability sum and maximum
    come from one ``bincount``. Components too small to ever reach ``min_area_um2`` that do not
-   touch a chunk border are dropped, and enclosed background smaller than it is filled, before
-   any contour is traced (a noisy map has tens of thousands of pinholes).
+   touch a chunk border are dropped before any contour is traced; holes smaller than it are
+   filled as they are traced (a noisy map has tens of thousands of pinholes).
 2. Trace the components with ``cv2.findContours(RETR_CCOMP)`` on the mask **upsampled 2x** (and
    padded by one zero pixel). In the 2x mask every boundary sub-pixel sits in the corner of its
    original pixel that faces the outside, so ``point // 2`` is exactly a pixel *corner*: the
@@ -232,28 +234,14 @@ def resolve_saddles(fg: np.ndarray, values: np.ndarray, fg_min: int,
         rounds += 1
 
 
-def _fill_small_holes(fg: np.ndarray, min_px: float) -> np.ndarray:
-    """Fill background components smaller than ``min_px`` that are enclosed in the window.
-
-    Done on the mask, before tracing, because a noisy map has tens of thousands of pinholes
-    that would otherwise each become a ring. A background component that touches the window's
-    edge may continue outside it, so it is left alone (holes closed across chunk borders are
-    filtered after merging).
-    """
-    _, labels, stats, _ = cv2.connectedComponentsWithStats((~fg).view(np.uint8), connectivity=4)
-    h, w = fg.shape
-    x, y = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]
-    inner = ((x > 0) & (y > 0) & (x + stats[:, cv2.CC_STAT_WIDTH] < w)
-             & (y + stats[:, cv2.CC_STAT_HEIGHT] < h) & (stats[:, cv2.CC_STAT_AREA] < min_px))
-    inner[0] = False  # label 0 is the foreground itself
-    return fg | inner[labels] if inner.any() else fg
-
-
-def _trace(mask: np.ndarray) -> list[tuple[np.ndarray, list[np.ndarray], tuple[int, int]]]:
+def _trace(mask: np.ndarray,
+           min_hole_px: float = 0.0) -> list[tuple[np.ndarray, list[np.ndarray], tuple[int, int]]]:
     """Exact pixel-edge rings of a binary mask without 2x2 checkerboards.
 
     Returns ``[(shell, [holes], (row, col))]``: rings as integer (x, y) pixel corners, and one
-    foreground pixel of the component the shell bounds (to look up its label).
+    foreground pixel of the component the shell bounds (to look up its label). Holes of fewer
+    than ``min_hole_px`` pixels are left out (filled); a noisy map has tens of thousands, so
+    their areas come from ``cv2.contourArea`` (C), not from shapely.
     """
     h, w = mask.shape
     up = cv2.resize(mask, (2 * w, 2 * h), interpolation=cv2.INTER_NEAREST)
@@ -269,7 +257,9 @@ def _trace(mask: np.ndarray) -> list[tuple[np.ndarray, list[np.ndarray], tuple[i
         holes = []
         j = hier[i][2]
         while j != -1:
-            holes.append(contours[j][:, 0, :] // 2)
+            ring = contours[j][:, 0, :] // 2
+            if min_hole_px <= 0 or cv2.contourArea(ring) >= min_hole_px:
+                holes.append(ring)
             j = hier[j][0]
         # With the 1-px padding, sub-pixel p maps to original corner p // 2 (module docstring).
         x, y = contour[0, 0]
@@ -356,9 +346,7 @@ def _chunk_pieces(block: np.ndarray, row0: int, col0: int, frame: PixelFrame, fg
     offset = np.array([c0 + col0, r0 + row0])
     closed: list[_Piece] = []
     opened: dict[int, _Piece] = {}
-    if min_px > 0:
-        fg = _fill_small_holes(fg, min_px)
-    for shell, holes, (row, col) in _trace(fg.view(np.uint8)):
+    for shell, holes, (row, col) in _trace(fg.view(np.uint8), min_px):
         label = int(labels[row, col])
         piece = _piece(shell + offset, [h + offset for h in holes], int(counts[label]),
                        int(sums[label]), int(vmax[label]))
