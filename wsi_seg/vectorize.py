@@ -179,17 +179,20 @@ class _Strips:
 def _component_stats(labels: np.ndarray, values: np.ndarray, fg: np.ndarray,
                      n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per label: pixel count, value sum and value max over foreground pixels."""
-    lab = labels[fg].astype(np.int64)
-    val = values[fg].astype(np.int64)
+    lab = labels[fg]  # int32 from OpenCV
+    val = values[fg]
     if n * 256 <= 1 << 22:  # one histogram per label: count, sum and max in a single pass
-        hist = np.bincount(lab * 256 + val, minlength=n * 256).reshape(n, 256)
+        key = lab * 256  # int32 suffices: n * 256 < 2**31 here
+        key += val
+        hist = np.bincount(key, minlength=n * 256).reshape(n, 256)
         counts = hist.sum(axis=1)
         sums = hist @ np.arange(256, dtype=np.int64)
         vmax = 255 - np.argmax(hist[:, ::-1] > 0, axis=1)
         return counts, sums, vmax
-    counts = np.bincount(lab, minlength=n)
-    sums = np.bincount(lab, weights=val, minlength=n).astype(np.int64)
-    key = np.sort(lab * 256 + val)  # many labels (noise): sort instead of a huge histogram
+    lab64 = lab.astype(np.int64)
+    counts = np.bincount(lab64, minlength=n)
+    sums = np.bincount(lab64, weights=val, minlength=n).astype(np.int64)
+    key = np.sort(lab64 * 256 + val)  # many labels (noise): sort instead of a huge histogram
     last = np.r_[np.nonzero(np.diff(key >> 8))[0], key.size - 1]
     vmax = np.zeros(n, dtype=np.int64)
     vmax[key[last] >> 8] = key[last] & 255
@@ -210,7 +213,7 @@ def resolve_saddles(fg: np.ndarray, values: np.ndarray, fg_min: int,
     Returns a new boolean mask without 2x2 checkerboards.
     """
     fg = fg.astype(bool, copy=True)
-    v = values.astype(np.int32)
+    v = values  # read only at saddles, cast there (a full-chunk cast costs more than it saves)
     rounds = 0
     while True:
         a, b, c, d = fg[:-1, :-1], fg[:-1, 1:], fg[1:, :-1], fg[1:, 1:]
@@ -225,10 +228,10 @@ def resolve_saddles(fg: np.ndarray, values: np.ndarray, fg_min: int,
         f2 = (r + 1, np.where(is_main, q + 1, q))
         b1 = (r, np.where(is_main, q + 1, q))
         b2 = (r + 1, np.where(is_main, q, q + 1))
-        total = v[f1] + v[f2] + v[b1] + v[b2]
-        connect = (total >= 4 * fg_min) | (rounds >= max_rounds)
-        fill = tuple(np.where(v[b1] >= v[b2], b1[k], b2[k])[connect] for k in (0, 1))
-        clear = tuple(np.where(v[f1] <= v[f2], f1[k], f2[k])[~connect] for k in (0, 1))
+        vf1, vf2, vb1, vb2 = (v[p].astype(np.int32) for p in (f1, f2, b1, b2))
+        connect = (vf1 + vf2 + vb1 + vb2 >= 4 * fg_min) | (rounds >= max_rounds)
+        fill = tuple(np.where(vb1 >= vb2, b1[k], b2[k])[connect] for k in (0, 1))
+        clear = tuple(np.where(vf1 <= vf2, f1[k], f2[k])[~connect] for k in (0, 1))
         fg[fill] = True
         fg[clear] = False
         rounds += 1
