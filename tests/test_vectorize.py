@@ -15,6 +15,7 @@ from wsi_seg.mosaic import MosaicGeometry, build_pyramid, create_mosaic, open_mo
 from wsi_seg.vectorize import (
     QUPATH_GRID_PX,
     PixelFrame,
+    densify_on_grid_lines,
     resolve_saddles,
     threshold_u8,
     vectorize_array,
@@ -234,3 +235,13 @@ def test_region_covering_whole_chunks_is_one_exact_polygon() -> None:
     full = np.full((20, 20), 255, np.uint8)  # one chunk, all tumour, no neighbours
     only = vectorize_array(full, PixelFrame(20, 20, 0, 0, 1.0, 1.0, chunk_px=20), fg_min=1)
     assert len(only) == 1 and only[0].polygon.area == 400
+
+
+def test_densify_on_grid_lines() -> None:
+    ring = np.array([[0, 0], [4, 0], [4, 3], [0, 3]])  # open ring, as OpenCV gives it
+    dense = densify_on_grid_lines(ring, 2)
+    assert np.array_equal(dense[0], dense[-1])  # closed
+    # x = 0, x = 4 and y = 0 are grid lines (spacing 2): unit vertices; y = 3 is not
+    assert [2, 0] in dense.tolist() and [4, 1] in dense.tolist() and [0, 2] in dense.tolist()
+    assert [2, 3] not in dense.tolist()
+    assert Polygon(dense).equals(Polygon(ring))

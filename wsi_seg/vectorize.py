@@ -22,7 +22,9 @@ it grows with the boundary length of the largest regions, not with the slide are
 3. Pieces that touch an interior chunk border get a global id, written into the chunk's four
    edge strips; facing strips of neighbouring chunks give the pairs of pieces that are
    8-adjacent across the border (union-find, no geometric search). Each group's *shells* are
-   unioned (their pixel edges on the shared border coincide exactly: integer coordinates) and
+   unioned; their rings get a vertex at every pixel corner on a chunk border, so pieces share
+   identical segments there and form a polygon coverage (``shapely.coverage_union_all``,
+   several times faster than an overlay union, and exact: integer coordinates), and
    the pieces' holes, which never touch a chunk border, are put back afterwards - unioning
    hole-riddled pieces directly is orders of magnitude slower.
 4. Each region is mapped to level 0 (pixel ``(row, col)`` of level ``L`` covers
@@ -270,20 +272,49 @@ def _trace(mask: np.ndarray,
     return out
 
 
+def densify_on_grid_lines(ring: np.ndarray, spacing: int) -> np.ndarray:
+    """Put a vertex at every integer point of the ring's segments that lie on a grid line
+    (``x`` or ``y`` a multiple of ``spacing``: the chunk borders).
+
+    Two pieces that meet across a chunk border then share identical unit segments there, which
+    makes them a valid polygon *coverage*, and ``shapely.coverage_union_all`` merges them
+    several times faster than a general overlay union.
+
+    Args:
+        ring: ring of integer (x, y) vertices, shape (n, 2), closed or not.
+        spacing: grid spacing (chunk edge) in pixels.
+    """
+    p = np.asarray(ring, dtype=np.int64)
+    if not np.array_equal(p[0], p[-1]):
+        p = np.vstack([p, p[:1]])  # OpenCV rings are open; the closing segment counts too
+    d = p[1:] - p[:-1]
+    on_line = (((d[:, 0] == 0) & (p[:-1, 0] % spacing == 0))
+               | ((d[:, 1] == 0) & (p[:-1, 1] % spacing == 0)))
+    steps = np.where(on_line, np.abs(d).sum(axis=1), 1)
+    steps[(d == 0).all(axis=1)] = 0  # repeated vertices: drop
+    if (steps == 1).all():
+        return p
+    seg = np.repeat(np.arange(len(d)), steps)
+    k = np.arange(seg.size) - np.repeat(np.cumsum(steps) - steps, steps)
+    points = p[:-1][seg] + np.sign(d)[seg] * k[:, None]
+    return np.vstack([points, p[:1]])
+
+
 def _areal(geom: BaseGeometry) -> list[Polygon]:
     return [p for p in shapely.get_parts(geom) if isinstance(p, Polygon) and not p.is_empty]
 
 
 def _piece(shell: np.ndarray, holes: list[np.ndarray], count: int, total: int,
-           vmax: int) -> _Piece:
+           vmax: int, spacing: int = 0) -> _Piece:
     """A traced component as a piece.
 
     Without saddles (:func:`resolve_saddles`) every ring is simple and no hole touches
     another ring, so the polygon is valid by construction. The shell is still checked (one
     cheap test per component); should it pinch anyway, it is repaired and the piece marked
-    ``suspect`` so its final polygons get the full (costlier) validity check.
+    ``suspect`` so its final polygons get the full (costlier) validity check. With
+    ``spacing`` (open pieces) the shell is densified on the chunk borders for coverage union.
     """
-    shell_poly = Polygon(shell)
+    shell_poly = Polygon(shell if spacing <= 0 else densify_on_grid_lines(shell, spacing))
     if shell_poly.is_valid:
         return _Piece(shell_poly, holes, count, total, vmax)
     repaired = shapely.make_valid(Polygon(shell, holes))
@@ -304,10 +335,14 @@ def _chunk_pieces(block: np.ndarray, row0: int, col0: int, frame: PixelFrame, fg
     if fg0.all():  # inside a large region: one rectangle, nothing to label or trace
         touches = [row0 > 0, row0 + rows < frame.height_px, col0 > 0,
                    col0 + cols < frame.width_px]
-        box = _Piece(shapely.box(col0, row0, col0 + cols, row0 + rows), [], rows * cols,
-                     int(block.sum(dtype=np.int64)), int(block.max()))
+        corners = np.array([[col0, row0], [col0 + cols, row0], [col0 + cols, row0 + rows],
+                            [col0, row0 + rows], [col0, row0]])
         if not any(touches):
+            box = _Piece(Polygon(corners), [], rows * cols, int(block.sum(dtype=np.int64)),
+                         int(block.max()))
             return ([box] if rows * cols >= min_px else []), [], strips
+        box = _Piece(Polygon(densify_on_grid_lines(corners, frame.chunk_px)), [], rows * cols,
+                     int(block.sum(dtype=np.int64)), int(block.max()))
         for strip in (strips.top, strips.bottom, strips.left, strips.right):
             strip[:] = next_gid
         return [], [box], strips
@@ -352,7 +387,8 @@ def _chunk_pieces(block: np.ndarray, row0: int, col0: int, frame: PixelFrame, fg
     for shell, holes, (row, col) in _trace(fg.view(np.uint8), min_px):
         label = int(labels[row, col])
         piece = _piece(shell + offset, [h + offset for h in holes], int(counts[label]),
-                       int(sums[label]), int(vmax[label]))
+                       int(sums[label]), int(vmax[label]),
+                       frame.chunk_px if is_open[label] else 0)
         if is_open[label]:
             opened[int(gid[label])] = piece
         else:
@@ -413,8 +449,12 @@ def _merge_open(pieces: list[_Piece], pairs: np.ndarray) -> Iterator[_Piece]:
         live = [p for p in (slots[i] for i in members) if p is not None]
         for i in members:
             slots[i] = None
-        shell = (live[0].shell if len(live) == 1
-                 else shapely.union_all([p.shell for p in live]))
+        if len(live) == 1:
+            shell = live[0].shell
+        elif any(p.suspect for p in live):  # a repaired shell: not densified, general union
+            shell = shapely.union_all([p.shell for p in live])
+        else:  # exact pixel partition with matching border vertices: a valid coverage
+            shell = shapely.coverage_union_all([p.shell for p in live])
         yield _Piece(shell, [h for p in live for h in p.holes],
                      sum(p.count for p in live), sum(p.total for p in live),
                      max(p.vmax for p in live), any(p.suspect for p in live))
