@@ -116,7 +116,8 @@ def render_overlay(thumb: np.ndarray, scale: float, *, origin: tuple[float, floa
     _outline(img, tissue_g, TISSUE_RGB, width)
     _outline(img, truth_g, TRUTH_RGB, width)
     _outline(img, pred_g, PRED_RGB, width)
-    entries = [("tissue", TISSUE_RGB), ("prediction", PRED_RGB)]
+    entries = [("tissue", TISSUE_RGB)] if tissue is not None else []
+    entries.append(("prediction", PRED_RGB))
     if truth is not None:
         entries += [("truth", TRUTH_RGB), ("overlap", OVERLAP_RGB)]
     _legend(img, entries)
