@@ -1,8 +1,9 @@
 """Thresholded probability mosaic -> tumour polygons (with holes) in level-0 slide pixels.
 
 Algorithm, one chunk of a pyramid level at a time. Memory: one chunk, the edge strips of two
-chunk rows, and the regions still open at chunk borders (their exact pixel-edge outlines, so
-it grows with the boundary length of the largest regions, not with the slide area):
+chunk rows, and the exact pixel-edge outlines of the regions that cross the current chunk row
+(a region is finished and simplified as soon as a chunk row ends below it), so it grows with
+the boundary length of the largest regions, not with the slide area:
 
 1. Threshold the chunk (``value >= threshold_u8(threshold)``), decide each ambiguous 2x2
    saddle (two pixels touching only at a corner) by the mean of its four values, as marching
@@ -42,7 +43,7 @@ probability statistics.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -424,40 +425,61 @@ def _border_pairs(strips: dict[tuple[int, int], _Strips], i: int, j: int) -> lis
     return out
 
 
-def _merge_open(pieces: list[_Piece], pairs: np.ndarray) -> Iterator[_Piece]:
-    """Union pieces linked by border pairs (union-find); their shells are unioned, holes and
-    statistics carried over. Yields one piece per group and releases the inputs as it goes
-    (``pieces`` is emptied), so the raw staircase pieces are not held twice."""
-    parent = list(range(len(pieces)))
+class _OpenRegions:
+    """Pieces cut by chunk borders, grouped by union-find as border pairs arrive.
 
-    def find(i: int) -> int:
+    A group is complete once none of its pieces lies on the bottom edge of the chunk row just
+    finished (only those can continue downwards); it is then merged and released, so memory
+    holds only the regions that cross the current chunk row.
+    """
+
+    def __init__(self) -> None:
+        self.parent: list[int] = []
+        self.pieces: dict[int, _Piece] = {}
+
+    def add(self, first_id: int, pieces: list[_Piece]) -> None:
+        assert first_id == len(self.parent)
+        for k, piece in enumerate(pieces):
+            self.parent.append(first_id + k)
+            self.pieces[first_id + k] = piece
+
+    def find(self, i: int) -> int:
+        parent = self.parent
         while parent[i] != i:
             parent[i] = parent[parent[i]]
             i = parent[i]
         return i
 
-    for a, b in np.unique(pairs, axis=0).tolist() if len(pairs) else []:
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    groups: dict[int, list[int]] = {}
-    for i in range(len(pieces)):
-        groups.setdefault(find(i), []).append(i)
-    slots: list[_Piece | None] = list(pieces)
-    pieces.clear()
-    for members in groups.values():
-        live = [p for p in (slots[i] for i in members) if p is not None]
-        for i in members:
-            slots[i] = None
-        if len(live) == 1:
-            shell = live[0].shell
-        elif any(p.suspect for p in live):  # a repaired shell: not densified, general union
-            shell = shapely.union_all([p.shell for p in live])
-        else:  # exact pixel partition with matching border vertices: a valid coverage
-            shell = shapely.coverage_union_all([p.shell for p in live])
-        yield _Piece(shell, [h for p in live for h in p.holes],
-                     sum(p.count for p in live), sum(p.total for p in live),
-                     max(p.vmax for p in live), any(p.suspect for p in live))
+    def link(self, pairs: Iterable[np.ndarray]) -> None:
+        for arr in pairs:
+            for a, b in arr.tolist():
+                ra, rb = self.find(a), self.find(b)
+                if ra != rb:
+                    self.parent[max(ra, rb)] = min(ra, rb)
+
+    def pop_complete(self, active_ids: np.ndarray | None) -> Iterator[_Piece]:
+        """Merge and release every group with no piece in ``active_ids`` (None: all groups)."""
+        active = set() if active_ids is None else {self.find(int(g)) for g in active_ids}
+        groups: dict[int, list[int]] = {}
+        for gid in self.pieces:
+            root = self.find(gid)
+            if root not in active:
+                groups.setdefault(root, []).append(gid)
+        for members in groups.values():
+            yield _merge_group([self.pieces.pop(g) for g in members])
+
+
+def _merge_group(live: list[_Piece]) -> _Piece:
+    """One region from its pieces: shells unioned, holes and statistics carried over."""
+    if len(live) == 1:
+        shell = live[0].shell
+    elif any(p.suspect for p in live):  # a repaired shell: not densified, general union
+        shell = shapely.union_all([p.shell for p in live])
+    else:  # exact pixel partition with matching border vertices: a valid coverage
+        shell = shapely.coverage_union_all([p.shell for p in live])
+    return _Piece(shell, [h for p in live for h in p.holes],
+                  sum(p.count for p in live), sum(p.total for p in live),
+                  max(p.vmax for p in live), any(p.suspect for p in live))
 
 
 def _assemble(piece: _Piece, min_hole_px: float) -> list[Polygon]:
@@ -557,9 +579,9 @@ def vectorize_array(arr: ArrayLike2D, frame: PixelFrame, *, fg_min: int,
     # A component (or hole) with fewer raster pixels than this can never reach min_area_um2.
     min_px = min_area_um2 / (frame.mpp0 * frame.px_x0) ** 2
     closed: list[_Piece] = []
-    open_pieces: list[_Piece] = []
     regions: list[RegionPolygon] = []
-    pairs: list[np.ndarray] = []
+    open_regions = _OpenRegions()
+    n_open = 0
     strips: dict[tuple[int, int], _Strips] = {}
     c = frame.chunk_px
     for row0, col0, rows, cols in frame.chunks():
@@ -570,19 +592,18 @@ def vectorize_array(arr: ArrayLike2D, frame: PixelFrame, *, fg_min: int,
         if block.dtype == bool:
             block = block.view(np.uint8)
         done, opened, strips[(i, j)] = _chunk_pieces(block, row0, col0, frame, fg_min, min_px,
-                                                     len(open_pieces))
+                                                     n_open)
         closed += done
-        open_pieces += opened
-        pairs += _border_pairs(strips, i, j)
+        open_regions.add(n_open, opened)
+        n_open += len(opened)
+        open_regions.link(_border_pairs(strips, i, j))
+        if col0 + cols == frame.width_px:  # end of a chunk row: finish what cannot grow
+            bottoms = np.concatenate([v.bottom for k, v in strips.items() if k[0] == i])
+            closed += open_regions.pop_complete(bottoms[bottoms >= 0])
         if len(closed) >= _BATCH:  # final already: simplify now rather than hold staircases
             regions += _finish(closed, frame, min_area_um2, simplify_um)
             closed = []
-    links = np.concatenate(pairs) if pairs else np.empty((0, 2), dtype=np.int64)
-    for piece in _merge_open(open_pieces, links):
-        closed.append(piece)
-        if len(closed) >= _BATCH:
-            regions += _finish(closed, frame, min_area_um2, simplify_um)
-            closed = []
+    closed += open_regions.pop_complete(None)
     regions += _finish(closed, frame, min_area_um2, simplify_um)
     regions.sort(key=lambda r: (r.polygon.bounds[1], r.polygon.bounds[0]))
     return regions
