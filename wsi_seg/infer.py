@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +32,7 @@ from wsi_seg.errors import ModelError
 
 log = logging.getLogger(__name__)
 
+_USER_TF_LOG_LEVEL = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ start-up chatter is not for users
 
 
@@ -56,6 +59,34 @@ class InferConfig:
 
 _configured = False
 _lock = threading.Lock()
+
+
+def import_tensorflow_quietly(device: str = "auto") -> None:
+    """Import TensorFlow without its start-up chatter on machines without a GPU.
+
+    On a CPU-only machine TensorFlow prints CUDA-stub and cuInit lines from C++ before any
+    log setting applies; every worker process would repeat them. Hiding the GPUs from CUDA
+    (when there is no ``nvidia-smi`` or the CPU was asked for) and muting file descriptor 2
+    during the import alone keeps the terminal for the user. ``WSI_SEG_TF_VERBOSE=1`` shows
+    everything; Python errors from the import still raise as usual.
+    """
+    if "tensorflow" in sys.modules or os.environ.get("WSI_SEG_TF_VERBOSE") == "1":
+        return
+    if device == "cpu" or shutil.which("nvidia-smi") is None:
+        os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
+        if _USER_TF_LOG_LEVEL is None:
+            # Without a GPU the only C++ "errors" are failed CUDA probes (cuInit).
+            os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+        saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            sys.stderr.flush()
+            os.dup2(devnull, 2)
+            import tensorflow  # noqa: F401
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(devnull)
 
 
 def configure_threads(threads: int | None) -> None:
@@ -169,6 +200,7 @@ class Predictor:
     def from_path(cls, path: str | os.PathLike[str] | None, config: InferConfig = InferConfig()
                   ) -> Predictor:
         """Load ``MODEL.keras`` and its card (the bundled UNet when ``path`` is None)."""
+        import_tensorflow_quietly(config.device)
         configure_threads(config.threads)
         p = Path(path) if path is not None else bundled_model_path("unet")
         model, card = load_model(p)
