@@ -72,8 +72,10 @@ def import_tensorflow_quietly(device: str = "auto") -> None:
     """
     if "tensorflow" in sys.modules or os.environ.get("WSI_SEG_TF_VERBOSE") == "1":
         return
-    if device == "cpu" or shutil.which("nvidia-smi") is None:
-        os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
+    no_gpu = shutil.which("nvidia-smi") is None
+    if device == "cpu" or no_gpu:
+        if no_gpu:  # never hide a real card: another predictor in this process may want it
+            os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
         if _USER_TF_LOG_LEVEL is None:
             # Without a GPU the only C++ "errors" are failed CUDA probes (cuInit).
             os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
