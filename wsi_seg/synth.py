@@ -41,6 +41,10 @@ from shapely.prepared import prep
 from wsi_seg import __version__
 
 TILE_PX = 512
+#: Nuclei are drawn one by one up to this many µm per output pixel, painted as their mean above.
+MAX_DRAWN_UM = 2.0
+#: Share of a vesicular nucleus's area taken by its pale centre (axes 3/5 of the nucleus).
+CENTRE_AREA = 0.36
 _SHIFT = 4  # cv2 fractional bits: draw at 1/16 px precision
 
 
@@ -312,10 +316,24 @@ class Renderer:
 
     def _nuclei(self, pop: _Population, x0: float, y0: float, w: int, h: int, d: float
                 ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Coverage of one population's nuclei, and of their pale centres (or None)."""
+        """Coverage of one population's nuclei, and of their pale centres (or None).
+
+        Coarser than :data:`MAX_DRAWN_UM` µm per pixel nuclei are sub-pixel: their expected
+        coverage is painted instead of drawing each one. Drawing them there would cost time
+        and memory in proportion to the slide's area per tile (millions of nuclei in one
+        thumbnail-level tile), and a box-averaged view shows only the mean anyway.
+        """
         um = self.spec.mpp
         px_um = d * um  # µm per output pixel
         g = pop.cell_um
+        if px_um > MAX_DRAWN_UM:
+            r0, r1 = pop.radius_um
+            mean_r2 = (r1**3 - r0**3) / (3 * (r1 - r0))  # E[r^2], r uniform in [r0, r1]
+            cover_mean = min(1.0, pop.presence * math.pi * mean_r2 / (g * g))
+            cover_full = np.full((h, w), cover_mean, np.float32)
+            if pop.centre_rgb is None:
+                return cover_full, None
+            return cover_full, np.full((h, w), cover_mean * CENTRE_AREA, np.float32)
         margin = pop.radius_um[1] * pop.elongation[1] + g
         gx0 = math.floor((x0 * um - margin) / g)
         gy0 = math.floor((y0 * um - margin) / g)
@@ -343,7 +361,7 @@ class Renderer:
                                      strict=True):
             cv2.ellipse(cover, (cx, cy), (a, b), ang, 0, 360, 1.0, -1, cv2.LINE_AA, _SHIFT)
             if centre is not None:
-                inner = (max(1, a * 3 // 5), max(1, b * 3 // 5))
+                inner = (max(1, a * 3 // 5), max(1, b * 3 // 5))  # CENTRE_AREA = (3/5)^2
                 cv2.ellipse(centre, (cx, cy), inner, ang, 0, 360, 1.0, -1, cv2.LINE_AA, _SHIFT)
         np.clip(cover, 0, 1, out=cover)
         if centre is not None:
