@@ -23,7 +23,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ import numpy as np
 import shapely
 from shapely.geometry import Polygon
 
+from wsi_seg.files import write_atomic
 from wsi_seg.vectorize import RegionPolygon
 
 TUMOR_CLASS = "Tumor"
@@ -144,11 +144,4 @@ def write_geojson(regions: Sequence[RegionPolygon], path: str | Path, *,
     data = (json.dumps(doc, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
     if path.suffix == ".gz":
         data = gzip.compress(data, compresslevel=6, mtime=0)  # mtime=0: reproducible bytes
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_atomic(path, data)

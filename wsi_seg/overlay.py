@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -23,6 +22,7 @@ import shapely
 from shapely.geometry import Polygon
 from shapely.geometry.base import BaseGeometry
 
+from wsi_seg.files import write_atomic
 from wsi_seg.metrics import rasterize_window
 from wsi_seg.vectorize import RegionPolygon
 
@@ -130,7 +130,7 @@ def write_png(rgb: np.ndarray, path: str | Path) -> Path:
     ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     if not ok:
         raise OSError(f"{path}: PNG encoding failed")
-    _atomic_write(path, buf.tobytes())
+    write_atomic(path, buf.tobytes())
     return path
 
 
@@ -179,16 +179,6 @@ def _cell(name: str, value: object) -> str:
     return " ".join(str(value).split())  # one line per cell, whatever the error text held
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_summary_csv(rows: Sequence[SummaryRow], path: str | Path) -> Path:
     """``summary.csv``: a header and one row per slide (blank cells for unknown values)."""
     buf = io.StringIO()
@@ -196,7 +186,7 @@ def write_summary_csv(rows: Sequence[SummaryRow], path: str | Path) -> Path:
     writer.writerow(SUMMARY_COLUMNS)
     for row in rows:
         writer.writerow([_cell(c, getattr(row, c)) for c in SUMMARY_COLUMNS])
-    _atomic_write(Path(path), buf.getvalue().encode("utf-8"))
+    write_atomic(Path(path), buf.getvalue().encode("utf-8"))
     return Path(path)
 
 
@@ -213,5 +203,5 @@ def summary_markdown(rows: Sequence[SummaryRow], footer: Sequence[str] = ()) -> 
 def write_summary_md(rows: Sequence[SummaryRow], path: str | Path,
                      footer: Sequence[str] = ()) -> Path:
     """Write ``summary.md`` (see :func:`summary_markdown`)."""
-    _atomic_write(Path(path), summary_markdown(rows, footer).encode("utf-8"))
+    write_atomic(Path(path), summary_markdown(rows, footer).encode("utf-8"))
     return Path(path)

@@ -33,6 +33,7 @@ from wsi_seg import __version__
 from wsi_seg.blend import BLEND_MODES, BlendSpec, blend_block, to_uint8
 from wsi_seg.card import ModelCard, bundled_model_path, read_card, sha256_file
 from wsi_seg.errors import WsiSegError
+from wsi_seg.files import write_json_atomic
 from wsi_seg.infer import InferConfig, cached_predictor
 from wsi_seg.mosaic import MosaicGeometry, build_pyramid, create_mosaic, open_mosaic
 from wsi_seg.slide import Slide, open_slide
@@ -181,22 +182,6 @@ def is_finished(out_dir: Path, slide_path: Path) -> bool:
     return (final_dir_for(out_dir, slide_path) / REPORT).is_file()
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
-    os.replace(tmp, path)
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if hasattr(obj, "__dataclass_fields__"):
-        return asdict(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
 def check_writable(out_dir: Path) -> None:
     """Create ``out_dir`` and prove it is writable, or raise a one-line error."""
     try:
@@ -295,7 +280,7 @@ def _open_work_dir(work_dir: Path, digest: str, geom: MosaicGeometry,
     work_dir.mkdir(parents=True)
     (work_dir / MARKERS).mkdir()
     create_mosaic(work_dir / "mask.zarr", geom, provenance=provenance)
-    _write_json_atomic(stamp, {"digest": digest})
+    write_json_atomic(stamp, {"digest": digest})
     return set()
 
 
@@ -337,7 +322,7 @@ def run_block(ctx: BlockContext, task: BlockTask, infer: InferConfig) -> BlockRe
     result = BlockResult(ctx.stem, b.key, b.n_windows, times)
     # The marker is written last: a block without one is redone on resume, and redoing it
     # rewrites its own chunks completely, so a half-written chunk never survives.
-    _write_json_atomic(ctx.work_dir / MARKERS / f"{b.key}.json", asdict(result))
+    write_json_atomic(ctx.work_dir / MARKERS / f"{b.key}.json", asdict(result))
     return result
 
 
@@ -415,7 +400,7 @@ def finish_slide(job: SlideJob, config: RunConfig, block_times: dict[str, float]
         "score": score.as_dict() if score is not None else None,
         "notes": notes,
     }
-    _write_json_atomic(job.work_dir / REPORT, report)
+    write_json_atomic(job.work_dir / REPORT, report)
     _publish(job)
     return report
 

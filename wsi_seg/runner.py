@@ -25,12 +25,12 @@ from typing import Any
 from wsi_seg import __version__
 from wsi_seg.cluster import ClusterConfig, WorkerPlan, connect
 from wsi_seg.errors import WsiSegError
+from wsi_seg.files import write_json_atomic
 from wsi_seg.infer import InferConfig
 from wsi_seg.pipeline import (
     BlockResult,
     RunConfig,
     SlideJob,
-    _write_json_atomic,
     check_writable,
     final_dir_for,
     finish_slide,
@@ -148,7 +148,7 @@ class Runner:
             "score": (asdict(sc) if (sc := run_score([s.report for s in self.states
                                                        if s.report])) else None),
         }
-        _write_json_atomic(self.config.out_dir / RUN_JSON, record)
+        write_json_atomic(self.config.out_dir / RUN_JSON, record)
 
     # -- the run ---------------------------------------------------------------------------------
     def prepare(self) -> None:

@@ -39,6 +39,7 @@ from shapely.geometry import MultiPolygon, Polygon, box, mapping
 from shapely.prepared import prep
 
 from wsi_seg import __version__
+from wsi_seg.files import write_atomic
 
 TILE_PX = 512
 #: Nuclei are drawn one by one up to this many µm per output pixel, painted as their mean above.
@@ -419,9 +420,7 @@ def write_truth_geojson(tumour: MultiPolygon, path: Path, slide_name: str) -> No
                 "metadata": {"source": "wsi-seg synth", "slide": slide_name},
             },
         })
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps({"type": "FeatureCollection", "features": features}))
 
 
 def truth_path_for(slide_path: str | os.PathLike[str]) -> Path:

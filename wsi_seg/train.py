@@ -54,6 +54,7 @@ from wsi_seg.datasets import (
     window_starts,
 )
 from wsi_seg.errors import ModelError, WsiSegError
+from wsi_seg.files import write_atomic
 from wsi_seg.models import build_model, preprocess
 
 LOSSES = ("bce", "dice", "bce_dice", "focal")
@@ -226,7 +227,7 @@ class TrainState:
             raise WsiSegError(f"cannot resume: unreadable training state ({exc})", path) from None
 
     def write(self, path: Path) -> None:
-        _atomic_write_text(path, json.dumps(dataclasses.asdict(self), indent=1))
+        write_atomic(path, json.dumps(dataclasses.asdict(self), indent=1))
 
 
 @dataclass(frozen=True)
@@ -239,18 +240,6 @@ class TrainResult:
     epochs_run: int
     seconds_per_epoch: float
     stopped_early: bool
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 # -- the loop -------------------------------------------------------------------------------------
@@ -462,7 +451,7 @@ def write_metrics_csv(history: Sequence[dict[str, float]], path: Path) -> None:
     w.writeheader()
     for row in history:
         w.writerow({k: (int(v) if k == "epoch" else f"{v:.6g}") for k, v in row.items()})
-    _atomic_write_text(path, buf.getvalue())
+    write_atomic(path, buf.getvalue())
 
 
 _COLOURS_BGR = [(180, 119, 31), (14, 127, 255), (44, 160, 44), (40, 39, 214), (189, 103, 148)]
@@ -525,7 +514,7 @@ def draw_learning_curves(history: Sequence[dict[str, float]], path: Path) -> Non
             cv2.putText(canvas, k, (lx + 22, ly), cv2.FONT_HERSHEY_SIMPLEX, 0.38, colour, 1)
     ok, png = cv2.imencode(".png", canvas)
     if ok:
-        _atomic_write_bytes(path, png.tobytes())
+        write_atomic(path, png.tobytes())
 
 
 def _dashed_line(img: np.ndarray, a: tuple[int, int], b: tuple[int, int],
@@ -870,7 +859,7 @@ def write_overlay(
         out = cv2.resize(out, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
     ok, png = cv2.imencode(".png", cv2.cvtColor(out, cv2.COLOR_RGB2BGR))
     if ok:
-        _atomic_write_bytes(path, png.tobytes())
+        write_atomic(path, png.tobytes())
 
 
 def summarise_patients(scores: Sequence[PatientScore]) -> dict[str, float]:
@@ -896,7 +885,7 @@ def write_patient_csv(scores: Sequence[PatientScore], path: Path) -> None:
     summary = summarise_patients(scores)
     w.writerow(["mean", sum(s.patches for s in scores), "", "",
                 f"{summary['mean_accuracy']:.4f}", f"{summary['mean_iou']:.4f}"])
-    _atomic_write_text(path, buf.getvalue())
+    write_atomic(path, buf.getvalue())
 
 
 def update_card(path: Path, **changes: Any) -> ModelCard:
@@ -908,7 +897,7 @@ def update_card(path: Path, **changes: Any) -> ModelCard:
     if card.sha256 != sha256_file(path):
         raise ModelError("card does not match the model file", path)
     new = dataclasses.replace(card, **changes)
-    _atomic_write_text(card_path(path), new.to_json())
+    write_atomic(card_path(path), new.to_json())
     return new
 
 
