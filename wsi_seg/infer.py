@@ -32,8 +32,11 @@ from wsi_seg.errors import ModelError
 
 log = logging.getLogger(__name__)
 
-_USER_TF_LOG_LEVEL = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ start-up chatter is not for users
+# TF's C++ start-up chatter is not for users. The marker tells worker processes (which inherit
+# this environment) that the level is ours to change, not the user's.
+if "TF_CPP_MIN_LOG_LEVEL" not in os.environ:
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    os.environ["WSI_SEG_TF_LOG_DEFAULT"] = "1"
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,7 @@ def import_tensorflow_quietly(device: str = "auto") -> None:
     if device == "cpu" or no_gpu:
         if no_gpu:  # never hide a real card: another predictor in this process may want it
             os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
-        if _USER_TF_LOG_LEVEL is None:
+        if os.environ.get("WSI_SEG_TF_LOG_DEFAULT") == "1":
             # Without a GPU the only C++ "errors" are failed CUDA probes (cuInit).
             os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
         saved = os.dup(2)
