@@ -1141,16 +1141,16 @@ def markdown(record: dict[str, Any]) -> str:
         "# wsi-seg bench",
         "",
         f"{m.get('date')} · {m.get('cores')} cores ({m.get('cpu')}), {m.get('ram_gib')} GiB RAM"
-        f" · device {', '.join(cl.get('devices') or []) or 'n/a'}"
+        f"{' · device ' + ', '.join(cl['devices']) if cl.get('devices') else ''}"
         f"{' · GPUs: ' + '; '.join(m['gpus']) if m.get('gpus') else ' · no GPU'}"
         f" · TF {v.get('tensorflow')}, wsi-seg {m.get('wsi_seg_version')}"
         f"{' (' + m['git_commit'] + ')' if m.get('git_commit') else ''}"
         f" · load avg {m.get('load_avg')} -> {m.get('load_avg_end')}",
         "",
-        f"Cluster: {cl.get('workers')} worker(s) x {cl.get('threads_per_worker')} task threads, "
-        f"{cl.get('tf_threads')} TF thread(s) each. Figures: median (min–max) of "
-        f"{record.get('config', {}).get('repeats')} interleaved rounds. Synthetic slides at "
-        f"{record.get('config', {}).get('slide_mpp')} µm/px, seed "
+        (f"Cluster: {cl.get('workers')} worker(s) x {cl.get('threads_per_worker')} task "
+         f"threads, {cl.get('tf_threads')} TF thread(s) each. " if cl else "")
+        + f"Figures: median (min–max) of {record.get('config', {}).get('repeats')} interleaved "
+        f"rounds. Synthetic slides at {record.get('config', {}).get('slide_mpp')} µm/px, seed "
         f"{record.get('config', {}).get('seed')}.",
         "",
     ]
