@@ -290,13 +290,12 @@ def _shape(shape: tuple[Any, ...]) -> str:
     return "(" + ", ".join("n" if s is None else str(s) for s in shape) + ")"
 
 
-def load_model(path: str | os.PathLike[str]) -> tuple[Any, ModelCard]:
-    """Load ``MODEL.keras`` with its card, refusing anything unsafe or inconsistent.
+def verify_model_file(path: str | os.PathLike[str]) -> ModelCard:
+    """Every check of :func:`load_model` that needs no TensorFlow; returns the card.
 
-    Checks, in order, each failing with a one-line :class:`ModelError`: the file exists and is
-    a Keras 3 archive; the card exists and parses; the card's sha256 matches the file; the
-    architecture holds no Lambda layer or custom classes; Keras loads it with
-    ``safe_mode=True, compile=False``; its input and output shapes match the card.
+    The file exists and is a Keras 3 archive; the card exists and parses; the card's sha256
+    matches the file; the architecture holds no Lambda layer or custom classes. Cheap enough
+    for a client to run before starting any worker.
     """
     p = Path(path)
     if not p.exists():
@@ -321,6 +320,18 @@ def load_model(path: str | os.PathLike[str]) -> tuple[Any, ModelCard]:
             "on load; rebuild it from standard Keras layers",
             p,
         )
+    return card
+
+
+def load_model(path: str | os.PathLike[str]) -> tuple[Any, ModelCard]:
+    """Load ``MODEL.keras`` with its card, refusing anything unsafe or inconsistent.
+
+    Checks, in order, each failing with a one-line :class:`ModelError`: those of
+    :func:`verify_model_file`; Keras loads it with ``safe_mode=True, compile=False``; its input
+    and output shapes match the card.
+    """
+    p = Path(path)
+    card = verify_model_file(p)
     import keras
 
     try:

@@ -125,9 +125,13 @@ def connect(config: ClusterConfig) -> Iterator[tuple[object, WorkerPlan | None]]
         processes=processes,
         dashboard_address="127.0.0.1:0" if config.dashboard else None,
         resources=resources,
-        silence_logs=logging.ERROR,
+        # Task failures are caught and reported per slide in one line; distributed's own
+        # tracebacks for them would only bury that line (WSI_SEG_DEBUG=1 shows them).
+        silence_logs=logging.DEBUG if os.environ.get("WSI_SEG_DEBUG") else logging.CRITICAL,
         **network,
     )
+    if not processes and not os.environ.get("WSI_SEG_DEBUG"):
+        logging.getLogger("distributed.worker").setLevel(logging.CRITICAL)
     client = Client(cluster)
     try:
         yield client, plan

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from wsi_seg import __version__
+from wsi_seg.card import verify_model_file
 from wsi_seg.cluster import ClusterConfig, WorkerPlan, connect
 from wsi_seg.errors import WsiSegError
 from wsi_seg.files import write_json_atomic
@@ -178,6 +179,8 @@ class Runner:
         from tqdm import tqdm
 
         check_writable(self.config.out_dir)
+        # A bad model is the run's error, not every slide's: one line, before any worker starts.
+        verify_model_file(self.config.resolved_model())
         pending = [s for s in self.states
                    if self.config.overwrite or not is_finished(self.config.out_dir, s.path)]
         if not pending:
