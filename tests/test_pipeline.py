@@ -232,3 +232,18 @@ def test_report_has_timings_and_rates(slide: Path, models: dict[str, Path], tmp_
     assert rep["tiles_per_s"] > 0 and rep["model_tiles_per_s"] > 0
     on_disk = json.loads((tmp_path / "rep" / slide.stem / "report.json").read_text())
     assert on_disk["tiles"] == rep["tiles"]
+
+
+def test_wrong_model_file_is_one_line_before_any_work(slide: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from wsi_seg.cli import main
+
+    fake = tmp_path / "weights.keras"
+    fake.write_text("not a model")
+    out = tmp_path / "out"
+    rc = main(["run", str(slide), "--out", str(out), "--model", str(fake), "--scheduler",
+               "threads", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert len(err) == 1 and str(fake) in err[0] and "not a Keras" in err[0]
+    assert not any(p.name.endswith(".partial") for p in out.iterdir())
