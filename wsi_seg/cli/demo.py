@@ -35,6 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scheduler", default=None,
                    help="'threads' for a single process, or a tcp:// Dask scheduler")
     p.add_argument("--workers", type=int, default=None, help="local worker processes")
+    p.add_argument("--overwrite", action="store_true",
+                   help="run again even if the sample slide's results are complete")
     p.set_defaults(handler=run)
 
 
@@ -57,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
                                    1024)))
     results = out / "results"
     config = RunConfig(out_dir=results, model_path=args.model, truth=truth,
-                       infer=InferConfig(batch_size=16))
+                       infer=InferConfig(batch_size=16), overwrite=args.overwrite)
     result = run_slides([slide_path], config,
                         ClusterConfig(scheduler=args.scheduler, workers=args.workers))
     slide_dir = final_dir_for(results, slide_path)
