@@ -229,7 +229,7 @@ def test_report_has_timings_and_rates(slide: Path, models: dict[str, Path], tmp_
     _, rep = _run(slide, tmp_path / "rep", models["unet"])
     for stage in ("read", "predict", "blend", "write", "pyramid", "vectorize", "geojson"):
         assert stage in rep["stage_s"]
-    assert rep["tiles_per_s"] > 0 and rep["model_tiles_per_s"] > 0
+    assert rep["tiles_per_s"] > 0 and rep["predict_tiles_per_thread_s"] > 0
     on_disk = json.loads((tmp_path / "rep" / slide.stem / "report.json").read_text())
     assert on_disk["tiles"] == rep["tiles"]
 

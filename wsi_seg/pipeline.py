@@ -393,8 +393,11 @@ def finish_slide(job: SlideJob, config: RunConfig, block_times: dict[str, float]
         "threshold": threshold,
         "wall_s": round(wall_s, 3),
         "tiles_per_s": round(job.n_tiles / wall_s, 2) if wall_s > 0 else None,
-        "model_tiles_per_s": (round(job.n_tile_predictions / predict_s, 2)
-                              if predict_s > 0 else None),
+        # Predictions per second of one task thread while it predicts. Task threads predict
+        # concurrently (and share the cores), so this is not the model's throughput alone:
+        # `wsi-seg bench` measures that in isolation.
+        "predict_tiles_per_thread_s": (round(job.n_tile_predictions / predict_s, 2)
+                                       if predict_s > 0 else None),
         "stage_s": {k: round(v, 4) for k, v in sorted(times.items())},
         "truth": str(truth_path) if truth_path else None,
         "score": score.as_dict() if score is not None else None,

@@ -74,6 +74,9 @@ def run(args: argparse.Namespace) -> int:
     if score.get("iou") is not None:
         print(f"scores   IoU {score['iou']:.3f}, Dice {score['dice']:.3f} against {truth.name} "
               f"(at {score.get('resolution_um')} µm/px)")
-    print(f"speed    {report['tiles']} tiles, {report['tiles_per_s']} tiles/s end to end, "
-          f"model alone {report['model_tiles_per_s']} tiles/s")
+    stages = report["stage_s"]
+    print(f"speed    {report['tiles']} tiles in {report['wall_s']:.1f} s, "
+          f"{report['tiles_per_s']} tiles/s end to end; task-thread seconds: "
+          + ", ".join(f"{k} {stages[k]:.1f}" for k in ("read", "predict", "blend", "write",
+                                                        "pyramid", "vectorize") if k in stages))
     return 0 if result.ok else 1
