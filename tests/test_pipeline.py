@@ -61,6 +61,13 @@ def test_mosaic_does_not_depend_on_block_size(slide: Path, models: dict[str, Pat
     assert rep_a["blocks"] != rep_b["blocks"]  # really different partitions
     assert a.any()
     assert np.array_equal(a, b)
+    # Coarser levels too: 256 px blocks write level 1 themselves, 640 px blocks leave it all
+    # to the finishing pass; both must give the same pyramid.
+    ma = open_mosaic(tmp_path / "a" / slide.stem / "mask.zarr")
+    mb = open_mosaic(tmp_path / "b" / slide.stem / "mask.zarr")
+    assert ma.n_levels == mb.n_levels >= 3
+    for level in range(1, ma.n_levels):
+        assert np.array_equal(np.asarray(ma.level(level)[:]), np.asarray(mb.level(level)[:]))
 
 
 def test_block_path_equals_in_memory_function(slide: Path, models: dict[str, Path],

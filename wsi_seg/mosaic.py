@@ -198,7 +198,33 @@ def build_level(mosaic: Mosaic, level: int) -> None:
         dst[row0 : row0 + rows, col0 : col0 + cols] = downsample2_mean(window)
 
 
-def build_pyramid(mosaic: Mosaic) -> None:
-    """Fill levels 1..n-1 from level 0, chunk by chunk (bounded memory)."""
-    for level in range(1, mosaic.n_levels):
+def block_levels(geom: MosaicGeometry, n_levels: int, block_px: int) -> int:
+    """How many pyramid levels above 0 a block task can write by itself.
+
+    Level ``L`` of a block is chunk-aligned (so no other block writes its chunks) while
+    ``block_px / 2**L`` is a multiple of the chunk edge; beyond that levels are left to
+    :func:`build_pyramid`.
+    """
+    levels = 0
+    while levels + 1 < n_levels and block_px % (geom.chunk_px * 2 ** (levels + 1)) == 0:
+        levels += 1
+    return levels
+
+
+def write_block(mosaic: Mosaic, yw: int, xw: int, values: np.ndarray, levels: int) -> None:
+    """Write a chunk-aligned block to level 0 and its own part of levels 1..``levels``.
+
+    Uses the pyramid rule (:func:`downsample2_mean`) on the block alone, which equals what
+    :func:`build_level` computes, because the block's 2x2 groups never straddle its border.
+    """
+    mosaic.level(0)[yw : yw + values.shape[0], xw : xw + values.shape[1]] = values
+    for level in range(1, levels + 1):
+        values = downsample2_mean(values)
+        y, x = yw >> level, xw >> level
+        mosaic.level(level)[y : y + values.shape[0], x : x + values.shape[1]] = values
+
+
+def build_pyramid(mosaic: Mosaic, start_level: int = 1) -> None:
+    """Fill levels ``start_level``..n-1 from the level below, chunk by chunk (bounded memory)."""
+    for level in range(max(1, start_level), mosaic.n_levels):
         build_level(mosaic, level)

@@ -35,7 +35,14 @@ from wsi_seg.card import ModelCard, bundled_model_path, read_card, sha256_file
 from wsi_seg.errors import WsiSegError
 from wsi_seg.files import write_json_atomic
 from wsi_seg.infer import InferConfig, cached_predictor
-from wsi_seg.mosaic import MosaicGeometry, build_pyramid, create_mosaic, open_mosaic
+from wsi_seg.mosaic import (
+    MosaicGeometry,
+    block_levels,
+    build_pyramid,
+    create_mosaic,
+    open_mosaic,
+    write_block,
+)
 from wsi_seg.slide import Slide, open_slide
 from wsi_seg.tiling import Block, plan_blocks, step_for
 from wsi_seg.tissue import TissueConfig, find_tissue
@@ -114,6 +121,7 @@ class BlockContext:
     mpp: float
     spec: BlendSpec
     model_path: Path
+    block_px: int
 
     @property
     def mosaic_path(self) -> Path:
@@ -144,6 +152,7 @@ class SlideJob:
     tissue_mm2: float
     tissue_polygons: tuple[Any, ...]
     config_digest: str
+    block_px: int
 
     @property
     def mosaic_path(self) -> Path:
@@ -155,7 +164,7 @@ class SlideJob:
 
     def context(self, slide_mpp_override: float | None) -> BlockContext:
         return BlockContext(self.slide_path, slide_mpp_override, self.stem, self.work_dir,
-                            self.mpp, self.spec, self.model_path)
+                            self.mpp, self.spec, self.model_path, self.block_px)
 
 
 @dataclass(frozen=True)
@@ -259,7 +268,7 @@ def prepare_slide(slide_path: Path, config: RunConfig) -> SlideJob:
         n_blocks=len(plan.blocks), n_blocks_done=len(plan.blocks) - len(tasks),
         n_tiles=plan.n_tiles, n_tile_predictions=plan.n_tile_predictions,
         tissue_fraction=tissue_fraction, tissue_mm2=tissue_mm2, tissue_polygons=tissue_polys,
-        config_digest=digest,
+        config_digest=digest, block_px=config.block_px,
     )
 
 
@@ -317,7 +326,10 @@ def run_block(ctx: BlockContext, task: BlockTask, infer: InferConfig) -> BlockRe
                        times)
     t = time.perf_counter()
     mosaic = open_mosaic(ctx.mosaic_path, mode="r+")
-    mosaic.level(0)[b.yw : b.yw + b.h_px, b.xw : b.xw + b.w_px] = to_uint8(prob)
+    # The block also writes its share of the coarser levels it alone owns: that work runs in
+    # parallel here instead of serially when the slide is finished.
+    write_block(mosaic, b.yw, b.xw, to_uint8(prob),
+                block_levels(mosaic.geom, mosaic.n_levels, ctx.block_px))
     times["write"] = time.perf_counter() - t
     result = BlockResult(ctx.stem, b.key, b.n_windows, times)
     # The marker is written last: a block without one is redone on resume, and redoing it
@@ -348,7 +360,8 @@ def finish_slide(job: SlideJob, config: RunConfig, block_times: dict[str, float]
     times = dict(block_times)
     t = time.perf_counter()
     mosaic = open_mosaic(job.mosaic_path, mode="r+")
-    build_pyramid(mosaic)
+    build_pyramid(mosaic, start_level=block_levels(mosaic.geom, mosaic.n_levels,
+                                                   config.block_px) + 1)
     t = _lap(times, "pyramid", t)
     threshold = config.threshold if config.threshold is not None else job.card.threshold
     level = min(config.vectorize_level, mosaic.n_levels - 1)
