@@ -334,13 +334,16 @@ def _model_only_task(model_path: str, infer: Any, n_predictions: int, max_s: flo
             "device": predictor.device}
 
 
-def _read_only_task(slide_path: str, mpp: float, block: Any) -> float:
-    """Read one block's halo as :func:`wsi_seg.pipeline.run_block` does; seconds."""
+def _read_only_task(slide_path: str, mpp: float, task: Any, roi_px: int) -> float:
+    """Read one block's image as :func:`wsi_seg.pipeline.run_block` does (the box of its
+    kept windows); seconds."""
+    from wsi_seg.blend import kept_extent
     from wsi_seg.pipeline import _cached_slide
 
     slide = _cached_slide(Path(slide_path), None)
+    yw, xw, h_px, w_px = kept_extent(task.starts_y, task.starts_x, task.keep, roi_px)
     t = time.perf_counter()
-    slide.read_w(block.halo_xw, block.halo_yw, block.halo_w_px, block.halo_h_px, mpp)
+    slide.read_w(xw, yw, w_px, h_px, mpp)
     return time.perf_counter() - t
 
 
@@ -549,11 +552,11 @@ def measure_model_only(bench: Bench, model_path: Path, infer: Any, n_predictions
 
 
 def measure_read_only(bench: Bench, slide: dict[str, Any], job: Any) -> dict[str, Any]:
-    """Read-only: the same blocks' halos, read on the same workers and threads, no model."""
+    """Read-only: the same blocks' images, read on the same workers and threads, no model."""
     load0 = _load()
     t = time.perf_counter()
-    futs = [bench.client.submit(_read_only_task, slide["path"], job.mpp, task.block,
-                                pure=False) for task in job.tasks]
+    futs = [bench.client.submit(_read_only_task, slide["path"], job.mpp, task,
+                                job.spec.roi_px, pure=False) for task in job.tasks]
     secs = [f.result() for f in futs]
     wall = time.perf_counter() - t
     return {"wall_s": wall, "read_task_s": sum(secs), "tiles_per_s": job.n_tiles / wall,

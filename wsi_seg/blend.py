@@ -180,8 +180,26 @@ def sliding_window_inference(
     return normalise(num, den)[pad_y0 : pad_y0 + h, pad_x0 : pad_x0 + w]
 
 
+def kept_extent(starts_y: np.ndarray, starts_x: np.ndarray, keep: np.ndarray, roi_px: int
+                ) -> tuple[int, int, int, int]:
+    """Bounding box ``(yw, xw, h_px, w_px)`` of the kept windows (working pixels).
+
+    Reading only this box instead of the whole halo gives the same blend (pixels are
+    position-exact and only kept windows are predicted) for less I/O at tissue borders.
+    """
+    rows = np.flatnonzero(keep.any(axis=1))
+    cols = np.flatnonzero(keep.any(axis=0))
+    if not len(rows):
+        raise ValueError("no kept window")
+    y0, x0 = int(starts_y[rows[0]]), int(starts_x[cols[0]])
+    y1, x1 = int(starts_y[rows[-1]]) + roi_px, int(starts_x[cols[-1]]) + roi_px
+    return y0, x0, y1 - y0, x1 - x0
+
+
 def blend_block(
-    halo_image: np.ndarray,
+    image: np.ndarray,
+    image_yw: int,
+    image_xw: int,
     block: Block,
     starts_y: np.ndarray,
     starts_x: np.ndarray,
@@ -190,18 +208,25 @@ def blend_block(
     spec: BlendSpec,
     times: MutableMapping[str, float] | None = None,
 ) -> np.ndarray:
-    """Probabilities of the region a block owns, from the image of its halo.
+    """Probabilities of the region a block owns.
 
-    ``halo_image`` holds working pixels ``[block.halo_yw, ...) x [block.halo_xw, ...)``;
-    ``starts_y``, ``starts_x`` and ``keep`` are the plan's window grid restricted to the
-    block's window ranges (:meth:`BlockPlan.windows_of`). Returns float32
-    ``(block.h_px, block.w_px)``.
+    ``image`` holds working pixels ``[image_yw, ...) x [image_xw, ...)`` and must contain
+    every kept window (the block's halo, or just :func:`kept_extent`); ``starts_y``,
+    ``starts_x`` and ``keep`` are the plan's window grid restricted to the block's window
+    ranges (:meth:`BlockPlan.windows_of`). Owned pixels outside the image are covered by no
+    kept window and are 0. Returns float32 ``(block.h_px, block.w_px)``.
     """
-    num, den = accumulate(halo_image, block.halo_yw, block.halo_xw, starts_y, starts_x, keep,
-                          predict, spec, times)
+    num, den = accumulate(image, image_yw, image_xw, starts_y, starts_x, keep, predict, spec,
+                          times)
     t = time.perf_counter()
-    y, x = block.yw - block.halo_yw, block.xw - block.halo_xw
-    prob = normalise(num[y : y + block.h_px, x : x + block.w_px],
-                     den[y : y + block.h_px, x : x + block.w_px])
+    prob = np.zeros((block.h_px, block.w_px), np.float32)
+    # Intersection of the owned region with the image, in both frames.
+    y0, x0 = max(block.yw, image_yw), max(block.xw, image_xw)
+    y1 = min(block.yw + block.h_px, image_yw + image.shape[0])
+    x1 = min(block.xw + block.w_px, image_xw + image.shape[1])
+    if y1 > y0 and x1 > x0:
+        iy, ix = y0 - image_yw, x0 - image_xw
+        prob[y0 - block.yw : y1 - block.yw, x0 - block.xw : x1 - block.xw] = normalise(
+            num[iy : iy + y1 - y0, ix : ix + x1 - x0], den[iy : iy + y1 - y0, ix : ix + x1 - x0])
     _tick(times, "blend", t)
     return prob

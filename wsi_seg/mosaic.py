@@ -174,6 +174,12 @@ def downsample2_mean(block: np.ndarray) -> np.ndarray:
     covers, so each level equals a direct 2^L-mean of level 0 up to rounding.
     """
     h, w = block.shape
+    if h % 2 == 0 and w % 2 == 0:
+        # Fast path (every full chunk): four strided views summed in uint16, (s + 2) >> 2 is
+        # the same half-up rounding as below with a count of 4.
+        s = (block[0::2, 0::2].astype(np.uint16) + block[1::2, 0::2] + block[0::2, 1::2]
+             + block[1::2, 1::2])
+        return ((s + 2) >> 2).astype(np.uint8)
     h2, w2 = (h + 1) // 2, (w + 1) // 2
     total = np.zeros((h2 * 2, w2 * 2), dtype=np.uint32)
     count = np.zeros_like(total, dtype=np.uint8)

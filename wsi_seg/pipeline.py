@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from wsi_seg import __version__
-from wsi_seg.blend import BLEND_MODES, BlendSpec, blend_block, to_uint8
+from wsi_seg.blend import BLEND_MODES, BlendSpec, blend_block, kept_extent, to_uint8
 from wsi_seg.card import ModelCard, bundled_model_path, read_card, sha256_file
 from wsi_seg.errors import WsiSegError
 from wsi_seg.files import write_json_atomic
@@ -320,10 +320,12 @@ def run_block(ctx: BlockContext, task: BlockTask, infer: InferConfig) -> BlockRe
     t = time.perf_counter()
     times["load"] = t - t0
     b = task.block
-    halo = slide.read_w(b.halo_xw, b.halo_yw, b.halo_w_px, b.halo_h_px, ctx.mpp)
+    # Only the box of the windows that are predicted is read, not the whole halo.
+    yw, xw, h_px, w_px = kept_extent(task.starts_y, task.starts_x, task.keep, ctx.spec.roi_px)
+    image = slide.read_w(xw, yw, w_px, h_px, ctx.mpp)
     times["read"] = time.perf_counter() - t
-    prob = blend_block(halo, b, task.starts_y, task.starts_x, task.keep, predictor, ctx.spec,
-                       times)
+    prob = blend_block(image, yw, xw, b, task.starts_y, task.starts_x, task.keep, predictor,
+                       ctx.spec, times)
     t = time.perf_counter()
     mosaic = open_mosaic(ctx.mosaic_path, mode="r+")
     # The block also writes its share of the coarser levels it alone owns: that work runs in
