@@ -57,6 +57,7 @@ class SlideState:
     results: list[BlockResult] = field(default_factory=list)
     started: float | None = None
     report: dict[str, Any] | None = None
+    bar: Any = None  # this slide's progress bar while its blocks run
 
     def record(self) -> dict[str, Any]:
         d: dict[str, Any] = {"slide": str(self.path), "status": self.status}
@@ -167,6 +168,7 @@ class Runner:
                 self.fail(state, exc)
 
     def fail(self, state: SlideState, exc: BaseException) -> None:
+        self._close_bar(state)
         state.status = "failed"
         state.error = one_line(exc)
         self.say(f"wsi-seg: error: {state.error}" if isinstance(exc, WsiSegError)
@@ -226,7 +228,7 @@ class Runner:
                 if not job.tasks:
                     self._submit_finish(client, state, futures, owner)
             bar = tqdm(total=total_tiles, unit="tile", disable=self.quiet, smoothing=0.1,
-                       dynamic_ncols=True, desc="tiles")
+                       dynamic_ncols=True, desc="all slides")
             for fut in futures:
                 state = owner.pop(fut)
                 if state.status == "failed":
@@ -242,13 +244,35 @@ class Runner:
                     state.results.append(value)
                     state.remaining -= 1
                     bar.update(value.n_windows)
+                    self._slide_progress(state, value.n_windows)
                     if state.remaining == 0:
                         self._submit_finish(client, state, futures, owner)
                 else:
                     self._finished(state, value)
+            for state in self.states:
+                self._close_bar(state)
             bar.close()
         self.write_run_json(finished=True)
         return self.result()
+
+    def _slide_progress(self, state: SlideState, tiles: int) -> None:
+        """A bar per slide under the overall one, from its first block until its last."""
+        from tqdm import tqdm
+
+        if self.quiet or state.job is None:
+            return
+        if state.bar is None:
+            state.bar = tqdm(total=state.job.tiles_todo, unit="tile", leave=False,
+                             dynamic_ncols=True, desc=state.path.name, smoothing=0.1)
+        state.bar.update(tiles)
+        if state.remaining == 0:
+            self._close_bar(state)
+
+    @staticmethod
+    def _close_bar(state: SlideState) -> None:
+        if state.bar is not None:
+            state.bar.close()
+            state.bar = None
 
     def _await_warm(self, warm: list[Any]) -> None:
         """Wait for the warm-up; a model that cannot load fails every slide with its cause."""
