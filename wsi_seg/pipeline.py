@@ -23,7 +23,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, MutableMapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +153,7 @@ class SlideJob:
     tissue_polygons: tuple[Any, ...]
     config_digest: str
     block_px: int
+    slide_size_x0: tuple[int, int]
 
     @property
     def mosaic_path(self) -> Path:
@@ -252,6 +253,7 @@ def prepare_slide(slide_path: Path, config: RunConfig) -> SlideJob:
         digest = _digest({"provenance": provenance, "tissue": asdict(config.tissue),
                           "slide_size": slide.dimensions, "batch": config.infer.batch_size})
         tissue_fraction, tissue_mm2, slide_mpp = tissue.fraction, tissue.area_mm2, slide.mpp
+        slide_size_x0 = slide.dimensions
         tissue_polys = tuple(tissue.polygons)
     final_dir = final_dir_for(config.out_dir, slide_path)
     work_dir = config.out_dir / f".{stem}{PARTIAL_SUFFIX}"
@@ -268,7 +270,7 @@ def prepare_slide(slide_path: Path, config: RunConfig) -> SlideJob:
         n_blocks=len(plan.blocks), n_blocks_done=len(plan.blocks) - len(tasks),
         n_tiles=plan.n_tiles, n_tile_predictions=plan.n_tile_predictions,
         tissue_fraction=tissue_fraction, tissue_mm2=tissue_mm2, tissue_polygons=tissue_polys,
-        config_digest=digest, block_px=config.block_px,
+        config_digest=digest, block_px=config.block_px, slide_size_x0=slide_size_x0,
     )
 
 
@@ -432,9 +434,8 @@ def _score(job: SlideJob, config: RunConfig, mosaic: Any, level: int, threshold:
     if truth_path is None:
         return None, None, None, f"no ground truth found for {job.slide_path.name}"
     try:
-        with open_slide(job.slide_path, mpp=config.slide_mpp) as slide:
-            size = slide.dimensions
-        truth = check_truth_fits(read_truth(truth_path, config.truth_classes), size)
+        truth = check_truth_fits(read_truth(truth_path, config.truth_classes),
+                                 job.slide_size_x0)
     except WsiSegError as exc:
         return None, None, truth_path, f"truth not used: {exc}"
     score = score_slide(mosaic, truth.geometry, level, threshold=threshold)
@@ -501,8 +502,3 @@ def process_slide_inline(slide_path: Path, config: RunConfig,
         if on_block:
             on_block(r)
     return finish_slide(job, config, sum_times(results), time.perf_counter() - start)
-
-
-def with_overrides(config: RunConfig, **changes: Any) -> RunConfig:
-    """A copy of ``config`` with fields replaced (None values ignored)."""
-    return replace(config, **{k: v for k, v in changes.items() if v is not None})
