@@ -338,13 +338,13 @@ def _read_only_task(slide_path: str, mpp: float, task: Any, roi_px: int) -> floa
     """Read one block's image as :func:`wsi_seg.pipeline.run_block` does (the box of its
     kept windows); seconds."""
     from wsi_seg.blend import kept_extent
-    from wsi_seg.pipeline import _cached_slide
+    from wsi_seg.pipeline import slide_handles
 
-    slide = _cached_slide(Path(slide_path), None)
     yw, xw, h_px, w_px = kept_extent(task.starts_y, task.starts_x, task.keep, roi_px)
-    t = time.perf_counter()
-    slide.read_w(xw, yw, w_px, h_px, mpp)
-    return time.perf_counter() - t
+    with slide_handles.hold(Path(slide_path), None) as slide:
+        t = time.perf_counter()
+        slide.read_w(xw, yw, w_px, h_px, mpp)
+        return time.perf_counter() - t
 
 
 def _worker_peak() -> dict[str, int]:
@@ -358,7 +358,7 @@ def _worker_reset() -> bool:
 def _worker_device(model_path: str, infer: Any) -> str:
     from wsi_seg.pipeline import warm_worker
 
-    return warm_worker(Path(model_path), infer)
+    return warm_worker(Path(model_path), infer).device
 
 
 # -- clusters -----------------------------------------------------------------------------------
@@ -507,15 +507,13 @@ def measure_cold(slide: dict[str, Any], run_cfg: Any, workers: int | None,
     """One ``run_slides`` exactly as ``wsi-seg run`` does it: a fresh local cluster, whose
     start, TensorFlow import and model load are part of the wall time."""
     from wsi_seg.cluster import ClusterConfig
-    from wsi_seg.infer import InferConfig
     from wsi_seg.runner import run_slides
 
     out = Path(run_cfg.out_dir)
     if out.exists():
         shutil.rmtree(out)
     infer = run_cfg.infer
-    cfg = replace(run_cfg, infer=InferConfig(infer.batch_size, infer.mixed_precision,
-                                             infer.device, None, infer.gpu_index))
+    cfg = replace(run_cfg, infer=replace(infer, threads=None))
     t = time.perf_counter()
     result = run_slides([Path(slide["path"])], cfg,
                         ClusterConfig(workers=workers, threads_per_worker=threads_per_worker,

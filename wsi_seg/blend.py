@@ -11,11 +11,15 @@ terms in the same order and the mosaic equals the in-memory result bit for bit.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, MutableMapping
+from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
+from wsi_seg.slide import BACKGROUND_RGB as PAD_VALUE
 from wsi_seg.tiling import Block, step_for, window_starts
 
 #: ``predict(tiles)`` maps ``(n, roi, roi, 3)`` uint8 RGB tiles to ``(n, roi, roi)`` float32
@@ -23,7 +27,6 @@ from wsi_seg.tiling import Block, step_for, window_starts
 PredictFn = Callable[[np.ndarray], np.ndarray]
 
 BLEND_MODES = ("gaussian", "hann", "constant")
-PAD_VALUE = 255  # white glass, the same as the slide reader's padding
 
 
 def importance_map(roi_px: int, mode: str = "gaussian", sigma_scale: float = 0.125
@@ -63,7 +66,8 @@ class BlendSpec:
         step_px: window step, working pixels.
         mode: ``gaussian``, ``hann`` or ``constant``.
         sigma_scale: Gaussian sigma as a fraction of ``roi_px``.
-        batch_size: windows per model call (fixed; the last batch is padded by the predictor).
+        batch_size: windows a block hands the predictor at a time (the predictor's own
+            batch is fixed and independent of this; it does not change any value).
     """
 
     roi_px: int
@@ -83,6 +87,30 @@ def _tick(times: MutableMapping[str, float] | None, key: str, since: float) -> f
     return now
 
 
+class Submitter(Protocol):
+    """A predictor that takes tiles now and delivers probabilities later
+    (:class:`wsi_seg.infer.Predictor`): many blocks then share the device's batches."""
+
+    def submit(self, tiles: np.ndarray) -> Future[np.ndarray]: ...
+
+
+def _submitter(predict: PredictFn | Submitter) -> Callable[[np.ndarray], Future[np.ndarray]]:
+    if hasattr(predict, "submit"):
+        return predict.submit
+
+    def now(tiles: np.ndarray) -> Future[np.ndarray]:
+        fut: Future[np.ndarray] = Future()
+        fut.set_result(predict(tiles))
+        return fut
+
+    return now
+
+
+#: Chunks of windows one block keeps queued at the predictor: enough to keep the device fed
+#: from few blocks, few enough that queued tiles and results stay small.
+IN_FLIGHT_CHUNKS = 2
+
+
 def accumulate(
     image: np.ndarray,
     origin_yw: int,
@@ -90,7 +118,7 @@ def accumulate(
     starts_y: np.ndarray,
     starts_x: np.ndarray,
     keep: np.ndarray,
-    predict: PredictFn,
+    predict: PredictFn | Submitter,
     spec: BlendSpec,
     times: MutableMapping[str, float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -98,30 +126,43 @@ def accumulate(
 
     ``image`` covers working pixels ``[origin_yw, origin_yw + H) x [origin_xw, origin_xw + W)``
     and must contain every kept window. Windows are visited row-major over the given starts:
-    that order is part of the contract (it fixes each pixel's float32 summation order).
+    that order is part of the contract (it fixes each pixel's float32 summation order). Windows
+    go to the predictor in chunks of ``spec.batch_size``, up to :data:`IN_FLIGHT_CHUNKS` ahead
+    of the one being blended, so a block cuts and blends while the device predicts.
 
     Returns ``(num, den)``, float32 arrays of the image's height and width.
     """
     h, w = image.shape[:2]
     roi = spec.roi_px
     weight = spec.weights()
+    submit = _submitter(predict)
     num = np.zeros((h, w), np.float32)
     den = np.zeros((h, w), np.float32)
     coords = [(int(y) - origin_yw, int(x) - origin_xw)
               for i, y in enumerate(starts_y) for j, x in enumerate(starts_x) if keep[i, j]]
-    batch = np.empty((spec.batch_size, roi, roi, image.shape[2]), image.dtype)
+    queued: deque[tuple[list[tuple[int, int]], Future[np.ndarray]]] = deque()
     t = time.perf_counter()
-    for b0 in range(0, len(coords), spec.batch_size):
-        chunk = coords[b0 : b0 + spec.batch_size]
-        for k, (y, x) in enumerate(chunk):
-            batch[k] = image[y : y + roi, x : x + roi]
-        t = _tick(times, "cut", t)
-        probs = predict(batch[: len(chunk)])
+
+    def blend_oldest(t: float) -> float:
+        chunk, fut = queued.popleft()
+        probs = fut.result()
         t = _tick(times, "predict", t)
         for k, (y, x) in enumerate(chunk):
             num[y : y + roi, x : x + roi] += probs[k] * weight
             den[y : y + roi, x : x + roi] += weight
-        t = _tick(times, "blend", t)
+        return _tick(times, "blend", t)
+
+    for b0 in range(0, len(coords), spec.batch_size):
+        chunk = coords[b0 : b0 + spec.batch_size]
+        batch = np.empty((len(chunk), roi, roi, image.shape[2]), image.dtype)
+        for k, (y, x) in enumerate(chunk):
+            batch[k] = image[y : y + roi, x : x + roi]
+        queued.append((chunk, submit(batch)))
+        t = _tick(times, "cut", t)
+        if len(queued) > IN_FLIGHT_CHUNKS:
+            t = blend_oldest(t)
+    while queued:
+        t = blend_oldest(t)
     return num, den
 
 

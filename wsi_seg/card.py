@@ -161,10 +161,13 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 
 
 def library_versions() -> dict[str, str]:
+    """Versions that made a model file: ours, Keras and the backend that saved it."""
+    import importlib
     import keras
-    import tensorflow as tf
 
-    return {"wsi_seg": __version__, "tensorflow": tf.__version__, "keras": keras.__version__}
+    backend = keras.backend.backend()
+    return {"wsi_seg": __version__, "keras": keras.__version__, "backend": backend,
+            backend: str(getattr(importlib.import_module(backend), "__version__", "?"))}
 
 
 def save_model(model: Any, card: ModelCard, path: str | os.PathLike[str]) -> ModelCard:

@@ -1,12 +1,22 @@
 """Where the block tasks run: a local Dask cluster by default, or an existing one by address.
 
-* ``scheduler=None``: a ``LocalCluster`` of worker **processes** on this machine, listening on
-  localhost only. On a GPU workstation there is one worker per GPU, each declaring the worker
-  resource ``GPU=1`` so inference never oversubscribes a card; on a CPU machine the cores are
-  shared between workers and TensorFlow's thread pools are sized to match.
+* ``scheduler=None``: a local cluster of worker **processes** on this machine, listening on
+  localhost only. On a GPU workstation there is one worker per GPU, pinned to its card by
+  ``CUDA_VISIBLE_DEVICES`` (dask-cuda's convention: the worker sees its card as device 0),
+  declaring the worker resource ``GPU=1`` and running about as many task threads as the
+  machine has cores per card: many blocks are read, cut and blended at once while the
+  worker's one predictor (:class:`wsi_seg.infer.Predictor`) batches their windows on the card.
+  On a CPU machine the cores are shared between workers and TensorFlow's thread pools are sized
+  to match.
 * ``scheduler="tcp://host:port"``: an existing dask.distributed cluster (``dask scheduler`` +
   ``dask worker``, dask-jobqueue, Kubernetes). Workers must see the same paths (slides, model,
-  output folder). Start GPU workers with ``--resources GPU=1`` and pass ``--gpu-resource``.
+  output folder). Start one worker process per GPU, each with its own card, e.g.
+  ``CUDA_VISIBLE_DEVICES=1 dask worker ADDR --nthreads 16 --resources GPU=1``, and pass
+  ``--gpu-resource`` so block tasks go only to GPU workers. A block asks for
+  :data:`BLOCK_GPU_SHARE` of a card, so a card's worker runs many blocks at once.
+
+Every worker loads the model when it starts, through :class:`ModelPlugin`, so workers that join
+later are warmed too, and the model never travels with a task.
 * ``scheduler="threads"``: workers as threads in this process (no start-up cost; for small
   jobs, debugging and tests).
 """
@@ -17,9 +27,13 @@ import logging
 import os
 import shutil
 import subprocess
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
+
+from distributed.diagnostics.plugin import WorkerPlugin
 
 from wsi_seg.errors import WsiSegError
 
@@ -69,6 +83,12 @@ def local_gpu_count() -> int:
     return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
 
 
+#: The share of a worker's ``GPU`` resource one block task asks for: a power of two (exact in
+#: floating point), small enough that a card's worker runs as many blocks as it has threads.
+#: The resource only routes blocks to GPU workers; the predictor, not the resource, owns the card.
+BLOCK_GPU_SHARE = 1 / 64
+
+
 @dataclass(frozen=True)
 class WorkerPlan:
     """The sizing of a local cluster."""
@@ -83,15 +103,72 @@ def plan_local_workers(config: ClusterConfig, cpus: int | None = None, gpus: int
                        ) -> WorkerPlan:
     """Size a local cluster: one worker per GPU, else one per two cores (at least one).
 
-    Each worker runs two task threads, so one block is read while another is predicted, and
-    TensorFlow gets the worker's share of the cores for its intra-op pool.
+    A GPU worker runs as many task threads as there are cores per card (at least 2): its
+    blocks read, cut, blend and write on the CPU while its predictor keeps the card busy. A
+    CPU worker runs two task threads, so blocks are read and blended while the model computes,
+    and TensorFlow gets the worker's share of the cores for its intra-op pool.
     """
     cpus = cpu_count() if cpus is None else cpus
     gpus = local_gpu_count() if gpus is None else gpus
     workers = config.workers or (gpus if gpus else max(1, cpus // 2))
-    threads = config.threads_per_worker or 2
-    tf_threads = max(1, cpus // workers)
-    return WorkerPlan(workers, threads, tf_threads, gpus)
+    per_worker = max(1, cpus // workers)
+    threads = config.threads_per_worker or (max(2, per_worker) if gpus else 2)
+    return WorkerPlan(workers, threads, per_worker, gpus)
+
+
+def visible_gpus(count: int) -> list[str]:
+    """The card ids local workers are pinned to: those ``CUDA_VISIBLE_DEVICES`` already lists
+    (a user may reserve cards for us), else ``0 .. count-1``."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed:
+        return [c.strip() for c in listed.split(",") if c.strip()][:count]
+    return [str(i) for i in range(count)]
+
+
+def worker_specs(plan: WorkerPlan, silence: int) -> dict[str, dict[str, Any]]:
+    """Local worker processes (Nannies on localhost), each GPU worker pinned to one card."""
+    from distributed import Nanny
+
+    cards = visible_gpus(plan.gpus) if plan.gpus else []
+    specs: dict[str, dict[str, Any]] = {}
+    for i in range(plan.workers):
+        options: dict[str, Any] = {"nthreads": plan.threads_per_worker, "host": "127.0.0.1",
+                                   "silence_logs": silence}
+        if cards:
+            # Workers beyond the cards (an explicit --workers) share them round-robin.
+            options["env"] = {"CUDA_VISIBLE_DEVICES": cards[i % len(cards)]}
+            options["resources"] = {"GPU": 1}
+        specs[f"wsi-seg-{i}"] = {"cls": Nanny, "options": options}
+    return specs
+
+
+class ModelPlugin(WorkerPlugin):
+    """Worker state: loads the model on every worker, including workers that join later.
+
+    ``setup`` starts the load in a background thread and returns at once, so the worker keeps
+    answering the scheduler while the framework imports and the model compiles; block tasks
+    that arrive early wait for the same load (:func:`wsi_seg.infer.cached_predictor`).
+    Registered with ``client.register_plugin``.
+    """
+
+    name = "wsi-seg-model"
+
+    def __init__(self, model_path: Any, infer: Any) -> None:
+        self.model_path = model_path
+        self.infer = infer
+
+    def setup(self, worker: Any = None) -> None:
+        def load() -> None:
+            from wsi_seg.infer import warm_predictor
+
+            try:
+                warm_predictor(self.model_path, self.infer)
+            except Exception as exc:  # the warm-up task reports it in one line
+                log.debug("model warm-up failed: %s", exc)
+
+        threading.Thread(target=load, daemon=True, name="wsi-seg-warm-up").start()
+
+
 
 
 @contextmanager
@@ -100,7 +177,7 @@ def connect(config: ClusterConfig) -> Iterator[tuple[object, WorkerPlan | None]]
 
     A local cluster is shut down on exit; a remote one is only disconnected from.
     """
-    from distributed import Client, LocalCluster
+    from distributed import Client, LocalCluster, Scheduler, SpecCluster
 
     if config.scheduler and config.scheduler not in ("threads", "local"):
         try:
@@ -114,24 +191,27 @@ def connect(config: ClusterConfig) -> Iterator[tuple[object, WorkerPlan | None]]
             client.close()
         return
     plan = plan_local_workers(config)
-    processes = config.scheduler != "threads"
-    resources = {"GPU": 1} if plan.gpus and processes else None
-    # Processes listen on localhost only (never on the network by accident); thread workers
-    # talk in-process and take no host.
-    network = {"host": "127.0.0.1"} if processes else {}
-    cluster = LocalCluster(
-        n_workers=plan.workers if processes else 1,
-        threads_per_worker=plan.threads_per_worker,
-        processes=processes,
-        dashboard_address="127.0.0.1:0" if config.dashboard else None,
-        resources=resources,
-        # Task failures are caught and reported per slide in one line; distributed's own
-        # tracebacks for them would only bury that line (WSI_SEG_DEBUG=1 shows them).
-        silence_logs=logging.DEBUG if os.environ.get("WSI_SEG_DEBUG") else logging.CRITICAL,
-        **network,
-    )
-    if not processes and not os.environ.get("WSI_SEG_DEBUG"):
-        logging.getLogger("distributed.worker").setLevel(logging.CRITICAL)
+    silence = logging.DEBUG if os.environ.get("WSI_SEG_DEBUG") else logging.CRITICAL
+    cluster: Any
+    if config.scheduler == "threads":
+        # Workers as threads in this process: no start-up cost, no GPU pinning.
+        cluster = LocalCluster(n_workers=1, threads_per_worker=plan.threads_per_worker,
+                               processes=False,
+                               dashboard_address="127.0.0.1:0" if config.dashboard else None,
+                               silence_logs=silence)
+        if not os.environ.get("WSI_SEG_DEBUG"):
+            logging.getLogger("distributed.worker").setLevel(logging.CRITICAL)
+    else:
+        # Processes listen on localhost only (never on the network by accident). Task failures
+        # are caught and reported per slide in one line; distributed's own tracebacks for them
+        # would only bury that line (WSI_SEG_DEBUG=1 shows them).
+        cluster = SpecCluster(
+            workers=worker_specs(plan, silence),
+            scheduler={"cls": Scheduler, "options": {
+                "host": "127.0.0.1",
+                "dashboard_address": "127.0.0.1:0" if config.dashboard else None}},
+            silence_logs=silence,
+        )
     client = Client(cluster)
     try:
         yield client, plan

@@ -1,42 +1,57 @@
-"""Run a model over batches of tiles: fixed shapes, one trace, the right device.
+"""Run a model over tiles from many threads: one model-owning consumer per device.
 
-A :class:`Predictor` wraps a loaded model and its card behind the :data:`wsi_seg.blend.PredictFn`
-contract: ``(n, roi, roi, 3)`` uint8 RGB tiles in, ``(n, roi, roi)`` float32 probabilities out.
-Every call is padded to the configured batch size, so the ``tf.function`` is traced once per
-process and every tile sees the same kernels whatever batch it lands in (this keeps mosaics
-independent of block size and task order). A patch classifier's single score is broadcast over
-its patch, so both model kinds share the blending machinery.
+A :class:`Predictor` owns a compiled forward pass (:mod:`wsi_seg.backends`) and one consumer
+thread. Any number of task threads :meth:`~Predictor.submit` uint8 tiles and get a future of
+their float32 probabilities; the consumer gathers waiting windows, from any task, into
+fixed-shape batches (padded with white when the queue runs dry), launches batch *k + 1* before
+it waits for batch *k*, and hands each window's result back to its own request. So
 
-Devices. With a GPU visible, the model runs there (``device="auto"``); mixed precision
-(float16 compute, float32 outputs) is applied on GPU only, where tensor cores make it pay: on a
-CPU it is slower, so it is refused with a note. One worker per GPU is arranged by the caller
-(``gpu_index`` picks the card for this process). TensorFlow's CPU thread pools are sized once per
-process (:func:`configure_threads`), before TensorFlow starts its runtime.
+* the device gets large batches even when each block holds few windows;
+* the host-to-device copy and the next batch's assembly overlap the device's compute;
+* there is one compiled shape per process, and a window's prediction does not depend on which
+  batch, or which slot of it, the window lands in (every slot runs the same kernels): mosaics
+  stay bit-identical across block sizes, worker counts and task order.
+
+Calling a predictor (``predictor(tiles)``) is ``submit(tiles).result()``, which keeps the
+:data:`wsi_seg.blend.PredictFn` contract: ``(n, roi, roi, 3)`` uint8 RGB in,
+``(n, roi, roi)`` float32 out; a patch classifier's single score is painted over its patch.
+
+Devices: with a GPU visible the model runs there (``device="auto"``), on the first card this
+process sees: one worker per card is arranged by ``CUDA_VISIBLE_DEVICES``
+(:mod:`wsi_seg.cluster`). Mixed precision (float16 compute, float32 outputs) applies on a GPU
+only. The default batch is 16 windows on a CPU and 128 on a GPU.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
-import sys
 import threading
+import time
+from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from wsi_seg.card import ModelCard, bundled_model_path, load_model
-from wsi_seg.errors import ModelError
+from wsi_seg.backends import (
+    Engine,
+    SimulatedEngine,
+    configure_cpu_threads,
+    has_nvidia_driver,
+    import_tensorflow_quietly,
+    keras_backend,
+    make_engine,
+)
+from wsi_seg.card import ModelCard, bundled_model_path, load_model, verify_model_file
+from wsi_seg.slide import BACKGROUND_RGB as PAD_VALUE
 
 log = logging.getLogger(__name__)
 
-# TF's C++ start-up chatter is not for users. The marker tells worker processes (which inherit
-# this environment) that the level is ours to change, not the user's.
-if "TF_CPP_MIN_LOG_LEVEL" not in os.environ:
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    os.environ["WSI_SEG_TF_LOG_DEFAULT"] = "1"
+CPU_BATCH = 16
+GPU_BATCH = 128
 
 
 @dataclass(frozen=True)
@@ -44,202 +59,243 @@ class InferConfig:
     """How to run the model.
 
     Attributes:
-        batch_size: tiles per model call (fixed shape; the last batch is padded).
-        mixed_precision: float16 compute on GPU (outputs stay float32).
+        batch_size: windows per model call (fixed shape; partial batches are padded). None:
+            16 on a CPU, 128 on a GPU.
+        mixed_precision: float16 compute on a GPU (outputs stay float32).
         device: ``auto`` (GPU when present), ``gpu`` (required) or ``cpu``.
         threads: TensorFlow intra-op threads per process (None: TensorFlow's default).
-        gpu_index: which visible GPU this process uses; None picks one from the Dask worker's
-            name (``LocalCluster`` names workers 0, 1, ...), so one worker per GPU gives each
-            worker its own card.
+        simulate_batch_s: when > 0, no model runs: a simulated accelerator takes this many
+            seconds per batch (tests and benchmarks of the CPU side; outputs are zeros).
     """
 
-    batch_size: int = 16
+    batch_size: int | None = None
     mixed_precision: bool = False
     device: str = "auto"
     threads: int | None = None
-    gpu_index: int | None = None
+    simulate_batch_s: float = 0.0
 
 
-_configured = False
-_lock = threading.Lock()
+@dataclass
+class _Request:
+    """One submission: its tiles, its results as they arrive, and who waits for them."""
+
+    tiles: np.ndarray
+    out: np.ndarray
+    future: Future[np.ndarray]
+    remaining: int
 
 
-def import_tensorflow_quietly(device: str = "auto") -> None:
-    """Import TensorFlow without its start-up chatter on machines without a GPU.
-
-    On a CPU-only machine TensorFlow prints CUDA-stub and cuInit lines from C++ before any
-    log setting applies; every worker process would repeat them. Hiding the GPUs from CUDA
-    (when there is no ``nvidia-smi`` or the CPU was asked for) and muting file descriptor 2
-    during the import alone keeps the terminal for the user. ``WSI_SEG_TF_VERBOSE=1`` shows
-    everything; Python errors from the import still raise as usual.
-    """
-    if "tensorflow" in sys.modules or os.environ.get("WSI_SEG_TF_VERBOSE") == "1":
-        return
-    no_gpu = shutil.which("nvidia-smi") is None
-    if device == "cpu" or no_gpu:
-        if no_gpu:  # never hide a real card: another predictor in this process may want it
-            os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
-        if os.environ.get("WSI_SEG_TF_LOG_DEFAULT") == "1":
-            # Without a GPU the only C++ "errors" are failed CUDA probes (cuInit).
-            os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-        saved = os.dup(2)
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        try:
-            sys.stderr.flush()
-            os.dup2(devnull, 2)
-            import tensorflow  # noqa: F401
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            os.close(devnull)
+@dataclass
+class _Launched:
+    handle: Any
+    slots: list[tuple[_Request, int]]
+    t_launch: float
 
 
-def configure_threads(threads: int | None) -> None:
-    """Size TensorFlow's thread pools for this process (only before its runtime starts)."""
-    global _configured
-    if _configured or threads is None:
-        _configured = True
-        return
-    import tensorflow as tf
+@dataclass
+class PredictorStats:
+    """What a predictor did so far (seconds from ``time.perf_counter``)."""
 
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(max(1, min(2, threads)))
-    except RuntimeError:  # runtime already started: keep what it has
-        log.debug("TensorFlow threads already fixed")
-    _configured = True
+    batches: int = 0
+    windows: int = 0
+    padded_slots: int = 0
+    first_launch: float | None = None
+    last_done: float | None = None
+    device_busy_s: float | None = None  # known for the simulated device only
 
-
-def gpus() -> list[Any]:
-    """Physical GPUs TensorFlow sees."""
-    import tensorflow as tf
-
-    return list(tf.config.list_physical_devices("GPU"))
-
-
-def worker_index() -> int:
-    """This process's position among Dask workers (0 outside a worker or for named workers)."""
-    try:
-        from distributed import get_worker
-
-        name = get_worker().name
-    except (ImportError, ValueError):
-        return 0
-    try:
-        return int(str(name).rsplit("-", 1)[-1])
-    except ValueError:
-        return 0
-
-
-def _pick_device(config: InferConfig) -> str:
-    import tensorflow as tf
-
-    found = gpus()
-    if config.device == "cpu" or (config.device == "auto" and not found):
-        return "/CPU:0"
-    if not found:
-        raise ModelError("--device gpu was asked for but TensorFlow sees no GPU")
-    index = config.gpu_index if config.gpu_index is not None else worker_index()
-    gpu = found[index % len(found)]
-    try:
-        # One card per worker process: the others stay untouched (no memory grabbed on them).
-        tf.config.set_visible_devices([gpu], "GPU")
-        tf.config.experimental.set_memory_growth(gpu, True)
-    except RuntimeError:
-        log.debug("GPU visibility already fixed in this process")
-    return "/GPU:0"
-
-
-def _mixed_precision_clone(model: Any) -> Any:
-    """The same network computing in float16, its last layer kept float32 (stable sigmoid)."""
-    import keras
-
-    last = model.layers[-1].name
-
-    def clone(layer: Any) -> Any:
-        cfg = layer.get_config()
-        if layer.name != last and "dtype" in cfg:
-            cfg["dtype"] = "mixed_float16"
-        return layer.__class__.from_config(cfg)
-
-    fp16 = keras.models.clone_model(model, clone_function=clone)
-    fp16.set_weights(model.get_weights())
-    return fp16
+    @property
+    def fill(self) -> float | None:
+        slots = self.windows + self.padded_slots
+        return self.windows / slots if slots else None
 
 
 class Predictor:
-    """A model behind the :data:`wsi_seg.blend.PredictFn` contract."""
+    """A model on one device behind a batching consumer thread (see the module docstring)."""
 
-    def __init__(self, model: Any, card: ModelCard, config: InferConfig = InferConfig(),
-                 model_path: Path | None = None) -> None:
-        import tensorflow as tf
-
+    def __init__(self, engine: Engine, card: ModelCard, batch_size: int,
+                 model_path: Path | None = None, depth: int = 2, linger_s: float = 0.002
+                 ) -> None:
+        self.engine = engine
         self.card = card
-        self.config = config
         self.model_path = model_path
-        self.device = _pick_device(config)
-        if config.mixed_precision:
-            if self.device.startswith("/GPU"):
-                model = _mixed_precision_clone(model)
-            else:
-                log.warning("mixed precision needs a GPU; running float32 on the CPU")
-        self.model = model
-        roi, c = card.input_size_px, card.channels
-        self._shape = (config.batch_size, roi, roi, c)
+        self._batch = batch_size
+        self._depth = max(1, depth)
+        self._linger_s = linger_s
+        self._waiting: deque[tuple[_Request, int]] = deque()
+        self._cv = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stats = PredictorStats()
 
-        @tf.function(input_signature=[tf.TensorSpec(self._shape, tf.float32)])
-        def forward(x: Any) -> Any:
-            return tf.cast(model(x, training=False), tf.float32)
+    # -- construction ---------------------------------------------------------------------------
+    @classmethod
+    def from_path(cls, path: str | os.PathLike[str] | None, config: InferConfig = InferConfig()
+                  ) -> Predictor:
+        """Load ``MODEL.keras`` and its card (the bundled UNet when ``path`` is None) and
+        compile its forward pass for this process's backend and device."""
+        p = Path(path) if path is not None else bundled_model_path("unet")
+        if config.simulate_batch_s > 0:
+            card = verify_model_file(p)
+            batch = config.batch_size or GPU_BATCH
+            return cls(SimulatedEngine(card, batch, config.simulate_batch_s), card, batch, p)
+        if keras_backend() == "tensorflow":
+            import_tensorflow_quietly(config.device)
+            configure_cpu_threads(config.threads)
+        model, card = load_model(p)
+        batch = config.batch_size or _default_batch(config.device)
+        engine = make_engine(model, card, batch, config.device, config.mixed_precision)
+        return cls(engine, card, batch, p)
 
-        self._forward = forward
-
+    # -- the contract ---------------------------------------------------------------------------
     @property
     def roi_px(self) -> int:
         return self.card.input_size_px
 
     @property
     def batch_size(self) -> int:
-        return self.config.batch_size
+        return self._batch
 
-    @classmethod
-    def from_path(cls, path: str | os.PathLike[str] | None, config: InferConfig = InferConfig()
-                  ) -> Predictor:
-        """Load ``MODEL.keras`` and its card (the bundled UNet when ``path`` is None)."""
-        import_tensorflow_quietly(config.device)
-        configure_threads(config.threads)
-        p = Path(path) if path is not None else bundled_model_path("unet")
-        model, card = load_model(p)
-        return cls(model, card, config, p)
+    @property
+    def device(self) -> str:
+        return self.engine.device
+
+    def submit(self, tiles: np.ndarray) -> Future[np.ndarray]:
+        """Queue ``(n, roi, roi, 3)`` uint8 tiles; the future holds ``(n, roi, roi)`` float32."""
+        roi = self.roi_px
+        if tiles.ndim != 4 or tiles.shape[1:] != (roi, roi, 3):
+            raise ValueError(f"tiles must be (n, {roi}, {roi}, 3), not {tiles.shape}")
+        n = len(tiles)
+        fut: Future[np.ndarray] = Future()
+        shape = (n, roi, roi) if self.card.kind == "unet" else (n,)
+        req = _Request(np.ascontiguousarray(tiles, np.uint8), np.empty(shape, np.float32), fut,
+                       n)
+        if n == 0:
+            fut.set_result(self._result(req))
+            return fut
+        with self._cv:
+            self._ensure_thread()
+            self._waiting.extend((req, i) for i in range(n))
+            self._cv.notify()
+        return fut
 
     def __call__(self, tiles: np.ndarray) -> np.ndarray:
         """Probabilities ``(n, roi, roi)`` float32 for ``(n, roi, roi, 3)`` uint8 RGB tiles."""
-        from wsi_seg.models import preprocess
+        return self.submit(tiles).result()
 
-        n = len(tiles)
-        if n == 0:
-            return np.zeros((0, self.roi_px, self.roi_px), np.float32)
-        if n > self.batch_size:
-            return np.concatenate([self(tiles[i : i + self.batch_size])
-                                   for i in range(0, n, self.batch_size)])
-        batch = tiles
-        if n < self.batch_size:
-            # Pad to the fixed shape: one trace, and identical kernels for every tile.
-            batch = np.full((self.batch_size, *tiles.shape[1:]), 255, np.uint8)
-            batch[:n] = tiles
-        x = preprocess(batch, self.card)
-        import tensorflow as tf
+    def stats(self) -> PredictorStats:
+        with self._cv:
+            s = PredictorStats(**vars(self._stats))
+        if isinstance(self.engine, SimulatedEngine):
+            s.device_busy_s = self.engine.busy_s()
+        return s
 
-        with tf.device(self.device):
-            y = self._forward(x).numpy()[:n]
+    # -- the consumer ---------------------------------------------------------------------------
+    def _ensure_thread(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._consume, daemon=True,
+                                            name="wsi-seg-predictor")
+            self._thread.start()
+
+    def _consume(self) -> None:
+        launched: deque[_Launched] = deque()
+        while True:
+            slots = self._next_batch(bool(launched))
+            if slots:
+                launched.append(self._launch(slots))
+            if launched and (len(launched) >= self._depth or not slots):
+                self._complete(launched.popleft())
+
+    def _next_batch(self, busy: bool) -> list[tuple[_Request, int]]:
+        """Windows for the next launch: a full batch, or what there is once the queue has
+        been quiet for ``linger_s`` with nothing on the device; none while the device is busy
+        and a full batch is not ready (finishing a launched batch comes first)."""
+        with self._cv:
+            if not busy:
+                while not self._waiting:
+                    self._cv.wait()
+                if len(self._waiting) < self._batch:
+                    self._cv.wait_for(lambda: len(self._waiting) >= self._batch,
+                                      timeout=self._linger_s)
+            elif len(self._waiting) < self._batch:
+                return []
+            take = min(self._batch, len(self._waiting))
+            return [self._waiting.popleft() for _ in range(take)]
+
+    def _launch(self, slots: list[tuple[_Request, int]]) -> _Launched:
+        roi = self.roi_px
+        batch = np.full((self._batch, roi, roi, 3), PAD_VALUE, np.uint8)
+        for k, (req, i) in enumerate(slots):
+            batch[k] = req.tiles[i]
+        t = time.perf_counter()
+        try:
+            handle = self.engine.launch(batch)
+        except Exception as exc:  # fail the requests, keep serving the others
+            handle = exc
+        return _Launched(handle, slots, t)
+
+    def _complete(self, item: _Launched) -> None:
+        try:
+            if isinstance(item.handle, Exception):
+                raise item.handle
+            out = self.engine.fetch(item.handle)
+        except Exception as exc:
+            for req, _ in item.slots:
+                if not req.future.done():
+                    req.future.set_exception(exc)
+            return
+        now = time.perf_counter()
+        with self._cv:
+            st = self._stats
+            st.batches += 1
+            st.windows += len(item.slots)
+            st.padded_slots += self._batch - len(item.slots)
+            st.first_launch = item.t_launch if st.first_launch is None else st.first_launch
+            st.last_done = now
+        for k, (req, i) in enumerate(item.slots):
+            req.out[i] = out[k]
+            req.remaining -= 1
+            if req.remaining == 0 and not req.future.done():
+                req.future.set_result(self._result(req))
+
+    def _result(self, req: _Request) -> np.ndarray:
         if self.card.kind == "unet":
-            return np.ascontiguousarray(y[..., 0], dtype=np.float32)
+            return req.out
         # Patch classifier: one score painted over the patch's footprint.
-        scores = y.reshape(n, -1)[:, 0].astype(np.float32)
-        return np.broadcast_to(scores[:, None, None], (n, self.roi_px, self.roi_px))
+        roi = self.roi_px
+        return np.broadcast_to(req.out[:, None, None], (len(req.out), roi, roi))
+
+
+def _default_batch(device: str) -> int:
+    if device == "cpu":
+        return CPU_BATCH
+    return GPU_BATCH if _sees_gpu() else CPU_BATCH
+
+
+def _sees_gpu() -> bool:
+    """Whether this process's backend sees a GPU (cheap checks first)."""
+    if not has_nvidia_driver() or os.environ.get("CUDA_VISIBLE_DEVICES") in ("", "-1"):
+        return False
+    backend = keras_backend()
+    try:
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            return bool(tf.config.list_physical_devices("GPU"))
+        if backend == "jax":
+            import jax
+
+            return bool(jax.devices("gpu"))
+        if backend == "torch":
+            import torch
+
+            return bool(torch.cuda.is_available())
+    except (ImportError, RuntimeError):
+        return False
+    return False
 
 
 # -- one predictor per worker process --------------------------------------------------------
 _cache: dict[tuple[str, str, InferConfig], Predictor] = {}
+_lock = threading.Lock()
 
 
 def cached_predictor(model_path: str | os.PathLike[str] | None, config: InferConfig
@@ -247,8 +303,9 @@ def cached_predictor(model_path: str | os.PathLike[str] | None, config: InferCon
     """The process's predictor for a model file and config, loaded on first use and kept.
 
     Dask tasks call this instead of receiving the model, so a model is loaded once per
-    worker process and never travels in task arguments. Keyed by the file's identity
-    (path, size, modification time), so a replaced file is reloaded.
+    worker process (normally ahead of time, by :class:`wsi_seg.cluster.ModelPlugin`) and
+    never travels in task arguments. Keyed by the file's identity (path, size, modification
+    time), so a replaced file is reloaded.
     """
     p = Path(model_path) if model_path is not None else bundled_model_path("unet")
     st = p.stat()
@@ -259,3 +316,18 @@ def cached_predictor(model_path: str | os.PathLike[str] | None, config: InferCon
             pred = Predictor.from_path(p, config)
             _cache[key] = pred
         return pred
+
+
+def cached_predictors() -> list[Predictor]:
+    """Every predictor this process has loaded (for statistics)."""
+    with _lock:
+        return list(_cache.values())
+
+
+def warm_predictor(model_path: str | os.PathLike[str] | None, config: InferConfig) -> float:
+    """Load and compile the model and run one batch through it; returns the seconds taken."""
+    t = time.perf_counter()
+    pred = cached_predictor(model_path, config)
+    roi = pred.roi_px
+    pred(np.full((1, roi, roi, 3), PAD_VALUE, np.uint8))
+    return time.perf_counter() - t

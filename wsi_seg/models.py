@@ -244,5 +244,28 @@ def preprocess_tf(tiles: tf.Tensor, channels: int, normalisation: str) -> tf.Ten
     raise ModelError(f"unknown input normalisation {normalisation!r}")
 
 
+def preprocess_ops(tiles: Any, channels: int, normalisation: str) -> Any:
+    """Backend-neutral twin of :func:`preprocess` (``keras.ops``), run inside a compiled
+    forward pass so uint8 tiles go to the device and are normalised there (same arithmetic,
+    same order as the NumPy and TensorFlow versions).
+
+    Args:
+        tiles: ``(..., h, w, 3)`` RGB tensor of the active backend, any numeric dtype, 0..255.
+        channels: 1 or 3, as in the card.
+        normalisation: as in the card.
+    """
+    from keras import ops
+
+    x = ops.cast(tiles, "float32")
+    if channels == 1 and x.shape[-1] == 3:
+        r, g, b = (np.float32(w) for w in GREY_WEIGHTS)
+        x = (x[..., 0:1] * r + x[..., 1:2] * g) + x[..., 2:3] * b
+    if normalisation == "divide_255":
+        return x / np.float32(255.0)
+    if normalisation == "minus1_1":
+        return x / np.float32(127.5) - np.float32(1.0)
+    raise ModelError(f"unknown input normalisation {normalisation!r}")
+
+
 def count_params(model: keras.Model) -> int:
     return int(sum(int(np.prod(w.shape)) for w in model.weights if w.trainable))

@@ -22,7 +22,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from wsi_seg.blend import BLEND_MODES, BlendSpec, blend_block, kept_extent, to_u
 from wsi_seg.card import ModelCard, bundled_model_path, read_card, sha256_file
 from wsi_seg.errors import WsiSegError
 from wsi_seg.files import write_json_atomic
-from wsi_seg.infer import InferConfig, cached_predictor
+from wsi_seg.infer import InferConfig, cached_predictor, warm_predictor
 from wsi_seg.mosaic import (
     MosaicGeometry,
     block_levels,
@@ -48,6 +48,8 @@ from wsi_seg.tiling import Block, plan_blocks, step_for
 from wsi_seg.tissue import TissueConfig, find_tissue
 
 PARTIAL_SUFFIX = ".partial"
+#: Windows a block hands the predictor at a time when the batch size is left to the device.
+CHUNK_WINDOWS = 64
 MARKERS = "blocks"
 REPORT = "report.json"
 
@@ -227,7 +229,8 @@ def prepare_slide(slide_path: Path, config: RunConfig) -> SlideJob:
         blend = config.blend or ("constant" if card.kind == "patch" else "gaussian")
         if blend not in BLEND_MODES:
             raise WsiSegError(f"unknown blend mode {blend!r}")
-        spec = BlendSpec(roi, step, blend, config.sigma_scale, config.infer.batch_size)
+        spec = BlendSpec(roi, step, blend, config.sigma_scale,
+                         config.infer.batch_size or CHUNK_WINDOWS)
         plan = plan_blocks(w_px, h_px, roi, step, config.block_px, config.chunk_px,
                            tissue.keep_windows(f))
         geom = MosaicGeometry(h_px, w_px, mpp, float(slide.origin_x0), float(slide.origin_y0),
@@ -296,35 +299,64 @@ def _open_work_dir(work_dir: Path, digest: str, geom: MosaicGeometry,
 
 
 # -- worker side ----------------------------------------------------------------------------
-_slides: dict[tuple[str, float | None], Slide] = {}
-_slides_lock = threading.Lock()
+#: Idle slide handles a worker process keeps open (a handle in use is never closed).
+OPEN_SLIDES = 8
 
 
-def _cached_slide(path: Path, mpp: float | None) -> Slide:
-    """One OpenSlide handle per slide per worker process (handles are thread-safe)."""
-    key = (str(path), mpp)
-    with _slides_lock:
-        slide = _slides.get(key)
-        if slide is None:
-            if len(_slides) > 8:  # a directory run visits many slides: keep a few open
-                _slides.pop(next(iter(_slides))).close()
-            slide = open_slide(path, mpp=mpp)
-            _slides[key] = slide
-        return slide
+class _SlideHandles:
+    """Open slides of this process, shared by its task threads (OpenSlide handles are
+    thread-safe). A handle is counted while a task holds it; only idle handles are closed, the
+    least recently used first, when more than :data:`OPEN_SLIDES` are open."""
+
+    def __init__(self) -> None:
+        self._open: dict[tuple[str, float | None], Slide] = {}
+        self._users: dict[tuple[str, float | None], int] = {}
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def hold(self, path: Path, mpp: float | None) -> Iterator[Slide]:
+        key = (str(path), mpp)
+        with self._lock:
+            slide = self._open.pop(key, None)
+            if slide is None:
+                slide = open_slide(path, mpp=mpp)
+            self._open[key] = slide  # re-inserted: most recently used last
+            self._users[key] = self._users.get(key, 0) + 1
+            self._close_idle()
+        try:
+            yield slide
+        finally:
+            with self._lock:
+                self._users[key] -= 1
+                if not self._users[key]:
+                    del self._users[key]
+                self._close_idle()
+
+    def _close_idle(self) -> None:
+        excess = len(self._open) - OPEN_SLIDES
+        for key in [k for k in self._open if k not in self._users][:max(0, excess)]:
+            self._open.pop(key).close()
+
+    def is_open(self, path: Path, mpp: float | None) -> bool:
+        with self._lock:
+            return (str(path), mpp) in self._open
+
+
+slide_handles = _SlideHandles()
 
 
 def run_block(ctx: BlockContext, task: BlockTask, infer: InferConfig) -> BlockResult:
     """Read, predict, blend and write one block; then mark it done. Runs on a worker."""
     times: dict[str, float] = {}
     t0 = time.perf_counter()
-    slide = _cached_slide(ctx.slide_path, ctx.slide_mpp)
     predictor = cached_predictor(ctx.model_path, infer)
     t = time.perf_counter()
     times["load"] = t - t0
     b = task.block
     # Only the box of the windows that are predicted is read, not the whole halo.
     yw, xw, h_px, w_px = kept_extent(task.starts_y, task.starts_x, task.keep, ctx.spec.roi_px)
-    image = slide.read_w(xw, yw, w_px, h_px, ctx.mpp)
+    with slide_handles.hold(ctx.slide_path, ctx.slide_mpp) as slide:
+        image = slide.read_w(xw, yw, w_px, h_px, ctx.mpp)
     times["read"] = time.perf_counter() - t
     prob = blend_block(image, yw, xw, b, task.starts_y, task.starts_x, task.keep, predictor,
                        ctx.spec, times)
@@ -342,16 +374,29 @@ def run_block(ctx: BlockContext, task: BlockTask, infer: InferConfig) -> BlockRe
     return result
 
 
-def warm_worker(model_path: Path, infer: InferConfig) -> str:
-    """Load the model and trace its function on a worker ahead of the first block.
+@dataclass(frozen=True)
+class WarmResult:
+    """A worker's start-up: where its model runs and how long loading and compiling took."""
 
-    Run while the client is still finding tissue and planning, so TensorFlow's import, the
-    model load and the first trace overlap with that work instead of delaying the first block.
+    device: str
+    backend: str
+    load_s: float
+    pid: int
+
+
+def warm_worker(model_path: Path, infer: InferConfig) -> WarmResult:
+    """Load the model and compile its forward pass on a worker ahead of the first block.
+
+    Run while the client is still finding tissue and planning, so the framework's import, the
+    model load and the compile overlap with that work instead of delaying the first block
+    (a worker that already warmed, e.g. through :class:`wsi_seg.cluster.ModelPlugin`, answers
+    at once).
     """
-    predictor = cached_predictor(model_path, infer)
-    roi = predictor.roi_px
-    predictor(np.full((1, roi, roi, 3), 255, np.uint8))
-    return predictor.device
+    from wsi_seg.backends import keras_backend
+
+    load_s = warm_predictor(model_path, infer)
+    return WarmResult(cached_predictor(model_path, infer).device, keras_backend(), load_s,
+                      os.getpid())
 
 
 def finish_slide(job: SlideJob, config: RunConfig, block_times: dict[str, float],
@@ -385,8 +430,8 @@ def finish_slide(job: SlideJob, config: RunConfig, block_times: dict[str, float]
         if note:
             notes.append(note)
         t = _lap(times, "score", t)
-    with contextlib.suppress(WsiSegError):
-        slide = _cached_slide(job.slide_path, config.slide_mpp)
+    with contextlib.suppress(WsiSegError), \
+            slide_handles.hold(job.slide_path, config.slide_mpp) as slide:
         draw_overlay(slide, list(job.tissue_polygons), regions_geometry(regions), truth_geom,
                      job.work_dir / "overlay.png")
     t = _lap(times, "overlay", t)

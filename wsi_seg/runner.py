@@ -17,14 +17,14 @@ import sys
 import time
 import traceback
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from wsi_seg import __version__
 from wsi_seg.card import verify_model_file
-from wsi_seg.cluster import ClusterConfig, WorkerPlan, connect
+from wsi_seg.cluster import BLOCK_GPU_SHARE, ClusterConfig, ModelPlugin, WorkerPlan, connect
 from wsi_seg.errors import WsiSegError
 from wsi_seg.files import write_json_atomic
 from wsi_seg.infer import InferConfig
@@ -123,6 +123,8 @@ class Runner:
         self.t0 = time.perf_counter()
         self.worker_plan: WorkerPlan | None = None
         self.dashboard: str | None = None
+        self.startup: list[dict[str, Any]] = []
+        self.startup_s: float | None = None
 
     # -- output --------------------------------------------------------------------------------
     def say(self, text: str, err: bool = False) -> None:
@@ -142,6 +144,10 @@ class Runner:
             "cluster": asdict(self.cluster),
             "workers": asdict(self.worker_plan) if self.worker_plan else None,
             "dashboard": self.dashboard,
+            # Seconds from the run's start until every worker had its model loaded and
+            # compiled (workers warm while the client plans), and each worker's own share.
+            "startup_s": self.startup_s,
+            "startup_workers": self.startup,
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
             "versions": versions(),
             "slides": [s.record() for s in self.states],
@@ -197,9 +203,8 @@ class Runner:
                          f"dashboard {self.dashboard}")
             infer = self.config.infer
             if plan is not None and infer.threads is None:
-                infer = InferConfig(infer.batch_size, infer.mixed_precision, infer.device,
-                                    plan.tf_threads, infer.gpu_index)
-            # Workers import TensorFlow and load the model while the client plans the slides.
+                infer = replace(infer, threads=plan.tf_threads)
+            # Workers import the framework and load the model while the client plans slides.
             warm = _warm_workers(client, self.config, infer)
             self.prepare()
             self.write_run_json()
@@ -208,7 +213,9 @@ class Runner:
             self._await_warm(warm)
             use_gpu = self.gpu_resource if self.gpu_resource is not None else bool(
                 plan and plan.gpus and self.cluster.scheduler != "threads")
-            resources = {"GPU": 1} if use_gpu else None
+            # A share of the card, not all of it: the resource routes blocks to GPU workers,
+            # while many blocks per worker feed its one predictor.
+            resources = {"GPU": BLOCK_GPU_SHARE} if use_gpu else None
             owner: dict[Any, SlideState] = {}
             futures = as_completed()
             for state in todo:
@@ -277,8 +284,14 @@ class Runner:
     def _await_warm(self, warm: list[Any]) -> None:
         """Wait for the warm-up; a model that cannot load fails every slide with its cause."""
         try:
-            for fut in warm:
-                fut.result()
+            self.startup = [asdict(fut.result()) for fut in warm]
+            self.startup_s = round(time.perf_counter() - self.t0, 3)
+            if self.startup and not self.quiet:
+                slowest = max(w["load_s"] for w in self.startup)
+                devices = sorted({f"{w['backend']} on {w['device']}" for w in self.startup})
+                self.say(f"start-up: {len(self.startup)} worker(s) ready in "
+                         f"{self.startup_s:.1f} s (model load + compile {slowest:.1f} s; "
+                         f"{', '.join(devices)})")
         except Exception as exc:
             for state in self.states:
                 if state.job is not None:
@@ -340,14 +353,20 @@ class Runner:
 
 
 def _warm_workers(client: Any, config: RunConfig, infer: InferConfig) -> list[Any]:
-    """Start loading the model on every worker (futures; empty when there is no model)."""
+    """Load the model on every worker, now and on workers that join later (the plugin), and
+    return one warm-up future per current worker, whose result reports its start-up.
+
+    The futures prefer their worker but may run elsewhere: a worker that dies while loading
+    must not leave a future that no one can run.
+    """
     try:
         model = config.resolved_model()
     except WsiSegError:
         return []
+    client.register_plugin(ModelPlugin(model, infer))
     workers = list(client.scheduler_info().get("workers", {}))
     return [client.submit(warm_worker, model, infer, pure=False, key=f"warm-up-{i}",
-                          workers=[addr], allow_other_workers=False)
+                          workers=[addr], allow_other_workers=True)
             for i, addr in enumerate(workers)]
 
 

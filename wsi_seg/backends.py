@@ -1,0 +1,349 @@
+"""One compiled, fixed-shape forward pass per Keras backend, on the device it was asked for.
+
+An :class:`Engine` turns a ``(batch, roi, roi, 3)`` **uint8** batch into float32 probabilities:
+``(batch, roi, roi)`` for a UNet, ``(batch,)`` for a patch classifier. The cast to float,
+greyscale conversion and normalisation happen inside the compiled graph
+(:func:`wsi_seg.models.preprocess_ops`), so only bytes cross to the device, and the output is
+sliced to the one channel we keep before it comes back.
+
+Work is split in two calls so the caller can overlap them: :meth:`Engine.launch` sends a batch
+and starts the computation without waiting for it (JAX and TensorFlow on a GPU dispatch
+asynchronously; PyTorch with pinned memory and ``non_blocking`` copies), and
+:meth:`Engine.fetch` waits for one launched batch and copies its result to the host.
+
+* TensorFlow (the default backend): a ``tf.function`` with a fixed input signature, placed with
+  ``tf.device``; the one GPU this process sees is used (one worker per card is arranged by
+  ``CUDA_VISIBLE_DEVICES``, see :mod:`wsi_seg.cluster`).
+* JAX: ``jax.jit`` over ``model.stateless_call`` with the weights put on the device once.
+* PyTorch: the model moved to the device, run under ``torch.inference_mode``.
+* :class:`SimulatedEngine`: no model at all; a stand-in accelerator that holds one device lock
+  for a fixed time per batch (sleeping, so Python threads run meanwhile). Tests and benchmarks
+  use it to show that the CPU side keeps a device busy on machines without one.
+
+The backend is Keras' own (``KERAS_BACKEND``, default ``tensorflow``); it is fixed when Keras
+is first imported in a process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Protocol
+
+import numpy as np
+
+from wsi_seg.card import ModelCard
+from wsi_seg.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("auto", "gpu", "cpu")
+BACKENDS = ("tensorflow", "jax", "torch")
+
+# TF's C++ start-up chatter is not for users. The marker tells worker processes (which inherit
+# this environment) that the level is ours to change, not the user's.
+if "TF_CPP_MIN_LOG_LEVEL" not in os.environ:
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    os.environ["WSI_SEG_TF_LOG_DEFAULT"] = "1"
+
+
+class Engine(Protocol):
+    """A compiled forward pass on one device (see the module docstring)."""
+
+    device: str
+
+    def launch(self, batch_u8: np.ndarray) -> Any: ...
+
+    def fetch(self, handle: Any) -> np.ndarray: ...
+
+
+def keras_backend() -> str:
+    """The Keras backend of this process, from ``KERAS_BACKEND`` (without importing Keras
+    when it is not yet imported)."""
+    if "keras" in sys.modules:
+        import keras
+
+        return str(keras.backend.backend())
+    return os.environ.get("KERAS_BACKEND", "tensorflow")
+
+
+def has_nvidia_driver() -> bool:
+    return shutil.which("nvidia-smi") is not None
+
+
+def import_tensorflow_quietly(device: str = "auto") -> None:
+    """Import TensorFlow without its start-up chatter on machines without a GPU.
+
+    On a CPU-only machine TensorFlow prints CUDA-stub and cuInit lines from C++ before any
+    log setting applies; every worker process would repeat them. Hiding the GPUs from CUDA
+    (when there is no ``nvidia-smi`` or the CPU was asked for) and muting file descriptor 2
+    during the import alone keeps the terminal for the user. ``WSI_SEG_TF_VERBOSE=1`` shows
+    everything; Python errors from the import still raise as usual.
+    """
+    if "tensorflow" in sys.modules or os.environ.get("WSI_SEG_TF_VERBOSE") == "1":
+        return
+    no_gpu = not has_nvidia_driver()
+    if device == "cpu" or no_gpu:
+        if no_gpu:  # never hide a real card: another predictor in this process may want it
+            os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
+        if os.environ.get("WSI_SEG_TF_LOG_DEFAULT") == "1":
+            # Without a GPU the only C++ "errors" are failed CUDA probes (cuInit).
+            os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+        saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            sys.stderr.flush()
+            os.dup2(devnull, 2)
+            import tensorflow  # noqa: F401
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(devnull)
+
+
+_threads_fixed = False
+
+
+def configure_cpu_threads(threads: int | None) -> None:
+    """Size TensorFlow's CPU thread pools for this process (only before its runtime starts).
+
+    Other backends size their pools themselves (XLA and PyTorch use the process's cores)."""
+    global _threads_fixed
+    if _threads_fixed or threads is None or keras_backend() != "tensorflow":
+        _threads_fixed = True
+        return
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(max(1, min(2, threads)))
+    except RuntimeError:  # runtime already started: keep what it has
+        log.debug("TensorFlow threads already fixed")
+    _threads_fixed = True
+
+
+def mixed_precision_clone(model: Any) -> Any:
+    """The same network computing in float16, its last layer kept float32 (stable sigmoid)."""
+    import keras
+
+    last = model.layers[-1].name
+
+    def clone(layer: Any) -> Any:
+        cfg = layer.get_config()
+        if layer.name != last and "dtype" in cfg:
+            cfg["dtype"] = "mixed_float16"
+        return layer.__class__.from_config(cfg)
+
+    fp16 = keras.models.clone_model(model, clone_function=clone)
+    fp16.set_weights(model.get_weights())
+    return fp16
+
+
+def _head(y: Any, kind: str) -> Any:
+    """The one value kept per output: channel 0 of a UNet, the first score of a patch model."""
+    import keras
+
+    y = keras.ops.cast(y, "float32")
+    if kind == "unet":
+        return y[..., 0]
+    return keras.ops.reshape(y, (y.shape[0], -1))[:, 0]
+
+
+def _want_gpu(device: str, found: int, backend: str) -> bool:
+    if device not in DEVICES:
+        raise ModelError(f"unknown device {device!r}; use one of {', '.join(DEVICES)}")
+    if device == "gpu" and not found:
+        raise ModelError(f"--device gpu was asked for but {backend} sees no GPU")
+    return device != "cpu" and found > 0
+
+
+def _maybe_mixed(model: Any, mixed: bool, on_gpu: bool) -> Any:
+    if not mixed:
+        return model
+    if on_gpu:
+        return mixed_precision_clone(model)
+    log.warning("mixed precision needs a GPU; running float32 on the CPU")
+    return model
+
+
+# -- TensorFlow -------------------------------------------------------------------------------
+class TensorFlowEngine:
+    """``tf.function`` with a fixed uint8 signature; GPU work is asynchronous until fetched."""
+
+    def __init__(self, model: Any, card: ModelCard, batch_size: int, device: str = "auto",
+                 mixed_precision: bool = False) -> None:
+        import tensorflow as tf
+
+        from wsi_seg.models import preprocess_ops
+
+        found = tf.config.list_physical_devices("GPU")
+        on_gpu = _want_gpu(device, len(found), "TensorFlow")
+        if on_gpu:
+            try:
+                # This process's card is the first it sees (CUDA_VISIBLE_DEVICES pins one per
+                # worker); the others, if any are visible, stay untouched.
+                tf.config.set_visible_devices([found[0]], "GPU")
+                tf.config.experimental.set_memory_growth(found[0], True)
+            except RuntimeError:
+                log.debug("GPU visibility already fixed in this process")
+        self.device = "/GPU:0" if on_gpu else "/CPU:0"
+        model = _maybe_mixed(model, mixed_precision, on_gpu)
+        roi, kind = card.input_size_px, card.kind
+        shape = (batch_size, roi, roi, 3)
+
+        @tf.function(input_signature=[tf.TensorSpec(shape, tf.uint8)])
+        def forward(x: Any) -> Any:
+            return _head(model(preprocess_ops(x, card.channels, card.normalisation),
+                               training=False), kind)
+
+        self._forward = forward
+
+    def launch(self, batch_u8: np.ndarray) -> Any:
+        import tensorflow as tf
+
+        with tf.device(self.device):
+            return self._forward(tf.constant(batch_u8))
+
+    def fetch(self, handle: Any) -> np.ndarray:
+        return np.asarray(handle.numpy(), dtype=np.float32)
+
+
+# -- JAX --------------------------------------------------------------------------------------
+class JaxEngine:
+    """``jax.jit`` over the model's stateless call; weights live on the device."""
+
+    def __init__(self, model: Any, card: ModelCard, batch_size: int, device: str = "auto",
+                 mixed_precision: bool = False) -> None:
+        import jax
+
+        from wsi_seg.models import preprocess_ops
+
+        try:
+            gpus = jax.devices("gpu")
+        except RuntimeError:  # no GPU platform in this jaxlib
+            gpus = []
+        on_gpu = _want_gpu(device, len(gpus), "JAX")
+        self._device = gpus[0] if on_gpu else jax.devices("cpu")[0]
+        self.device = f"{self._device.platform}:{self._device.id}"
+        model = _maybe_mixed(model, mixed_precision, on_gpu)
+        self._tv = [jax.device_put(v.value, self._device) for v in model.trainable_variables]
+        self._ntv = [jax.device_put(v.value, self._device)
+                     for v in model.non_trainable_variables]
+        kind, channels, norm = card.kind, card.channels, card.normalisation
+
+        def forward(tv: Any, ntv: Any, x: Any) -> Any:
+            y, _ = model.stateless_call(tv, ntv, preprocess_ops(x, channels, norm),
+                                        training=False)
+            return _head(y, kind)
+
+        self._forward = jax.jit(forward)
+        self._shape = (batch_size, card.input_size_px, card.input_size_px, 3)
+
+    def launch(self, batch_u8: np.ndarray) -> Any:
+        import jax
+
+        return self._forward(self._tv, self._ntv, jax.device_put(batch_u8, self._device))
+
+    def fetch(self, handle: Any) -> np.ndarray:
+        return np.asarray(handle, dtype=np.float32)
+
+
+# -- PyTorch ----------------------------------------------------------------------------------
+class TorchEngine:
+    """The Keras model as a ``torch.nn.Module`` on the device, under inference mode."""
+
+    def __init__(self, model: Any, card: ModelCard, batch_size: int, device: str = "auto",
+                 mixed_precision: bool = False) -> None:
+        import torch
+
+        from wsi_seg.models import preprocess_ops
+
+        on_gpu = _want_gpu(device, int(torch.cuda.is_available()), "PyTorch")
+        self._device = torch.device("cuda:0" if on_gpu else "cpu")
+        self.device = str(self._device)
+        model = _maybe_mixed(model, mixed_precision, on_gpu)
+        model.to(self._device)
+        self._model, self._card = model, card
+        self._pin = on_gpu
+        self._preprocess = preprocess_ops
+
+    def launch(self, batch_u8: np.ndarray) -> Any:
+        import torch
+
+        x = torch.from_numpy(batch_u8)
+        if self._pin:
+            x = x.pin_memory()
+        with torch.inference_mode():
+            x = x.to(self._device, non_blocking=True)
+            c = self._card
+            y = self._model(self._preprocess(x, c.channels, c.normalisation), training=False)
+            return _head(y, c.kind)
+
+    def fetch(self, handle: Any) -> np.ndarray:
+        return np.asarray(handle.detach().cpu().numpy(), dtype=np.float32)
+
+
+# -- a stand-in accelerator -------------------------------------------------------------------
+class SimulatedEngine:
+    """A device that takes ``seconds_per_batch`` per batch, one batch at a time.
+
+    Launching copies the batch (the host-to-device copy) and queues it on the device's single
+    stream; the stream holds the device lock while it "computes" by sleeping, which frees the
+    GIL exactly as a real kernel launch does. Outputs are zeros. :meth:`busy_s` is the time
+    the device spent computing, the numerator of its busy share.
+    """
+
+    device = "simulated:0"
+
+    def __init__(self, card: ModelCard, batch_size: int, seconds_per_batch: float) -> None:
+        if seconds_per_batch <= 0:
+            raise ModelError("the simulated device needs a positive time per batch")
+        self._roi, self._kind = card.input_size_px, card.kind
+        self._s = seconds_per_batch
+        self._stream = ThreadPoolExecutor(1, thread_name_prefix="wsi-seg-simulated-device")
+        self._lock = threading.Lock()
+        self._busy_s = 0.0
+
+    def _compute(self, batch_u8: np.ndarray) -> np.ndarray:
+        with self._lock:
+            t = time.perf_counter()
+            time.sleep(self._s)
+            n = len(batch_u8)
+            out = (np.zeros((n, self._roi, self._roi), np.float32) if self._kind == "unet"
+                   else np.zeros((n,), np.float32))
+            self._busy_s += time.perf_counter() - t
+        return out
+
+    def launch(self, batch_u8: np.ndarray) -> Future[np.ndarray]:
+        return self._stream.submit(self._compute, batch_u8.copy())
+
+    def fetch(self, handle: Future[np.ndarray]) -> np.ndarray:
+        return handle.result()
+
+    def busy_s(self) -> float:
+        with self._lock:
+            return self._busy_s
+
+
+ENGINES: dict[str, type[TensorFlowEngine] | type[JaxEngine] | type[TorchEngine]] = {
+    "tensorflow": TensorFlowEngine,
+    "jax": JaxEngine,
+    "torch": TorchEngine,
+}
+
+
+def make_engine(model: Any, card: ModelCard, batch_size: int, device: str = "auto",
+                mixed_precision: bool = False) -> Engine:
+    """The compiled forward pass of this process's Keras backend."""
+    backend = keras_backend()
+    try:
+        cls = ENGINES[backend]
+    except KeyError:
+        raise ModelError(f"Keras backend {backend!r} is not supported; use one of "
+                         f"{', '.join(BACKENDS)}") from None
+    return cls(model, card, batch_size, device, mixed_precision)
