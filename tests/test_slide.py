@@ -6,6 +6,7 @@ Synthetic slides (written once per session, see synth_fixtures.py) give exact py
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -182,6 +183,132 @@ def test_fractional_resample_matches_area_reference(
     err = np.abs(got - ref).mean()
     shifted = np.abs(got[:, 1:] - ref[:, :-1]).mean()
     assert err < 4.0 and err < 0.6 * shifted, (err, shifted)
+
+
+def random_cuts(rng: np.random.Generator, n: int, pieces: int) -> list[int]:
+    """Sorted cut points 0 = c0 < c1 < ... = n, at most ``pieces`` pieces of random sizes."""
+    inner = rng.choice(np.arange(1, n), size=min(pieces - 1, n - 1), replace=False)
+    return [0, *sorted(int(c) for c in inner), n]
+
+
+def assert_pieces_equal_one_read(s: Slide, xw: int, yw: int, w: int, h: int, mpp: float,
+                                 seed: int) -> None:
+    """One read of a region equals the same region read as many random sub-regions."""
+    whole = s.read_w(xw, yw, w, h, mpp)
+    rng = np.random.default_rng(seed)
+    cx, cy = random_cuts(rng, w, 7), random_cuts(rng, h, 5)
+    pieces = np.empty_like(whole)
+    for y0, y1 in itertools.pairwise(cy):
+        for x0, x1 in itertools.pairwise(cx):
+            pieces[y0:y1, x0:x1] = s.read_w(xw + x0, yw + y0, x1 - x0, y1 - y0, mpp)
+    np.testing.assert_array_equal(pieces, whole, err_msg=f"{xw},{yw} at {mpp}")
+
+
+@pytest.mark.parametrize(("which", "mpp"), [("p2", 0.75), ("p2", 1.98), ("p2", 0.6789),
+                                            ("p4", 0.8), ("p4", 1.9), ("p4", 3.3)])
+def test_fractional_reads_are_position_exact(which: str, mpp: float,
+                                             request: pytest.FixtureRequest) -> None:
+    path: Path = request.getfixturevalue(which)
+    with open_slide(path) as s:
+        assert s.choose_level(mpp).scale not in (1.0, 2.0, 4.0)
+        w_px, h_px = s.size_w(mpp)
+        for i, (xw, yw) in enumerate(((0, 0), (w_px // 3 + 7, h_px // 5 + 3), (-11, -5),
+                                      (w_px - 150, h_px - 90))):
+            assert_pieces_equal_one_read(s, xw, yw, 190, 130, mpp, seed=i)
+
+
+def test_read_tiles_join_without_seams(s2: Slide, monkeypatch: pytest.MonkeyPatch) -> None:
+    """read_w splits big regions into tiles of TILE_SRC_PX source pixels: no trace of them."""
+    import wsi_seg.slide as slide_mod
+
+    for mpp in (0.5, 1.0, 0.75, 1.98):
+        whole = s2.read_w(-5, -3, 700, 500, mpp)
+        monkeypatch.setattr(slide_mod, "TILE_SRC_PX", 61)
+        np.testing.assert_array_equal(s2.read_w(-5, -3, 700, 500, mpp), whole, err_msg=str(mpp))
+        monkeypatch.undo()
+
+
+class NoiseSlide(openslide.AbstractSlide):
+    """A one-level slide of 2**31 px per side whose pixels are a function of their position.
+
+    Lets reads at coordinates in the tens of millions be checked (no real slide is that big):
+    there a float32 holds positions only to a few pixels, so region-relative maps matter.
+    """
+
+    SIZE = 2**31
+
+    @classmethod
+    def detect_format(cls, filename: object) -> str | None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+    @property
+    def level_count(self) -> int:
+        return 1
+
+    @property
+    def level_dimensions(self) -> tuple[tuple[int, int], ...]:
+        return ((self.SIZE, self.SIZE),)
+
+    @property
+    def level_downsamples(self) -> tuple[float, ...]:
+        return (1.0,)
+
+    @property
+    def properties(self) -> Mapping[str, str]:
+        return {}
+
+    @property
+    def associated_images(self) -> Mapping[str, Image.Image]:
+        return {}
+
+    def get_best_level_for_downsample(self, downsample: float) -> int:
+        return 0
+
+    @staticmethod
+    def pixels(x0: int, y0: int, w: int, h: int) -> np.ndarray:
+        """RGB of level-0 pixels ``[x0, x0 + w) x [y0, y0 + h)``: a hash of (x, y, channel)."""
+        y, x = np.mgrid[y0:y0 + h, x0:x0 + w].astype(np.uint64)
+        c = np.arange(3, dtype=np.uint64)
+        v = (x[..., None] * np.uint64(0x9E3779B1) + y[..., None] * np.uint64(0x85EBCA77)
+             + c * np.uint64(0xC2B2AE3D))
+        v ^= v >> np.uint64(15)
+        v *= np.uint64(0x2C1B3C6D)
+        v ^= v >> np.uint64(12)
+        return (v & np.uint64(255)).astype(np.uint8)
+
+    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]
+                    ) -> Image.Image:
+        rgb = self.pixels(location[0], location[1], size[0], size[1])
+        return Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)]))
+
+
+@pytest.mark.parametrize("mpp", [0.3, 0.9876, 1.3])
+@pytest.mark.parametrize("xw", [1_001, 12_345, 10_000_003, 333_333_331])
+def test_position_exact_at_huge_coordinates(mpp: float, xw: int) -> None:
+    """Bit-exact sub-region reads, and the right pixels, tens of millions of pixels in."""
+    s = Slide(Path("noise"), NoiseSlide(), 0.25)
+    f = mpp / 0.25
+    yw = xw // 3 + 17
+    assert_pieces_equal_one_read(s, xw, yw, 97, 61, mpp, seed=xw % 1000)
+    got = s.read_w(xw, yw, 97, 61, mpp).astype(np.float64)
+    # Reference: blur a padded source as the reader does, then float64 bilinear at the
+    # positions rounded to 1/32 px, computed from integers (exact at any magnitude).
+    ux = np.floor(((xw + np.arange(97) + 0.5) * f - 0.5) * 32 + 0.5).astype(np.int64)
+    vy = np.floor(((yw + np.arange(61) + 0.5) * f - 0.5) * 32 + 0.5).astype(np.int64)
+    pad = 20
+    x0, y0 = int(ux[0] // 32) - pad, int(vy[0] // 32) - pad
+    src = NoiseSlide.pixels(x0, y0, int(ux[-1] // 32) - x0 + pad, int(vy[-1] // 32) - y0 + pad)
+    sigma = 0.5 * np.sqrt(f * f - 1)
+    src = cv2.GaussianBlur(src, (0, 0), sigmaX=sigma, sigmaY=sigma).astype(np.float64)
+    ix, tx = ux // 32 - x0, (ux % 32)[None, :, None] / 32
+    iy, ty = vy // 32 - y0, (vy % 32)[:, None, None] / 32
+    top = src[iy][:, ix] * (1 - tx) + src[iy][:, ix + 1] * tx
+    bottom = src[iy + 1][:, ix] * (1 - tx) + src[iy + 1][:, ix + 1] * tx
+    want = top * (1 - ty) + bottom * ty
+    assert np.abs(got - want).max() <= 1.0
 
 
 def test_read_x0_unaligned_origin(s2: Slide) -> None:

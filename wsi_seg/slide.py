@@ -12,7 +12,8 @@ scanned area; level 0 when absent) and working pixel ``xw`` covers the level-0 i
 picks the coarsest pyramid level whose resolution is not coarser than the request and resizes
 the remainder (box mean for integer factors, antialiased bilinear otherwise), so the value of a
 working pixel depends only on its position, never on the region it was read with: that is what
-makes block-wise inference equal to one in-memory pass.
+makes block-wise inference equal to one in-memory pass. Large regions are read as tiles of
+about :data:`TILE_SRC_PX` source pixels; position-exactness makes the tiles join without seams.
 
 Regions past the slide's edge, and transparent (unscanned) areas inside it, are filled with
 white (255, 255, 255), the colour of empty glass, so tissue detection and models see background.
@@ -45,6 +46,15 @@ UPSAMPLE_TOL = 0.05
 
 PLAIN_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
 BACKGROUND_RGB = 255
+
+#: Level pixels per side of the source of one read tile. Bounds the temporaries of a read,
+#: keeps cv2.remap under its 32767 px limit, and (with the blur margin of ~2 scale px per side)
+#: re-reads only ~1 % of the source.
+TILE_SRC_PX = 2048
+#: Sub-pixel grid of cv2.remap's bilinear weights (OpenCV's INTER_TAB_SIZE). Sample positions
+#: are rounded to it in absolute level coordinates, so the quantisation is the same for a pixel
+#: in every region that holds it.
+REMAP_SUBPX = 32
 
 Image.MAX_IMAGE_PIXELS = None  # plain images are opened on purpose; their size is the user's choice
 
@@ -194,6 +204,20 @@ class Slide:
             raise ValueError(f"empty region {w_px}x{h_px}")
         choice = self.choose_level(mpp)
         f = self.level0_px_per_px(mpp)
+        step_px = tile_step_px(choice.scale)
+        cols, rows = grid_cuts(xw, w_px, step_px), grid_cuts(yw, h_px, step_px)
+        if len(cols) == 1 and len(rows) == 1:
+            return self._read_w_tile(choice, f, xw, yw, w_px, h_px)
+        out = np.empty((h_px, w_px, 3), dtype=np.uint8)
+        for ty, th in rows:
+            for tx, tw in cols:
+                out[ty - yw : ty - yw + th, tx - xw : tx - xw + tw] = self._read_w_tile(
+                    choice, f, tx, ty, tw, th)
+        return out
+
+    def _read_w_tile(self, choice: LevelChoice, f: float, xw: int, yw: int, w_px: int,
+                     h_px: int) -> np.ndarray:
+        """One tile of :meth:`read_w` (source small enough for one OpenSlide call)."""
         d, s = choice.downsample, choice.scale
         # Working pixel edge xw sits at level coordinate (origin + xw * f) / d.
         xl = (self.origin_x0 + xw * f) / d
@@ -236,7 +260,13 @@ class Slide:
         d, s = choice.downsample, choice.scale
         u = (x0 + (np.arange(w_px) + 0.5) * f) / d - 0.5
         v = (y0 + (np.arange(h_px) + 0.5) * f) / d - 0.5
-        return self._read_resampled(choice.level, u, v, s)
+        step_px = tile_step_px(s)
+        out = np.empty((h_px, w_px, 3), dtype=np.uint8)
+        for r0 in range(0, h_px, step_px):
+            for c0 in range(0, w_px, step_px):
+                out[r0 : r0 + step_px, c0 : c0 + step_px] = self._read_resampled(
+                    choice.level, u[c0 : c0 + step_px], v[r0 : r0 + step_px], s)
+        return out
 
     def thumbnail(self, max_px: int = 1024) -> tuple[np.ndarray, float]:
         """RGB thumbnail of the bounds whose longer side is at most ``max_px``.
@@ -247,17 +277,9 @@ class Slide:
         _, _, bw, bh = self.bounds_x0
         mpp = self.mpp * max(max(bw, bh) / max_px, 1.0)
         w_px, h_px = self.size_w(mpp)
-        # A slide without a coarse level would need the whole level 0 in one read; reading in
-        # tiles whose source stays under ~64 MB bounds memory (reads are position-exact, so
-        # the tiles join without seams).
-        s = self.choose_level(mpp).scale
-        step = max(16, int(4096 / s))
-        out = np.empty((h_px, w_px, 3), dtype=np.uint8)
-        for yw in range(0, h_px, step):
-            for xw in range(0, w_px, step):
-                tw, th = min(step, w_px - xw), min(step, h_px - yw)
-                out[yw : yw + th, xw : xw + tw] = self.read_w(xw, yw, tw, th, mpp)
-        return out, mpp / self.mpp
+        # read_w reads in tiles, so even a slide without a coarse level costs only the
+        # thumbnail's memory plus one tile's source.
+        return self.read_w(0, 0, w_px, h_px, mpp), mpp / self.mpp
 
     def _read_level(self, level: int, xl: int, yl: int, w: int, h: int) -> np.ndarray:
         """Read ``w x h`` pixels of ``level`` at level coordinates ``(xl, yl)``, white-padded."""
@@ -267,17 +289,19 @@ class Slide:
         # allocating) huge empty areas for regions far outside.
         cx0, cy0 = max(xl, 0), max(yl, 0)
         cx1, cy1 = min(xl + w, lw), min(yl + h, lh)
-        out = np.full((h, w, 3), BACKGROUND_RGB, dtype=np.uint8)
         if cx1 <= cx0 or cy1 <= cy0:
-            return out
+            return np.full((h, w, 3), BACKGROUND_RGB, dtype=np.uint8)
         try:
             region = self._osr.read_region(
                 (round(cx0 * d), round(cy0 * d)), level, (cx1 - cx0, cy1 - cy0)
             )
         except openslide.OpenSlideError as exc:
             raise SlideError(f"cannot read pixels ({exc})", self.path) from None
-        rgba = np.asarray(region)
-        out[cy0 - yl : cy1 - yl, cx0 - xl : cx1 - xl] = _flatten_on_white(rgba)
+        rgb = _flatten_on_white(np.asarray(region))
+        if (cx0, cy0, cx1, cy1) == (xl, yl, xl + w, yl + h):
+            return rgb  # wholly inside: skip a white canvas and a copy (~15 % of a read)
+        out = np.full((h, w, 3), BACKGROUND_RGB, dtype=np.uint8)
+        out[cy0 - yl : cy1 - yl, cx0 - xl : cx1 - xl] = rgb
         return out
 
     def _read_resampled(self, level: int, u: np.ndarray, v: np.ndarray, s: float
@@ -285,16 +309,18 @@ class Slide:
         """General resampling: antialias blur, then bilinear at level coordinates.
 
         Output pixel ``(i, j)`` is the (blurred) level image sampled at level pixel-centre
-        coordinates ``(v[i], u[j])``. The blur is exact away from the read's border (the
-        margin) and the interpolation is plain float arithmetic per pixel, so each output
-        pixel depends only on its sample position, not on the region read. (OpenCV's
-        ``warpAffine``/``remap`` quantise positions in fixed point relative to the region, which
-        changes a pixel by one grey level from one region to another.)
+        coordinates ``(v[i], u[j])`` rounded to 1/32 px. The blur is exact away from the read's
+        border (the margin). ``cv2.remap`` weighs neighbours by the position's fraction on its
+        1/32 grid; rounding in absolute coordinates first, and giving remap region-relative maps
+        that float32 holds exactly, makes that fraction, and so each output pixel, independent
+        of the region read. The source must stay under remap's 32767 px (see TILE_SRC_PX).
         """
+        qx, qy = on_remap_grid(u), on_remap_grid(v)
         margin = math.ceil(2 * s) + 2
-        rx, ry = math.floor(u[0]) - margin, math.floor(v[0]) - margin
-        rw = math.floor(u[-1]) - rx + margin + 2
-        rh = math.floor(v[-1]) - ry + margin + 2
+        rx = int(qx[0]) // REMAP_SUBPX - margin
+        ry = int(qy[0]) // REMAP_SUBPX - margin
+        rw = int(qx[-1]) // REMAP_SUBPX - rx + margin + 2
+        rh = int(qy[-1]) // REMAP_SUBPX - ry + margin + 2
         raw = self._read_level(level, rx, ry, rw, rh)
         if s > 1:
             # Blur before decimating so fine texture does not alias; the margin keeps the
@@ -302,21 +328,11 @@ class Slide:
             sigma = 0.5 * math.sqrt(s * s - 1)
             raw = cv2.GaussianBlur(raw, (0, 0), sigmaX=sigma, sigmaY=sigma,
                                    borderType=cv2.BORDER_REPLICATE)
-        ix = np.floor(u).astype(np.int64)
-        tx = (u - ix).astype(np.float32)[None, :, None]
-        ix -= rx
-        iy = np.floor(v).astype(np.int64)
-        ty = (v - iy).astype(np.float32)[:, None, None]
-        iy -= ry
-        out = np.empty((len(v), len(u), 3), np.uint8)
-        for r0 in range(0, len(v), 256):  # strips bound the float temporaries
-            r1 = min(r0 + 256, len(v))
-            top = raw[iy[r0:r1]].astype(np.float32)
-            col = top + (raw[iy[r0:r1] + 1] - top) * ty[r0:r1]
-            left = col[:, ix]
-            val = left + (col[:, ix + 1] - left) * tx
-            out[r0:r1] = np.clip(val + 0.5, 0, 255).astype(np.uint8)
-        return out
+        map_x = ((qx - rx * REMAP_SUBPX) / REMAP_SUBPX).astype(np.float32)
+        map_y = ((qy - ry * REMAP_SUBPX) / REMAP_SUBPX).astype(np.float32)
+        return cv2.remap(raw, np.tile(map_x, (len(map_y), 1)),
+                         np.tile(map_y[:, None], (1, len(map_x))),
+                         interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
     def close(self) -> None:
         self._osr.close()
@@ -332,12 +348,41 @@ class Slide:
         return f"Slide({self.path.name}, {w}x{h}, {self.level_count} levels, {self.mpp:g} µm/px)"
 
 
+def on_remap_grid(pos: np.ndarray) -> np.ndarray:
+    """Positions (level px) rounded to remap's sub-pixel grid, as int64 in 1/32 px units."""
+    return np.floor(pos * REMAP_SUBPX + 0.5).astype(np.int64)
+
+
+def tile_step_px(scale: float) -> int:
+    """Working pixels per side of a read tile, for ``scale`` level px per working px."""
+    return max(16, int(TILE_SRC_PX / max(scale, 1.0)))
+
+
+def grid_cuts(start: int, n: int, step: int) -> list[tuple[int, int]]:
+    """Split ``[start, start + n)`` at the multiples of ``step`` into ``(start, length)`` pieces.
+
+    Cutting on a grid fixed in absolute coordinates (not relative to ``start``) makes
+    neighbouring reads share tile edges, which line up with the slide's own tiles for common
+    sizes, so fewer of those are decoded twice.
+    """
+    cuts = []
+    a, end = start, start + n
+    while a < end:
+        b = min(end, (a // step + 1) * step)
+        cuts.append((a, b - a))
+        a = b
+    return cuts
+
+
 def _flatten_on_white(rgba: np.ndarray) -> np.ndarray:
-    """Composite premultiplied-free RGBA from OpenSlide onto white (transparent = glass)."""
+    """Composite premultiplied-free RGBA from OpenSlide onto white (transparent = glass).
+
+    Returns a new C-contiguous array (what OpenCV wants), never a view of ``rgba``.
+    """
     rgb = rgba[..., :3]
     alpha = rgba[..., 3]
     if alpha.min() == 255:
-        return rgb
+        return cv2.cvtColor(rgba, cv2.COLOR_RGBA2RGB)
     a = alpha[..., None].astype(np.uint16)
     return ((rgb.astype(np.uint16) * a + BACKGROUND_RGB * (255 - a) + 127) // 255).astype(np.uint8)
 
