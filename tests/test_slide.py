@@ -228,6 +228,98 @@ def test_read_tiles_join_without_seams(s2: Slide, monkeypatch: pytest.MonkeyPatc
         monkeypatch.undo()
 
 
+@pytest.mark.parametrize("mpp", [0.5, 1.0, 0.75, 1.98])
+def test_threaded_reads_equal_one_thread(s2: Slide, monkeypatch: pytest.MonkeyPatch,
+                                         mpp: float) -> None:
+    import wsi_seg.slide as slide_mod
+
+    monkeypatch.setattr(slide_mod, "TILE_SRC_PX", 150)  # dozens of tiles per read
+    one = s2.read_w(-7, 5, 640, 410, mpp, threads=1)
+    for n in (2, 4, 16):
+        np.testing.assert_array_equal(s2.read_w(-7, 5, 640, 410, mpp, threads=n), one)
+    # The unaligned read_x0 path tiles and threads the same way.
+    x0 = s2.read_x0(101.3, 61.7, 900, 500, mpp, threads=1)
+    np.testing.assert_array_equal(s2.read_x0(101.3, 61.7, 900, 500, mpp, threads=8), x0)
+
+
+def test_many_callers_share_one_handle(s4: Slide, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dask task threads reading one slide at once, each read threaded too: same pixels."""
+    import threading
+
+    import wsi_seg.slide as slide_mod
+
+    monkeypatch.setattr(slide_mod, "TILE_SRC_PX", 200)
+    boxes = [(37 * i, 23 * i, 300, 260, mpp) for i in range(8) for mpp in (0.8, 1.0)]
+    want = [s4.read_w(*b, threads=1) for b in boxes]
+    got: dict[int, np.ndarray] = {}
+
+    def reader(i: int) -> None:
+        got[i] = s4.read_w(*boxes[i], threads=4)
+
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(len(boxes))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+        assert not t.is_alive(), "deadlock"
+    for i, w in enumerate(want):
+        np.testing.assert_array_equal(got[i], w)
+
+
+class FailingSlide(openslide.AbstractSlide):
+    """Reads of level pixels right of x = 500 fail, as a damaged tile would."""
+
+    def __init__(self, path: Path) -> None:
+        self._osr = openslide.OpenSlide(str(path))
+
+    @classmethod
+    def detect_format(cls, filename: object) -> str | None:
+        return None
+
+    def close(self) -> None:
+        self._osr.close()
+
+    @property
+    def level_count(self) -> int:
+        return self._osr.level_count
+
+    @property
+    def level_dimensions(self) -> tuple[tuple[int, int], ...]:
+        return self._osr.level_dimensions
+
+    @property
+    def level_downsamples(self) -> tuple[float, ...]:
+        return self._osr.level_downsamples
+
+    @property
+    def properties(self) -> Mapping[str, str]:
+        return self._osr.properties
+
+    @property
+    def associated_images(self) -> Mapping[str, Image.Image]:
+        return {}
+
+    def get_best_level_for_downsample(self, downsample: float) -> int:
+        return self._osr.get_best_level_for_downsample(downsample)
+
+    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]
+                    ) -> Image.Image:
+        if location[0] + size[0] > 500:
+            raise openslide.OpenSlideError("Not a JPEG file")
+        return self._osr.read_region(location, level, size)
+
+
+def test_a_failing_tile_fails_the_threaded_read(p2: Path, monkeypatch: pytest.MonkeyPatch
+                                                ) -> None:
+    import wsi_seg.slide as slide_mod
+
+    monkeypatch.setattr(slide_mod, "TILE_SRC_PX", 128)
+    with Slide(p2, FailingSlide(p2), 0.5) as s:
+        assert s.read_w(0, 0, 400, 300, 0.5, threads=4).shape == (300, 400, 3)
+        with pytest.raises(SlideError, match="cannot read pixels"):
+            s.read_w(0, 0, 1000, 700, 0.5, threads=4)
+
+
 class NoiseSlide(openslide.AbstractSlide):
     """A one-level slide of 2**31 px per side whose pixels are a function of their position.
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +35,7 @@ import tifffile
 from PIL import Image
 
 from wsi_seg.errors import SlideError
+from wsi_seg.read_pool import run_jobs
 
 #: Plausible microscope resolutions, micrometres per pixel (1000x oil to 0.5x overview).
 MPP_RANGE_UM = (0.05, 20.0)
@@ -107,7 +108,8 @@ def check_mpp(mpp: float, path: str | Path, what: str = "MPP") -> float:
 class Slide:
     """A whole-slide image (anything OpenSlide opens, or a plain PNG/JPEG/TIFF image).
 
-    Use :func:`open_slide` to construct. Thread-safe for reads (OpenSlide handles are).
+    Use :func:`open_slide` to construct. Thread-safe for reads (OpenSlide handles are, since
+    OpenSlide 3.3.1); ``close`` must wait until no read is in flight.
     """
 
     def __init__(self, path: Path, osr: openslide.AbstractSlide, mpp: float) -> None:
@@ -195,10 +197,14 @@ class Slide:
             ) from None
 
     # -- reading ----------------------------------------------------------------------------
-    def read_w(self, xw: int, yw: int, w_px: int, h_px: int, mpp: float) -> np.ndarray:
+    def read_w(self, xw: int, yw: int, w_px: int, h_px: int, mpp: float,
+               threads: int | None = None) -> np.ndarray:
         """Read working-resolution pixels ``[xw, xw + w_px) x [yw, yw + h_px)`` at ``mpp``.
 
-        Returns RGB uint8 of shape ``(h_px, w_px, 3)``; outside the slide is white.
+        Returns RGB uint8 of shape ``(h_px, w_px, 3)``; outside the slide is white. Regions
+        of more than one tile (:data:`TILE_SRC_PX` source pixels a side) read their tiles on up
+        to ``threads`` threads (default :data:`wsi_seg.read_pool.READ_THREADS`); the pixels
+        are the same for any ``threads``.
         """
         if w_px <= 0 or h_px <= 0:
             raise ValueError(f"empty region {w_px}x{h_px}")
@@ -209,10 +215,14 @@ class Slide:
         if len(cols) == 1 and len(rows) == 1:
             return self._read_w_tile(choice, f, xw, yw, w_px, h_px)
         out = np.empty((h_px, w_px, 3), dtype=np.uint8)
-        for ty, th in rows:
-            for tx, tw in cols:
+
+        def job(tx: int, ty: int, tw: int, th: int) -> Callable[[], None]:
+            def run() -> None:
                 out[ty - yw : ty - yw + th, tx - xw : tx - xw + tw] = self._read_w_tile(
                     choice, f, tx, ty, tw, th)
+            return run
+
+        run_jobs([job(tx, ty, tw, th) for ty, th in rows for tx, tw in cols], threads)
         return out
 
     def _read_w_tile(self, choice: LevelChoice, f: float, xw: int, yw: int, w_px: int,
@@ -244,7 +254,8 @@ class Slide:
         out[(self.origin_y0 + (rows + 1) * f <= 0) | (self.origin_y0 + rows * f >= h0)] = 255
         return out
 
-    def read_x0(self, x0: float, y0: float, w0: float, h0: float, mpp: float) -> np.ndarray:
+    def read_x0(self, x0: float, y0: float, w0: float, h0: float, mpp: float,
+                threads: int | None = None) -> np.ndarray:
         """Read the level-0 rectangle ``(x0, y0, w0, h0)`` at ``mpp`` µm/px.
 
         The output has ``round(w0 / f) x round(h0 / f)`` pixels with ``f = mpp / slide_mpp``
@@ -255,20 +266,26 @@ class Slide:
         yw = (y0 - self.origin_y0) / f
         w_px, h_px = max(1, round(w0 / f)), max(1, round(h0 / f))
         if abs(xw - round(xw)) < 1e-6 and abs(yw - round(yw)) < 1e-6:
-            return self.read_w(round(xw), round(yw), w_px, h_px, mpp)
+            return self.read_w(round(xw), round(yw), w_px, h_px, mpp, threads)
         choice = self.choose_level(mpp)
         d, s = choice.downsample, choice.scale
         u = (x0 + (np.arange(w_px) + 0.5) * f) / d - 0.5
         v = (y0 + (np.arange(h_px) + 0.5) * f) / d - 0.5
         step_px = tile_step_px(s)
         out = np.empty((h_px, w_px, 3), dtype=np.uint8)
-        for r0 in range(0, h_px, step_px):
-            for c0 in range(0, w_px, step_px):
+
+        def job(c0: int, r0: int) -> Callable[[], None]:
+            def run() -> None:
                 out[r0 : r0 + step_px, c0 : c0 + step_px] = self._read_resampled(
                     choice.level, u[c0 : c0 + step_px], v[r0 : r0 + step_px], s)
+            return run
+
+        run_jobs([job(c0, r0) for r0 in range(0, h_px, step_px)
+                  for c0 in range(0, w_px, step_px)], threads)
         return out
 
-    def thumbnail(self, max_px: int = 1024) -> tuple[np.ndarray, float]:
+    def thumbnail(self, max_px: int = 1024, threads: int | None = None
+                  ) -> tuple[np.ndarray, float]:
         """RGB thumbnail of the bounds whose longer side is at most ``max_px``.
 
         Returns the image and its scale in level-0 pixels per thumbnail pixel; thumbnail pixel
@@ -279,7 +296,7 @@ class Slide:
         w_px, h_px = self.size_w(mpp)
         # read_w reads in tiles, so even a slide without a coarse level costs only the
         # thumbnail's memory plus one tile's source.
-        return self.read_w(0, 0, w_px, h_px, mpp), mpp / self.mpp
+        return self.read_w(0, 0, w_px, h_px, mpp, threads), mpp / self.mpp
 
     def _read_level(self, level: int, xl: int, yl: int, w: int, h: int) -> np.ndarray:
         """Read ``w x h`` pixels of ``level`` at level coordinates ``(xl, yl)``, white-padded."""
