@@ -79,10 +79,13 @@ class DaskCluster:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
             start_new_session=True)
         deadline = time.time() + 60
-        while not self.file.exists():
+        while True:  # the file appears before it is completely written
             assert time.time() < deadline, "dask scheduler did not start"
-            time.sleep(0.1)
-        self.address = json.loads(self.file.read_text())["address"]
+            try:
+                self.address = json.loads(self.file.read_text())["address"]
+                break
+            except (OSError, ValueError, KeyError):
+                time.sleep(0.1)
         self.workers = [
             subprocess.Popen(
                 [str(BIN / "dask"), "worker", self.address, "--nthreads", "1",

@@ -35,6 +35,10 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
+# numcodecs first: TensorFlow's shared libraries export their own zstd, and a numcodecs loaded
+# after them binds to it and compresses mosaic chunks to other (valid) bytes. Mosaics must be
+# byte-identical whichever process wrote them, so every process loads numcodecs' own first.
+import numcodecs.zstd  # noqa: F401
 import numpy as np
 
 from wsi_seg.card import ModelCard
