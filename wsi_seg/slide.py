@@ -36,6 +36,7 @@ from PIL import Image
 
 from wsi_seg.errors import SlideError
 from wsi_seg.read_pool import run_jobs
+from wsi_seg.tiff_reader import TiffLevels, open_tiff_levels
 
 #: Plausible microscope resolutions, micrometres per pixel (1000x oil to 0.5x overview).
 MPP_RANGE_UM = (0.05, 20.0)
@@ -125,6 +126,8 @@ class Slide:
         bh = int(props.get(openslide.PROPERTY_NAME_BOUNDS_HEIGHT, h - by) or h - by)
         #: level-0 rectangle that holds image data (x0, y0, w0, h0)
         self.bounds_x0: tuple[int, int, int, int] = (bx, by, bw, bh)
+        #: faster decoder for the levels where it gives OpenSlide's pixels (open_slide sets it)
+        self._tiff: TiffLevels | None = None
 
     # -- metadata -------------------------------------------------------------------------
     @property
@@ -300,7 +303,6 @@ class Slide:
 
     def _read_level(self, level: int, xl: int, yl: int, w: int, h: int) -> np.ndarray:
         """Read ``w x h`` pixels of ``level`` at level coordinates ``(xl, yl)``, white-padded."""
-        d = self.level_downsamples[level]
         lw, lh = self.level_dimensions[level]
         # OpenSlide pads outside with transparency, but clamping first avoids reading (and
         # allocating) huge empty areas for regions far outside.
@@ -308,18 +310,32 @@ class Slide:
         cx1, cy1 = min(xl + w, lw), min(yl + h, lh)
         if cx1 <= cx0 or cy1 <= cy0:
             return np.full((h, w, 3), BACKGROUND_RGB, dtype=np.uint8)
-        try:
-            region = self._osr.read_region(
-                (round(cx0 * d), round(cy0 * d)), level, (cx1 - cx0, cy1 - cy0)
-            )
-        except openslide.OpenSlideError as exc:
-            raise SlideError(f"cannot read pixels ({exc})", self.path) from None
-        rgb = _flatten_on_white(np.asarray(region))
+        if self._tiff is not None and level in self._tiff.levels:
+            try:
+                rgb = self._tiff.read(level, cx0, cy0, cx1 - cx0, cy1 - cy0)
+            except Exception as exc:  # a corrupt tile: the same one-line error as OpenSlide's
+                raise SlideError(f"cannot read pixels ({exc})", self.path) from None
+        else:
+            rgb = self._read_openslide(level, cx0, cy0, cx1 - cx0, cy1 - cy0)
         if (cx0, cy0, cx1, cy1) == (xl, yl, xl + w, yl + h):
             return rgb  # wholly inside: skip a white canvas and a copy (~15 % of a read)
         out = np.full((h, w, 3), BACKGROUND_RGB, dtype=np.uint8)
         out[cy0 - yl : cy1 - yl, cx0 - xl : cx1 - xl] = rgb
         return out
+
+    def _read_openslide(self, level: int, xl: int, yl: int, w: int, h: int) -> np.ndarray:
+        """OpenSlide's RGB of a rectangle inside ``level``, flattened on white."""
+        d = self.level_downsamples[level]
+        try:
+            region = self._osr.read_region((round(xl * d), round(yl * d)), level, (w, h))
+        except openslide.OpenSlideError as exc:
+            raise SlideError(f"cannot read pixels ({exc})", self.path) from None
+        return _flatten_on_white(np.asarray(region))
+
+    @property
+    def tiff_levels(self) -> tuple[int, ...]:
+        """Levels decoded by tifffile instead of OpenSlide (same pixels; see tiff_reader)."""
+        return tuple(sorted(self._tiff.levels)) if self._tiff is not None else ()
 
     def _read_resampled(self, level: int, u: np.ndarray, v: np.ndarray, s: float
                         ) -> np.ndarray:
@@ -352,6 +368,9 @@ class Slide:
                          interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
     def close(self) -> None:
+        if self._tiff is not None:
+            self._tiff.close()
+            self._tiff = None
         self._osr.close()
 
     def __enter__(self) -> Slide:
@@ -471,6 +490,7 @@ def open_slide(path: str | os.PathLike[str], mpp: float | None = None) -> Slide:
             raise
     slide = Slide(p, osr, level0_mpp)
     _probe(slide)
+    slide._tiff = open_tiff_levels(p, osr, slide._read_openslide)
     return slide
 
 
