@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole check, from a fresh clone with only Python 3.11: set up .venv with the dev extras
-# (first run only), then ruff, mypy and the test suite. Arguments go to pytest.
+# (first run only), then ruff, mypy and the test suite (inference tests on TensorFlow and again
+# on JAX). Arguments go to pytest.
 # Tests that need ../shared/data skip without it; WSI_SEG_REQUIRE_DATA=1 (set by .ci/run)
 # turns those skips into failures.
 set -euo pipefail
@@ -25,5 +26,9 @@ step() {
 step "ruff" ruff check .
 step "mypy" mypy
 step "pytest" pytest -q "$@"
+# The inference tests again on the other Keras backend CI can run (CPU JAX): the same .keras
+# models and the same guarantees (batch-independent predictions, block-size-independent mosaics).
+step "pytest (KERAS_BACKEND=jax)" env KERAS_BACKEND=jax pytest -q -p no:cacheprovider \
+    tests/test_infer.py tests/test_pipeline.py "$@"
 echo "==> total $(since "$T0"): $([[ $status == 0 ]] && echo PASSED || echo FAILED)"
 exit $status

@@ -7,6 +7,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from wsi_seg.backends import BACKENDS
 from wsi_seg.blend import BLEND_MODES
 from wsi_seg.cluster import ClusterConfig
 from wsi_seg.errors import WsiSegError
@@ -27,9 +28,10 @@ DEFAULTS: dict[str, Any] = {
     "sigma_scale": 0.125,
     "block": 4096,
     "chunk": 1024,
-    "batch_size": 16,
+    "batch_size": None,
     "mixed_precision": False,
     "device": "auto",
+    "backend": None,
     "threshold": None,
     "min_area_um2": 1000.0,
     "simplify_um": 1.0,
@@ -99,10 +101,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="block edge in working pixels, a multiple of --chunk [4096]")
     g.add_argument("--chunk", type=int, default=S, help="mosaic chunk edge in pixels [1024]")
     g = p.add_argument_group("device")
-    g.add_argument("--batch-size", type=int, default=S, help="tiles per model call [16]")
+    g.add_argument("--batch-size", type=int, default=S,
+                   help="tiles per model call; each worker's predictor packs tiles from many "
+                   "blocks into batches of this fixed size [16 on a CPU, 128 on a GPU]")
     g.add_argument("--mixed-precision", action="store_true", default=S,
                    help="float16 compute on GPU (ignored on CPU)")
     g.add_argument("--device", choices=("auto", "gpu", "cpu"), default=S, help="[auto]")
+    g.add_argument("--backend", choices=BACKENDS, default=S,
+                   help="Keras backend of the local workers: the same .keras model runs on "
+                   "each [$KERAS_BACKEND, else tensorflow]; an existing cluster uses its "
+                   "workers' own KERAS_BACKEND")
     g.add_argument("--tf-threads", type=int, default=S,
                    help="TensorFlow intra-op threads per worker [cores / workers]")
     g = p.add_argument_group("polygons and scores")
@@ -187,9 +195,9 @@ def build_configs(opts: dict[str, Any]) -> tuple[RunConfig, ClusterConfig]:
         raise WsiSegError(f"--block {opts['block']} must be a multiple of --chunk {opts['chunk']}")
     if not 0 <= opts["overlap"] < 1:
         raise WsiSegError(f"--overlap must be in [0, 1), got {opts['overlap']}")
-    if opts["batch_size"] < 1:
+    if opts["batch_size"] is not None and opts["batch_size"] < 1:
         raise WsiSegError("--batch-size must be at least 1")
-    infer = InferConfig(batch_size=int(opts["batch_size"]),
+    infer = InferConfig(batch_size=opts["batch_size"],
                         mixed_precision=bool(opts["mixed_precision"]),
                         device=str(opts["device"]), threads=opts["tf_threads"])
     classes = opts["truth_class"]
@@ -224,8 +232,34 @@ def check_tile(config: RunConfig, tile: int | None) -> None:
             config.resolved_model())
 
 
+def select_backend(backend: str | None) -> None:
+    """Make ``backend`` this process's Keras backend, inherited by local worker processes.
+
+    Keras fixes its backend when first imported, so this must happen before that, and the
+    backend's framework must be installed; either failing is one line.
+    """
+    if backend is None:
+        return
+    import importlib.util
+    import os
+    import sys
+
+    if importlib.util.find_spec(backend) is None:
+        raise WsiSegError(f"--backend {backend}: {backend} is not installed "
+                          f"(pip install {backend})")
+    if "keras" in sys.modules:
+        import keras
+
+        if keras.backend.backend() != backend:
+            raise WsiSegError(f"--backend {backend}: Keras already runs on "
+                              f"{keras.backend.backend()} in this process; set "
+                              f"KERAS_BACKEND={backend} instead")
+    os.environ["KERAS_BACKEND"] = backend
+
+
 def run(args: argparse.Namespace) -> int:
     opts = resolve(args)
+    select_backend(opts["backend"])
     config, cluster = build_configs(opts)
     check_tile(config, opts["tile"])
     if config.truth is not None and not config.truth.exists():
