@@ -171,26 +171,11 @@ class ModelPlugin(WorkerPlugin):
 
 
 
-@contextmanager
-def connect(config: ClusterConfig) -> Iterator[tuple[object, WorkerPlan | None]]:
-    """Yield ``(client, plan)``: a dask.distributed Client and the local sizing (None remote).
+def start_local_cluster(config: ClusterConfig, plan: WorkerPlan) -> Any:
+    """A local cluster sized by ``plan``: worker processes (GPU workers pinned to their
+    cards), or one thread worker in this process for ``scheduler="threads"``."""
+    from distributed import LocalCluster, Scheduler, SpecCluster
 
-    A local cluster is shut down on exit; a remote one is only disconnected from.
-    """
-    from distributed import Client, LocalCluster, Scheduler, SpecCluster
-
-    if config.scheduler and config.scheduler not in ("threads", "local"):
-        try:
-            client = Client(config.scheduler, timeout="20s")
-        except (OSError, TimeoutError) as exc:
-            raise WsiSegError(f"cannot reach the Dask scheduler ({exc})",
-                              config.scheduler) from None
-        try:
-            yield client, None
-        finally:
-            client.close()
-        return
-    plan = plan_local_workers(config)
     silence = logging.DEBUG if os.environ.get("WSI_SEG_DEBUG") else logging.CRITICAL
     cluster: Any
     if config.scheduler == "threads":
@@ -208,10 +193,34 @@ def connect(config: ClusterConfig) -> Iterator[tuple[object, WorkerPlan | None]]
         cluster = SpecCluster(
             workers=worker_specs(plan, silence),
             scheduler={"cls": Scheduler, "options": {
-                "host": "127.0.0.1",
-                "dashboard_address": "127.0.0.1:0" if config.dashboard else None}},
+                "host": "127.0.0.1", "dashboard": config.dashboard,
+                "dashboard_address": "127.0.0.1:0"}},
             silence_logs=silence,
         )
+    return cluster
+
+
+@contextmanager
+def connect(config: ClusterConfig) -> Iterator[tuple[object, WorkerPlan | None]]:
+    """Yield ``(client, plan)``: a dask.distributed Client and the local sizing (None remote).
+
+    A local cluster is shut down on exit; a remote one is only disconnected from.
+    """
+    from distributed import Client
+
+    if config.scheduler and config.scheduler not in ("threads", "local"):
+        try:
+            client = Client(config.scheduler, timeout="20s")
+        except (OSError, TimeoutError) as exc:
+            raise WsiSegError(f"cannot reach the Dask scheduler ({exc})",
+                              config.scheduler) from None
+        try:
+            yield client, None
+        finally:
+            client.close()
+        return
+    plan = plan_local_workers(config)
+    cluster = start_local_cluster(config, plan)
     client = Client(cluster)
     try:
         yield client, plan
