@@ -24,6 +24,9 @@ machine says how far to trust a number.
 
 Throughput: working Mpx/s (the box pixels delivered), boxes/s, and windows/s, where a window is
 a 256 px tile at 0.25 overlap (step 192) as the UNet runs them: 441 windows per 4096 px box.
+
+Readers: ``tifffile`` (the default where it gives OpenSlide's pixels: see wsi_seg/tiff_reader.py)
+and ``openslide`` (``$WSI_SEG_TIFF_READER=0``), measured side by side.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ import numpy as np
 from wsi_seg.read_pool import usable_cores
 from wsi_seg.slide import Slide, open_slide
 from wsi_seg.synth import write_synthetic_slide
+from wsi_seg.tiff_reader import ENV as TIFF_ENV
 from wsi_seg.tiling import step_for, window_starts
 
 WINDOW_PX, OVERLAP = 256, 0.25
@@ -54,6 +58,7 @@ class Round:
     """One measurement: ``boxes`` boxes read in ``wall_s`` seconds."""
 
     slide: str
+    reader: str
     mode: str
     threads: int
     repeat: int
@@ -95,10 +100,23 @@ def warm_page_cache(path: Path) -> None:
             pass
 
 
-def read_boxes(path: Path, corners: list[tuple[int, int]], box_px: int, mpp: float,
-               mode: str, threads: int) -> tuple[float, float]:
+def open_with(path: Path, reader: str) -> Slide:
+    """Open ``path`` so that it reads through ``reader`` (tifffile where it can, or openslide)."""
+    old = os.environ.get(TIFF_ENV)
+    os.environ[TIFF_ENV] = "1" if reader == "tifffile" else "0"
+    try:
+        return open_slide(path)
+    finally:
+        if old is None:
+            del os.environ[TIFF_ENV]
+        else:
+            os.environ[TIFF_ENV] = old
+
+
+def read_boxes(path: Path, reader: str, corners: list[tuple[int, int]], box_px: int,
+               mpp: float, mode: str, threads: int) -> tuple[float, float]:
     """Read every box; (wall seconds, process CPU seconds)."""
-    with open_slide(path) as slide:
+    with open_with(path, reader) as slide:
         t0, c0 = time.perf_counter(), time.process_time()
         if mode == "within":
             for x, y in corners:
@@ -127,14 +145,16 @@ def summarise(rounds: list[Round], box_px: int, info: dict[str, dict[str, Any]]
               ) -> list[dict[str, Any]]:
     """Median (min, max) rates per slide, mode and thread count, with speed-up over 1 thread."""
     out: list[dict[str, Any]] = []
-    keys = sorted({(r.slide, r.mode, r.threads) for r in rounds})
+    keys = sorted({(r.slide, r.reader, r.mode, r.threads) for r in rounds})
     win = windows_per_box(box_px)
-    for slide, mode, threads in keys:
-        rs = [r for r in rounds if (r.slide, r.mode, r.threads) == (slide, mode, threads)]
+    for slide, reader, mode, threads in keys:
+        rs = [r for r in rounds
+              if (r.slide, r.reader, r.mode, r.threads) == (slide, reader, mode, threads)]
         boxes_s = [r.boxes / r.wall_s for r in rs]
         scale = info[slide]["scale"]
         row: dict[str, Any] = {
-            "slide": slide, "mode": mode, "threads": threads, "rounds": len(rs),
+            "slide": slide, "reader": reader, "mode": mode, "threads": threads,
+            "rounds": len(rs),
             "boxes_per_s": _stats(boxes_s),
             "working_mpx_per_s": _stats([b * box_px**2 / 1e6 for b in boxes_s]),
             "source_mpx_per_s": _stats([b * (box_px * scale) ** 2 / 1e6 for b in boxes_s]),
@@ -145,8 +165,8 @@ def summarise(rounds: list[Round], box_px: int, info: dict[str, dict[str, Any]]
         }
         out.append(row)
     for row in out:
-        base = next((r for r in out if (r["slide"], r["mode"], r["threads"])
-                     == (row["slide"], row["mode"], 1)), None)
+        base = next((r for r in out if (r["slide"], r["reader"], r["mode"], r["threads"])
+                     == (row["slide"], row["reader"], row["mode"], 1)), None)
         if base:
             row["speedup_vs_1"] = round(row["boxes_per_s"]["median"]
                                         / base["boxes_per_s"]["median"], 2)
@@ -159,9 +179,9 @@ def _stats(xs: list[float]) -> dict[str, float]:
 
 
 def table(rows: list[dict[str, Any]], info: dict[str, dict[str, Any]]) -> str:
-    lines = ["| slide | read | mode | threads | working Mpx/s | boxes/s | windows/s | "
-             "source Mpx/s | speed-up | CPU/wall | load1 |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines = ["| slide | read | reader | mode | threads | working Mpx/s | boxes/s | windows/s | "
+             "source Mpx/s | speed-up | CPU/wall | CPU s/box | load1 |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         i = info[r["slide"]]
 
@@ -170,11 +190,11 @@ def table(rows: list[dict[str, Any]], info: dict[str, dict[str, Any]]) -> str:
             return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}-{s['max']:.{digits}f})"
 
         lines.append(
-            f"| {r['slide']} | level {i['level']} x{i['scale']:.2f} | {r['mode']} "
-            f"| {r['threads']} | {m('working_mpx_per_s')} | {m('boxes_per_s', 3)} "
-            f"| {m('windows_per_s', 0)} | {m('source_mpx_per_s')} "
+            f"| {r['slide']} | level {i['level']} x{i['scale']:.2f} | {r['reader']} "
+            f"| {r['mode']} | {r['threads']} | {m('working_mpx_per_s')} "
+            f"| {m('boxes_per_s', 3)} | {m('windows_per_s', 0)} | {m('source_mpx_per_s')} "
             f"| {r.get('speedup_vs_1', float('nan')):.2f} | {m('cpu_per_wall', 2)} "
-            f"| {', '.join(f'{x:.1f}' for x in r['load1'])} |")
+            f"| {m('cpu_s_per_box', 2)} | {', '.join(f'{x:.1f}' for x in r['load1'])} |")
     return "\n".join(lines)
 
 
@@ -203,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", default="1,4,16,cores", help="thread counts ('cores' = "
                    f"{usable_cores()} here)")
     p.add_argument("--modes", default="within,across")
+    p.add_argument("--readers", default="tifffile,openslide")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="4000 px slides, 1024 px boxes, once")
     p.add_argument("--out", type=Path, default=Path("bench-out/read_scaling.json"))
@@ -212,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     counts = sorted({usable_cores() if t.strip() == "cores" else int(t)
                      for t in a.threads.split(",")})
     modes = [m.strip() for m in a.modes.split(",")]
+    readers = [r.strip() for r in a.readers.split(",")]
     paths = a.slide or [synthetic(a.cache, a.size, float(m)) for m in a.slide_mpps.split(",")]
 
     info: dict[str, dict[str, Any]] = {}
@@ -222,24 +244,28 @@ def main(argv: list[str] | None = None) -> int:
             c = s.choose_level(a.mpp)
             info[path.name] = {"path": str(path), "slide_mpp": s.mpp, "level": c.level,
                                "scale": round(c.scale, 4), "dimensions": s.dimensions,
-                               "level_downsamples": s.level_downsamples}
+                               "level_downsamples": s.level_downsamples,
+                               "tiff_levels": s.tiff_levels}
             corners[path.name] = box_positions(s, a.box, a.mpp, a.boxes)
 
-    plan = [(path, mode, n) for path in paths for mode in modes for n in counts]
+    plan = [(path, reader, mode, n) for path in paths for mode in modes for n in counts
+            for reader in readers]
     rounds: list[Round] = []
     for rep in range(a.repeats):
-        shift = rep % max(1, len(counts))
+        shift = rep % max(1, len(plan))
         order = [x for path in paths for mode in modes
-                 for x in _rotate([q for q in plan if q[0] == path and q[1] == mode], shift)]
-        for path, mode, n in order:
+                 for x in _rotate([q for q in plan if q[0] == path and q[2] == mode], shift)]
+        for path, reader, mode, n in order:
             boxes = corners[path.name]
             if mode == "across" and len(boxes) < n:  # every caller gets a box
                 boxes = (boxes * (n // len(boxes) + 1))[:n]
             load0 = os.getloadavg()[0]
-            wall, cpu = read_boxes(path, boxes, a.box, a.mpp, mode, n)
-            r = Round(path.name, mode, n, rep, len(boxes), wall, cpu, load0, os.getloadavg()[0])
+            wall, cpu = read_boxes(path, reader, boxes, a.box, a.mpp, mode, n)
+            r = Round(path.name, reader, mode, n, rep, len(boxes), wall, cpu, load0,
+                      os.getloadavg()[0])
             rounds.append(r)
-            print(f"{path.name} {mode:6s} threads {n:2d} round {rep}: {len(boxes)} boxes in "
+            print(f"{path.name} {reader:9s} {mode:6s} threads {n:2d} round {rep}: "
+                  f"{len(boxes)} boxes in "
                   f"{wall:.2f} s ({len(boxes) * a.box**2 / 1e6 / wall:.1f} Mpx/s, CPU/wall "
                   f"{cpu / wall:.2f}, load {load0:.1f})", flush=True)
 

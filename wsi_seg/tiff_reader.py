@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,10 @@ TIFF_VENDORS = frozenset({"aperio", "generic-tiff"})
 #: ``$WSI_SEG_TIFF_READER=0`` reads everything through OpenSlide.
 ENV = "WSI_SEG_TIFF_READER"
 BACKGROUND_RGB = 255
+#: Decoded tiles kept per slide, bytes (OpenSlide's own default cache is 32 MiB too). The blur
+#: margin of a resampled read spills into the next column of tiles; the read to its right
+#: needs that column again, so it is decoded once instead of twice.
+TILE_CACHE_BYTES = 32 << 20
 
 #: Levels found identical to OpenSlide, by (path, size, mtime): verify each file once a process.
 _verified: dict[tuple[str, int, int], frozenset[int]] = {}
@@ -72,7 +77,7 @@ class TiffLevels:
     """Reads rectangles of some pyramid levels from the tiles of one TIFF file.
 
     Thread-safe: tiles are read with ``os.pread`` on one descriptor and decoded by
-    imagecodecs, which releases the GIL.
+    imagecodecs, which releases the GIL; the cache of decoded tiles has a lock.
     """
 
     def __init__(self, path: Path, tif: tifffile.TiffFile, levels: dict[int, TiledLevel]
@@ -81,6 +86,9 @@ class TiffLevels:
         self._tif = tif
         self._levels = levels
         self._fd = os.open(path, os.O_RDONLY)
+        self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self._cache_bytes = 0
+        self._cache_lock = threading.Lock()
 
     @property
     def levels(self) -> frozenset[int]:
@@ -96,7 +104,7 @@ class TiffLevels:
             raise ValueError(f"region {xl},{yl} {w}x{h} is not inside level {level}")
         out = np.empty((h, w, 3), dtype=np.uint8)
         for tx, ty in _tiles_over(lv, xl, yl, w, h):
-            tile = self._tile(lv, tx, ty)
+            tile = self._cached_tile(level, lv, tx, ty)
             # Overlap of this tile with the region, in level coordinates.
             tx0, ty0 = tx * lv.tile_w, ty * lv.tile_h
             x0, y0 = max(xl, tx0), max(yl, ty0)
@@ -104,6 +112,24 @@ class TiffLevels:
             out[y0 - yl : y1 - yl, x0 - xl : x1 - xl] = tile[y0 - ty0 : y1 - ty0,
                                                             x0 - tx0 : x1 - tx0]
         return out
+
+    def _cached_tile(self, level: int, lv: TiledLevel, tx: int, ty: int) -> np.ndarray:
+        key = (level, ty * lv.tiles_across + tx)
+        with self._cache_lock:
+            tile = self._cache.get(key)
+            if tile is not None:
+                self._cache.move_to_end(key)
+                return tile
+        tile = self._tile(lv, tx, ty)
+        tile.setflags(write=False)  # shared by every read that hits it
+        with self._cache_lock:
+            if key not in self._cache:
+                self._cache[key] = tile
+                self._cache_bytes += tile.nbytes
+            while self._cache_bytes > TILE_CACHE_BYTES and self._cache:
+                _, old = self._cache.popitem(last=False)
+                self._cache_bytes -= old.nbytes
+        return tile
 
     def _tile(self, lv: TiledLevel, tx: int, ty: int) -> np.ndarray:
         i = ty * lv.tiles_across + tx
