@@ -43,6 +43,7 @@ from wsi_seg.mosaic import (
     open_mosaic,
     write_block,
 )
+from wsi_seg.naming import slide_identity, slide_stem, truth_candidates
 from wsi_seg.slide import Slide, open_slide
 from wsi_seg.tiling import Block, plan_blocks, step_for
 from wsi_seg.tissue import TissueConfig, find_tissue
@@ -153,6 +154,7 @@ class SlideJob:
     tissue_fraction: float
     tissue_mm2: float
     tissue_polygons: tuple[Any, ...]
+    slide_identity: dict[str, Any]
     config_digest: str
     block_px: int
     slide_size_x0: tuple[int, int]
@@ -180,18 +182,32 @@ class BlockResult:
     times: dict[str, float]
 
 
-def final_dir_for(out_dir: Path, slide_path: Path) -> Path:
-    return out_dir / slide_stem(slide_path)
+def final_dir_for(out_dir: Path, slide_path: Path, name: str | None = None) -> Path:
+    """A slide's output folder: ``OUT/<name>``, the name from :func:`naming.output_names`
+    (the slide's stem when no other slide of the run shares it)."""
+    return out_dir / (name or slide_stem(slide_path))
 
 
-def slide_stem(path: Path) -> str:
-    """Output name of a slide: the file name without its suffix (``a.ome.tif`` -> ``a.ome``)."""
-    return path.name[: -len(path.suffix)] if path.suffix else path.name
+class OutputTaken(WsiSegError):
+    """The output folder a slide would use holds another slide's results."""
 
 
-def is_finished(out_dir: Path, slide_path: Path) -> bool:
-    """Whether a slide's final outputs exist (they only ever appear complete)."""
-    return (final_dir_for(out_dir, slide_path) / REPORT).is_file()
+def is_finished(out_dir: Path, slide_path: Path, name: str | None = None) -> bool:
+    """Whether this slide's final outputs exist, for this very file (outputs only ever
+    appear complete). Raises :class:`OutputTaken` when the folder holds another slide's."""
+    report = final_dir_for(out_dir, slide_path, name) / REPORT
+    if not report.is_file():
+        return False
+    try:
+        done = json.loads(report.read_text(encoding="utf-8"))
+        same_file = Path(done["slide"]).resolve() == slide_path.resolve()
+    except (OSError, ValueError, KeyError, TypeError):
+        return False  # an unreadable report is redone
+    if not same_file:
+        raise OutputTaken(f"{report.parent} already holds the results of {done['slide']}; "
+                          "use another --out, or --overwrite to replace them", slide_path)
+    # A file replaced since (another scan under the same name) is redone.
+    return bool(done.get("slide_identity") == slide_identity(slide_path))
 
 
 def check_writable(out_dir: Path) -> None:
@@ -210,11 +226,16 @@ def _digest(data: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def prepare_slide(slide_path: Path, config: RunConfig) -> SlideJob:
+def prepare_slide(slide_path: Path, config: RunConfig, name: str | None = None) -> SlideJob:
     """Open, find tissue, plan and create (or reopen, to resume) the slide's work directory.
+
+    ``name`` is the slide's output folder name (:func:`naming.output_names`; its stem by
+    default). A work directory is resumed only if the configuration and the slide file's
+    identity (size, modification time, a hash of its head) are unchanged.
 
     Raises WsiSegError (one line, naming the file) for anything wrong with the slide or model.
     """
+    identity = slide_identity(slide_path)
     model_path = config.resolved_model()
     card = read_card(model_path)
     model_sha = sha256_file(model_path)
@@ -235,7 +256,7 @@ def prepare_slide(slide_path: Path, config: RunConfig) -> SlideJob:
                            tissue.keep_windows(f))
         geom = MosaicGeometry(h_px, w_px, mpp, float(slide.origin_x0), float(slide.origin_y0),
                               f, config.chunk_px)
-        stem = slide_stem(slide_path)
+        stem = name or slide_stem(slide_path)
         provenance = {
             "wsi_seg_version": __version__,
             "slide": slide_path.name,
@@ -253,12 +274,16 @@ def prepare_slide(slide_path: Path, config: RunConfig) -> SlideJob:
             "level0_px_per_px": f,
             "value": "tumour probability * 255 (uint8)",
         }
+        # The slide's identity is in the digest, so a replaced file never resumes from another
+        # file's blocks (it is kept out of the mosaic's own metadata: a copy of a slide gives
+        # the same bytes).
         digest = _digest({"provenance": provenance, "tissue": asdict(config.tissue),
-                          "slide_size": slide.dimensions, "batch": config.infer.batch_size})
+                          "slide_size": slide.dimensions, "batch": config.infer.batch_size,
+                          "slide_identity": identity})
         tissue_fraction, tissue_mm2, slide_mpp = tissue.fraction, tissue.area_mm2, slide.mpp
         slide_size_x0 = slide.dimensions
         tissue_polys = tuple(tissue.polygons)
-    final_dir = final_dir_for(config.out_dir, slide_path)
+    final_dir = final_dir_for(config.out_dir, slide_path, stem)
     work_dir = config.out_dir / f".{stem}{PARTIAL_SUFFIX}"
     done = _open_work_dir(work_dir, digest, geom, provenance)
     tasks = []
@@ -273,7 +298,7 @@ def prepare_slide(slide_path: Path, config: RunConfig) -> SlideJob:
         n_blocks=len(plan.blocks), n_blocks_done=len(plan.blocks) - len(tasks),
         n_tiles=plan.n_tiles, n_tile_predictions=plan.n_tile_predictions,
         tissue_fraction=tissue_fraction, tissue_mm2=tissue_mm2, tissue_polygons=tissue_polys,
-        config_digest=digest, block_px=config.block_px, slide_size_x0=slide_size_x0,
+        slide_identity=identity, config_digest=digest, block_px=config.block_px, slide_size_x0=slide_size_x0,
     )
 
 
@@ -438,6 +463,8 @@ def finish_slide(job: SlideJob, config: RunConfig, block_times: dict[str, float]
     predict_s = times.get("predict", 0.0)
     report: dict[str, Any] = {
         "slide": str(job.slide_path),
+        "slide_identity": job.slide_identity,
+        "output_name": job.stem,
         "status": "ok",
         "wsi_seg_version": __version__,
         "model": {"path": str(job.model_path), "sha256": job.model_sha256,
@@ -475,7 +502,7 @@ def _score(job: SlideJob, config: RunConfig, mosaic: Any, level: int, threshold:
     from wsi_seg.annotations import check_truth_fits, read_truth
     from wsi_seg.metrics import score_slide
 
-    truth_path = find_truth(config.truth, job.slide_path) if config.truth else None
+    truth_path = find_truth(config.truth, job.slide_path, job.stem) if config.truth else None
     if truth_path is None:
         return None, None, None, f"no ground truth found for {job.slide_path.name}"
     try:
@@ -487,19 +514,12 @@ def _score(job: SlideJob, config: RunConfig, mosaic: Any, level: int, threshold:
     return score, truth.geometry, truth_path, None
 
 
-TRUTH_SUFFIXES = (".tumor.geojson", ".geojson", ".json", ".xml", ".geojson.gz")
-
-
-def find_truth(truth: Path, slide_path: Path) -> Path | None:
-    """The truth file of a slide: ``truth`` itself, or ``truth/<stem><suffix>``."""
+def find_truth(truth: Path, slide_path: Path, name: str | None = None) -> Path | None:
+    """The truth file of a slide: ``truth`` itself, or the first of
+    :func:`naming.truth_candidates` in the folder ``truth``."""
     if truth.is_file():
         return truth
-    stem = slide_stem(slide_path)
-    for suffix in TRUTH_SUFFIXES:
-        cand = truth / f"{stem}{suffix}"
-        if cand.is_file():
-            return cand
-    return None
+    return next((c for c in truth_candidates(truth, slide_path, name) if c.is_file()), None)
 
 
 def _publish(job: SlideJob) -> None:

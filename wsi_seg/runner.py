@@ -28,6 +28,7 @@ from wsi_seg.cluster import BLOCK_GPU_SHARE, ClusterConfig, ModelPlugin, WorkerP
 from wsi_seg.errors import WsiSegError
 from wsi_seg.files import write_json_atomic
 from wsi_seg.infer import InferConfig
+from wsi_seg.naming import output_names, slide_stem
 from wsi_seg.pipeline import (
     BlockResult,
     RunConfig,
@@ -50,6 +51,7 @@ class SlideState:
     """Book-keeping of one slide during a run (mutable, client side only)."""
 
     path: Path
+    name: str  # the output folder name, distinct within the run
     status: str = "pending"  # pending | running | ok | skipped | failed
     error: str | None = None
     job: SlideJob | None = None
@@ -60,7 +62,8 @@ class SlideState:
     bar: Any = None  # this slide's progress bar while its blocks run
 
     def record(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"slide": str(self.path), "status": self.status}
+        d: dict[str, Any] = {"slide": str(self.path), "output": self.name,
+                             "status": self.status}
         if self.error:
             d["error"] = self.error
         if self.job is not None:
@@ -118,7 +121,9 @@ class Runner:
         self.cluster = cluster
         self.quiet = quiet
         self.gpu_resource = gpu_resource
-        self.states = [SlideState(Path(p)) for p in slides]
+        paths = [Path(p) for p in slides]
+        names = output_names(paths)
+        self.states = [SlideState(p, names[p]) for p in paths]
         self.started_at = datetime.now(UTC).replace(microsecond=0).isoformat()
         self.t0 = time.perf_counter()
         self.worker_plan: WorkerPlan | None = None
@@ -159,15 +164,27 @@ class Runner:
         write_json_atomic(self.config.out_dir / RUN_JSON, record)
 
     # -- the run ---------------------------------------------------------------------------------
+    def finished(self, state: SlideState) -> bool:
+        """Whether the slide's outputs are complete for this very file (never when
+        --overwrite); a folder holding another slide's outputs fails the slide in prepare."""
+        if self.config.overwrite:
+            return False
+        try:
+            return is_finished(self.config.out_dir, state.path, state.name)
+        except WsiSegError:
+            return False
+
     def prepare(self) -> None:
         for state in self.states:
-            if not self.config.overwrite and is_finished(self.config.out_dir, state.path):
+            if self.finished(state):
                 state.status = "skipped"
                 self.say(f"= {state.path.name}: already finished in "
-                         f"{final_dir_for(self.config.out_dir, state.path)}")
+                         f"{final_dir_for(self.config.out_dir, state.path, state.name)}")
                 continue
             try:
-                state.job = prepare_slide(state.path, self.config)
+                if not self.config.overwrite:
+                    is_finished(self.config.out_dir, state.path, state.name)  # raises if taken
+                state.job = prepare_slide(state.path, self.config, state.name)
             except WsiSegError as exc:
                 self.fail(state, exc)
             except Exception as exc:
@@ -189,8 +206,7 @@ class Runner:
         check_writable(self.config.out_dir)
         # A bad model is the run's error, not every slide's: one line, before any worker starts.
         verify_model_file(self.config.resolved_model())
-        pending = [s for s in self.states
-                   if self.config.overwrite or not is_finished(self.config.out_dir, s.path)]
+        pending = [s for s in self.states if not self.finished(s)]
         if not pending:
             self.prepare()
             self.write_run_json(finished=True)
@@ -315,7 +331,7 @@ class Runner:
 
     def _finished(self, state: SlideState, report: dict[str, Any]) -> None:
         state.status = "ok"
-        report["slide_dir"] = str(final_dir_for(self.config.out_dir, state.path))
+        report["slide_dir"] = str(final_dir_for(self.config.out_dir, state.path, state.name))
         state.report = report
         score = report.get("score") or {}
         iou = score.get("iou")
@@ -344,7 +360,8 @@ class Runner:
             score = rep.get("score") or {}
             status = s.status if s.status != "failed" else f"failed: {s.error}"
             rows.append(SummaryRow(
-                slide=s.path.name, tissue_mm2=rep.get("tissue_mm2"),
+                slide=s.path.name if s.name == slide_stem(s.path) else s.name,
+                tissue_mm2=rep.get("tissue_mm2"),
                 tumour_mm2=rep.get("tumour_mm2"), iou=score.get("iou"),
                 dice=score.get("dice"), tiles_per_s=rep.get("tiles_per_s"), status=status))
         footer = run_score_lines([s.report for s in self.states if s.report])

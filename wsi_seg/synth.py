@@ -40,6 +40,7 @@ from shapely.prepared import prep
 
 from wsi_seg import __version__
 from wsi_seg.files import write_atomic
+from wsi_seg.naming import TRUTH_PATTERNS, slide_stem
 
 TILE_PX = 512
 #: Nuclei are drawn one by one up to this many µm per output pixel, painted as their mean above.
@@ -426,7 +427,7 @@ def write_truth_geojson(tumour: MultiPolygon, path: Path, slide_name: str) -> No
 def truth_path_for(slide_path: str | os.PathLike[str]) -> Path:
     """Where the ground truth of a synthetic slide is written: ``<stem>.tumor.geojson``."""
     p = Path(slide_path)
-    return p.with_name(p.name.split(".")[0] + ".tumor.geojson")
+    return p.with_name(TRUTH_PATTERNS[0].format(stem=slide_stem(p), name=p.name))
 
 
 def write_synthetic_slide(

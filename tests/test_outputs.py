@@ -1,0 +1,129 @@
+"""Every slide its own output, and resume only ever from the same file (through the real CLI).
+
+Two slides with one stem (``a/x.svs`` and ``b/x.svs``; ``case1.svs`` beside ``case1.tif``) get
+distinct folders named predictably; a slide file replaced under the same name is redone, never
+resumed from the other file's blocks; a folder holding another slide's results is never
+overwritten without --overwrite.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.model_fixtures import small_unet
+from wsi_seg.cli import main
+from wsi_seg.mosaic import open_mosaic
+from wsi_seg.naming import output_names, slide_stem
+from wsi_seg.pipeline import RunConfig, prepare_slide, run_block
+from wsi_seg.infer import InferConfig
+from wsi_seg.synth import write_synthetic_slide
+
+OPTS = ["--block", "256", "--chunk", "128", "--batch-size", "4", "--scheduler", "threads",
+        "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return small_unet(tmp_path_factory.mktemp("m") / "u.keras")
+
+
+def _run(model: Path, out: Path, *slides: Path, extra: tuple[str, ...] = ()) -> int:
+    return main(["run", *map(str, slides), "--out", str(out), "--model", str(model), *OPTS,
+                 *extra])
+
+
+def _mosaic(folder: Path) -> np.ndarray:
+    return np.asarray(open_mosaic(folder / "mask.zarr").level(0)[:])
+
+
+def test_names_rule() -> None:
+    assert slide_stem(Path("TCGA-A1.01.svs")) == "TCGA-A1.01"
+    assert slide_stem(Path("a.ome.tif")) == "a.ome"
+    names = output_names([Path("/d/a/x.svs"), Path("/d/b/x.svs"), Path("/d/case1.svs"),
+                          Path("/d/case1.tif"), Path("/d/y.svs"), Path("/d/Y.tif")])
+    assert names == {Path("/d/a/x.svs"): "a__x.svs", Path("/d/b/x.svs"): "b__x.svs",
+                     Path("/d/case1.svs"): "case1.svs", Path("/d/case1.tif"): "case1.tif",
+                     Path("/d/y.svs"): "y.svs", Path("/d/Y.tif"): "Y.tif"}
+
+
+def test_slides_sharing_a_stem_get_their_own_outputs_and_truths(model: Path,
+                                                               tmp_path: Path) -> None:
+    d = tmp_path / "slides"
+    write_synthetic_slide(d / "a" / "x.svs", (1200, 1000), seed=1)
+    write_synthetic_slide(d / "b" / "x.svs", (1000, 1200), seed=2)
+    write_synthetic_slide(d / "case1.svs", (1100, 900), seed=3)
+    write_synthetic_slide(d / "case1.tif", (900, 1100), seed=4)
+    truth = tmp_path / "truth"
+    truth.mkdir()
+    # Truth by output name tells same-stem slides apart.
+    shutil.copy(d / "a" / "x.tumor.geojson", truth / "a__x.svs.geojson")
+    shutil.copy(d / "b" / "x.tumor.geojson", truth / "b__x.svs.geojson")
+    out = tmp_path / "out"
+    slides = [d / "a" / "x.svs", d / "b" / "x.svs", d / "case1.svs", d / "case1.tif"]
+    assert _run(model, out, *slides, extra=("--truth", str(truth))) == 0
+    expect = {"a__x.svs": (600, 500), "b__x.svs": (500, 600), "case1.svs": (550, 450),
+              "case1.tif": (450, 550)}  # (w, h) at 1 µm/px: each its own slide's size
+    for name, (w, h) in expect.items():
+        rep = json.loads((out / name / "report.json").read_text())
+        assert rep["output_name"] == name
+        assert _mosaic(out / name).shape == (h, w)
+    run = json.loads((out / "run.json").read_text())
+    assert sorted(s["output"] for s in run["slides"]) == sorted(expect)
+    reports = {n: json.loads((out / n / "report.json").read_text()) for n in expect}
+    assert reports["a__x.svs"]["truth"].endswith("a__x.svs.geojson")
+    assert reports["b__x.svs"]["truth"].endswith("b__x.svs.geojson")
+    summary = (out / "summary.csv").read_text()
+    assert all(name in summary for name in ("a__x.svs", "b__x.svs", "case1.svs", "case1.tif"))
+    # The same command again finds every slide finished.
+    assert _run(model, out, *slides) == 0
+    assert {s["status"] for s in json.loads((out / "run.json").read_text())["slides"]} == {
+        "skipped"}
+
+
+def test_a_folder_holding_another_slides_results_is_not_overwritten(
+        model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_synthetic_slide(tmp_path / "a" / "x.svs", (1000, 800), seed=1)
+    write_synthetic_slide(tmp_path / "b" / "x.svs", (800, 1000), seed=2)
+    out = tmp_path / "out"
+    assert _run(model, out, tmp_path / "a" / "x.svs") == 0
+    before = _mosaic(out / "x")
+    capsys.readouterr()
+    assert _run(model, out, tmp_path / "b" / "x.svs") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already holds the results of" in err[0]
+    assert np.array_equal(_mosaic(out / "x"), before)
+    assert _run(model, out, tmp_path / "b" / "x.svs", extra=("--overwrite",)) == 0
+    assert _mosaic(out / "x").shape == (500, 400)
+
+
+def test_a_replaced_slide_is_redone_not_resumed(model: Path, tmp_path: Path) -> None:
+    slide = tmp_path / "s" / "x.svs"
+    write_synthetic_slide(slide, (1200, 1200), seed=1)
+    out = tmp_path / "out"
+    # Interrupted run: the work folder holds some finished blocks of the first file.
+    cfg = RunConfig(out_dir=out, model_path=model, block_px=256, chunk_px=128,
+                    infer=InferConfig(batch_size=4))
+    job = prepare_slide(slide, cfg)
+    run_block(job.context(None), job.tasks[0], cfg.infer)
+    assert prepare_slide(slide, cfg).n_blocks_done == 1
+    # Another scan, same name and size.
+    other = tmp_path / "other"
+    write_synthetic_slide(other / "x.svs", (1200, 1200), seed=9)
+    os.replace(other / "x.svs", slide)
+    assert prepare_slide(slide, cfg).n_blocks_done == 0
+    assert _run(model, out, slide) == 0
+    fresh = tmp_path / "fresh"
+    assert _run(model, fresh, slide) == 0
+    assert np.array_equal(_mosaic(out / "x"), _mosaic(fresh / "x"))
+    # A finished slide replaced later is redone too, not skipped.
+    write_synthetic_slide(other / "x.svs", (1200, 1200), seed=5)
+    os.replace(other / "x.svs", slide)
+    assert _run(model, out, slide) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["slides"][0]["status"] == "ok"

@@ -1,0 +1,71 @@
+"""Names derived from slide files: stems, output folders, truth files, identities. One place.
+
+* A slide's **stem** is its file name without the last suffix: ``TCGA-A1.01.svs`` ->
+  ``TCGA-A1.01``, ``a.ome.tif`` -> ``a.ome``. Synthetic truth, truth lookup, outputs and
+  summaries all use this one rule.
+* A slide's **output name** (its folder under ``OUT``) is its stem, unless another slide of the
+  same run has the same stem: then it is the file name (``case1.svs``, ``case1.tif``), and if
+  file names collide too (``a/x.svs``, ``b/x.svs``), the file name prefixed with as many parent
+  folders as it takes, joined by ``__`` (``a__x.svs``). So every slide of a run has its own
+  folder, and the same run always gets the same names.
+* A slide's **identity** (size, modification time and a hash of its first 256 KiB, where every
+  format keeps its header and directory) tells a resumed run whether the file it worked on is
+  still the same file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+#: Truth files looked for beside a slide name, in order (``{stem}`` and ``{name}`` expand).
+TRUTH_PATTERNS = ("{stem}.tumor.geojson", "{stem}.geojson", "{stem}.json", "{stem}.xml",
+                  "{stem}.geojson.gz")
+IDENTITY_HEAD_BYTES = 256 * 1024
+
+
+def slide_stem(path: str | os.PathLike[str]) -> str:
+    """The file name without its last suffix (the whole name when it has none)."""
+    p = Path(path)
+    return p.name[: -len(p.suffix)] if p.suffix else p.name
+
+
+def output_names(paths: Sequence[Path]) -> dict[Path, str]:
+    """A distinct output folder name for each slide path (see the module docstring)."""
+    names = {p: slide_stem(p) for p in paths}
+    for depth in range(64):
+        clashes = _clashing(names)
+        if not clashes:
+            return names
+        for p in clashes:  # the file name, then with 1, 2, ... parent folders before it
+            folders = list(p.resolve().parts[1:-1])
+            names[p] = "__".join([*(folders[len(folders) - depth :] if depth else []), p.name])
+    raise ValueError("slide paths do not have distinct names")  # pragma: no cover
+
+
+def _clashing(names: dict[Path, str]) -> list[Path]:
+    by_name: dict[str, list[Path]] = defaultdict(list)
+    for p, n in names.items():
+        by_name[n.casefold()].append(p)  # case-insensitive file systems exist
+    return [p for group in by_name.values() if len(group) > 1 for p in group]
+
+
+def truth_candidates(folder: Path, slide_path: Path, output_name: str | None = None,
+                     patterns: Sequence[str] = TRUTH_PATTERNS) -> list[Path]:
+    """Where a slide's truth may be in ``folder``, in the order to try: each pattern for the
+    slide's output name first (it tells same-stem slides apart), then for its stem."""
+    stems = [s for s in dict.fromkeys([output_name, slide_stem(slide_path)]) if s]
+    return [folder / pat.format(stem=stem, name=slide_path.name)
+            for stem in stems for pat in patterns]
+
+
+def slide_identity(path: Path) -> dict[str, object]:
+    """Size, modification time and a hash of the head of a slide file."""
+    st = path.stat()
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        h.update(f.read(IDENTITY_HEAD_BYTES))
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "head_sha256": h.hexdigest()[:32]}
