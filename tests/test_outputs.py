@@ -127,3 +127,26 @@ def test_a_replaced_slide_is_redone_not_resumed(model: Path, tmp_path: Path) -> 
     assert _run(model, out, slide) == 0
     run = json.loads((out / "run.json").read_text())
     assert run["slides"][0]["status"] == "ok"
+
+
+def test_progress_and_timing_lines_off_a_terminal(model: Path, tmp_path: Path) -> None:
+    """stderr to a file: plain progress lines, no carriage-return frames; the slide's time
+    is its whole time (finishing included) with the blocks phase beside it."""
+    import subprocess
+    import sys
+
+    write_synthetic_slide(tmp_path / "s" / "p.svs", (1200, 1000), seed=3)
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "wsi-seg"), "run", str(tmp_path / "s"), "--out",
+         str(tmp_path / "out"), "--model", str(model), *OPTS[:-1]],
+        capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "\r" not in done.stderr and "\r" not in done.stdout
+    rep = json.loads((tmp_path / "out" / "p" / "report.json").read_text())
+    lines = [ln for ln in done.stderr.splitlines() if ln.startswith("progress (all slides)")]
+    assert lines and lines[-1].startswith(f"progress (all slides): {rep['tiles']:,} / "
+                                          f"{rep['tiles']:,} tiles (100.0 %)")
+    assert rep["wall_s"] == pytest.approx(rep["blocks_wall_s"] + rep["finish_s"], abs=2e-3)
+    assert rep["finish_s"] >= rep["stage_s"]["vectorize"]
+    line = next(ln for ln in done.stdout.splitlines() if ln.startswith("✓ p.svs"))
+    assert f"in {rep['wall_s']:.1f} s" in line and "blocks phase" in line

@@ -153,3 +153,20 @@ def test_blocks_without_tissue_are_skipped() -> None:
 def test_block_must_be_a_multiple_of_chunk() -> None:
     with pytest.raises(ValueError, match="multiple"):
         plan_blocks(1000, 1000, 256, 192, 1000, 512)
+
+
+@pytest.mark.parametrize("w,h,roi,step,block,chunk", [
+    (5000, 3000, 256, 192, 1024, 512), (100, 80, 256, 192, 1024, 512),
+    (4000, 4000, 50, 50, 512, 256), (3000, 2000, 64, 48, 256, 128)])
+def test_each_kept_window_is_owned_by_one_block(w: int, h: int, roi: int, step: int,
+                                                block: int, chunk: int) -> None:
+    """Progress counts owned windows; they must add up to the tiles a report gives."""
+    rng = np.random.default_rng(w + h)
+    mask = rng.random((64, 64)) < 0.6
+
+    def keep(y0: np.ndarray, y1: np.ndarray, x0: np.ndarray, x1: np.ndarray) -> np.ndarray:
+        return mask[(np.maximum(y0, 0) // 97) % 64, (np.maximum(x0, 0) // 89) % 64]
+
+    plan = plan_blocks(w, h, roi, step, block, chunk, keep)
+    assert sum(b.n_owned for b in plan.blocks) == plan.n_tiles
+    assert all(0 <= b.n_owned <= b.n_windows for b in plan.blocks)

@@ -163,6 +163,7 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 def library_versions() -> dict[str, str]:
     """Versions that made a model file: ours, Keras and the backend that saved it."""
     import importlib
+
     import keras
 
     backend = keras.backend.backend()

@@ -165,7 +165,8 @@ class SlideJob:
 
     @property
     def tiles_todo(self) -> int:
-        return sum(t.block.n_windows for t in self.tasks)
+        """Tiles the remaining blocks own (counted as the report counts tiles)."""
+        return sum(t.block.n_owned for t in self.tasks)
 
     def context(self, slide_mpp_override: float | None) -> BlockContext:
         return BlockContext(self.slide_path, slide_mpp_override, self.stem, self.work_dir,
@@ -179,6 +180,7 @@ class BlockResult:
     stem: str
     key: str
     n_windows: int
+    n_tiles: int
     times: dict[str, float]
 
 
@@ -298,7 +300,8 @@ def prepare_slide(slide_path: Path, config: RunConfig, name: str | None = None) 
         n_blocks=len(plan.blocks), n_blocks_done=len(plan.blocks) - len(tasks),
         n_tiles=plan.n_tiles, n_tile_predictions=plan.n_tile_predictions,
         tissue_fraction=tissue_fraction, tissue_mm2=tissue_mm2, tissue_polygons=tissue_polys,
-        slide_identity=identity, config_digest=digest, block_px=config.block_px, slide_size_x0=slide_size_x0,
+        slide_identity=identity, config_digest=digest, block_px=config.block_px,
+        slide_size_x0=slide_size_x0,
     )
 
 
@@ -392,7 +395,7 @@ def run_block(ctx: BlockContext, task: BlockTask, infer: InferConfig) -> BlockRe
     write_block(mosaic, b.yw, b.xw, to_uint8(prob),
                 block_levels(mosaic.geom, mosaic.n_levels, ctx.block_px))
     times["write"] = time.perf_counter() - t
-    result = BlockResult(ctx.stem, b.key, b.n_windows, times)
+    result = BlockResult(ctx.stem, b.key, b.n_windows, b.n_owned, times)
     # The marker is written last: a block without one is redone on resume, and redoing it
     # rewrites its own chunks completely, so a half-written chunk never survives.
     write_json_atomic(ctx.work_dir / MARKERS / f"{b.key}.json", asdict(result))
@@ -425,14 +428,18 @@ def warm_worker(model_path: Path, infer: InferConfig) -> WarmResult:
 
 
 def finish_slide(job: SlideJob, config: RunConfig, block_times: dict[str, float],
-                 wall_s: float) -> dict[str, Any]:
-    """Pyramid, polygons, GeoJSON, overlay, scores and report; then publish the slide."""
+                 blocks_wall_s: float) -> dict[str, Any]:
+    """Pyramid, polygons, GeoJSON, overlay, scores and report; then publish the slide.
+
+    ``blocks_wall_s`` is the wall time of the slide's blocks phase (its first block submitted
+    to its last done); the report's ``wall_s`` and ``tiles_per_s`` add this finishing to it.
+    """
     from wsi_seg.geojson import write_geojson
     from wsi_seg.overlay import draw_overlay
     from wsi_seg.vectorize import regions_geometry, vectorize_mosaic
 
     times = dict(block_times)
-    t = time.perf_counter()
+    t = t_finish = time.perf_counter()
     mosaic = open_mosaic(job.mosaic_path, mode="r+")
     build_pyramid(mosaic, start_level=block_levels(mosaic.geom, mosaic.n_levels,
                                                    config.block_px) + 1)
@@ -461,6 +468,8 @@ def finish_slide(job: SlideJob, config: RunConfig, block_times: dict[str, float]
                      job.work_dir / "overlay.png")
     t = _lap(times, "overlay", t)
     predict_s = times.get("predict", 0.0)
+    finish_s = t - t_finish
+    wall_s = blocks_wall_s + finish_s
     report: dict[str, Any] = {
         "slide": str(job.slide_path),
         "slide_identity": job.slide_identity,
@@ -480,8 +489,14 @@ def finish_slide(job: SlideJob, config: RunConfig, block_times: dict[str, float]
         "tumour_mm2": round(tumour_mm2, 4),
         "tumour_regions": len(regions),
         "threshold": threshold,
+        # The slide's whole time (blocks, then pyramid, polygons, scores, overlay), and the
+        # blocks phase alone beside it, named as such.
         "wall_s": round(wall_s, 3),
         "tiles_per_s": round(job.n_tiles / wall_s, 2) if wall_s > 0 else None,
+        "blocks_wall_s": round(blocks_wall_s, 3),
+        "blocks_tiles_per_s": (round(job.n_tiles / blocks_wall_s, 2) if blocks_wall_s > 0
+                               else None),
+        "finish_s": round(finish_s, 3),
         # Predictions per second of one task thread while it predicts. Task threads predict
         # concurrently (and share the cores), so this is not the model's throughput alone:
         # `wsi-seg bench` measures that in isolation.

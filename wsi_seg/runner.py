@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from wsi_seg import __version__
+from wsi_seg import __version__, progress
 from wsi_seg.card import verify_model_file
 from wsi_seg.cluster import BLOCK_GPU_SHARE, ClusterConfig, ModelPlugin, WorkerPlan, connect
 from wsi_seg.errors import WsiSegError
@@ -71,8 +71,8 @@ class SlideState:
                      tiles=self.job.n_tiles)
         if self.report is not None:
             d["report"] = str(Path(self.report["slide_dir"]) / "report.json")
-            for k in ("tiles_per_s", "wall_s", "stage_s", "tumour_mm2", "tissue_mm2", "score",
-                      "notes"):
+            for k in ("tiles_per_s", "wall_s", "blocks_wall_s", "stage_s", "tumour_mm2",
+                      "tissue_mm2", "score", "notes"):
                 d[k] = self.report.get(k)
         return d
 
@@ -134,9 +134,7 @@ class Runner:
     # -- output --------------------------------------------------------------------------------
     def say(self, text: str, err: bool = False) -> None:
         if err or not self.quiet:
-            from tqdm import tqdm
-
-            tqdm.write(text, file=sys.stderr if err else sys.stdout)
+            progress.write(text, err)
 
     def write_run_json(self, finished: bool = False) -> None:
         record = {
@@ -201,7 +199,6 @@ class Runner:
 
     def run(self) -> RunResult:
         from distributed import as_completed
-        from tqdm import tqdm
 
         check_writable(self.config.out_dir)
         # A bad model is the run's error, not every slide's: one line, before any worker starts.
@@ -250,8 +247,7 @@ class Runner:
                     futures.add(fut)
                 if not job.tasks:
                     self._submit_finish(client, state, futures, owner)
-            bar = tqdm(total=total_tiles, unit="tile", disable=self.quiet, smoothing=0.1,
-                       dynamic_ncols=True, desc="all slides")
+            bar = progress.Progress(total_tiles, "all slides", enabled=not self.quiet)
             for fut in futures:
                 state = owner.pop(fut)
                 if state.status == "failed":
@@ -266,8 +262,8 @@ class Runner:
                 if isinstance(value, BlockResult):
                     state.results.append(value)
                     state.remaining -= 1
-                    bar.update(value.n_windows)
-                    self._slide_progress(state, value.n_windows)
+                    bar.update(value.n_tiles)
+                    self._slide_progress(state, value.n_tiles)
                     if state.remaining == 0:
                         self._submit_finish(client, state, futures, owner)
                 else:
@@ -279,14 +275,12 @@ class Runner:
         return self.result()
 
     def _slide_progress(self, state: SlideState, tiles: int) -> None:
-        """A bar per slide under the overall one, from its first block until its last."""
-        from tqdm import tqdm
-
+        """A bar per slide under the overall one, from its first block until its last (on a
+        terminal only: elsewhere the overall lines say enough)."""
         if self.quiet or state.job is None:
             return
         if state.bar is None:
-            state.bar = tqdm(total=state.job.tiles_todo, unit="tile", leave=False,
-                             dynamic_ncols=True, desc=state.path.name, smoothing=0.1)
+            state.bar = progress.Progress(state.job.tiles_todo, state.path.name, bar_only=True)
         state.bar.update(tiles)
         if state.remaining == 0:
             self._close_bar(state)
@@ -337,9 +331,12 @@ class Runner:
         iou = score.get("iou")
         extra = f", IoU {iou:.3f}, Dice {score.get('dice'):.3f}" if iou is not None else ""
         tps = report.get("tiles_per_s") or 0.0
+        blocks = (f"; blocks phase {report['blocks_wall_s']:.1f} s, "
+                  f"{report.get('blocks_tiles_per_s') or 0.0:.1f} tiles/s"
+                  if report.get("blocks_wall_s") is not None else "")
         self.say(f"✓ {state.path.name}: {report['tiles']} tiles in {report['wall_s']:.1f} s "
-                 f"({tps:.1f} tiles/s), tumour {report['tumour_mm2']:.3f} mm²{extra} -> "
-                 f"{report['slide_dir']}")
+                 f"({tps:.1f} tiles/s{blocks}), tumour {report['tumour_mm2']:.3f} mm²{extra} "
+                 f"-> {report['slide_dir']}")
         for note in report.get("notes") or []:
             self.say(f"  note: {note}")
         self.write_run_json()

@@ -60,6 +60,9 @@ class Block:
         halo_yw, halo_xw, halo_h_px, halo_w_px: region read (every window touching the block).
         win_rows, win_cols: half-open index ranges into the plan's window grid.
         n_windows: windows of this block that touch tissue (those that are predicted).
+        n_owned: kept windows this block counts as its own: those whose start (clamped to the
+            image) lies in its owned region. Each kept window is owned by exactly one block,
+            so these sum to the plan's ``n_tiles`` (progress counts tiles as reports do).
     """
 
     row: int
@@ -75,6 +78,7 @@ class Block:
     win_rows: tuple[int, int]
     win_cols: tuple[int, int]
     n_windows: int
+    n_owned: int = 0
 
     @property
     def key(self) -> str:
@@ -168,6 +172,8 @@ def plan_blocks(
     # Prefix sums make "any kept window in this index range" O(1) per block.
     kc = np.zeros((len(sy) + 1, len(sx) + 1), dtype=np.int64)
     kc[1:, 1:] = keep.cumsum(0).cumsum(1)
+    # A window belongs to the block holding its start (clamped: short axes start below 0).
+    own_y, own_x = np.maximum(sy, 0), np.maximum(sx, 0)
     blocks = []
     n_rows = -(-height_px // block_px)
     n_cols = -(-width_px // block_px)
@@ -185,7 +191,10 @@ def plan_blocks(
                 continue
             hy0, hx0 = int(sy[i0]), int(sx[j0])
             hy1, hx1 = int(sy[i1 - 1]) + roi_px, int(sx[j1 - 1]) + roi_px
+            o_i0, o_i1 = np.searchsorted(own_y, [yw, yw + h], side="left")
+            o_j0, o_j1 = np.searchsorted(own_x, [xw, xw + w], side="left")
+            owned = int(kc[o_i1, o_j1] - kc[o_i0, o_j1] - kc[o_i1, o_j0] + kc[o_i0, o_j0])
             blocks.append(Block(row, col, yw, xw, h, w, hy0, hx0, hy1 - hy0, hx1 - hx0,
-                                (i0, i1), (j0, j1), n))
+                                (i0, i1), (j0, j1), n, owned))
     return BlockPlan(width_px, height_px, roi_px, step_px, block_px, chunk_px, sy, sx, keep,
                      tuple(blocks), n_rows * n_cols)
