@@ -43,7 +43,7 @@ from wsi_seg.mosaic import (
     open_mosaic,
     write_block,
 )
-from wsi_seg.naming import slide_identity, slide_stem, truth_candidates
+from wsi_seg.naming import TRUTH_PATTERNS, slide_identity, slide_stem, truth_candidates
 from wsi_seg.slide import Slide, open_slide
 from wsi_seg.tiling import Block, plan_blocks, step_for
 from wsi_seg.tissue import TissueConfig, find_tissue
@@ -74,7 +74,10 @@ class RunConfig:
         min_area_um2: smallest tumour region kept in the GeoJSON, µm².
         simplify_um: polygon simplification tolerance, µm.
         vectorize_level: mosaic pyramid level traced into polygons (0 = working MPP).
-        truth: ground-truth file, or a folder searched for ``<stem>.*`` truth files.
+        truth: ground-truth file, or a folder searched for the slide's truth file.
+        truth_patterns: file names tried in a truth folder, in order; ``{stem}`` is the
+            slide's output name, then its stem (:func:`naming.truth_candidates`), ``{name}`` its
+            file name.
         truth_classes: class names counted as tumour (None: the reader's default set).
         tissue: tissue detection settings.
         overwrite: redo finished slides.
@@ -95,6 +98,7 @@ class RunConfig:
     simplify_um: float = 1.0
     vectorize_level: int = 0
     truth: Path | None = None
+    truth_patterns: tuple[str, ...] = TRUTH_PATTERNS
     truth_classes: tuple[str, ...] | None = None
     tissue: TissueConfig = field(default_factory=TissueConfig)
     overwrite: bool = False
@@ -517,7 +521,8 @@ def _score(job: SlideJob, config: RunConfig, mosaic: Any, level: int, threshold:
     from wsi_seg.annotations import check_truth_fits, read_truth
     from wsi_seg.metrics import score_slide
 
-    truth_path = find_truth(config.truth, job.slide_path, job.stem) if config.truth else None
+    truth_path = (find_truth(config.truth, job.slide_path, job.stem, config.truth_patterns)
+                  if config.truth else None)
     if truth_path is None:
         return None, None, None, f"no ground truth found for {job.slide_path.name}"
     try:
@@ -529,12 +534,14 @@ def _score(job: SlideJob, config: RunConfig, mosaic: Any, level: int, threshold:
     return score, truth.geometry, truth_path, None
 
 
-def find_truth(truth: Path, slide_path: Path, name: str | None = None) -> Path | None:
+def find_truth(truth: Path, slide_path: Path, name: str | None = None,
+               patterns: tuple[str, ...] = TRUTH_PATTERNS) -> Path | None:
     """The truth file of a slide: ``truth`` itself, or the first of
     :func:`naming.truth_candidates` in the folder ``truth``."""
     if truth.is_file():
         return truth
-    return next((c for c in truth_candidates(truth, slide_path, name) if c.is_file()), None)
+    return next((c for c in truth_candidates(truth, slide_path, name, patterns)
+                 if c.is_file()), None)
 
 
 def _publish(job: SlideJob) -> None:
