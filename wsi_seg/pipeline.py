@@ -460,11 +460,10 @@ def finish_slide(job: SlideJob, config: RunConfig, block_times: dict[str, float]
     if not job.n_blocks:
         notes.append("no tissue found: the mosaic is all zero")
 
-    score, truth_geom, truth_path = None, None, None
+    score, truth_geom, truth_path, score_error = None, None, None, None
     if config.truth is not None:
-        score, truth_geom, truth_path, note = _score(job, config, mosaic, level, threshold)
-        if note:
-            notes.append(note)
+        score, truth_geom, truth_path, score_error = _score(job, config, mosaic, level,
+                                                            threshold)
         t = _lap(times, "score", t)
     with contextlib.suppress(WsiSegError), \
             slide_handles.hold(job.slide_path, config.slide_mpp) as slide:
@@ -509,6 +508,9 @@ def finish_slide(job: SlideJob, config: RunConfig, block_times: dict[str, float]
         "stage_s": {k: round(v, 4) for k, v in sorted(times.items())},
         "truth": str(truth_path) if truth_path else None,
         "score": score.as_dict() if score is not None else None,
+        # Set when a score was asked for (--truth) and none could be made truthfully: the
+        # run reports the slide as failed (its outputs are still published).
+        "score_error": score_error,
         "notes": notes,
     }
     write_json_atomic(job.work_dir / REPORT, report)
@@ -518,18 +520,21 @@ def finish_slide(job: SlideJob, config: RunConfig, block_times: dict[str, float]
 
 def _score(job: SlideJob, config: RunConfig, mosaic: Any, level: int, threshold: float
            ) -> tuple[Any, Any, Path | None, str | None]:
+    """``(score, truth geometry, truth path, error)``; the error says why no true score."""
     from wsi_seg.annotations import check_truth_fits, read_truth
     from wsi_seg.metrics import score_slide
 
     truth_path = (find_truth(config.truth, job.slide_path, job.stem, config.truth_patterns)
                   if config.truth else None)
     if truth_path is None:
-        return None, None, None, f"no ground truth found for {job.slide_path.name}"
+        tried = ", ".join(p.name for p in truth_candidates(
+            config.truth or Path("."), job.slide_path, job.stem, config.truth_patterns))
+        return None, None, None, f"no ground truth found in {config.truth} (tried {tried})"
     try:
         truth = check_truth_fits(read_truth(truth_path, config.truth_classes),
                                  job.slide_size_x0)
     except WsiSegError as exc:
-        return None, None, truth_path, f"truth not used: {exc}"
+        return None, None, truth_path, f"truth not usable: {exc}"
     score = score_slide(mosaic, truth.geometry, level, threshold=threshold)
     return score, truth.geometry, truth_path, None
 

@@ -11,6 +11,8 @@ truthful record; rerunning the same command resumes.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import platform
 import sys
@@ -168,9 +170,15 @@ class Runner:
         if self.config.overwrite:
             return False
         try:
-            return is_finished(self.config.out_dir, state.path, state.name)
+            done = is_finished(self.config.out_dir, state.path, state.name)
         except WsiSegError:
             return False
+        if done and self.config.truth is not None:
+            # A slide that could not be scored before is redone (the truth may be fixed now).
+            report = final_dir_for(self.config.out_dir, state.path, state.name) / "report.json"
+            with contextlib.suppress(OSError, ValueError):
+                return not json.loads(report.read_text(encoding="utf-8")).get("score_error")
+        return done
 
     def prepare(self) -> None:
         for state in self.states:
@@ -327,6 +335,12 @@ class Runner:
         state.status = "ok"
         report["slide_dir"] = str(final_dir_for(self.config.out_dir, state.path, state.name))
         state.report = report
+        if report.get("score_error"):
+            # Outputs are published, but the score the user asked for is not there: that is
+            # a failure of the run, said on stderr and in run.json.
+            state.status = "failed"
+            state.error = f"{state.path}: cannot score: {report['score_error']}"
+            self.say(f"wsi-seg: error: {state.error}", err=True)
         score = report.get("score") or {}
         iou = score.get("iou")
         extra = f", IoU {iou:.3f}, Dice {score.get('dice'):.3f}" if iou is not None else ""

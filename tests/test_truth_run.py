@@ -1,0 +1,66 @@
+"""A score asked for and not truthfully possible fails the slide (stderr, run.json, exit 1);
+the other slides still finish and are scored."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.model_fixtures import small_unet
+from wsi_seg.cli import main
+from wsi_seg.synth import write_synthetic_slide
+
+OPTS = ["--block", "256", "--chunk", "128", "--batch-size", "4", "--scheduler", "threads",
+        "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    d = tmp_path_factory.mktemp("truth")
+    for name, seed in (("good", 1), ("garbled", 2), ("elsewhere", 3), ("missing", 4)):
+        write_synthetic_slide(d / "slides" / f"{name}.svs", (1000, 800), seed=seed)
+    truth = d / "truth"
+    truth.mkdir()
+    shutil.copy(d / "slides" / "good.tumor.geojson", truth / "good.geojson")
+    (truth / "garbled.geojson").write_text("{ this is not json")
+    # Truth of a much larger slide: far outside this one.
+    far = {"type": "FeatureCollection", "features": [{
+        "type": "Feature", "properties": {"classification": {"name": "Tumor"}},
+        "geometry": {"type": "Polygon", "coordinates": [[[50000, 50000], [60000, 50000],
+                                                         [60000, 60000], [50000, 50000]]]}}]}
+    (truth / "elsewhere.geojson").write_text(json.dumps(far))
+    return d / "slides", truth, small_unet(d / "u.keras")
+
+
+def test_unscorable_slides_fail_and_the_others_finish(
+        case: tuple[Path, Path, Path], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    slides, truth, model = case
+    out = tmp_path / "out"
+    rc = main(["run", str(slides), "--out", str(out), "--model", str(model), "--truth",
+               str(truth), *OPTS])
+    assert rc == 1
+    err = capsys.readouterr().err
+    run = json.loads((out / "run.json").read_text())
+    by_name = {Path(s["slide"]).stem: s for s in run["slides"]}
+    assert by_name["good"]["status"] == "ok" and by_name["good"]["score"]["iou"] > 0
+    for name, why in (("garbled", "truth not usable"), ("elsewhere", "outside the slide"),
+                      ("missing", "no ground truth found")):
+        rec = by_name[name]
+        assert rec["status"] == "failed" and "cannot score" in rec["error"], rec
+        assert why in rec["error"]
+        assert sum(name in line and "cannot score" in line for line in err.splitlines()) == 1
+        # The outputs themselves are complete and kept.
+        assert (out / name / "mask.zarr" / "zarr.json").is_file()
+    assert run["failed"] == 3
+    # Rerun with the truth fixed: the unscored slides are done again and scored.
+    shutil.copy(slides / "missing.tumor.geojson", truth / "missing.geojson")
+    rc = main(["run", str(slides / "good.svs"), str(slides / "missing.svs"), "--out", str(out),
+               "--model", str(model), "--truth", str(truth), *OPTS])
+    assert rc == 0
+    run = json.loads((out / "run.json").read_text())
+    statuses = {Path(s["slide"]).stem: s["status"] for s in run["slides"]}
+    assert statuses == {"good": "skipped", "missing": "ok"}
