@@ -57,10 +57,13 @@ def test_slides_sharing_a_stem_get_their_own_outputs_and_truths(model: Path,
     d = tmp_path / "slides"
     write_synthetic_slide(d / "a" / "x.svs", (1200, 1000), seed=1)
     write_synthetic_slide(d / "b" / "x.svs", (1000, 1200), seed=2)
-    write_synthetic_slide(d / "case1.svs", (1100, 900), seed=3)
-    write_synthetic_slide(d / "case1.tif", (900, 1100), seed=4)
     truth = tmp_path / "truth"
     truth.mkdir()
+    for name, size, seed in (("case1.svs", (1100, 900), 3), ("case1.tif", (900, 1100), 4)):
+        staging = tmp_path / f"staging-{seed}"  # both would write case1.tumor.geojson
+        write_synthetic_slide(staging / name, size, seed=seed)
+        shutil.copy(staging / "case1.tumor.geojson", truth / f"{name}.geojson")
+        os.replace(staging / name, d / name)
     # Truth by output name tells same-stem slides apart.
     shutil.copy(d / "a" / "x.tumor.geojson", truth / "a__x.svs.geojson")
     shutil.copy(d / "b" / "x.tumor.geojson", truth / "b__x.svs.geojson")
@@ -78,6 +81,7 @@ def test_slides_sharing_a_stem_get_their_own_outputs_and_truths(model: Path,
     reports = {n: json.loads((out / n / "report.json").read_text()) for n in expect}
     assert reports["a__x.svs"]["truth"].endswith("a__x.svs.geojson")
     assert reports["b__x.svs"]["truth"].endswith("b__x.svs.geojson")
+    assert all(r["score"] is not None for r in reports.values())
     summary = (out / "summary.csv").read_text()
     assert all(name in summary for name in ("a__x.svs", "b__x.svs", "case1.svs", "case1.tif"))
     # The same command again finds every slide finished.
