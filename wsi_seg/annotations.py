@@ -27,15 +27,21 @@ Which classes count as tumour (``classes``):
 * ``ALL_CLASSES`` (``("*",)``): every area annotation, classified or not.
 
 Only areas count (Polygon, MultiPolygon, ImageScope rectangles/ellipses/freehand); points and
-lines are ignored. Invalid polygons are repaired with ``shapely.make_valid``. Any parse failure,
-or a file with no annotation of a tumour class, raises :class:`AnnotationError` (one line that
-names the file and the cause).
+lines are ignored. Invalid polygons are repaired with ``shapely.make_valid``.
+
+A file that holds no annotation at all (an empty FeatureCollection or list, an XML file with no
+``<Annotation>``) is a valid truth: "no tumour", so a blank slide scores empty-vs-empty. A file
+that holds annotations but none of a tumour class is refused instead: its classes are more
+likely named differently than meant (the message lists them).
+
+Any parse failure raises :class:`AnnotationError` (one line that names the file and the
+cause): malformed or truncated files, NaN or infinite coordinates, JSON nested too deeply, and
+files larger than :data:`MAX_TRUTH_BYTES` (a ``.gz`` by what it inflates to, so a
+decompression bomb is refused without being inflated in memory).
 """
 
 from __future__ import annotations
 
-import gzip
-import json
 import math
 import re
 import xml.etree.ElementTree as ET
@@ -50,6 +56,7 @@ from shapely.geometry import MultiPolygon, Polygon, shape
 from shapely.geometry.base import BaseGeometry
 
 from wsi_seg.errors import AnnotationError
+from wsi_seg.files import MiB, decode_json, gunzip_capped, read_capped, size_text
 
 ALL_CLASSES: tuple[str, ...] = ("*",)
 TUMOUR_STEMS = ("tumor", "tumour", "carcinom", "cancer", "metasta", "malignan", "neoplas")
@@ -57,6 +64,9 @@ TUMOUR_WORDS = frozenset({"cap", "idc", "dcis", "_0", "_1"})
 NEGATING_WORDS = frozenset({"non", "not", "no", "normal", "benign", "healthy"})
 CAMELYON_EXCLUSION_GROUP = "_2"
 MASK_SUFFIXES = frozenset({".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg"})
+# The most annotation text read (a .gz: inflated). Real whole-slide annotations are a few MB
+# (CAMELYON16's largest XML is about 2 MB); parsed, JSON takes ~10x its text in memory.
+MAX_TRUTH_BYTES = 256 * MiB
 
 
 @dataclass(frozen=True)
@@ -159,60 +169,74 @@ def _class_of(props: dict[str, Any]) -> str:
     return ""
 
 
-def _features(doc: Any) -> list[dict[str, Any]]:
-    """The Features of any top level QuPath accepts (FORMATS.md)."""
+def _features(doc: Any, path: Path) -> list[dict[str, Any]]:
+    """The Features of any top level QuPath accepts (FORMATS.md); may be empty ("no tumour")."""
     geometry_types = {"Polygon", "MultiPolygon", "Point", "MultiPoint", "LineString",
                       "MultiLineString", "GeometryCollection"}
+    feats: Any = None
     if isinstance(doc, list):
-        return [f for f in doc if isinstance(f, dict)]
-    if isinstance(doc, dict):
+        feats = doc
+    elif isinstance(doc, dict):
         kind = doc.get("type")
         if kind == "FeatureCollection":
             feats = doc.get("features")
-            return [f for f in feats if isinstance(f, dict)] if isinstance(feats, list) else []
-        if kind == "Feature":
-            return [doc]
-        if kind in geometry_types:
-            return [{"type": "Feature", "geometry": doc, "properties": {}}]
-    return []
-
-
-def _parse_geojson(path: Path, allow_empty: bool = False) -> list[_Annotation]:
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as exc:
-            raise AnnotationError(f"truncated or corrupt gzip: {exc}", path) from None
-    try:
-        doc = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise AnnotationError(f"malformed JSON: {exc}", path) from None
-    features = _features(doc)
-    if allow_empty and isinstance(doc, dict) and doc.get("type") == "FeatureCollection" \
-            and doc.get("features") == []:
-        return []  # a prediction with no tumour
-    if not features:
+        elif kind == "Feature":
+            feats = [doc]
+        elif kind in geometry_types:
+            feats = [{"type": "Feature", "geometry": doc, "properties": {}}]
+    if not isinstance(feats, list):
         raise AnnotationError("no GeoJSON Features (expected a FeatureCollection, a Feature, "
                               "a list of Features or a geometry)", path)
-    out = []
-    for i, feat in enumerate(features):
-        geom_json = feat.get("geometry")
-        if not isinstance(geom_json, dict):
-            continue
-        try:
+    for i, feat in enumerate(feats):
+        if not isinstance(feat, dict):
+            raise AnnotationError(f"feature {i} is not a JSON object", path)
+    return feats
+
+
+def _read_json_doc(path: Path) -> Any:
+    """The parsed JSON of a (possibly gzip) file, within :data:`MAX_TRUTH_BYTES`."""
+    with open(path, "rb") as fh:
+        gzipped = fh.read(2) == b"\x1f\x8b"
+    raw = (gunzip_capped(path, MAX_TRUTH_BYTES, AnnotationError, "annotation file") if gzipped
+           else read_capped(path, MAX_TRUTH_BYTES, AnnotationError, "annotation file"))
+    return decode_json(raw, path, AnnotationError)
+
+
+def _shape(geom_json: dict[str, Any], i: int, path: Path) -> BaseGeometry:
+    """A Feature's geometry; AnnotationError for one shapely cannot build or with a NaN or
+    infinite coordinate (GEOS cannot repair or measure those)."""
+    try:
+        # errstate: NaN coordinates raise our one line below, not a numpy warning first.
+        with np.errstate(invalid="ignore"):
             geom = shape(geom_json)
-        except Exception as exc:  # shapely raises several types for bad coordinates
-            raise AnnotationError(f"feature {i}: bad geometry: {exc}", path) from None
-        polys = _drawn_areas(geom)
+            coords = shapely.get_coordinates(geom)
+    except Exception as exc:  # shapely raises several types for bad coordinates
+        raise AnnotationError(f"feature {i}: bad geometry: {exc}", path) from None
+    if not np.isfinite(coords).all():
+        raise AnnotationError(f"feature {i}: NaN or infinite coordinate", path)
+    return geom
+
+
+def _parse_geojson(path: Path) -> list[_Annotation]:
+    out = []
+    for i, feat in enumerate(_features(_read_json_doc(path), path)):
         props = feat.get("properties")
-        out.append(_Annotation(_class_of(props if isinstance(props, dict) else {}), tuple(polys)))
+        name = _class_of(props if isinstance(props, dict) else {})
+        geom_json = feat.get("geometry")
+        polys = _drawn_areas(_shape(geom_json, i, path)) if isinstance(geom_json, dict) else []
+        out.append(_Annotation(name, tuple(polys)))
     return out
 
 
 # ------------------------------------------------------------------------------------- XML
 
 def _xml_root(path: Path) -> ET.Element:
+    """The parsed XML tree. Expat (>= 2.4) refuses entity-expansion bombs itself and external
+    entities are never fetched; the size cap bounds the tree (about 10x the text)."""
+    size = path.stat().st_size
+    if size > MAX_TRUTH_BYTES:
+        raise AnnotationError(f"annotation file is {size_text(size)}, more than the "
+                              f"{size_text(MAX_TRUTH_BYTES)} allowed", path)
     try:
         return ET.parse(path).getroot()
     except ET.ParseError as exc:
@@ -233,10 +257,12 @@ def _parse_asap(root: ET.Element, path: Path) -> list[_Annotation]:
     out = []
     for ann in root.iter("Annotation"):
         kind = (ann.get("Type") or "Polygon").casefold()
-        if kind in {"dot", "pointset", "point", "measurement", "line", "polyline"}:
-            continue  # not areas
         group = ann.get("PartOfGroup") or "None"
         name = group if group != "None" else (ann.get("Name") or "")
+        if kind in {"dot", "pointset", "point", "measurement", "line", "polyline"}:
+            # Not an area, but an annotation: a file of points is not an empty truth.
+            out.append(_Annotation(name, ()))
+            continue
         coords = sorted(ann.iter("Coordinate"), key=lambda c: int(float(c.get("Order") or 0)))
         xy = [(_float(c.get("X"), path, "X"), _float(c.get("Y"), path, "Y")) for c in coords]
         polys = _polygon_from_xy(xy)
@@ -276,10 +302,11 @@ def _parse_imagescope(root: ET.Element, path: Path) -> list[_Annotation]:
         name = next((label for label in labels if label.strip()), "")
         positive: list[Polygon | MultiPolygon] = []
         negative: list[Polygon | MultiPolygon] = []
-        for region in ann.iter("Region"):
+        regions = list(ann.iter("Region"))
+        for region in regions:
             polys = _imagescope_region(region, path)
             (negative if region.get("NegativeROA") == "1" else positive).extend(polys)
-        if positive or negative:
+        if regions:  # a layer with no region drawn is nothing; rulers and arrows are something
             out.append(_Annotation(name, tuple(positive), tuple(negative)))
     return out
 
@@ -385,15 +412,22 @@ def read_truth(path: str | Path, classes: Sequence[str] | None = None, *,
         classes: which classes count as tumour (module doc); None = the default name rules.
         mask_mpp, slide_mpp, mask_px_x0: a mask's resolution (only for masks).
 
+    Returns:
+        The truth; its geometry is empty when the file holds no annotation at all (an empty
+        FeatureCollection: "no tumour").
+
     Raises:
-        AnnotationError: unreadable, malformed or truncated file, or no tumour-class area
-            annotation in it (the message lists the classes found).
+        AnnotationError: unreadable, malformed, truncated or oversized file, NaN or infinite
+            coordinates, or annotations none of which is a tumour-class area (the message
+            lists the classes found).
     """
     path = Path(path)
     if path.is_dir() or path.suffix.casefold() in MASK_SUFFIXES:
         return read_mask_truth(path, mask_px_x0=mask_px_x0, mask_mpp=mask_mpp,
                                slide_mpp=slide_mpp)
     annotations = _parse(path)
+    if not annotations:
+        return Truth(path, (), MultiPolygon(), (), ())
     all_classes = sorted({a.class_name for a in annotations})
     kept = [a for a in annotations
             if is_tumour_class(a.class_name, classes) and a.class_name != CAMELYON_EXCLUSION_GROUP]
@@ -418,12 +452,13 @@ def read_prediction_geojson(path: str | Path) -> BaseGeometry:
     (Multi)Polygon in level-0 px; an empty FeatureCollection is an empty prediction.
 
     Raises:
-        AnnotationError: unreadable, malformed or truncated file.
+        AnnotationError: unreadable, malformed, truncated or oversized file, or NaN or infinite
+            coordinates.
     """
     path = Path(path)
     if not path.is_file():
         raise AnnotationError("no such file", path)
-    polys = [p for a in _parse_geojson(path, allow_empty=True) for p in a.polygons]
+    polys = [p for a in _parse_geojson(path) for p in a.polygons]
     return shapely.union_all(polys) if polys else MultiPolygon()
 
 

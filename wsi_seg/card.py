@@ -8,19 +8,21 @@ A model is two files side by side::
 
 :func:`load_model` refuses anything it cannot vouch for, each with one line naming the file:
 a file that is not a Keras archive, a missing or malformed card, a card that does not match the
-archive (hash, kind, input shape, channels) and an archive holding a ``Lambda`` layer or custom
-classes (arbitrary code on load). Keras' own ``safe_mode`` is the second gate.
+archive (hash, kind, input shape, channels), an archive holding a ``Lambda`` layer or custom
+classes (arbitrary code on load), and an archive whose members would inflate past
+:data:`MAX_CONFIG_BYTES` (``config.json``, ``metadata.json``) or :data:`MAX_WEIGHTS_BYTES`
+(anything else), a decompression bomb. Keras' own ``safe_mode`` is the second gate.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import math
 import os
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,12 +30,26 @@ from typing import Any
 
 from wsi_seg import __version__
 from wsi_seg.errors import ModelError
+from wsi_seg.files import GiB, MiB, atomic_path, decode_json, read_capped, size_text, write_atomic
 
 CARD_FORMAT = "wsi-seg-model-card/1"
 KINDS = ("unet", "patch")
 NORMALISATIONS = ("divide_255", "minus1_1")
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 BUNDLED = {"unet": "unet_demo.keras", "patch": "patch_demo.keras"}
+
+# Ceilings on what a model file may make us read (bytes). Keras' cards and configs are tens of
+# kB; the bundled demo weights are 1 MB and a large UNet's a few hundred MB.
+MAX_CARD_BYTES = 16 * MiB
+JSON_MEMBERS = ("config.json", "metadata.json")
+MAX_CONFIG_BYTES = 64 * MiB  # each of JSON_MEMBERS, inflated
+MAX_WEIGHTS_BYTES = 4 * GiB  # any other member, inflated
+MAX_ARCHIVE_BYTES = MAX_WEIGHTS_BYTES + 2 * MAX_CONFIG_BYTES  # all members together
+MAX_MEMBERS = 10_000
+# Keras stores members uncompressed, and recompressing one gains ~1.1x on weights and ~10x on
+# JSON; deflate reaches ~1000x only on filler. Past this ratio (and this size) it is a bomb.
+MAX_INFLATION = 100
+INFLATION_FLOOR = 64 * MiB
 
 
 @dataclass(frozen=True)
@@ -116,6 +132,8 @@ class ModelCard:
             return cls.from_dict(json.loads(text))
         except json.JSONDecodeError as exc:
             raise ValueError(f"card is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        except RecursionError:  # json.loads on input nested deeper than the recursion limit
+            raise ValueError("card is not valid JSON (nested too deeply)") from None
 
 
 def _finite(node: Any) -> Any:
@@ -184,9 +202,7 @@ def save_model(model: Any, card: ModelCard, path: str | os.PathLike[str]) -> Mod
         raise ModelError("model files must end in .keras", path)
     check_model_matches_card(model, card, path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_model = path.with_name(f".{path.stem}.{os.getpid()}.tmp.keras")
-    tmp_card = path.with_name(f".{path.stem}.{os.getpid()}.tmp.json")
-    try:
+    with atomic_path(path) as tmp_model:  # keeps the .keras suffix Keras insists on
         model.save(tmp_model)
         final = dataclasses.replace(
             card,
@@ -194,13 +210,7 @@ def save_model(model: Any, card: ModelCard, path: str | os.PathLike[str]) -> Mod
             versions=library_versions(),
             created=datetime.now(UTC).replace(microsecond=0).isoformat(),
         )
-        tmp_card.write_text(final.to_json(), encoding="utf-8")
-        os.replace(tmp_model, path)
-        os.replace(tmp_card, card_path(path))
-    finally:
-        for tmp in (tmp_model, tmp_card):
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+    write_atomic(card_path(path), final.to_json())
     return final
 
 
@@ -210,29 +220,97 @@ def read_card(path: str | os.PathLike[str]) -> ModelCard:
     cpath = card_path(path)
     if not cpath.is_file():
         raise ModelError(f"model card {cpath.name} not found beside the model", path)
+    raw = read_capped(cpath, MAX_CARD_BYTES, ModelError, "model card")
     try:
-        return ModelCard.from_json(cpath.read_text(encoding="utf-8"))
-    except (ValueError, TypeError) as exc:
+        return ModelCard.from_json(raw.decode("utf-8"))
+    except (ValueError, TypeError) as exc:  # UnicodeDecodeError is a ValueError
         raise ModelError(f"bad model card: {exc}", cpath) from None
-    except OSError as exc:
-        raise ModelError(f"cannot read model card ({exc.strerror})", cpath) from None
+
+
+def _check_members(zf: zipfile.ZipFile, path: Path) -> None:
+    """ModelError unless every member of the archive is within its size ceiling.
+
+    Declared sizes are enough: ``zipfile`` never returns more than a member's declared size
+    (it stops there and checks the CRC) when inflating stored or deflated members, so they
+    bound what Keras reads too. Other methods are refused: ``zipfile`` inflates a bzip2/lzma
+    read in one piece before cutting it to size.
+    """
+    infos = zf.infolist()
+    if len(infos) > MAX_MEMBERS:
+        raise ModelError(f"not a Keras .keras file ({len(infos)} archive members)", path)
+    total = 0
+    for info in infos:
+        name = info.filename
+        if info.flag_bits & 0x1:
+            raise ModelError(f"archive member {name!r} is encrypted", path)
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise ModelError(f"archive member {name!r} uses compression method "
+                             f"{info.compress_type}; Keras writes stored or deflated members",
+                             path)
+        cap = MAX_CONFIG_BYTES if name in JSON_MEMBERS else MAX_WEIGHTS_BYTES
+        if info.file_size > cap:
+            raise ModelError(f"archive member {name!r} inflates to {size_text(info.file_size)}, "
+                             f"more than the {size_text(cap)} allowed", path)
+        total += info.file_size
+    on_disk = path.stat().st_size
+    if total > MAX_ARCHIVE_BYTES or (total > INFLATION_FLOOR
+                                     and total > MAX_INFLATION * on_disk):
+        raise ModelError(f"archive inflates to {size_text(total)} from "
+                         f"{size_text(on_disk)} on disk: refused as a decompression bomb", path)
 
 
 def _archive_config(path: Path) -> dict[str, Any]:
-    """The architecture JSON inside a ``.keras`` archive; ModelError if it is not one."""
+    """The architecture JSON inside a ``.keras`` archive; ModelError if it is not one, or if
+    a member would inflate past its ceiling (checked before anything is inflated)."""
     try:
         with zipfile.ZipFile(path) as zf:
             names = set(zf.namelist())
             if "config.json" not in names or "model.weights.h5" not in names:
                 raise ModelError("not a Keras 3 .keras archive (no config.json/weights)", path)
-            config = json.loads(zf.read("config.json"))
+            _check_members(zf, path)
+            try:
+                with zf.open("config.json") as fh:
+                    raw = fh.read(MAX_CONFIG_BYTES + 1)
+            except (zipfile.BadZipFile, EOFError, zlib.error) as exc:
+                raise ModelError(f"corrupt .keras archive (config.json: {exc})", path) from None
     except zipfile.BadZipFile:
         raise ModelError("not a Keras .keras file (not a zip archive)", path) from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ModelError("not a Keras .keras file (unreadable config.json)", path) from None
+    except OSError as exc:
+        raise ModelError(f"cannot read model file ({exc.strerror or exc})", path) from None
+    config = decode_json(raw, path, ModelError, "config.json in the .keras archive")
     if not isinstance(config, dict):
         raise ModelError("not a Keras .keras file (config is not an object)", path)
     return config
+
+
+def declared_input_shape(config: dict[str, Any]) -> tuple[Any, ...] | None:
+    """The model input's ``(batch, h, w, c)`` as the architecture JSON declares it.
+
+    None when it cannot tell: no single ``InputLayer`` among the top-level layers (a
+    Sequential model built without one, several inputs); :func:`load_model` then checks the
+    built model instead.
+    """
+    inner = config.get("config")
+    layers = inner.get("layers") if isinstance(inner, dict) else None
+    if not isinstance(layers, list):
+        return None
+    shapes = []
+    for layer in layers:
+        if isinstance(layer, dict) and layer.get("class_name") == "InputLayer":
+            cfg = layer.get("config")
+            cfg = cfg if isinstance(cfg, dict) else {}
+            shapes.append(cfg.get("batch_shape", cfg.get("batch_input_shape")))
+    if len(shapes) != 1 or not isinstance(shapes[0], list):
+        return None
+    return tuple(shapes[0])
+
+
+def _input_problem(in_shape: tuple[Any, ...], card: ModelCard) -> str | None:
+    """Why a model input of ``in_shape`` (batch first) does not fit the card, or None."""
+    if in_shape == (None, card.input_size_px, card.input_size_px, card.channels):
+        return None
+    return (f"model input {_shape(in_shape)} does not match the card "
+            f"({card.input_size_px}x{card.input_size_px}x{card.channels})")
 
 
 def unsafe_parts(config: Any) -> list[str]:
@@ -242,8 +320,11 @@ def unsafe_parts(config: Any) -> list[str]:
     rather than trusted. Returns human-readable descriptions, empty when the config is clean.
     """
     found: list[str] = []
-
-    def walk(node: Any) -> None:
+    # A stack, not recursion: a config nested almost as deep as json.loads allows would
+    # overflow a recursive walk.
+    stack = [config]
+    while stack:
+        node = stack.pop()
         if isinstance(node, dict):
             cls = node.get("class_name")
             module = node.get("module")
@@ -253,14 +334,9 @@ def unsafe_parts(config: Any) -> list[str]:
                 module == "keras" or module.startswith("keras.")
             ):
                 found.append(f"custom class {cls!r} from module {module!r}")
-            for key, value in node.items():
-                if key != "compile_config":
-                    walk(value)
+            stack.extend(v for k, v in node.items() if k != "compile_config")
         elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(config)
+            stack.extend(node)
     return sorted(set(found))
 
 
@@ -272,13 +348,11 @@ def check_model_matches_card(model: Any, card: ModelCard, path: str | os.PathLik
         out_shape = tuple(model.outputs[0].shape)
     except (AttributeError, IndexError, TypeError):
         raise ModelError("model has no single input and output", path) from None
-    want_in = (None, card.input_size_px, card.input_size_px, card.channels)
-    if len(model.inputs) != 1 or in_shape != want_in:
-        raise ModelError(
-            f"model input {_shape(in_shape)} does not match the card "
-            f"({card.input_size_px}x{card.input_size_px}x{card.channels})",
-            path,
-        )
+    problem = _input_problem(in_shape, card)
+    if len(model.inputs) != 1:
+        problem = f"model has {len(model.inputs)} inputs; wsi-seg feeds one"
+    if problem:
+        raise ModelError(problem, path)
     want_out = (
         (None, card.input_size_px, card.input_size_px, 1) if card.kind == "unet" else (None, 1)
     )
@@ -297,9 +371,10 @@ def _shape(shape: tuple[Any, ...]) -> str:
 def verify_model_file(path: str | os.PathLike[str]) -> ModelCard:
     """Every check of :func:`load_model` that needs no TensorFlow; returns the card.
 
-    The file exists and is a Keras 3 archive; the card exists and parses; the card's sha256
-    matches the file; the architecture holds no Lambda layer or custom classes. Cheap enough
-    for a client to run before starting any worker.
+    The file exists and is a Keras 3 archive whose members stay within their size ceilings;
+    the card exists and parses; the card's sha256 matches the file; the architecture holds no
+    Lambda layer or custom classes; the input it declares matches the card. Cheap enough for
+    a client to run before starting any worker (milliseconds plus hashing the file).
     """
     p = Path(path)
     if not p.exists():
@@ -324,6 +399,10 @@ def verify_model_file(path: str | os.PathLike[str]) -> ModelCard:
             "on load; rebuild it from standard Keras layers",
             p,
         )
+    declared = declared_input_shape(config)
+    problem = None if declared is None else _input_problem(declared, card)
+    if problem:
+        raise ModelError(problem, p)
     return card
 
 

@@ -1,35 +1,70 @@
-"""Writing files so that readers never see half of one.
+"""Reading and writing files safely: atomic writes, and reads with a ceiling.
 
-Every output is written under a temporary name in the same folder and renamed into place
-(atomic on POSIX filesystems), so a crash leaves either the old file or the new one, never a
-truncated file under the final name.
+Writes: every output is written under a temporary name in the same folder and renamed into
+place (atomic on POSIX filesystems), so a crash leaves either the old file or the new one, never
+a truncated file under the final name. :func:`write_atomic` takes the bytes; :func:`atomic_path`
+lends a temporary path to a writer that wants a file name (Keras, tifffile, h5py).
+
+Reads: user files are read with a byte ceiling (:func:`read_capped`, :func:`gunzip_capped`), so
+a huge file or a decompression bomb (a 1 MB ``.gz`` that inflates to 1 GiB) is refused with one
+line instead of filling memory, and JSON is parsed by :func:`decode_json`, which turns every
+parse failure (nesting too deep included) into that same kind of line.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import json
 import os
 import threading
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from wsi_seg.errors import WsiSegError
 
-def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> Path:
-    """Write ``data`` (text is UTF-8 encoded) to ``path`` atomically; return the path."""
+KiB = 1 << 10
+MiB = 1 << 20
+GiB = 1 << 30
+_CHUNK = 1 * MiB  # read and inflate step: the most a refused bomb ever holds at once
+
+
+def _temp_path(p: Path) -> Path:
+    """A hidden temporary name beside ``p`` that keeps ``p``'s suffixes (``.keras``,
+    ``.weights.h5``, ``.tif``), since some writers pick the format from the name.
+
+    pid + thread: concurrent writers of the same file (threads of one worker) never share it.
+    """
+    stem, dot, suffixes = p.name.partition(".")
+    return p.with_name(f".{stem}.{os.getpid()}.{threading.get_ident()}.tmp{dot}{suffixes}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A temporary path for a writer that wants a file name; renamed to ``path`` when the block
+    ends without an exception, removed otherwise.
+
+    Example: ``with atomic_path(out / "x.keras") as tmp: model.save(tmp)``.
+    """
     p = Path(path)
-    # pid + thread: concurrent writers of the same file (threads of one worker) never share
-    # a temporary name.
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    raw = data.encode("utf-8") if isinstance(data, str) else data
+    tmp = _temp_path(p)
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(raw)
+        yield tmp
         os.replace(tmp, p)
     finally:
         tmp.unlink(missing_ok=True)
-    return p
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> Path:
+    """Write ``data`` (text is UTF-8 encoded) to ``path`` atomically; return the path."""
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(raw)
+    return Path(path)
 
 
 def _json_default(obj: Any) -> Any:
@@ -49,3 +84,93 @@ def _json_default(obj: Any) -> Any:
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
     """Write ``obj`` as indented JSON atomically (paths, numpy scalars, dataclasses allowed)."""
     return write_atomic(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+# ------------------------------------------------------------------------------- reading
+
+def size_text(n_bytes: int) -> str:
+    """``n_bytes`` for a message: ``"1.0 GiB"``, ``"64 MiB"``, ``"512 bytes"``."""
+    for unit, size in (("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
+        if n_bytes >= size:
+            return f"{n_bytes / size:.3g} {unit}"
+    return f"{n_bytes} bytes"
+
+
+def read_capped(path: str | os.PathLike[str], max_bytes: int,
+                error: type[WsiSegError] = WsiSegError, what: str = "file") -> bytes:
+    """The bytes of ``path``, refusing a file of more than ``max_bytes`` bytes.
+
+    The size is checked before reading and again while reading (a file can grow, or be a pipe
+    whose size ``stat`` does not know), so at most ``max_bytes + 1`` bytes are ever held.
+
+    Raises:
+        error: the file is too large or cannot be read (one line naming the file).
+    """
+    p = Path(path)
+    try:
+        with open(p, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size > max_bytes:
+                raise error(f"{what} is {size_text(size)}, more than the "
+                            f"{size_text(max_bytes)} allowed", p)
+            raw = fh.read(max_bytes + 1)
+    except OSError as exc:
+        raise error(f"cannot read {what} ({exc.strerror or exc})", p) from None
+    if len(raw) > max_bytes:
+        raise error(f"{what} is more than the {size_text(max_bytes)} allowed", p)
+    return raw
+
+
+def _inflated_size(path: Path, max_bytes: int) -> int:
+    """Bytes a gzip file inflates to, counting up to ``max_bytes + 1`` (then stopping) and
+    keeping nothing: memory stays one chunk whatever the file holds."""
+    total = 0
+    with gzip.open(path, "rb") as fh:
+        while total <= max_bytes:
+            chunk = fh.read(_CHUNK)
+            if not chunk:
+                break
+            total += len(chunk)
+    return total
+
+
+def gunzip_capped(path: str | os.PathLike[str], max_bytes: int,
+                  error: type[WsiSegError] = WsiSegError, what: str = "file") -> bytes:
+    """The inflated content of a gzip file (every member), refusing more than ``max_bytes``.
+
+    The file is inflated twice: first only counting, so a bomb is refused having held one
+    1 MiB chunk, never its output; then for real. Inflating is fast (hundreds of MB/s), so the
+    second pass costs little next to parsing what it returns.
+
+    Raises:
+        error: it inflates to more than ``max_bytes``, or is truncated or corrupt.
+    """
+    p = Path(path)
+    try:
+        if _inflated_size(p, max_bytes) > max_bytes:
+            raise error(f"{what} inflates to more than the {size_text(max_bytes)} allowed "
+                        "(a decompression bomb, or far larger than any annotation)", p)
+        with gzip.open(p, "rb") as fh:
+            return fh.read(max_bytes + 1)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise error(f"truncated or corrupt gzip: {exc or type(exc).__name__}", p) from None
+    except OSError as exc:
+        raise error(f"cannot read {what} ({exc.strerror or exc})", p) from None
+
+
+def decode_json(raw: bytes | str, path: str | Path | None = None,
+                error: type[WsiSegError] = WsiSegError, what: str = "JSON") -> Any:
+    """Parse JSON text, turning every failure into one ``error`` line naming ``path``.
+
+    ``json.loads`` raises RecursionError, not a parse error, on input nested deeper than
+    Python's recursion limit (``"[" * 100000`` is 100 kB): that is bad input too.
+    """
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise error(f"malformed {what}: {exc.msg} at line {exc.lineno} column {exc.colno}",
+                    path) from None
+    except UnicodeDecodeError:
+        raise error(f"malformed {what}: not UTF-8 text", path) from None
+    except RecursionError:
+        raise error(f"malformed {what}: nested too deeply to parse", path) from None
