@@ -64,3 +64,19 @@ def test_unscorable_slides_fail_and_the_others_finish(
     run = json.loads((out / "run.json").read_text())
     statuses = {Path(s["slide"]).stem: s["status"] for s in run["slides"]}
     assert statuses == {"good": "skipped", "missing": "ok"}
+
+
+def test_a_tiny_slide_keeps_its_tissue_and_says_what_the_rules_did(
+        tmp_path: Path, case: tuple[Path, Path, Path]) -> None:
+    """300 x 200 px (0.015 mm²): smaller than the default tissue minimum of 10,000 µm² was
+    once 'no tissue found'; minimums now scale to the slide and the notes say so."""
+    _, _, model = case
+    write_synthetic_slide(tmp_path / "s" / "tiny.svs", (300, 200), seed=1)
+    out = tmp_path / "out"
+    assert main(["run", str(tmp_path / "s"), "--out", str(out), "--model", str(model),
+                 *OPTS]) == 0
+    rep = json.loads((out / "tiny" / "report.json").read_text())
+    assert rep["tiles"] >= 1 and rep["tissue_mm2"] > 0
+    assert not any("no tissue" in n for n in rep["notes"])
+    assert rep["min_area_um2"] == pytest.approx(150.0)
+    assert any("scaled to 1%" in n for n in rep["notes"])

@@ -46,7 +46,7 @@ from wsi_seg.mosaic import (
 from wsi_seg.naming import TRUTH_PATTERNS, slide_identity, slide_stem, truth_candidates
 from wsi_seg.slide import Slide, open_slide
 from wsi_seg.tiling import Block, plan_blocks, step_for
-from wsi_seg.tissue import TissueConfig, find_tissue
+from wsi_seg.tissue import MIN_AREA_SLIDE_FRACTION, TissueConfig, find_tissue, scaled_minimum
 
 PARTIAL_SUFFIX = ".partial"
 #: Windows a block hands the predictor at a time when the batch size is left to the device.
@@ -159,6 +159,8 @@ class SlideJob:
     tissue_mm2: float
     tissue_polygons: tuple[Any, ...]
     slide_identity: dict[str, Any]
+    tissue_note: str
+    slide_area_um2: float
     config_digest: str
     block_px: int
     slide_size_x0: tuple[int, int]
@@ -287,6 +289,9 @@ def prepare_slide(slide_path: Path, config: RunConfig, name: str | None = None) 
                           "slide_size": slide.dimensions, "batch": config.infer.batch_size,
                           "slide_identity": identity})
         tissue_fraction, tissue_mm2, slide_mpp = tissue.fraction, tissue.area_mm2, slide.mpp
+        tissue_note = tissue.note() if tissue.n_dropped or tissue.empty else ""
+        _, _, bw, bh = slide.bounds_x0
+        slide_area_um2 = bw * bh * slide.mpp * slide.mpp
         slide_size_x0 = slide.dimensions
         tissue_polys = tuple(tissue.polygons)
     final_dir = final_dir_for(config.out_dir, slide_path, stem)
@@ -304,7 +309,8 @@ def prepare_slide(slide_path: Path, config: RunConfig, name: str | None = None) 
         n_blocks=len(plan.blocks), n_blocks_done=len(plan.blocks) - len(tasks),
         n_tiles=plan.n_tiles, n_tile_predictions=plan.n_tile_predictions,
         tissue_fraction=tissue_fraction, tissue_mm2=tissue_mm2, tissue_polygons=tissue_polys,
-        slide_identity=identity, config_digest=digest, block_px=config.block_px,
+        slide_identity=identity, tissue_note=tissue_note, slide_area_um2=slide_area_um2,
+        config_digest=digest, block_px=config.block_px,
         slide_size_x0=slide_size_x0,
     )
 
@@ -450,8 +456,9 @@ def finish_slide(job: SlideJob, config: RunConfig, block_times: dict[str, float]
     t = _lap(times, "pyramid", t)
     threshold = config.threshold if config.threshold is not None else job.card.threshold
     level = min(config.vectorize_level, mosaic.n_levels - 1)
+    min_area_um2 = scaled_minimum(config.min_area_um2, job.slide_area_um2)
     regions = vectorize_mosaic(mosaic, level, threshold=threshold,
-                               min_area_um2=config.min_area_um2, simplify_um=config.simplify_um)
+                               min_area_um2=min_area_um2, simplify_um=config.simplify_um)
     t = _lap(times, "vectorize", t)
     write_geojson(regions, job.work_dir / "tumor.geojson")
     t = _lap(times, "geojson", t)
@@ -459,6 +466,13 @@ def finish_slide(job: SlideJob, config: RunConfig, block_times: dict[str, float]
     notes: list[str] = []
     if not job.n_blocks:
         notes.append("no tissue found: the mosaic is all zero")
+    if job.tissue_note and job.tissue_note != "no tissue found":
+        notes.append(job.tissue_note)  # what was found, and what the minimum dropped
+    if min_area_um2 < config.min_area_um2:
+        notes.append(f"tumour regions under {min_area_um2:,.1f} µm² dropped: the minimum of "
+                     f"{config.min_area_um2:,.0f} µm² is scaled to "
+                     f"{MIN_AREA_SLIDE_FRACTION:.0%} of this {job.slide_area_um2 / 1e6:.4f} mm² "
+                     "slide")
 
     score, truth_geom, truth_path, score_error = None, None, None, None
     if config.truth is not None:
@@ -492,6 +506,7 @@ def finish_slide(job: SlideJob, config: RunConfig, block_times: dict[str, float]
         "tumour_mm2": round(tumour_mm2, 4),
         "tumour_regions": len(regions),
         "threshold": threshold,
+        "min_area_um2": min_area_um2,
         # The slide's whole time (blocks, then pyramid, polygons, scores, overlay), and the
         # blocks phase alone beside it, named as such.
         "wall_s": round(wall_s, 3),

@@ -70,7 +70,8 @@ class Progress:
         self.last = now
         rate = self.done / (now - self.t0) if now > self.t0 else 0.0
         pct = 100.0 * self.done / self.total if self.total else 100.0
-        left = f", about {duration((self.total - self.done) / rate)} left" if rate > 0 else ""
+        left = (f", about {duration((self.total - self.done) / rate)} left"
+                if rate > 0 and self.done < self.total else "")
         print(f"progress ({self.desc}): {self.done:,} / {self.total:,} tiles ({pct:.1f} %), "
               f"{rate:.1f} tiles/s{left}", file=self.stream, flush=True)
 

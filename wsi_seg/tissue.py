@@ -33,7 +33,8 @@ class TissueConfig:
         max_view_px: longest side of the analysis view; bounds memory for any slide size.
         od_floor: the lowest OD threshold Otsu may choose (glass noise stays below it).
         close_um, open_um: structuring element diameters, µm.
-        min_area_um2: smallest tissue component kept, µm².
+        min_area_um2: smallest tissue component kept, µm² (scaled down on small slides:
+            :func:`scaled_minimum`).
     """
 
     view_mpp: float = 8.0
@@ -58,6 +59,10 @@ class TissueMask:
     origin_y0: float
     slide_mpp: float
     threshold_od: float
+    n_regions: int = 0
+    n_dropped: int = 0
+    dropped_um2: float = 0.0
+    min_area_um2: float = 0.0
 
     @property
     def fraction(self) -> float:
@@ -73,6 +78,15 @@ class TissueMask:
     @property
     def empty(self) -> bool:
         return not bool(self.mask.any())
+
+    def note(self) -> str:
+        """What was found and what the minimum-area rule dropped, in one sentence."""
+        found = (f"tissue: {self.n_regions} region(s), {self.area_mm2:.3f} mm²" if
+                 self.n_regions else "no tissue found")
+        if self.n_dropped:
+            found += (f"; {self.n_dropped} region(s) under the minimum of "
+                      f"{self.min_area_um2:,.0f} µm² dropped ({self.dropped_um2 / 1e6:.4f} mm²)")
+        return found
 
     @cached_property
     def _integral(self) -> np.ndarray:
@@ -183,12 +197,42 @@ def optical_density(rgb: np.ndarray) -> np.ndarray:
     return od
 
 
+#: A minimum area never exceeds this share of the slide's area: a rule meant to drop dust on a
+#: 20 mm² slide must not drop everything on a 0.02 mm² crop.
+MIN_AREA_SLIDE_FRACTION = 0.01
+
+
+def scaled_minimum(min_area_um2: float, slide_area_um2: float) -> float:
+    """The minimum region area to apply on a slide of ``slide_area_um2``: the configured
+    ``min_area_um2``, or :data:`MIN_AREA_SLIDE_FRACTION` of the slide when that is smaller."""
+    return min(min_area_um2, MIN_AREA_SLIDE_FRACTION * slide_area_um2)
+
+
+@dataclass(frozen=True)
+class TissueFound:
+    """A tissue mask with what its minimum-area rule dropped."""
+
+    mask: np.ndarray
+    threshold_od: float
+    n_regions: int
+    n_dropped: int
+    dropped_um2: float
+
+
 def detect_tissue_rgb(rgb: np.ndarray, um_per_px: float, config: TissueConfig = TissueConfig()
                       ) -> tuple[np.ndarray, float]:
     """Binary tissue mask of an RGB view whose pixels are ``um_per_px`` µm wide.
 
     Returns the mask (bool) and the OD threshold used.
     """
+    found = detect_tissue(rgb, um_per_px, config)
+    return found.mask, found.threshold_od
+
+
+def detect_tissue(rgb: np.ndarray, um_per_px: float, config: TissueConfig = TissueConfig(),
+                  min_area_um2: float | None = None) -> TissueFound:
+    """Tissue of an RGB view whose pixels are ``um_per_px`` µm wide, keeping components of at
+    least ``min_area_um2`` µm² (default: the config's)."""
     od = optical_density(rgb)
     od8 = (np.clip(od, 0, 1) * 255).astype(np.uint8)
     otsu, _ = cv2.threshold(od8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
@@ -202,10 +246,13 @@ def detect_tissue_rgb(rgb: np.ndarray, um_per_px: float, config: TissueConfig = 
     mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, disk(config.close_um))
     mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, disk(config.open_um))
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    min_px = config.min_area_um2 / (um_per_px * um_per_px)
+    minimum = config.min_area_um2 if min_area_um2 is None else min_area_um2
+    areas = stats[1:, cv2.CC_STAT_AREA]
     keep = np.zeros(n, bool)
-    keep[1:] = stats[1:, cv2.CC_STAT_AREA] >= min_px
-    return keep[labels], threshold
+    keep[1:] = areas >= minimum / (um_per_px * um_per_px)
+    dropped = areas[~keep[1:]]
+    return TissueFound(keep[labels], threshold, int(keep.sum()), len(dropped),
+                       float(dropped.sum()) * um_per_px * um_per_px)
 
 
 def find_tissue(slide: Slide, config: TissueConfig = TissueConfig()) -> TissueMask:
@@ -215,5 +262,8 @@ def find_tissue(slide: Slide, config: TissueConfig = TissueConfig()) -> TissueMa
     w_px, h_px = slide.size_w(view_mpp)
     rgb, scale = slide.thumbnail(max(w_px, h_px))
     um_per_px = scale * slide.mpp
-    mask, threshold = detect_tissue_rgb(rgb, um_per_px, config)
-    return TissueMask(mask, scale, slide.origin_x0, slide.origin_y0, slide.mpp, threshold)
+    minimum = scaled_minimum(config.min_area_um2, bw * bh * slide.mpp * slide.mpp)
+    found = detect_tissue(rgb, um_per_px, config, minimum)
+    return TissueMask(found.mask, scale, slide.origin_x0, slide.origin_y0, slide.mpp,
+                      found.threshold_od, found.n_regions, found.n_dropped, found.dropped_um2,
+                      minimum)
