@@ -1,21 +1,54 @@
-"""The one exception type users see.
+"""The one exception type users see, and the rule that keeps every message on one line.
 
 Every error that comes from bad input carries a single line naming the file and the cause,
 so the CLI can print it without a traceback and a directory run can record it and go on.
+File names are user data: a slide named ``"a\\nwsi-seg: done"`` must not forge an output line,
+and an escape sequence in a name must not drive the terminal, so names (and any text headed
+for a terminal or a log) pass through :func:`printable` first.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(char: str) -> str:
+    if char in _NAMED_ESCAPES:
+        return _NAMED_ESCAPES[char]
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def printable(text: object) -> str:
+    """``text`` with every character that is not printable escaped as Python's ``repr`` would
+    write it (``\\n``, ``\\t``, ``\\x1b``, ``\\u2028``, ``\\udcff``); the space and all printable
+    characters, accented or not, are kept. Idempotent on its own output (backslashes stay).
+
+    Undecodable bytes in POSIX file names arrive as lone surrogates (``\\udcXX``), which a
+    UTF-8 stream cannot even encode, so they are escaped too.
+    """
+    s = str(text)
+    if s.isprintable():
+        return s
+    return "".join(c if c.isprintable() or c == " " else _escape(c) for c in s)
+
 
 class WsiSegError(Exception):
-    """A user-facing error: one line, naming the file (when there is one) and the cause."""
+    """A user-facing error: one line, naming the file (when there is one) and the cause.
+
+    ``path`` keeps the real path; the message shows it, and the cause, through
+    :func:`printable`.
+    """
 
     def __init__(self, cause: str, path: str | Path | None = None) -> None:
         self.path = None if path is None else Path(path)
-        self.cause = " ".join(str(cause).split())  # one line, whatever the cause text held
-        super().__init__(self.cause if path is None else f"{path}: {self.cause}")
+        # One line, whatever the cause text held (a library's multi-line message, a name).
+        self.cause = printable(" ".join(str(cause).split()))
+        super().__init__(self.cause if path is None else f"{printable(path)}: {self.cause}")
 
 
 class SlideError(WsiSegError):

@@ -2,7 +2,8 @@
 
 Each subcommand lives in its own module exposing ``register(subparsers)``; the module's handler
 receives the parsed arguments and returns an exit status. Errors from bad input
-(:class:`wsi_seg.errors.WsiSegError`) print one line and exit non-zero, never a traceback.
+(:class:`wsi_seg.errors.WsiSegError`) and bad command lines print one line and exit 2, never a
+traceback; text from the user (file names, values) is printed with control characters escaped.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from wsi_seg import __version__
-from wsi_seg.errors import WsiSegError
+from wsi_seg.errors import WsiSegError, printable
 
 # Order is the order shown by --help.
 _COMMANDS = ("run", "info", "synth", "extract", "train", "evaluate", "score", "bench", "demo")
@@ -31,8 +33,16 @@ Coordinates are level-0 pixels; resolutions are microns per pixel (mpp).
 """
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A parser whose errors are one line (the usage block would bury the cause), like every
+    other error of the command. Subcommand parsers inherit the class."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {printable(message)} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="wsi-seg",
         description="Find tumour in whole-slide images: OpenSlide reading by microns per pixel, "
         "Dask-scheduled TensorFlow inference over overlapping tiles, seamless OME-Zarr "
@@ -62,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except WsiSegError as exc:
-        print(f"wsi-seg: error: {exc}", file=sys.stderr)
+        print(f"wsi-seg: error: {printable(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("wsi-seg: interrupted", file=sys.stderr)

@@ -3,66 +3,46 @@
 from __future__ import annotations
 
 import argparse
-import tomllib
 from pathlib import Path
 from typing import Any
 
-from wsi_seg.backends import BACKENDS
-from wsi_seg.blend import BLEND_MODES
-from wsi_seg.cluster import ClusterConfig
+from wsi_seg import options
+from wsi_seg.cluster import ClusterConfig, local_gpu_count
 from wsi_seg.errors import WsiSegError
 from wsi_seg.infer import InferConfig
 from wsi_seg.pipeline import RunConfig
 from wsi_seg.runner import RunResult, run_slides
 from wsi_seg.slide import find_slides
+from wsi_seg.tissue import TissueConfig
 
-#: Built-in defaults; a --config TOML file overrides these and command-line flags override both.
-DEFAULTS: dict[str, Any] = {
-    "out": None,
-    "model": None,
-    "mpp": None,
-    "tile": None,
-    "overlap": 0.25,
-    "stride": None,
-    "blend": None,
-    "sigma_scale": 0.125,
-    "block": 4096,
-    "chunk": 1024,
-    "batch_size": None,
-    "mixed_precision": False,
-    "device": "auto",
-    "backend": None,
-    "threshold": None,
-    "min_area_um2": 1000.0,
-    "simplify_um": 1.0,
-    "vectorize_level": 0,
-    "truth": None,
-    "truth_class": None,
-    "scheduler": None,
-    "workers": None,
-    "threads_per_worker": None,
-    "gpu_resource": None,
-    "tf_threads": None,
-    "overwrite": False,
-    "quiet": False,
-}
+#: Built-in defaults (from the one option table, :mod:`wsi_seg.options`).
+DEFAULTS: dict[str, Any] = options.DEFAULTS
 
 EPILOG = """\
 examples:
   wsi-seg run slides/ --out results/
-  wsi-seg run a.svs b.svs --out results/ --truth annotations/      # score against <stem>.geojson
-  wsi-seg run slides/ --out results/ --config pipelines/patch-idc.toml --stride 25
+  wsi-seg run a.svs b.svs --out results/ --truth annotations/   # <stem>.tumor.geojson, ...
+  wsi-seg run slides/ --out results/ --truth truth/ --truth-pattern '{stem}.truth.geojson'
+  wsi-seg run slides/ --out results/ --config pipelines/patch-idc-50px.toml --stride 25
   wsi-seg run slides/ --out results/ --scheduler tcp://10.0.0.5:8786 --gpu-resource
 
-outputs (per slide, each appearing only when complete):
-  OUT/<stem>/mask.zarr      OME-Zarr 0.5 multiscale tumour probability (uint8 0..255, µm scales)
-  OUT/<stem>/tumor.geojson  tumour polygons with holes, level-0 pixels, QuPath annotations
-  OUT/<stem>/overlay.png    thumbnail with tissue (green), prediction (red), truth (blue)
-  OUT/<stem>/report.json    tiles, areas, scores, stage timings, tiles/s
+a --config file holds the same options, each under the section its group names, e.g.
+  [blocks]
+  block = 2048
+  [tissue]
+  min_area_um2 = 2000.0     # --tissue-min-area-um2
+
+outputs (per slide, each appearing only when complete; NAME is the slide's stem, or its file
+name when slides of the run share a stem):
+  OUT/NAME/mask.zarr      OME-Zarr 0.5 multiscale tumour probability (uint8 0..255, µm scales)
+  OUT/NAME/tumor.geojson  tumour polygons with holes, level-0 pixels, QuPath annotations
+  OUT/NAME/overlay.png    thumbnail with tissue (green), prediction (red), truth (blue)
+  OUT/NAME/report.json    tiles, areas, scores, stage timings, tiles/s
   OUT/run.json, OUT/summary.csv, OUT/summary.md
 
 A killed run resumes: rerun the same command; finished slides are skipped and unfinished ones
-redo only the blocks that had not completed. Exit status 1 when any slide failed.
+redo only the blocks that had not completed. Every option is checked before any work: a bad
+one is a single line and exit status 2. Exit status 1 when any slide failed.
 """
 
 
@@ -77,159 +57,78 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    S = argparse.SUPPRESS
     p.add_argument("slides", nargs="+", metavar="SLIDE_OR_DIR")
-    p.add_argument("--out", type=Path, default=S, help="output folder (required)")
-    p.add_argument("--config", type=Path, help="TOML run configuration (see pipelines/)")
-    g = p.add_argument_group("model and resolution")
-    g.add_argument("--model", default=S,
-                   help="MODEL.keras with its MODEL.json card, or bundled:unet / bundled:patch "
-                   "[bundled:unet]")
-    g.add_argument("--mpp", type=float, default=S,
-                   help="level-0 µm/px of the slides, overriding (or supplying) their metadata")
-    g.add_argument("--tile", type=int, default=S,
-                   help="window edge in working pixels; must equal the model's input size")
-    g.add_argument("--overlap", type=float, default=S, help="window overlap fraction [0.25]")
-    g.add_argument("--stride", type=int, default=S,
-                   help="window step in working pixels, overriding --overlap (e.g. 25 for 50 px "
-                   "patches)")
-    g.add_argument("--blend", choices=BLEND_MODES, default=S,
-                   help="window weighting [gaussian for a UNet, constant for a patch model]")
-    g.add_argument("--sigma-scale", type=float, default=S,
-                   help="gaussian sigma as a fraction of the window (MONAI) [0.125]")
-    g.add_argument("--block", type=int, default=S,
-                   help="block edge in working pixels, a multiple of --chunk [4096]")
-    g.add_argument("--chunk", type=int, default=S, help="mosaic chunk edge in pixels [1024]")
-    g = p.add_argument_group("device")
-    g.add_argument("--batch-size", type=int, default=S,
-                   help="tiles per model call; each worker's predictor packs tiles from many "
-                   "blocks into batches of this fixed size [16 on a CPU, 128 on a GPU]")
-    g.add_argument("--mixed-precision", action="store_true", default=S,
-                   help="float16 compute on GPU (ignored on CPU)")
-    g.add_argument("--device", choices=("auto", "gpu", "cpu"), default=S, help="[auto]")
-    g.add_argument("--backend", choices=BACKENDS, default=S,
-                   help="Keras backend of the local workers: the same .keras model runs on "
-                   "each [$KERAS_BACKEND, else tensorflow]; an existing cluster uses its "
-                   "workers' own KERAS_BACKEND")
-    g.add_argument("--tf-threads", type=int, default=S,
-                   help="TensorFlow intra-op threads per worker [cores / workers]")
-    g = p.add_argument_group("polygons and scores")
-    g.add_argument("--threshold", type=float, default=S,
-                   help="tumour probability threshold [the model card's]")
-    g.add_argument("--min-area-um2", type=float, default=S,
-                   help="smallest tumour region kept, µm² [1000]")
-    g.add_argument("--simplify-um", type=float, default=S,
-                   help="polygon simplification tolerance, µm [1]")
-    g.add_argument("--vectorize-level", type=int, default=S,
-                   help="mosaic pyramid level traced into polygons (0 = model MPP) [0]")
-    g.add_argument("--truth", type=Path, default=S,
-                   help="ground truth file, or folder of <stem>.geojson/.xml files, to score")
-    g.add_argument("--truth-class", action="append", default=S, metavar="NAME",
-                   help="annotation class counted as tumour (repeatable) [tumor, tumour, ...]")
-    g = p.add_argument_group("scheduling")
-    g.add_argument("--scheduler", default=S,
-                   help="tcp://HOST:PORT of an existing Dask cluster, or 'threads' to run "
-                   "in this process [a local cluster of worker processes]")
-    g.add_argument("--workers", type=int, default=S,
-                   help="local worker processes [one per GPU, else cores / 2]")
-    g.add_argument("--threads-per-worker", type=int, default=S, help="[2]")
-    g.add_argument("--gpu-resource", action="store_true", default=S,
-                   help="run block tasks only on workers declaring the GPU resource")
-    g.add_argument("--overwrite", action="store_true", default=S, help="redo finished slides")
-    g.add_argument("--quiet", action="store_true", default=S, help="no progress, errors only")
+    p.add_argument("--config", type=Path, metavar="TOML",
+                   help="TOML run configuration: each option under its section (see the group "
+                   "titles below and pipelines/); flags win")
+    options.add_arguments(p)
     p.set_defaults(handler=run)
 
 
 def load_config(path: Path | None) -> dict[str, Any]:
-    """Options from a TOML file (keys as the flags, with - or _), validated against DEFAULTS."""
-    if path is None:
-        return {}
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise WsiSegError("config file not found", path) from None
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise WsiSegError(f"not a valid TOML file ({exc})", path) from None
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):  # sections are for people; keys are flat
-            flat.update(value)
-        else:
-            flat[key] = value
-    out = {}
-    for key, value in flat.items():
-        k = key.replace("-", "_")
-        if k not in DEFAULTS:
-            raise WsiSegError(f"unknown option {key!r}", path)
-        out[k] = value
-    return out
+    """Options from a TOML file, keyed by option name, every key and value checked."""
+    return {} if path is None else options.load_toml(path)
 
 
-def resolve(args: argparse.Namespace) -> dict[str, Any]:
-    """Defaults, then the TOML config, then the flags given on the command line."""
-    opts = dict(DEFAULTS)
-    opts.update(load_config(args.config))
-    for key in DEFAULTS:
-        if hasattr(args, key):
-            opts[key] = getattr(args, key)
-    if opts["out"] is None:
-        raise WsiSegError("--out is required (the output folder)")
-    return opts
-
-
-def _path(value: Any) -> Path | None:
-    return None if value in (None, "") else Path(value)
+def resolve(args: argparse.Namespace) -> options.Resolved:
+    """Defaults, then the TOML config, then the flags given on the command line; checked."""
+    flags = {name: getattr(args, name) for name in DEFAULTS if hasattr(args, name)}
+    return options.resolve(flags, args.config)
 
 
 def model_path(value: Any) -> Path | None:
     """A model option: a path, or ``bundled:unet`` / ``bundled:patch`` for the demo models."""
-    if isinstance(value, str | Path) and str(value).startswith("bundled:"):
+    if value in (None, ""):
+        return None
+    if str(value).startswith("bundled:"):
         from wsi_seg.card import bundled_model_path
 
         return bundled_model_path(str(value).split(":", 1)[1])
-    return _path(value)
+    return Path(value)
 
 
-def build_configs(opts: dict[str, Any]) -> tuple[RunConfig, ClusterConfig]:
-    if opts["block"] % opts["chunk"]:
-        raise WsiSegError(f"--block {opts['block']} must be a multiple of --chunk {opts['chunk']}")
-    if not 0 <= opts["overlap"] < 1:
-        raise WsiSegError(f"--overlap must be in [0, 1), got {opts['overlap']}")
-    if opts["batch_size"] is not None and opts["batch_size"] < 1:
-        raise WsiSegError("--batch-size must be at least 1")
-    infer = InferConfig(batch_size=opts["batch_size"],
-                        mixed_precision=bool(opts["mixed_precision"]),
-                        device=str(opts["device"]), threads=opts["tf_threads"])
-    classes = opts["truth_class"]
-    config = RunConfig(
-        out_dir=Path(opts["out"]), model_path=model_path(opts["model"]), slide_mpp=opts["mpp"],
-        overlap=float(opts["overlap"]), stride_px=opts["stride"], blend=opts["blend"],
-        sigma_scale=float(opts["sigma_scale"]), block_px=int(opts["block"]),
-        chunk_px=int(opts["chunk"]), infer=infer, threshold=opts["threshold"],
-        min_area_um2=float(opts["min_area_um2"]), simplify_um=float(opts["simplify_um"]),
-        vectorize_level=int(opts["vectorize_level"]), truth=_path(opts["truth"]),
-        truth_classes=tuple([classes] if isinstance(classes, str) else classes)
-        if classes else None,
-        overwrite=bool(opts["overwrite"]),
-    )
-    cluster = ClusterConfig(scheduler=opts["scheduler"], workers=opts["workers"],
-                            threads_per_worker=opts["threads_per_worker"],
-                            gpu_resource=opts["gpu_resource"])
-    return config, cluster
+def build_configs(opts: options.Resolved) -> tuple[RunConfig, ClusterConfig]:
+    """The configurations, each field filled by the option whose ``target`` names it."""
+    parts: dict[str, dict[str, Any]] = {"run": {}, "infer": {}, "cluster": {}, "tissue": {}}
+    for option in options.OPTIONS:
+        if option.target is not None:
+            part, field = option.target.split(".")
+            parts[part][field] = option.config_value(opts[option.name])
+    parts["run"]["model_path"] = model_path(opts["model"])
+    config = RunConfig(**parts["run"], infer=InferConfig(**parts["infer"]),
+                       tissue=TissueConfig(**parts["tissue"]))
+    return config, ClusterConfig(**parts["cluster"])
 
 
-def check_tile(config: RunConfig, tile: int | None) -> None:
-    """--tile is accepted only when it matches the model (its input size is fixed)."""
-    if tile is None:
+def check_model_fit(config: RunConfig, tile: int | None) -> None:
+    """--tile must equal the model's input (it is fixed), and --stride must not exceed it
+    (pixels between windows would never be predicted). Reads only the model's card."""
+    if tile is None and config.stride_px is None:
         return
     from wsi_seg.card import read_card
 
-    card = read_card(config.resolved_model())
-    if tile != card.input_size_px:
+    model = config.resolved_model()
+    size = read_card(model).input_size_px
+    if tile is not None and tile != size:
         raise WsiSegError(
-            f"--tile {tile} does not match the model's input of {card.input_size_px} px; "
+            f"--tile {tile} does not match the model's input of {size} px; "
             "tiles are the model's input (use --overlap or --stride to change the spacing)",
-            config.resolved_model())
+            model)
+    if config.stride_px is not None and config.stride_px > size:
+        raise WsiSegError(
+            f"--stride {config.stride_px} is larger than the model's {size} px window: the "
+            "pixels between windows would never be predicted", model)
+
+
+def check_device(opts: options.Resolved, cluster: ClusterConfig) -> None:
+    """``--device gpu`` on a local cluster needs a GPU this machine shows (asked of
+    nvidia-smi, which costs milliseconds; a framework import would cost seconds). Workers of
+    an existing cluster are checked by their own predictors."""
+    remote = cluster.scheduler not in (None, "threads", "local")
+    if opts["device"] == "gpu" and not remote and local_gpu_count() == 0:
+        raise WsiSegError(f"{opts.describe('device')}: no GPU is visible on this machine "
+                          "(nvidia-smi lists none, or CUDA_VISIBLE_DEVICES hides them); use "
+                          "device auto or cpu")
 
 
 def select_backend(backend: str | None) -> None:
@@ -258,10 +157,13 @@ def select_backend(backend: str | None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Every check that needs no slide comes first, so a bad option or file is one line and
+    # leaves nothing behind (no output folder).
     opts = resolve(args)
     select_backend(opts["backend"])
     config, cluster = build_configs(opts)
-    check_tile(config, opts["tile"])
+    check_device(opts, cluster)
+    check_model_fit(config, opts["tile"])
     if config.truth is not None and not config.truth.exists():
         raise WsiSegError("ground truth file or folder not found", config.truth)
     slides = find_slides(args.slides)
