@@ -76,7 +76,8 @@ def windows_per_box(box_px: int) -> int:
 
 def synthetic(cache: Path, size_px: int, mpp: float) -> Path:
     """The benchmark slide of ``size_px`` square at ``mpp`` (4x pyramid), written once."""
-    path = cache / f"read-{size_px}-mpp{mpp:g}-x4.svs"
+    # No dot in the stem: the truth file beside it is named <stem>.tumor.geojson.
+    path = cache / f"read-{size_px}-{mpp:g}um-x4.svs".replace(".", "p", 1)
     if not path.exists():
         cache.mkdir(parents=True, exist_ok=True)
         print(f"writing {path} (once) ...", flush=True)
@@ -213,12 +214,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="where the synthetic slides are written once")
     p.add_argument("--slide", type=Path, action="append", default=[],
                    help="read this slide instead of the synthetic ones (repeatable)")
-    p.add_argument("--size", type=int, default=20000, help="synthetic slides' level-0 px")
+    p.add_argument("--size", type=int, default=40000,
+                   help="synthetic slides' level-0 px (40000: 4 boxes apart at 0.25 µm/px)")
     p.add_argument("--slide-mpps", default="0.2525,0.5026",
                    help="level-0 µm/px of the synthetic slides")
     p.add_argument("--mpp", type=float, default=1.0, help="µm/px read at")
     p.add_argument("--box", type=int, default=4096, help="box side, working px")
-    p.add_argument("--boxes", type=int, default=4, help="boxes per measurement (across: at "
+    p.add_argument("--boxes", type=int, default=2, help="boxes per measurement (across: at "
                    "least one per thread)")
     p.add_argument("--threads", default="1,4,16,cores", help="thread counts ('cores' = "
                    f"{usable_cores()} here)")
@@ -246,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
                                "scale": round(c.scale, 4), "dimensions": s.dimensions,
                                "level_downsamples": s.level_downsamples,
                                "tiff_levels": s.tiff_levels}
-            corners[path.name] = box_positions(s, a.box, a.mpp, a.boxes)
+            corners[path.name] = box_positions(s, a.box, a.mpp, max(a.boxes, *counts))
 
     plan = [(path, reader, mode, n) for path in paths for mode in modes for n in counts
             for reader in readers]
@@ -256,9 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         order = [x for path in paths for mode in modes
                  for x in _rotate([q for q in plan if q[0] == path and q[2] == mode], shift)]
         for path, reader, mode, n in order:
-            boxes = corners[path.name]
-            if mode == "across" and len(boxes) < n:  # every caller gets a box
-                boxes = (boxes * (n // len(boxes) + 1))[:n]
+            # Across: every caller gets a box of its own.
+            boxes = corners[path.name][:max(a.boxes, n) if mode == "across" else a.boxes]
             load0 = os.getloadavg()[0]
             wall, cpu = read_boxes(path, reader, boxes, a.box, a.mpp, mode, n)
             r = Round(path.name, reader, mode, n, rep, len(boxes), wall, cpu, load0,

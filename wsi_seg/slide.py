@@ -13,7 +13,9 @@ picks the coarsest pyramid level whose resolution is not coarser than the reques
 the remainder (box mean for integer factors, antialiased bilinear otherwise), so the value of a
 working pixel depends only on its position, never on the region it was read with: that is what
 makes block-wise inference equal to one in-memory pass. Large regions are read as tiles of
-about :data:`TILE_SRC_PX` source pixels; position-exactness makes the tiles join without seams.
+about :data:`TILE_SRC_PX` source pixels, concurrently (:mod:`wsi_seg.read_pool`);
+position-exactness makes the tiles join without seams. Levels of TIFF-family slides are decoded
+by tifffile where that gives exactly OpenSlide's pixels (:mod:`wsi_seg.tiff_reader`).
 
 Regions past the slide's edge, and transparent (unscanned) areas inside it, are filled with
 white (255, 255, 255), the colour of empty glass, so tissue detection and models see background.
@@ -49,9 +51,10 @@ UPSAMPLE_TOL = 0.05
 PLAIN_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
 BACKGROUND_RGB = 255
 
-#: Level pixels per side of the source of one read tile. Bounds the temporaries of a read,
-#: keeps cv2.remap under its 32767 px limit, and (with the blur margin of ~2 scale px per side)
-#: re-reads only ~1 % of the source.
+#: Level pixels per side of the source of one read tile. Bounds the temporaries of a read
+#: (~25 MB a thread), keeps cv2.remap under its 32767 px limit, and gives 16 tiles to a
+#: 4096 px box at 2x. The resampling margin (2 scale + 2 px a side) makes neighbouring tiles
+#: share a column of slide tiles, which the tile caches mostly absorb.
 TILE_SRC_PX = 2048
 #: Sub-pixel grid of cv2.remap's bilinear weights (OpenCV's INTER_TAB_SIZE). Sample positions
 #: are rounded to it in absolute level coordinates, so the quantisation is the same for a pixel
@@ -398,8 +401,8 @@ def grid_cuts(start: int, n: int, step: int) -> list[tuple[int, int]]:
     """Split ``[start, start + n)`` at the multiples of ``step`` into ``(start, length)`` pieces.
 
     Cutting on a grid fixed in absolute coordinates (not relative to ``start``) makes
-    neighbouring reads share tile edges, which line up with the slide's own tiles for common
-    sizes, so fewer of those are decoded twice.
+    neighbouring reads share tile edges; for crops and integer factors these fall on
+    multiples of 2048 level px, which are edges of the slide's own 256 or 512 px tiles.
     """
     cuts = []
     a, end = start, start + n
