@@ -7,6 +7,7 @@ positive, and consistent with the others (e.g. predictions/s = tiles/s x halo fa
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -174,3 +175,198 @@ def test_cli_rejects_bad_options(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "resnet" in capsys.readouterr().err
     assert main(["bench", "--out", str(tmp_path), "--unet", str(tmp_path / "no.keras")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+# -- device profiles (wsi_seg.bench_device) ----------------------------------------------------
+def test_device_helpers() -> None:
+    from wsi_seg.bench_device import UNetSpec, busy_between, simulated_busy, stats_delta
+
+    spec = UNetSpec.parse("512,4,32")
+    assert (spec.tile_px, spec.depth, spec.base_filters, spec.filters) == (512, 4, 32, "32-256")
+    for bad in ("512,4", "500,4,32", "a,b,c"):
+        with pytest.raises(ValueError):
+            UNetSpec.parse(bad)
+
+    samples = [(0.0, 100.0), (1.0, 50.0), (2.0, 0.0), (3.0, 100.0)]
+    b = busy_between(samples, 0.5, 2.5)
+    assert (b["samples"], b["mean_utilisation"], b["busy_share"], b["nonidle_share"]) == (
+        2, 25.0, 0.25, 0.5)
+    assert busy_between(samples, 5.0, 6.0)["busy_share"] is None
+
+    before = {"w1": [{"id": 1, "batches": 2, "windows": 2, "padded_slots": 30,
+                      "device_busy_s": 1.0}]}
+    after = {"w1": [{"id": 1, "batches": 12, "windows": 302, "padded_slots": 50,
+                     "device_busy_s": 11.0},
+                    {"id": 2, "batches": 1, "windows": 16, "padded_slots": 0,
+                     "device_busy_s": 1.0}]}
+    d = stats_delta(before, after)
+    assert (d["batches"], d["windows"], d["padded_slots"]) == (11, 316, 20)
+    assert d["device_busy_s"] == 11.0 and d["fill"] == round(316 / 336, 4)
+    assert stats_delta({}, {"w": [{"id": 3, "batches": 1, "windows": 1, "padded_slots": 0,
+                                   "device_busy_s": None}]})["device_busy_s"] is None
+    # Two warm-up windows (two single-window batches) are taken out of the blocks phase.
+    rec = {"predictor": {"device_busy_s": 12.0, "batches": 12, "windows": 302},
+           "tile_predictions": 300, "blocks_wall_s": 12.5}
+    s = simulated_busy(rec)
+    assert (s["warm_windows"], s["block_batches"], s["device_busy_s"]) == (2, 10, 10.0)
+    assert s["busy_share"] == 0.8 and s["busy_method"] == "warm batches"
+    # The two warm-up windows shared one batch: the worker's timeline shows it.
+    rec["predictor"] = {"device_busy_s": 11.0, "batches": 11, "windows": 302}
+    timeline = [(0.0, 0.0, 0, 0), (0.5, 0.0, 0, 0), (1.0, 1.0, 1, 2), (1.5, 1.0, 1, 2),
+                (2.0, 3.0, 3, 40), (9.0, 11.0, 11, 302)]
+    s = simulated_busy(rec, {"w1": timeline})
+    assert (s["block_batches"], s["device_busy_s"], s["busy_method"]) == (10, 10.0, "timeline")
+    assert simulated_busy(rec, {"w1": timeline, "w2": timeline})["block_batches"] == 9
+
+
+def test_device_sampler_reads_nvidia_smi(tmp_path: Path) -> None:
+    import time
+
+    from wsi_seg.bench_device import DeviceSampler, busy_between
+
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text("#!/bin/sh\necho 40\necho 80\n")  # two GPUs
+    fake.chmod(0o755)
+    sampler = DeviceSampler(0.01, exe=str(fake)).start()
+    t0 = time.perf_counter()
+    time.sleep(0.3)
+    samples = sampler.stop()
+    assert len(samples) >= 2 and all(u == 60.0 for _, u in samples)
+    assert busy_between(samples, t0 - 1, time.perf_counter())["busy_share"] == 0.6
+    assert not DeviceSampler(exe="").start().stop()  # no nvidia-smi: no samples
+
+
+def test_simulated_profile(tmp_path: Path, cache: Path) -> None:
+    from wsi_seg.bench_device import DeviceBenchmark, simulated_config
+
+    # The bundled UNet's card (256 px tiles at 1 µm/px): the simulated device reads only it.
+    cfg = simulated_config(tmp_path / "out", cache, synth_size=SIZE, synth_seeds=(11,),
+                           batch_size=2, repeats=2, simulate_margin=2.0)
+    rec = DeviceBenchmark(cfg, say=lambda s: None).run()
+    assert all(st["status"] == "ok" for st in rec["steps"].values()), rec["steps"]
+    assert rec["cluster"]["workers"] == 1 and rec["cluster"]["threads_per_worker"] >= 2
+    sim = rec["simulated"]
+    cal = sim["calibration"]
+    # The device is set slower than the CPU side it was measured to be.
+    assert cal["batch_s"] == cfg.calibrate_batch_s and cal["cpu_side_s_per_batch"] > 0
+    assert close(sim["batch_s"], max(0.005, 2.0 * cal["cpu_side_s_per_batch"]), 0.001)
+    assert len(sim["runs"]) == 2
+    for r in sim["runs"]:
+        assert r["batch_s"] == sim["batch_s"] and r["tiles"] > 0
+        assert r["tile_predictions"] >= r["tiles"]
+        # Every window went through the simulated device, in batches of 2, each S long.
+        p = r["predictor"]
+        assert p["windows"] >= r["tile_predictions"]
+        assert r["block_batches"] >= math.ceil(r["tile_predictions"] / 2)
+        assert close(r["device_busy_s"], r["block_batches"] * sim["batch_s"], 0.25)
+        # Busy time inside the blocks phase cannot exceed the phase.
+        assert 0 < r["busy_share"] <= 1.05
+        assert close(r["busy_share"], r["device_busy_s"] / r["blocks_wall_s"], 0.01)
+    assert sim["busy_share"]["n"] == 2
+    assert sim["device_bound_tiles_per_s"] == round(
+        2 / sim["batch_s"] / (sim["tile_predictions"] / sim["tiles"]), 2)
+    on_disk = json.loads((cfg.out_dir / "bench.json").read_text())
+    assert on_disk["simulated"]["batch_s"] == sim["batch_s"]
+    md = (cfg.out_dir / "bench.md").read_text()
+    assert "Simulated accelerator" in md and "device busy share" in md
+    assert not (cfg.out_dir / "runs").exists()
+
+
+def test_gpu_profile_dry_run(tmp_path: Path, cache: Path) -> None:
+    """The GPU workstation profile's every step at a tiny size, its models on the simulated
+    device (no nvidia-smi here; the framework path is the one the other tests run)."""
+    from wsi_seg.bench_device import NOT_SAMPLED, DeviceBenchConfig, DeviceBenchmark, UNetSpec
+
+    cfg = DeviceBenchConfig(out_dir=tmp_path / "out", cache_dir=cache, synth_size=SIZE,
+                            synth_seeds=(11, 12), repeats=1, model_seconds=0.3,
+                            simulate_batch_s=0.01, heavy=UNetSpec(128, 2, 4),
+                            noisy=UNetSpec(128, 2, 2), noisy_size=SIZE, noisy_seed=13,
+                            scratch_dir=tmp_path / "scratch")
+    rec = DeviceBenchmark(cfg, say=lambda s: None).run()
+    assert all(st["status"] == "ok" for st in rec["steps"].values()), rec["steps"]
+    assert [Path(s["path"]).name for s in rec["slides"]] == [
+        f"synth-{SIZE}-seed{s}.svs" for s in (11, 12, 13)]
+    assert [s["roles"] for s in rec["slides"]] == [["main"], ["main"], ["noisy"]]
+    assert rec["models"]["heavy"]["tile_px"] == 128
+    assert rec["models"]["heavy"]["architecture"]["base_filters"] == 4
+    assert rec["models"]["noisy"]["architecture"]["base_filters"] == 2
+    assert len(list((cache / "models").glob("*.keras"))) >= 2  # built once into the cache
+
+    cold = rec["cold"]
+    assert cold["tiles"] > 0 and cold["startup_s"] > 0 and cold["wall_s"] > cold["startup_s"]
+    (w,) = cold["startup_workers"]
+    assert w["device"] == "simulated:0" and w["load_s"] >= 0
+    assert close(cold["tiles_per_s_after_startup"],
+                 cold["tiles"] / (cold["wall_s"] - cold["startup_s"]))
+
+    for key, tile in (("bundled", 256), ("heavy", 128)):
+        e = rec["runs"][key]
+        plan, e2e, mo, ro = e["plan"], e["e2e"], e["model_only"], e["read_only"]
+        assert plan["slides"] == 2 and plan["tiles"] > 0 and plan["tile_px"] == tile
+        for s in (e2e["tiles_per_s"], e2e["blocks_tiles_per_s"], mo["predictions_per_s"],
+                  ro["tiles_per_s"]):
+            assert s["n"] == 1 and s["median"] > 0
+        assert close(mo["limit_tiles_per_s"]["median"],
+                     mo["predictions_per_s"]["median"] / e["halo_factor"])
+        limit = min(mo["limit_tiles_per_s"]["median"], ro["tiles_per_s"]["median"])
+        assert close(e["limit_tiles_per_s"], limit)
+        assert close(e["ratio"], e2e["tiles_per_s"]["median"] / limit)
+        assert e["ratio_blocks"] >= e["ratio"] * 0.99
+        assert e["limited_by"] in ("model", "read")
+        assert mo["callers"] == rec["cluster"]["threads_per_worker"]
+        assert mo["device"] == ["simulated:0"] and e["device"] == ["simulated:0"]
+        assert e["device_busy_blocks"] == {"note": NOT_SAMPLED}
+        assert e2e["predictor"]["windows"] >= plan["tile_predictions"]
+        assert {"read", "predict", "blend", "vectorize"} <= set(e2e["stage_s"])
+
+    n = rec["noisy"]
+    assert n["tiles"] > 0 and n["wall_s"] > 0 and "vectorize" in n["stage_s"]
+    assert close(n["vectorize_share"], n["vectorize_s"] / n["wall_s"], 0.01)
+    md = (cfg.out_dir / "bench.md").read_text()
+    for title in ("Dry run", "As `wsi-seg run` runs it", "End to end against the limits",
+                  "Stages", "Polygons of a speckled map", "## Steps"):
+        assert title in md
+    assert not (tmp_path / "scratch").exists()
+
+
+def test_device_profile_step_timeout(tmp_path: Path) -> None:
+    """A step that overruns its limit is recorded and the benchmark goes on."""
+    import time
+
+    from wsi_seg.bench_device import DeviceBenchConfig, DeviceBenchmark
+
+    bm = DeviceBenchmark(DeviceBenchConfig(out_dir=tmp_path, cache_dir=tmp_path,
+                                           step_timeout_s=0.2), say=lambda s: None)
+    assert bm.step("slow", lambda: time.sleep(5)) is None
+    assert bm.step("fails", lambda: 1 / 0) is None
+    assert bm.step("fine", lambda: 42) == 42
+    steps = json.loads((tmp_path / "bench.json").read_text())["steps"]
+    assert steps["slow"]["status"] == "timed out"
+    assert steps["fails"]["status"] == "failed" and "ZeroDivisionError" in steps["fails"]["error"]
+    assert steps["fine"]["status"] == "ok"
+
+
+def test_cli_device_profiles(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from wsi_seg.cli.bench import build_device_config
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["bench", "--help"])
+    out = capsys.readouterr().out
+    for word in ("--profile", "simulated", "busy share", "--step-timeout", "--heavy"):
+        assert word in out
+    args = build_parser().parse_args(["bench", "--profile", "gpu", "--out", str(tmp_path),
+                                      "--synth-size", "3000", "--heavy", "256,3,8",
+                                      "--steps", "bundled,noisy", "--step-timeout", "60"])
+    cfg = build_device_config(args)
+    assert (cfg.synth_size, cfg.heavy.tile_px, cfg.steps, cfg.step_timeout_s) == (
+        3000, 256, ("bundled", "noisy"), 60.0)
+    assert cfg.synth_seeds == (11, 12, 13, 14)
+    sim = build_device_config(build_parser().parse_args(
+        ["bench", "--profile", "simulated", "--out", str(tmp_path)]))
+    assert (sim.profile, sim.batch_size, sim.synth_seeds) == ("simulated", 32, (11, 12))
+    for bad in (["--steps", "bundled,warp"], ["--heavy", "500,4,32"],
+                ["--slides", str(tmp_path / "none.svs")]):
+        assert main(["bench", "--profile", "gpu", "--out", str(tmp_path), *bad]) == 2
+        assert capsys.readouterr().err
+    assert main(["bench", "--profile", "simulated", "--out", str(tmp_path), "--steps",
+                 "cold"]) == 2

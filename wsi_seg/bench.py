@@ -13,7 +13,7 @@ What is measured (keys of the record):
     * ``e2e``: a real :func:`wsi_seg.runner.run_slides` over the slide (prepare, blocks, finish:
       pyramid, polygons, GeoJSON, overlay, score) on a warm local Dask cluster.
       ``tiles_per_s`` = distinct windows (``report["tiles"]``) / the whole call's wall time;
-      ``blocks_tiles_per_s`` = the same over the blocks phase only (``report["wall_s"]``);
+      ``blocks_tiles_per_s`` = the same over the blocks phase only (``report["blocks_wall_s"]``);
       ``predictions_per_s`` = model evaluations, halo duplicates included
       (``report["tile_predictions"]``) / wall time.
     * ``model_only``: the same model, batch size, device and :class:`~wsi_seg.infer.Predictor`
@@ -485,13 +485,14 @@ def measure_e2e(bench: Bench, slide: dict[str, Any], run_cfg: Any,
     finish = sum(stages.get(k, 0.0) for k in FINISH_STAGES)
     rec = {
         "wall_s": wall,
-        "blocks_wall_s": report["wall_s"],
+        # The blocks phase (reports before 58300ab called it wall_s).
+        "blocks_wall_s": report.get("blocks_wall_s", report["wall_s"]),
         "finish_s": finish,
         "tiles": report["tiles"],
         "tile_predictions": report["tile_predictions"],
         "blocks": report["blocks"],
         "tiles_per_s": report["tiles"] / wall,
-        "blocks_tiles_per_s": report["tiles_per_s"],
+        "blocks_tiles_per_s": report.get("blocks_tiles_per_s", report["tiles_per_s"]),
         "predictions_per_s": report["tile_predictions"] / wall,
         "stage_s": stages,
         "score": report.get("score"),
@@ -1105,12 +1106,15 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def write_outputs(record: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
+def write_outputs(record: dict[str, Any], out_dir: Path,
+                  markdown_fn: Callable[[dict[str, Any]], str] | None = None
+                  ) -> tuple[Path, Path]:
     """Write ``bench.json`` and ``bench.md`` (atomically) into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
+    md = (markdown_fn or markdown)(record)
     for name, text in (("bench.json", json.dumps(_jsonable(record), indent=2) + "\n"),
-                       ("bench.md", markdown(record))):
+                       ("bench.md", md)):
         path = out_dir / name
         tmp = path.with_name(f".{name}.{os.getpid()}.tmp")
         tmp.write_text(text, encoding="utf-8")

@@ -12,6 +12,7 @@ from wsi_seg.errors import WsiSegError
 
 if TYPE_CHECKING:
     from wsi_seg.bench import BenchConfig
+    from wsi_seg.bench_device import DeviceBenchConfig
 
 DESCRIPTION = """\
 Measure wsi-seg on synthetic slides that it writes itself (cached by size and seed in --cache,
@@ -53,8 +54,30 @@ what each figure means:
                         on a GPU also mixed precision on/off and the GPU's idle share during
                         a run (nvidia-smi samples); without a GPU: "not measured: no GPU".
 
+device profiles (--profile gpu | simulated; bench.json and bench.md rewritten after every step,
+every step under --step-timeout):
+  gpu                   a GPU workstation, in one run, on --slides or four synthetic 20,000 px
+                        slides (seeds 11-14, written in parallel, cached): "cold" = run_slides
+                        as `wsi-seg run` (fresh cluster, start-up line of run.json); for the
+                        bundled UNet and a heavier random-weight UNet (--heavy, 512 px tiles,
+                        32-256 filters) on one warm cluster, interleaved: e2e, model-only (full
+                        batches of random uint8 tiles into the workers' Predictor from as many
+                        threads as task threads), read-only (the blocks' kept-window boxes),
+                        ratio = e2e / min(model limit, read-only), the device's busy share in
+                        the blocks phase (nvidia-smi utilisation sampled every 150 ms), stage
+                        seconds; "noisy" = vectorize seconds / run seconds with a random-weight
+                        UNet (--noisy, 16-128 filters) on a 16,000 px slide (goal < 10 %).
+  simulated             no model: a simulated accelerator holding one device lock for S s per
+                        batch; one worker with max(2, cores) task threads. The CPU side is
+                        measured first (S = 1 ms: blocks-phase seconds per batch), then S =
+                        --simulate-margin x that; device busy share = device busy seconds /
+                        blocks-phase wall (goal >= 90 %). Default slides: two 10,000 px
+                        (seeds 11, 12), batch 32.
+
 examples:
   wsi-seg bench --quick --out bench-quick/         every code path on a 4k slide, ~2 minutes
+  wsi-seg bench --profile simulated --out sim/     the simulated accelerator, ~2 minutes
+  wsi-seg bench --profile gpu --out gpu/           the GPU workstation (benchmarks/gpu_bench.sh)
   wsi-seg bench --sizes 10000,30000 --memory-sizes 10000,30000,100000 --out bench-out/
   benchmarks/run_benchmarks.sh                     the full set of benchmarks/README.md
 
@@ -127,6 +150,34 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated parts to run: throughput, seeds, memory, scaling [all]")
     p.add_argument("--keep-outputs", action="store_true", default=S,
                    help="keep the runs' mosaics and GeoJSON under OUT/runs")
+    d = p.add_argument_group("device profiles (--profile gpu | simulated)")
+    d.add_argument("--profile", choices=("standard", "gpu", "simulated"), default="standard",
+                   help="what to measure: the standard figures, a GPU workstation, or the CPU "
+                   "side against a simulated accelerator [standard]")
+    d.add_argument("--slides", type=Path, nargs="+", default=S, metavar="SLIDE",
+                   help="slides to run [synthetic: --synth-size x --synth-seeds]")
+    d.add_argument("--synth-size", type=int, default=S,
+                   help="edge of the synthetic slides, px [gpu: 20000; simulated: 10000]")
+    d.add_argument("--synth-seeds", type=_ints, default=S,
+                   help="seeds of the synthetic slides [gpu: 11,12,13,14; simulated: 11,12]")
+    d.add_argument("--batch-size", type=int, default=S,
+                   help="predictor batch [gpu: the device's default; simulated: 32]")
+    d.add_argument("--steps", default=S,
+                   help="gpu: comma-separated of cold, bundled, heavy, noisy [all]")
+    d.add_argument("--step-timeout", type=float, default=S,
+                   help="limit on each step or measurement, s [300]")
+    d.add_argument("--heavy", default=S, metavar="TILE,DEPTH,FILTERS",
+                   help="the heavier random-weight UNet [512,4,32]")
+    d.add_argument("--noisy", default=S, metavar="TILE,DEPTH,FILTERS",
+                   help="the noisy random-weight UNet [256,4,16]")
+    d.add_argument("--noisy-size", type=int, default=S,
+                   help="edge of the noisy step's synthetic slide, px [16000]")
+    d.add_argument("--simulate-batch-s", type=float, default=S,
+                   help="simulated device seconds per batch [calibrated]")
+    d.add_argument("--simulate-margin", type=float, default=S,
+                   help="calibrated S = this x the CPU side's seconds per batch [1.5]")
+    d.add_argument("--scratch", type=Path, default=S,
+                   help="folder for the runs' outputs, removed at the end [OUT/runs]")
     p.add_argument("--quick", action="store_true",
                    help="every code path on a 4000 px slide, 1 round, short caps (checks the "
                    "machinery; its numbers mean little)")
@@ -176,9 +227,72 @@ def build_config(args: argparse.Namespace) -> BenchConfig:
     return cfg
 
 
+def build_device_config(args: argparse.Namespace) -> DeviceBenchConfig:
+    from wsi_seg.bench_device import (
+        GPU_STEPS,
+        DeviceBenchConfig,
+        UNetSpec,
+        simulated_config,
+    )
+
+    cache = args.cache or _default_cache()
+    base = (simulated_config(args.out, cache) if args.profile == "simulated"
+            else DeviceBenchConfig(out_dir=args.out, cache_dir=cache, profile="gpu"))
+    changes: dict[str, object] = {}
+    for opt, key in (("synth_size", "synth_size"), ("synth_seeds", "synth_seeds"),
+                     ("batch_size", "batch_size"), ("step_timeout", "step_timeout_s"),
+                     ("noisy_size", "noisy_size"), ("simulate_batch_s", "simulate_batch_s"),
+                     ("simulate_margin", "simulate_margin"), ("scratch", "scratch_dir"),
+                     ("repeats", "repeats"), ("workers", "workers"),
+                     ("threads_per_worker", "threads_per_worker"),
+                     ("model_seconds", "model_seconds"), ("keep_outputs", "keep_outputs"),
+                     ("unet", "model_path")):
+        if hasattr(args, opt):
+            changes[key] = getattr(args, opt)
+    if hasattr(args, "slides"):
+        changes["slides"] = tuple(args.slides)
+    for opt in ("heavy", "noisy"):
+        if hasattr(args, opt):
+            try:
+                changes[opt] = UNetSpec.parse(getattr(args, opt))
+            except ValueError as exc:
+                raise WsiSegError(f"--{opt}: {exc}") from None
+    if hasattr(args, "steps"):
+        if args.profile != "gpu":
+            raise WsiSegError("--steps applies to --profile gpu")
+        steps = tuple(m.strip() for m in args.steps.split(",") if m.strip())
+        bad = [m for m in steps if m not in GPU_STEPS]
+        if bad or not steps:
+            raise WsiSegError(f"--steps: unknown step(s) {', '.join(bad) or '(none)'}; "
+                              f"use {', '.join(GPU_STEPS)}")
+        changes["steps"] = steps
+    cfg = replace(base, **changes)  # type: ignore[arg-type]
+    if cfg.repeats < 1:
+        raise WsiSegError("--repeats must be at least 1")
+    if cfg.batch_size is not None and cfg.batch_size < 1:
+        raise WsiSegError("--batch-size must be at least 1")
+    if cfg.simulate_batch_s is not None and cfg.simulate_batch_s <= 0:
+        raise WsiSegError("--simulate-batch-s must be positive")
+    if cfg.model_path is not None and not Path(cfg.model_path).is_file():
+        raise WsiSegError("--unet: model file not found", cfg.model_path)
+    for p in cfg.slides:
+        if not Path(p).is_file():
+            raise WsiSegError("--slides: slide not found", p)
+    return cfg
+
+
 def run(args: argparse.Namespace) -> int:
     from wsi_seg.bench import Benchmark
 
+    if args.profile != "standard":
+        from wsi_seg.bench_device import DeviceBenchmark
+
+        dcfg = build_device_config(args)
+        record = DeviceBenchmark(dcfg).run()
+        print((dcfg.out_dir / "bench.md").read_text(encoding="utf-8"), end="")
+        print(f"wrote {dcfg.out_dir / 'bench.json'} and {dcfg.out_dir / 'bench.md'} "
+              f"({record.get('total_s')} s)")
+        return 0
     cfg = build_config(args)
     record = Benchmark(cfg).run()
     print((cfg.out_dir / "bench.md").read_text(encoding="utf-8"), end="")
