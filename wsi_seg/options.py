@@ -346,6 +346,13 @@ DEFAULTS: dict[str, Any] = {o.name: o.default for o in OPTIONS}
 # -- command line ---------------------------------------------------------------------------
 
 
+def argument_type(kind: Kind, limits: Limits | None = None) -> Callable[[str], Any]:
+    """An argparse ``type`` converting and checking one value, for commands other than
+    ``run`` (``score --level``), with the same messages as the run options."""
+    return Option("value", kind, None, "", "", limits=limits).parse
+
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Every option as a flag, grouped by TOML section. Absent flags stay absent (SUPPRESS),
     so the TOML file and the defaults can fill them."""
