@@ -97,3 +97,21 @@ def test_extracted_tiles_feed_training(synth: SynthResult, tmp_path: Path) -> No
     _, masks = load_pairs(find_pairs(out))
     values = np.unique(np.concatenate([m.ravel() for m in masks]))
     assert set(values.tolist()) <= {0, 1} and 1 in values
+
+
+def test_extraction_uses_runs_window_grid(synth: SynthResult, tmp_path: Path) -> None:
+    """Tiles lie on run's grid (tiling.window_starts): the last row and column are moved back
+    inside the slide, so tissue at the right and bottom borders is not dropped."""
+    from wsi_seg.tiling import window_starts
+
+    out = tmp_path / "grid"
+    # 600 x 600 px at 2 µm/px with tissue up to x = 460 px: whole steps of 250 px end their
+    # last tile at 430 px; run's grid adds the tile at 600 - 180 = 420 px
+    extract_training_data(synth.slide_path, synth.truth_path, out,
+                          ExtractOptions(mpp=2.0, tile_px=180, stride_px=250, min_tissue=0.01))
+    xy = {(int(p.image.stem.split("_x")[1].split("_")[0]), int(p.image.stem.split("_y")[1]))
+          for p in find_pairs(out)}
+    starts = window_starts(600, 180, 250).tolist()
+    assert starts == [0, 250, 420]
+    assert xy <= {(x, y) for x in starts for y in starts}
+    assert max(x for x, _ in xy) == 420, xy

@@ -256,6 +256,60 @@ def test_mixed_precision_trains_resumes_and_saves_float32(
     assert keras.mixed_precision.global_policy().name == "float32"  # policy restored
 
 
+def _pooled(truth: np.ndarray, pred: np.ndarray) -> tuple[float, float, float]:
+    """Dice, IoU and accuracy of all pixels together (1 for empty-vs-empty)."""
+    t, p = truth.astype(bool).ravel(), pred.astype(bool).ravel()
+    tp, fp, fn = int(np.sum(t & p)), int(np.sum(~t & p)), int(np.sum(t & ~p))
+    eps = 1e-7
+    return ((2 * tp + eps) / (2 * tp + fp + fn + eps), (tp + eps) / (tp + fp + fn + eps),
+            float(np.mean(t == p)))
+
+
+def test_epoch_scores_pool_every_pixel_of_the_epoch() -> None:
+    """An epoch's Dice/IoU/accuracy are those of all its pixels, not means of batch scores."""
+    from wsi_seg.train import SCORES, score_metrics
+
+    metrics = score_metrics()
+    assert [m.name for m in metrics] == list(SCORES)
+    rng = np.random.default_rng(0)
+    # batch 1: one tumour pixel, found; batch 2: much tumour, half of it found
+    t1 = np.zeros((2, 8, 8, 1), np.float32)
+    t1[0, 3, 3] = 1
+    p1 = t1 * 0.9 + 0.05
+    t2 = (rng.random((2, 8, 8, 1)) < 0.6).astype(np.float32)
+    p2 = np.where(rng.random(t2.shape) < 0.5, t2, 1 - t2) * 0.8 + 0.1
+    for m in metrics:
+        for t, p in ((t1, p1), (t2, p2)):
+            m.update_state(t, p.astype(np.float16))  # mixed precision hands float16
+    want = _pooled(np.concatenate([t1, t2]), np.concatenate([p1, p2]) >= 0.5)
+    got = [float(m.result()) for m in metrics]
+    assert got == pytest.approx(want, abs=1e-6)
+    batch_mean_dice = np.mean([_pooled(t1, p1 >= 0.5)[0], _pooled(t2, p2 >= 0.5)[0]])
+    assert abs(got[0] - batch_mean_dice) > 0.05  # what Keras' default mean would have said
+    for m in metrics:
+        m.reset_state()
+        m.update_state(np.zeros((1, 4, 4, 1)), np.zeros((1, 4, 4, 1)))
+    assert [float(m.result()) for m in metrics] == pytest.approx([1.0, 1.0, 1.0])
+
+
+def test_card_validation_scores_pool_the_validation_tiles(
+    unet_data: tuple[Path, Path], trained_unet: tuple[Path, TrainResult]
+) -> None:
+    """The card's Dice/IoU/accuracy are the saved model's on all validation tiles pooled."""
+    from wsi_seg.card import load_model
+    from wsi_seg.datasets import fixed_tiles
+    from wsi_seg.train import predict_tiles
+
+    model, card = load_model(trained_unet[0])
+    images, masks = load_pairs(find_pairs(unet_data[1]))
+    x, y = fixed_tiles(images, masks, card.input_size_px, "crop")
+    prob = predict_tiles(model, card, x)
+    dice, iou, acc = _pooled(y, prob >= 0.5)
+    assert card.validation["dice"] == pytest.approx(dice, abs=2e-3)
+    assert card.validation["iou"] == pytest.approx(iou, abs=2e-3)
+    assert card.validation["accuracy"] == pytest.approx(acc, abs=2e-3)
+
+
 @pytest.mark.parametrize("loss", sorted(LOSS_FUNCTIONS))
 def test_losses_prefer_better_predictions(loss: str) -> None:
     fn = LOSS_FUNCTIONS[loss]

@@ -27,6 +27,8 @@ import numpy as np
 
 from wsi_seg.errors import WsiSegError
 from wsi_seg.models import preprocess_tf
+from wsi_seg.slide import BACKGROUND_RGB
+from wsi_seg.tiling import window_starts
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -36,8 +38,6 @@ IDC_NAME = re.compile(
     r"^(?P<patient>.+)_idx5_x(?P<x>\d+)_y(?P<y>\d+)_class(?P<label>[01])\.png$", re.IGNORECASE
 )
 BALANCE_MODES = ("none", "oversample", "undersample")
-#: White, the colour of empty glass: what pads a patch or image smaller than the model input.
-PAD_RGB = 255
 
 
 # -- UNet folders ---------------------------------------------------------------------------------
@@ -145,7 +145,35 @@ def load_pairs(
 
 
 def pad_to(img: np.ndarray, size: int, value: int) -> np.ndarray:
-    """Pad bottom/right to at least ``size`` x ``size`` with ``value``."""
+    """Pad each axis shorter than ``size`` pixels to ``size`` with ``value``, centred.
+
+    Centred (half before, the rest after) because that is where
+    :func:`wsi_seg.tiling.window_starts` puts the single window of a short axis and where
+    ``run`` and ``evaluate`` pad it (:func:`wsi_seg.blend.sliding_window_inference`): a
+    training or validation image smaller than the model input is seen as inference sees it.
+    Longer axes are left alone.
+    """
+    pads = [_centred_pad(n, size) for n in img.shape[:2]] + [(0, 0)] * (img.ndim - 2)
+    if not any(a or b for a, b in pads):
+        return img
+    return np.pad(img, pads, constant_values=value)
+
+
+def _centred_pad(length: int, size: int) -> tuple[int, int]:
+    """``(before, after)`` pixels that bring an axis of ``length`` px to the window ``size``."""
+    if length >= size:
+        return 0, 0
+    before = -int(window_starts(length, size, size)[0])
+    return before, size - length - before
+
+
+def pad_bottom_right(img: np.ndarray, size: int, value: int) -> np.ndarray:
+    """Pad bottom/right to at least ``size`` x ``size`` with ``value``.
+
+    Only for IDC patches, and on purpose not centred like :func:`pad_to`: an IDC edge patch
+    is cut off by its image's right or bottom border, so its pixels belong at the top-left of
+    its footprint, where its ``(x, y)`` says it starts.
+    """
     h, w = img.shape[:2]
     if h >= size and w >= size:
         return img
@@ -162,28 +190,20 @@ def resize_pair(img: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarra
     )
 
 
-def window_starts(length: int, roi: int, step: int) -> list[int]:
-    """Window starts along one axis: multiples of ``step``, the last moved back inside.
-
-    MONAI's placement rule; an axis shorter than ``roi`` has the single start 0 (and is padded).
-    """
-    if length <= roi:
-        return [0]
-    starts = list(range(0, length - roi, max(1, step)))
-    starts.append(length - roi)
-    return sorted(set(starts))
-
-
 def grid_tiles(
     img: np.ndarray, mask: np.ndarray, size: int, step: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Cut an image and mask into ``size`` tiles on a grid (deterministic, for validation)."""
-    img, mask = pad_to(img, size, PAD_RGB), pad_to(mask, size, 0)
+    """Cut an image and mask into ``size`` tiles on a grid (deterministic, for validation).
+
+    The grid is ``run``'s (:func:`wsi_seg.tiling.window_starts`, last window moved inside,
+    short axes padded centred with glass white); ``step`` defaults to ``size``.
+    """
+    img, mask = pad_to(img, size, BACKGROUND_RGB), pad_to(mask, size, 0)
     step = step or size
     h, w = mask.shape
     xs, ms = [], []
-    for y in window_starts(h, size, step):
-        for x in window_starts(w, size, step):
+    for y in window_starts(h, size, step).tolist():
+        for x in window_starts(w, size, step).tolist():
             xs.append(img[y : y + size, x : x + size])
             ms.append(mask[y : y + size, x : x + size])
     return np.stack(xs), np.stack(ms)
@@ -275,10 +295,11 @@ def random_crops(
     images: Sequence[np.ndarray], masks: Sequence[np.ndarray], size: int, seed: int
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Endless random ``size`` crops; images are drawn in proportion to their area, so every
-    pixel is equally likely to be seen. Images smaller than ``size`` are padded white."""
+    pixel is equally likely to be seen. Images smaller than ``size`` are padded white, centred
+    (:func:`pad_to`)."""
     rng = np.random.default_rng(seed)
     padded = [
-        (pad_to(i, size, PAD_RGB), pad_to(m, size, 0))
+        (pad_to(i, size, BACKGROUND_RGB), pad_to(m, size, 0))
         for i, m in zip(images, masks, strict=True)
     ]
     areas = np.array([m.size for _, m in padded], dtype=np.float64)
@@ -501,9 +522,9 @@ def load_patch_tf(path: tf.Tensor, size: int) -> tf.Tensor:
     img = tf.io.decode_png(tf.io.read_file(path), channels=3)
     h, w = tf.shape(img)[0], tf.shape(img)[1]
     img = img[: tf.minimum(h, size), : tf.minimum(w, size)]
-    # pad_to_bounding_box pads with 0; padding the inverted image gives white.
-    inv = tf.image.pad_to_bounding_box(255 - img, 0, 0, size, size)
-    return tf.cast(255 - inv, tf.float32)
+    pads = [[0, size - tf.minimum(h, size)], [0, size - tf.minimum(w, size)], [0, 0]]
+    img = tf.pad(img, pads, constant_values=BACKGROUND_RGB)
+    return tf.cast(tf.ensure_shape(img, (size, size, 3)), tf.float32)
 
 
 def patch_dataset(
@@ -544,4 +565,4 @@ def patch_dataset(
 def read_patch(path: Path, size: int) -> np.ndarray:
     """NumPy twin of :func:`load_patch_tf`: RGB uint8 ``(size, size, 3)``, white-padded."""
     img = read_rgb(path)[:size, :size]
-    return pad_to(img, size, PAD_RGB)
+    return pad_bottom_right(img, size, BACKGROUND_RGB)

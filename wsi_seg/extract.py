@@ -1,8 +1,9 @@
 """Training data from a slide and its tumour annotation.
 
 ``extract_training_data`` cuts a slide, read at a chosen resolution (µm/px), into square tiles
-on a grid over the working-resolution image, keeps those on tissue, and writes them in one of
-the two layouts that :mod:`wsi_seg.train` reads:
+on ``run``'s window grid over the working-resolution image (:func:`wsi_seg.tiling.window_starts`:
+every ``stride`` pixels, the last tile of each row and column moved back inside the slide), keeps
+those on tissue, and writes them in one of the two layouts that :mod:`wsi_seg.train` reads:
 
 * ``unet``: ``OUT/images/<stem>_x<XW>_y<YW>.png`` and ``OUT/masks/<same>.png`` (0/255);
 * ``idc``: ``OUT/<patient>/<0|1>/<patient>_idx5_x<XW>_y<YW>_class<C>.png``, a patch labelled 1
@@ -36,6 +37,7 @@ from wsi_seg.annotations import check_truth_fits, read_truth
 from wsi_seg.errors import WsiSegError
 from wsi_seg.metrics import rasterize_window
 from wsi_seg.slide import Slide, open_slide
+from wsi_seg.tiling import window_starts
 from wsi_seg.tissue import TissueMask, find_tissue
 
 LAYOUTS = ("unet", "idc")
@@ -50,7 +52,8 @@ class ExtractOptions:
         mpp: working resolution, µm/px (the model's ``mpp``; IDC patches are about 4.0).
         layout: ``unet`` (image + mask pairs) or ``idc`` (class-labelled patches).
         tile_px: tile side in working pixels (default 256 for unet, 50 for idc).
-        stride_px: grid step in working pixels (default: ``tile_px``, no overlap).
+        stride_px: grid step in working pixels (default: ``tile_px``: tiles overlap only where
+            the last one of a row or column is moved back inside the slide).
         min_tissue: smallest tissue fraction (0..1) of a tile to keep it.
         tumour_fraction: (idc) smallest tumour fraction of a patch to label it 1.
         max_tiles: keep at most this many tiles, drawn at random (seeded); None keeps all.
@@ -162,8 +165,10 @@ def extract_training_data(
             truth.geometry, [1 / f, 0, 0, 1 / f, -slide.origin_x0 / f, -slide.origin_y0 / f]
         )
         tissue = find_tissue(slide)
-        xs = np.arange(0, w_px - tile + 1, stride)
-        ys = np.arange(0, h_px - tile + 1, stride)
+        # run's window grid: the last tile of a row or column is moved back inside, so tissue
+        # at the right and bottom borders is extracted too (the slide is at least one tile).
+        xs = window_starts(w_px, tile, stride)
+        ys = window_starts(h_px, tile, stride)
         grid_x, grid_y = np.meshgrid(xs, ys)
         gx, gy = grid_x.ravel(), grid_y.ravel()
         frac = _tissue_fractions(

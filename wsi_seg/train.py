@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import functools
 import io
 import itertools
 import json
@@ -34,6 +35,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from wsi_seg.blend import BLEND_MODES, BlendSpec, PredictFn, sliding_window_inference
 from wsi_seg.card import ModelCard, card_path, load_model, save_model, sha256_file
 from wsi_seg.datasets import (
     Augment,
@@ -43,7 +45,6 @@ from wsi_seg.datasets import (
     fixed_dataset,
     fixed_tiles,
     load_pairs,
-    pad_to,
     patch_dataset,
     read_mask,
     read_patch,
@@ -51,17 +52,20 @@ from wsi_seg.datasets import (
     scan_idc,
     split_patients,
     unet_train_dataset,
-    window_starts,
 )
 from wsi_seg.errors import ModelError, WsiSegError
 from wsi_seg.files import write_atomic
+from wsi_seg.infer import InferConfig, Predictor
 from wsi_seg.models import build_model, preprocess
+from wsi_seg.pipeline import CHUNK_WINDOWS, RunConfig
+from wsi_seg.slide import BACKGROUND_RGB
+from wsi_seg.tiling import step_for
 
 LOSSES = ("bce", "dice", "bce_dice", "focal")
 SMOOTH = 1.0  # soft-Dice smoothing, pixels: keeps the loss finite on tumour-free batches
 
 
-# -- losses and metrics (plain functions of float32 tensors) ---------------------------------------
+# -- losses (plain functions of float32 tensors) ---------------------------------------------------
 def _f32(y_true: Any, y_pred: Any) -> tuple[Any, Any]:
     import tensorflow as tf
 
@@ -105,40 +109,66 @@ LOSS_FUNCTIONS: dict[str, Callable[[Any, Any], Any]] = {
 }
 
 
-def _hard(y_true: Any, y_pred: Any) -> tuple[Any, Any]:
-    import tensorflow as tf
-
-    y_true, y_pred = _f32(y_true, y_pred)
-    return tf.cast(y_true >= 0.5, tf.float32), tf.cast(y_pred >= 0.5, tf.float32)
-
-
-def dice(y_true: Any, y_pred: Any) -> Any:
-    """Dice of the thresholded (0.5) prediction over the batch; 1 when both are empty."""
-    import tensorflow as tf
-
-    t, p = _hard(y_true, y_pred)
-    inter = tf.reduce_sum(t * p)
-    return (2.0 * inter + 1e-7) / (tf.reduce_sum(t) + tf.reduce_sum(p) + 1e-7)
+# -- epoch scores (stateful Keras metrics, pooled over the epoch) ---------------------------------
+#: Scores logged per epoch (``dice``, ``val_dice``, ...): what ``--monitor`` and the card use.
+SCORES = ("dice", "iou", "accuracy")
+_EPS = 1e-7  # Dice and IoU are 1, not NaN, when neither truth nor prediction has tumour
 
 
-def iou(y_true: Any, y_pred: Any) -> Any:
-    """IoU of the thresholded (0.5) prediction over the batch; 1 when both are empty."""
-    import tensorflow as tf
+def score_metrics() -> list[Any]:
+    """Fresh stateful Keras metrics, one per name in :data:`SCORES`, thresholding at 0.5.
 
-    t, p = _hard(y_true, y_pred)
-    inter = tf.reduce_sum(t * p)
-    return (inter + 1e-7) / (tf.reduce_sum(t) + tf.reduce_sum(p) - inter + 1e-7)
-
-
-def accuracy(y_true: Any, y_pred: Any) -> Any:
-    """Fraction of pixels (or patches) classified right at threshold 0.5."""
-    import tensorflow as tf
-
-    t, p = _hard(y_true, y_pred)
-    return tf.reduce_mean(tf.cast(tf.equal(t, p), tf.float32))
+    Each sums true/false positives and negatives over every batch of the epoch and scores the
+    sums, so an epoch's Dice is the Dice of all its pixels (patches, for a patch model). A
+    mean of per-batch Dice would weigh a batch with one tumour pixel like one full of tumour,
+    and would change with the batch size.
+    """
+    cls = _pooled_score_class()
+    return [cls(name) for name in SCORES]
 
 
-METRICS = (dice, iou, accuracy)
+@functools.cache
+def _pooled_score_class() -> type:
+    # Defined on first use: Keras is imported only when training.
+    import keras
+    from keras import ops
+
+    class PooledScore(keras.metrics.Metric):
+        """Dice, IoU or accuracy of the 0/1 counts ``(tp, fp, fn, tn)`` summed so far."""
+
+        def __init__(self, name: str, **kwargs: Any) -> None:
+            if name not in SCORES:
+                raise ValueError(f"unknown score {name!r}; use one of {', '.join(SCORES)}")
+            super().__init__(name=name, **kwargs)
+            # float64: a float32 sum stops counting single pixels beyond 2**24 (16.7 Mpx).
+            self.counts = self.add_variable(shape=(4,), initializer="zeros", dtype="float64",
+                                            name="counts")
+
+        def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
+            t = ops.reshape(ops.cast(y_true, "float32") >= 0.5, (-1,))
+            p = ops.reshape(ops.cast(y_pred, "float32") >= 0.5, (-1,))
+            not_t, not_p = ops.logical_not(t), ops.logical_not(p)
+            pairs = ((t, p), (not_t, p), (t, not_p), (not_t, not_p))
+            self.counts.assign_add(ops.stack(
+                [ops.sum(ops.cast(ops.logical_and(a, b), "float64")) for a, b in pairs]))
+
+        def result(self) -> Any:
+            tp, fp, fn, tn = (self.counts[i] for i in range(4))
+            if self.name == "dice":
+                value = (2 * tp + _EPS) / (2 * tp + fp + fn + _EPS)
+            elif self.name == "iou":
+                value = (tp + _EPS) / (tp + fp + fn + _EPS)
+            else:
+                value = (tp + tn) / ops.maximum(tp + fp + fn + tn, 1.0)
+            return ops.cast(value, "float32")
+
+        def reset_state(self) -> None:
+            self.counts.assign(ops.zeros((4,), "float64"))
+
+        def get_config(self) -> dict[str, Any]:
+            return {"name": self.name}
+
+    return PooledScore
 
 
 # -- configuration ---------------------------------------------------------------------------------
@@ -395,7 +425,7 @@ def fit(
         model.compile(
             optimizer=optimizer,
             loss=LOSS_FUNCTIONS[cfg.loss],
-            metrics=list(METRICS),
+            metrics=score_metrics(),
             jit_compile=False,  # XLA is slower than oneDNN on CPUs
         )
         if cfg.resume:
@@ -606,8 +636,9 @@ def train_unet(opts: UnetOptions, cfg: TrainConfig) -> TrainResult:
             "tile_mode": opts.tile_mode, "mask_threshold": opts.mask_threshold,
         }),
         name=cfg.out.stem,
-        extra={"validation_note": f"tile-batch means over {len(vx)} fixed tiles of "
-               f"{opts.valid_dir} (used for model selection)"},
+        extra={"validation_note": f"dice, iou and accuracy pool all pixels of {len(vx)} fixed "
+               f"tiles of {opts.valid_dir}, loss is their batch mean (used for model "
+               "selection)"},
     )
     return fit(spec, card, train_ds, steps, val_ds, cfg)
 
@@ -742,8 +773,8 @@ def train_patch(opts: PatchOptions, cfg: TrainConfig) -> tuple[TrainResult, list
         "validation_note": f"per-patient scores on the {eval_name} patients "
         f"({', '.join(getattr(split, eval_name))}); IoU of tumour-patch footprints, NaN "
         "(excluded from the mean, counted in empty_both) when a patient has neither true nor "
-        "predicted tumour patches; val_* are patch-batch means on the validation patients "
-        "used for model selection",
+        "predicted tumour patches; val_* pool all patches of the validation patients "
+        "(val_loss: their batch mean), used for model selection",
     })
     return dataclasses.replace(result, card=card), scores
 
@@ -832,7 +863,7 @@ def rebuild_patient(
     """Paste patches at their ``(x, y)`` into one image with truth and prediction masks."""
     w = max(p.x for p in patches) + size
     h = max(p.y for p in patches) + size
-    image = np.full((h, w, 3), 255, np.uint8)
+    image = np.full((h, w, 3), BACKGROUND_RGB, np.uint8)
     truth = np.zeros((h, w), np.uint8)
     predicted = np.zeros((h, w), np.uint8)
     for p, tile, y_hat in zip(patches, rgb, pred, strict=True):
@@ -915,32 +946,71 @@ class ImageScore:
     intersection_px: int
 
 
-def predict_image(
-    model: Any, card: ModelCard, image: np.ndarray, overlap: float = 0.25, batch_size: int = 8
-) -> np.ndarray:
-    """Tumour probability ``(h, w)`` float32 for an RGB image at the model's resolution.
+@dataclass(frozen=True)
+class WindowOptions:
+    """How ``wsi-seg run`` places and blends windows, so ``evaluate`` scores what ``run``
+    produces. The defaults are run's (:class:`wsi_seg.pipeline.RunConfig`).
 
-    UNet: windows on one grid (MONAI placement, last window moved inside, ``overlap`` of the
-    tile side), averaged with equal weights. Patch model: a grid of non-overlapping patches,
-    each patch's score painted over its footprint.
+    Attributes:
+        overlap: fraction of a window shared with the next (MONAI's step rule).
+        stride_px: window step in working pixels, overriding ``overlap``.
+        blend: ``gaussian``, ``hann`` or ``constant``; None: run's choice for the model kind
+            (:func:`blend_mode`).
+        sigma_scale: Gaussian sigma as a fraction of the window edge.
+        batch_size: windows per model call; None: the device's default (16 CPU, 128 GPU).
     """
-    s = card.input_size_px
-    h, w = image.shape[:2]
-    padded = pad_to(image, s, 255)
-    ph, pw = padded.shape[:2]
-    step = max(1, int(s * (1 - overlap))) if card.kind == "unet" else s
-    ys, xs = window_starts(ph, s, step), window_starts(pw, s, step)
-    coords = [(y, x) for y in ys for x in xs]
-    acc = np.zeros((ph, pw), np.float32)
-    weight = np.zeros((ph, pw), np.float32)
-    for i in range(0, len(coords), 64):
-        chunk = coords[i : i + 64]
-        tiles = np.stack([padded[y : y + s, x : x + s] for y, x in chunk])
-        out = predict_tiles(model, card, tiles, batch_size)
-        for (y, x), o in zip(chunk, out, strict=True):
-            acc[y : y + s, x : x + s] += o[..., 0] if card.kind == "unet" else o[0]
-            weight[y : y + s, x : x + s] += 1.0
-    return (acc / np.maximum(weight, 1e-6))[:h, :w]
+
+    overlap: float = RunConfig.overlap
+    stride_px: int | None = RunConfig.stride_px
+    blend: str | None = RunConfig.blend
+    sigma_scale: float = RunConfig.sigma_scale
+    batch_size: int | None = InferConfig.batch_size
+
+    def check(self, roi_px: int | None = None) -> None:
+        """WsiSegError naming the option for a value that cannot be right (``roi_px``: the
+        model's window edge, which bounds the stride)."""
+        if not 0 <= self.overlap < 1:
+            raise WsiSegError(f"--overlap must lie in [0, 1), got {self.overlap:g}")
+        if self.stride_px is not None and self.stride_px < 1:
+            raise WsiSegError(f"--stride must be at least 1 px, got {self.stride_px}")
+        if self.stride_px is not None and roi_px is not None and self.stride_px > roi_px:
+            # Pixels between windows would be predicted by none and score as background.
+            raise WsiSegError(f"--stride {self.stride_px} px is larger than the model's "
+                              f"{roi_px} px window: windows would leave gaps")
+        if self.blend is not None and self.blend not in BLEND_MODES:
+            raise WsiSegError(f"unknown blend mode {self.blend!r}; use one of "
+                              f"{', '.join(BLEND_MODES)}")
+        if not (math.isfinite(self.sigma_scale) and self.sigma_scale > 0):
+            raise WsiSegError(f"--sigma-scale must be positive, got {self.sigma_scale:g}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise WsiSegError(f"--batch-size must be at least 1, got {self.batch_size}")
+
+    def spec(self, card: ModelCard) -> BlendSpec:
+        """The blend specification ``run`` uses for this model (see ``pipeline.prepare_slide``)."""
+        roi = card.input_size_px
+        self.check(roi)
+        step = self.stride_px or step_for(roi, self.overlap)
+        return BlendSpec(roi, step, blend_mode(card, self.blend), self.sigma_scale,
+                         self.batch_size or CHUNK_WINDOWS)
+
+
+def blend_mode(card: ModelCard, blend: str | None) -> str:
+    """``blend``, or run's default for the model kind: a UNet's windows weighed by a Gaussian
+    (its border pixels see the least context), a patch classifier's score spread as a box
+    over its patch (one score says nothing about where in the patch the tumour is)."""
+    return blend or ("constant" if card.kind == "patch" else "gaussian")
+
+
+def predict_image(image: np.ndarray, predict: PredictFn, spec: BlendSpec) -> np.ndarray:
+    """Tumour probability ``(h, w)`` float32 of an RGB uint8 image at the model's resolution.
+
+    Exactly :func:`wsi_seg.blend.sliding_window_inference`, the specification the ``run``
+    mosaic equals bit for bit: ``run``'s window grid, padding and importance-weighted blend.
+    """
+    return sliding_window_inference(
+        image, predict, spec.roi_px, mode=spec.mode, sigma_scale=spec.sigma_scale,
+        batch_size=spec.batch_size, step_px=spec.step_px,
+    )
 
 
 def overlap_scores(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float, float]:
@@ -961,12 +1031,20 @@ def evaluate_folder(
     masks_dir: Path,
     threshold: float | None = None,
     mask_threshold: int = 128,
-    overlap: float = 0.25,
+    window: WindowOptions = WindowOptions(),
 ) -> tuple[list[ImageScore], ModelCard]:
-    """Score a model on images and masks with matching stems (images at the model's MPP)."""
+    """Score a model on images and masks with matching stems (images at the model's MPP).
+
+    Each image is predicted as ``run`` predicts a slide (:func:`predict_image`) and
+    thresholded at ``threshold``, the card's by default.
+    """
     from wsi_seg.datasets import _image_files
 
-    model, card = load_model(model_path)
+    if threshold is not None and not 0 <= threshold <= 1:
+        raise WsiSegError(f"--threshold must lie in [0, 1], got {threshold:g}")
+    if not 0 <= mask_threshold <= 255:
+        raise WsiSegError(f"--mask-threshold must lie in 0..255, got {mask_threshold}")
+    window.check()
     for d in (images_dir, masks_dir):
         if not d.is_dir():
             raise WsiSegError("folder not found", d)
@@ -977,6 +1055,9 @@ def evaluate_folder(
     if orphans:
         raise WsiSegError(f"{len(orphans)} image(s) without a mask, e.g. {images[orphans[0]].name}",
                           masks_dir)
+    predictor = Predictor.from_path(model_path, InferConfig(batch_size=window.batch_size))
+    card = predictor.card
+    spec = window.spec(card)
     thr = card.threshold if threshold is None else threshold
     scores = []
     for stem in sorted(images):
@@ -988,7 +1069,7 @@ def evaluate_folder(
                 f"{img.shape[1]}x{img.shape[0]} px",
                 masks[stem],
             )
-        prob = predict_image(model, card, img, overlap)
+        prob = predict_image(img, predictor, spec)
         pred = prob >= thr
         dice_, iou_, acc_ = overlap_scores(pred, truth)
         inter = int(np.sum(pred & truth.astype(bool)))

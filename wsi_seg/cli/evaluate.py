@@ -6,12 +6,19 @@ import argparse
 import csv
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from wsi_seg.blend import BLEND_MODES
+
+if TYPE_CHECKING:
+    from wsi_seg.train import WindowOptions
 
 EPILOG = """\
 Images must be at the model's resolution (its card's mpp); masks are binarised like training
-masks. Dice and IoU are undefined (NaN) for an image whose truth and prediction are both
-empty: such images are left out of the Dice/IoU means and counted as empty_both.
+masks. Each image is predicted exactly as `wsi-seg run` predicts a slide: the same window grid,
+padding and blending, with the same options and defaults, thresholded at the card's threshold.
+Dice and IoU are undefined (NaN) for an image whose truth and prediction are both empty:
+such images are left out of the Dice/IoU means and counted as empty_both.
 pooled_dice / pooled_iou count all pixels of all images together.
 
 example:
@@ -35,8 +42,18 @@ def register(subparsers: Any) -> None:
                    help="probability threshold (default: the card's)")
     p.add_argument("--mask-threshold", type=int, default=128,
                    help="mask grey value (0..255) at or above which a pixel is tumour (128)")
-    p.add_argument("--overlap", type=float, default=0.25,
-                   help="UNet window overlap, fraction of the tile side (default 0.25)")
+    g = p.add_argument_group("windows, as in wsi-seg run")
+    g.add_argument("--overlap", type=float, default=None,
+                   help="window overlap fraction [0.25]")
+    g.add_argument("--stride", type=int, default=None,
+                   help="window step in working pixels, overriding --overlap (e.g. 25 for 50 px "
+                   "patches)")
+    g.add_argument("--blend", choices=BLEND_MODES, default=None,
+                   help="window weighting [gaussian for a UNet, constant for a patch model]")
+    g.add_argument("--sigma-scale", type=float, default=None,
+                   help="gaussian sigma as a fraction of the window (MONAI) [0.125]")
+    g.add_argument("--batch-size", type=int, default=None,
+                   help="tiles per model call [16 on a CPU, 128 on a GPU]")
     p.add_argument("--csv", type=Path, default=None, help="write per-image scores to this CSV")
     p.set_defaults(handler=run)
 
@@ -45,14 +62,21 @@ def _fmt(v: float) -> str:
     return "nan" if math.isnan(v) else f"{v:.4f}"
 
 
+def window_options(args: argparse.Namespace) -> WindowOptions:
+    """The window options given; the others keep :class:`WindowOptions`' defaults, run's."""
+    from wsi_seg.train import WindowOptions
+
+    given = {"overlap": args.overlap, "stride_px": args.stride, "blend": args.blend,
+             "sigma_scale": args.sigma_scale, "batch_size": args.batch_size}
+    return WindowOptions(**{k: v for k, v in given.items() if v is not None})
+
+
 def run(args: argparse.Namespace) -> int:
-    from wsi_seg.errors import WsiSegError
     from wsi_seg.train import evaluate_folder, summarise_images
 
-    if args.overlap < 0 or args.overlap >= 1:
-        raise WsiSegError("--overlap must lie in [0, 1)")
     scores, card = evaluate_folder(
-        args.model, args.images, args.masks, args.threshold, args.mask_threshold, args.overlap
+        args.model, args.images, args.masks, args.threshold, args.mask_threshold,
+        window_options(args),
     )
     rows = [["image", "dice", "iou", "accuracy", "tumour_px", "predicted_px"]]
     for s in scores:

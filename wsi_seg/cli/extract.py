@@ -38,7 +38,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--tile", type=int, default=None,
                    help="tile side, px at --mpp (default 256 for unet, 50 for idc)")
     p.add_argument("--stride", type=int, default=None,
-                   help="grid step, px at --mpp (default: the tile side, no overlap)")
+                   help="grid step, px at --mpp, as run's --stride (default: the tile side; "
+                   "the last tile of a row or column is moved back inside the slide)")
     p.add_argument("--min-tissue", type=float, default=0.5,
                    help="keep tiles with at least this tissue fraction, 0..1 (default 0.5)")
     p.add_argument("--tumour-fraction", type=float, default=0.5,
