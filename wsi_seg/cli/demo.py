@@ -7,6 +7,7 @@ import json
 import time
 from pathlib import Path
 
+from wsi_seg import options
 from wsi_seg.card import bundled_model_path, read_card
 from wsi_seg.cli.info import describe, format_text
 from wsi_seg.cluster import ClusterConfig
@@ -28,16 +29,30 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder")
-    p.add_argument("--size", default="8000x8000", help="sample slide size, level-0 px")
+    p.add_argument("--size", type=slide_size, default="8000x8000", metavar="WxH",
+                   help="sample slide size, level-0 px")
     p.add_argument("--seed", type=int, default=1001,
                    help="sample slide seed (the demo models never saw seeds above 1000)")
     p.add_argument("--model", type=Path, help="model to run [bundled demo UNet]")
     p.add_argument("--scheduler", default=None,
                    help="'threads' for a single process, or a tcp:// Dask scheduler")
-    p.add_argument("--workers", type=int, default=None, help="local worker processes")
+    p.add_argument("--workers", type=options.BY_NAME["workers"].parse, default=None,
+                   metavar="N", help="local worker processes")
     p.add_argument("--overwrite", action="store_true",
                    help="run again even if the sample slide's results are complete")
     p.set_defaults(handler=run)
+
+
+def slide_size(text: str) -> tuple[int, int]:
+    """``WxH`` in level-0 pixels, each at least 64 (a slide needs room for tissue)."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT in pixels, got {text!r}"
+                                         ) from None
+    if min(w, h) < 64:
+        raise argparse.ArgumentTypeError(f"each side must be >= 64 px, got {text!r}")
+    return w, h
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     slide_path = out / "sample.svs"
     truth = truth_path_for(slide_path)
-    w, h = (int(v) for v in args.size.lower().split("x"))
+    w, h = args.size
     if not (slide_path.is_file() and truth.is_file()):
         t = time.perf_counter()
         write_synthetic_slide(slide_path, (w, h), seed=args.seed)
@@ -55,8 +70,9 @@ def run(args: argparse.Namespace) -> int:
     card = read_card(model)
     with open_slide(slide_path) as slide:
         tissue = find_tissue(slide)
-        print(format_text(describe(slide, tissue, card.mpp, card.input_size_px, 0.25, 4096,
-                                   1024)))
+        d = options.DEFAULTS
+        print(format_text(describe(slide, tissue, card.mpp, card.input_size_px, d["overlap"],
+                                   d["block"], d["chunk"])))
     results = out / "results"
     config = RunConfig(out_dir=results, model_path=args.model, truth=truth,
                        infer=InferConfig(batch_size=16), overwrite=args.overwrite)
