@@ -28,6 +28,7 @@ from wsi_seg.card import BUNDLED
 from wsi_seg.errors import WsiSegError
 from wsi_seg.naming import TRUTH_PATTERNS
 from wsi_seg.slide import MPP_RANGE_UM
+from wsi_seg.tissue import MIN_AREA_SLIDE_FRACTION
 
 Kind = Literal["int", "float", "str", "bool", "path", "strs"]
 
@@ -80,6 +81,8 @@ class Limits:
             return f"{'>' if self.lo_open else '>='} {self.lo:g}"
         return f"x {hi}" if hi else "finite"
 
+
+_SMALL_SLIDE = f"{MIN_AREA_SLIDE_FRACTION:.0%}"  # minimum areas shrink to this share of a slide
 
 AT_LEAST_1 = Limits(lo=1)
 AT_LEAST_0 = Limits(lo=0)
@@ -299,12 +302,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("tissue_open_um", "float", 16.0, "tissue", "opening diameter removing specks, µm",
            "tissue.open_um", AT_LEAST_0, toml_key="open_um", metavar="UM"),
     Option("tissue_min_area_um2", "float", 10_000.0, "tissue", "smallest tissue piece kept, "
-           "µm²", "tissue.min_area_um2", AT_LEAST_0, toml_key="min_area_um2", metavar="UM2"),
+           f"µm² (at most {_SMALL_SLIDE} of a small slide's area)", "tissue.min_area_um2",
+           AT_LEAST_0, toml_key="min_area_um2", metavar="UM2"),
     # -- polygons
     Option("threshold", "float", None, "polygons", "tumour probability at or above which a "
            "pixel is tumour", "run.threshold", Limits(0, 1, lo_open=True),
            default_text="the model card's", metavar="P"),
-    Option("min_area_um2", "float", 1000.0, "polygons", "smallest tumour region kept, µm²",
+    Option("min_area_um2", "float", 1000.0, "polygons", "smallest tumour region kept, µm² "
+           f"(at most {_SMALL_SLIDE} of a small slide's area)",
            "run.min_area_um2", AT_LEAST_0, metavar="UM2"),
     Option("simplify_um", "float", 1.0, "polygons", "polygon simplification tolerance, µm",
            "run.simplify_um", AT_LEAST_0, metavar="UM"),
