@@ -21,12 +21,13 @@ import hashlib
 import json
 import math
 import os
+import struct
 import zipfile
 import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from wsi_seg import __version__
 from wsi_seg.errors import ModelError
@@ -227,36 +228,84 @@ def read_card(path: str | os.PathLike[str]) -> ModelCard:
         raise ModelError(f"bad model card: {exc}", cpath) from None
 
 
-def _check_members(zf: zipfile.ZipFile, path: Path) -> None:
-    """ModelError unless every member of the archive is within its size ceiling.
+def _data_offset(fh: BinaryIO, info: zipfile.ZipInfo, path: Path) -> int:
+    """Where a member's stored bytes start: after its local header, name and extra field."""
+    fh.seek(info.header_offset)
+    head = fh.read(30)
+    if len(head) != 30 or head[:4] != b"PK\x03\x04":
+        raise ModelError(f"corrupt .keras archive (no local header for {info.filename!r})", path)
+    name_len, extra_len = struct.unpack("<HH", head[26:30])
+    return info.header_offset + 30 + name_len + extra_len
 
-    Declared sizes are enough: ``zipfile`` never returns more than a member's declared size
-    (it stops there and checks the CRC) when inflating stored or deflated members, so they
-    bound what Keras reads too. Other methods are refused: ``zipfile`` inflates a bzip2/lzma
-    read in one piece before cutting it to size.
+
+def _inflated_size(fh: BinaryIO, info: zipfile.ZipInfo, limit: int, path: Path) -> int:
+    """Bytes a deflated member really inflates to, counted up to ``limit + 1`` (then stopping)
+    while holding one 1 MiB chunk.
+
+    Its declared size is not enough: ``ZipExtFile.read()`` (Keras reads members so) inflates
+    up to 2 GiB in one call before cutting to the declared size, so a member that declares
+    1 kB and inflates to 1 GiB costs 1 GiB there.
+    """
+    fh.seek(_data_offset(fh, info, path))
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)  # raw deflate, as zip stores it
+    left, total = info.compress_size, 0
+    while left > 0 and total <= limit and not inflater.eof:
+        data = fh.read(min(MiB, left))
+        if not data:
+            break
+        left -= len(data)
+        while data and total <= limit:
+            total += len(inflater.decompress(data, MiB))
+            data = inflater.unconsumed_tail
+    return total
+
+
+def _check_members(zf: zipfile.ZipFile, path: Path) -> None:
+    """ModelError unless every member of the archive is within its size ceiling, by its
+    declared size and by what it really inflates to (counted without keeping it).
+
+    Keras stores members uncompressed, so the count is free for its own files; a deflated
+    member costs one inflation pass (hundreds of MB/s). Methods other than stored and
+    deflated are refused: ``zipfile`` inflates bzip2/lzma reads in one piece.
     """
     infos = zf.infolist()
     if len(infos) > MAX_MEMBERS:
         raise ModelError(f"not a Keras .keras file ({len(infos)} archive members)", path)
     total = 0
-    for info in infos:
-        name = info.filename
-        if info.flag_bits & 0x1:
-            raise ModelError(f"archive member {name!r} is encrypted", path)
-        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-            raise ModelError(f"archive member {name!r} uses compression method "
-                             f"{info.compress_type}; Keras writes stored or deflated members",
-                             path)
-        cap = MAX_CONFIG_BYTES if name in JSON_MEMBERS else MAX_WEIGHTS_BYTES
-        if info.file_size > cap:
-            raise ModelError(f"archive member {name!r} inflates to {size_text(info.file_size)}, "
-                             f"more than the {size_text(cap)} allowed", path)
-        total += info.file_size
+    with open(path, "rb") as fh:
+        for info in infos:
+            total += _member_size(fh, info, path)
     on_disk = path.stat().st_size
     if total > MAX_ARCHIVE_BYTES or (total > INFLATION_FLOOR
                                      and total > MAX_INFLATION * on_disk):
         raise ModelError(f"archive inflates to {size_text(total)} from "
                          f"{size_text(on_disk)} on disk: refused as a decompression bomb", path)
+
+
+def _member_size(fh: BinaryIO, info: zipfile.ZipInfo, path: Path) -> int:
+    """The inflated size of one member, ModelError when over its ceiling or its declaration."""
+    name = info.filename
+    if info.flag_bits & 0x1:
+        raise ModelError(f"archive member {name!r} is encrypted", path)
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise ModelError(f"archive member {name!r} uses compression method "
+                         f"{info.compress_type}; Keras writes stored or deflated members", path)
+    cap = MAX_CONFIG_BYTES if name in JSON_MEMBERS else MAX_WEIGHTS_BYTES
+    if info.file_size > cap:
+        raise ModelError(f"archive member {name!r} inflates to {size_text(info.file_size)}, "
+                         f"more than the {size_text(cap)} allowed", path)
+    if info.file_size > INFLATION_FLOOR and info.file_size > MAX_INFLATION * info.compress_size:
+        raise ModelError(f"archive member {name!r} inflates to {size_text(info.file_size)} from "
+                         f"{size_text(info.compress_size)} stored: refused as a decompression "
+                         "bomb", path)
+    if info.compress_type == zipfile.ZIP_STORED:
+        actual = info.compress_size  # stored bytes are read as they are: no amplification
+    else:
+        actual = _inflated_size(fh, info, info.file_size, path)
+    if actual > info.file_size:
+        raise ModelError(f"corrupt .keras archive: member {name!r} holds more than the "
+                         f"{size_text(info.file_size)} it declares", path)
+    return info.file_size
 
 
 def _archive_config(path: Path) -> dict[str, Any]:
