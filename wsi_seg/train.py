@@ -56,6 +56,7 @@ from wsi_seg.datasets import (
 from wsi_seg.errors import ModelError, WsiSegError
 from wsi_seg.files import write_atomic
 from wsi_seg.infer import InferConfig, Predictor
+from wsi_seg.metrics import OverlapScore, iou_dice, summarize_scores
 from wsi_seg.models import build_model, preprocess
 from wsi_seg.pipeline import CHUNK_WINDOWS, RunConfig
 from wsi_seg.slide import BACKGROUND_RGB
@@ -843,11 +844,9 @@ def evaluate_patients(
         prob = predict_patches(model, card, rgb)
         pred = (prob >= card.threshold).astype(np.uint8)
         truth = np.array([p.label for p in ps], np.uint8)
-        inter = int(np.sum(pred & truth))
-        union = int(np.sum(pred | truth))
         scores.append(PatientScore(
             patient, len(ps), int(truth.sum()), int(pred.sum()),
-            float(np.mean(pred == truth)), inter / union if union else float("nan"),
+            float(np.mean(pred == truth)), _nan(iou_dice(pred, truth).iou),
         ))
         if workdir is not None:
             image, truth_mask, pred_mask = rebuild_patient(ps, rgb, pred, s)
@@ -1015,14 +1014,14 @@ def predict_image(image: np.ndarray, predict: PredictFn, spec: BlendSpec) -> np.
 
 def overlap_scores(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float, float]:
     """Dice, IoU and accuracy of two boolean masks; Dice/IoU NaN when both are empty."""
-    p, t = pred.astype(bool), truth.astype(bool)
-    inter = int(np.sum(p & t))
-    union = int(np.sum(p | t))
-    total = int(p.sum() + t.sum())
-    acc = float(np.mean(p == t))
-    if union == 0:
-        return float("nan"), float("nan"), acc
-    return 2 * inter / total, inter / union, acc
+    score = iou_dice(pred, truth)  # the one IoU/Dice rule (wsi_seg.metrics)
+    acc = float(np.mean(pred.astype(bool) == truth.astype(bool)))
+    return _nan(score.dice), _nan(score.iou), acc
+
+
+def _nan(value: float | None) -> float:
+    """An undefined (empty-vs-empty) score as NaN, as the evaluation tables write it."""
+    return float("nan") if value is None else value
 
 
 def evaluate_folder(
@@ -1082,15 +1081,16 @@ def evaluate_folder(
 def summarise_images(scores: Sequence[ImageScore]) -> dict[str, float]:
     """Mean Dice/IoU (over images with tumour in truth or prediction) and mean accuracy;
     pooled Dice/IoU over all pixels; the count of empty-vs-empty images."""
-    valid = [s for s in scores if not math.isnan(s.dice)]
-    inter = sum(s.intersection_px for s in scores)
-    total = sum(s.tumour_px + s.predicted_px for s in scores)
+    # Mean = run's macro, pooled = run's micro: the same rule as `run` (wsi_seg.metrics).
+    run = summarize_scores(
+        OverlapScore(s.intersection_px, s.predicted_px - s.intersection_px,
+                     s.tumour_px - s.intersection_px) for s in scores)
     return {
         "images": float(len(scores)),
-        "mean_dice": float(np.mean([s.dice for s in valid])) if valid else float("nan"),
-        "mean_iou": float(np.mean([s.iou for s in valid])) if valid else float("nan"),
+        "mean_dice": _nan(run.macro_dice),
+        "mean_iou": _nan(run.macro_iou),
         "mean_accuracy": float(np.mean([s.accuracy for s in scores])) if scores else float("nan"),
-        "empty_both": float(len(scores) - len(valid)),
-        "pooled_dice": 2 * inter / total if total else float("nan"),
-        "pooled_iou": inter / (total - inter) if total else float("nan"),
+        "empty_both": float(run.n_empty_both),
+        "pooled_dice": _nan(run.micro_dice),
+        "pooled_iou": _nan(run.micro_iou),
     }
