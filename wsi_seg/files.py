@@ -149,7 +149,8 @@ def gunzip_capped(path: str | os.PathLike[str], max_bytes: int,
     try:
         if _inflated_size(p, max_bytes) > max_bytes:
             raise error(f"{what} inflates to more than the {size_text(max_bytes)} allowed "
-                        "(a decompression bomb, or far larger than any annotation)", p)
+                        "(refused unread: a decompression bomb, or far larger than any "
+                        f"real {what})", p)
         with gzip.open(p, "rb") as fh:
             return fh.read(max_bytes + 1)
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
