@@ -223,3 +223,71 @@ def test_config_file_and_flags(slides: Path, model: Path, tmp_path: Path) -> Non
     bad.write_text("overlapp = 0.3\n")
     with pytest.raises(WsiSegError, match="unknown option 'overlapp'"):
         load_config(bad)
+
+
+def _worker_pids(parent: int) -> list[int]:
+    import psutil
+
+    return [p.pid for p in psutil.Process(parent).children(recursive=True)
+            if "spawn_main" in " ".join(p.cmdline()) and "resource_tracker" not in
+            " ".join(p.cmdline())]
+
+
+def test_a_worker_killed_while_loading_the_model_does_not_hang_the_run(
+        slides: Path, model: Path, tmp_path: Path) -> None:
+    """An out-of-memory kill during start-up: the nanny restarts the worker, the model plugin
+    loads it again there, and the run finishes (it once waited forever on a warm-up task
+    pinned to the dead worker's address)."""
+    out = tmp_path / "killed-at-start"
+    proc = subprocess.Popen(
+        [str(BIN / "wsi-seg"), "run", str(slides), "--out", str(out), "--model", str(model),
+         *RUN_OPTS], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
+    try:
+        deadline = time.time() + 60
+        run_json = out / "run.json"
+        # run.json appears once the workers run and the client has planned the slides; the
+        # workers are then still importing the framework and loading the model.
+        while not run_json.exists():
+            assert time.time() < deadline and proc.poll() is None, "the run did not start"
+            time.sleep(0.05)
+        assert json.loads(run_json.read_text())["startup_s"] is None  # still warming up
+        pids = _worker_pids(proc.pid)
+        assert len(pids) == 1
+        os.kill(pids[0], signal.SIGKILL)
+        rc = proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert rc == 0, proc.stderr.read() if proc.stderr else ""
+    record = json.loads((out / "run.json").read_text())
+    assert record["finished"] and {s["status"] for s in record["slides"]} == {"ok"}
+
+
+def test_a_model_that_fails_to_load_on_the_workers_ends_the_run_in_one_line(
+        slides: Path, model: Path, tmp_path: Path) -> None:
+    """The file passes the client's checks (card, hash), but Keras cannot read its weights
+    on the worker: every slide fails with that one line, run.json is finished, exit 1."""
+    import hashlib
+    import zipfile
+
+    bad = tmp_path / "bad.keras"
+    with zipfile.ZipFile(model) as src, zipfile.ZipFile(bad, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            if item.filename.endswith(".h5"):
+                data = b"not an HDF5 file" * 64
+            dst.writestr(item, data)
+    card = json.loads(model.with_suffix(".json").read_text())
+    card["sha256"] = hashlib.sha256(bad.read_bytes()).hexdigest()
+    bad.with_suffix(".json").write_text(json.dumps(card))
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [str(BIN / "wsi-seg"), "run", str(slides), "--out", str(out), "--model", str(bad),
+         *RUN_OPTS], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    errors = [ln for ln in done.stderr.splitlines() if ln.startswith("wsi-seg: error:")]
+    assert len(errors) == 2 and all("bad.keras" in ln for ln in errors), done.stderr
+    record = json.loads((out / "run.json").read_text())
+    assert record["finished"] and {s["status"] for s in record["slides"]} == {"failed"}

@@ -220,7 +220,12 @@ def connect(config: ClusterConfig) -> Iterator[tuple[object, WorkerPlan | None]]
             client.close()
         return
     plan = plan_local_workers(config)
-    cluster = start_local_cluster(config, plan)
+    try:
+        cluster = start_local_cluster(config, plan)
+    except (RuntimeError, OSError, TimeoutError) as exc:
+        # A worker killed while starting (out of memory, say): one line, not a traceback.
+        cause = " ".join(str(exc).split()) or type(exc).__name__
+        raise WsiSegError(f"could not start the local Dask workers ({cause})") from None
     client = Client(cluster)
     try:
         yield client, plan

@@ -19,10 +19,13 @@ import sys
 import time
 import traceback
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from distributed.comm.core import CommClosedError
 
 from wsi_seg import __version__, progress
 from wsi_seg.card import verify_model_file
@@ -232,6 +235,7 @@ class Runner:
             todo = [s for s in self.states if s.job is not None]
             total_tiles = sum(s.job.tiles_todo for s in todo if s.job)
             self._await_warm(warm)
+            todo = [s for s in todo if s.job is not None]  # a model that failed fails them
             use_gpu = self.gpu_resource if self.gpu_resource is not None else bool(
                 plan and plan.gpus and self.cluster.scheduler != "threads")
             # A share of the card, not all of it: the resource routes blocks to GPU workers,
@@ -299,10 +303,30 @@ class Runner:
             state.bar.close()
             state.bar = None
 
-    def _await_warm(self, warm: list[Any]) -> None:
-        """Wait for the warm-up; a model that cannot load fails every slide with its cause."""
+    def _await_warm(self, warm: Future[dict[str, Any]] | None) -> None:
+        """Wait for the warm-up; a model that cannot load fails every slide with its cause.
+
+        A worker lost while warming (killed, out of memory) is not an error here: the nanny
+        restarts it and the model plugin loads the model there again.
+        """
+        if warm is None:
+            return
         try:
-            self.startup = [asdict(fut.result()) for fut in warm]
+            try:
+                answers = warm.result()
+            except (OSError, CommClosedError):
+                # The broadcast lost a worker: the restarted one warms through the plugin,
+                # and blocks wait for it there.
+                self.say("start-up: a worker was lost while loading the model; it restarts")
+                return
+            errors = [a for a in answers.values() if isinstance(a, BaseException)]
+            model_errors = [e for e in errors if not isinstance(e, OSError | CommClosedError)]
+            if model_errors:
+                raise model_errors[0]
+            if errors:
+                self.say("start-up: a worker was lost while loading the model; it restarts")
+            self.startup = [asdict(a) for a in answers.values()
+                            if not isinstance(a, BaseException)]
             self.startup_s = round(time.perf_counter() - self.t0, 3)
             if self.startup and not self.quiet:
                 slowest = max(w["load_s"] for w in self.startup)
@@ -380,22 +404,31 @@ class Runner:
         write_summary_md(rows, self.config.out_dir / "summary.md", footer=footer)
 
 
-def _warm_workers(client: Any, config: RunConfig, infer: InferConfig) -> list[Any]:
+def _warm_workers(client: Any, config: RunConfig, infer: InferConfig
+                  ) -> Future[dict[str, Any]] | None:
     """Load the model on every worker, now and on workers that join later (the plugin), and
-    return one warm-up future per current worker, whose result reports its start-up.
+    ask each current worker, in the background, for its start-up report.
 
-    The futures prefer their worker but may run elsewhere: a worker that dies while loading
-    must not leave a future that no one can run.
+    Asked with ``client.run`` (no task, no worker restriction): a worker that dies while
+    loading answers with an error instead of leaving a task that no worker can run.
     """
     try:
         model = config.resolved_model()
     except WsiSegError:
-        return []
+        return None
     client.register_plugin(ModelPlugin(model, infer))
-    workers = list(client.scheduler_info().get("workers", {}))
-    return [client.submit(warm_worker, model, infer, pure=False, key=f"warm-up-{i}",
-                          workers=[addr], allow_other_workers=True)
-            for i, addr in enumerate(workers)]
+    pool = ThreadPoolExecutor(1, thread_name_prefix="wsi-seg-warm-up")
+    future = pool.submit(client.run, warm_worker_async, model, infer, on_error="return")
+    pool.shutdown(wait=False)
+    return future
+
+
+async def warm_worker_async(model_path: Path, infer: InferConfig) -> Any:
+    """:func:`warm_worker` off the worker's event loop (which must keep answering)."""
+    import asyncio
+
+    return await asyncio.get_running_loop().run_in_executor(None, warm_worker, model_path,
+                                                            infer)
 
 
 def run_score(reports: list[dict[str, Any]]) -> Any:
