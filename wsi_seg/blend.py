@@ -29,6 +29,16 @@ PredictFn = Callable[[np.ndarray], np.ndarray]
 BLEND_MODES = ("gaussian", "hann", "constant")
 
 
+def blend_mode(kind: str, blend: str | None = None) -> str:
+    """``blend`` (checked), or the default for a model kind: a UNet's windows weighed by a
+    Gaussian (its border pixels see the least context), a patch classifier's score spread as
+    a box over its patch (one score says nothing about where in the patch the tumour is)."""
+    mode = blend or ("constant" if kind == "patch" else "gaussian")
+    if mode not in BLEND_MODES:
+        raise ValueError(f"unknown blend mode {mode!r}; use one of {', '.join(BLEND_MODES)}")
+    return mode
+
+
 def importance_map(roi_px: int, mode: str = "gaussian", sigma_scale: float = 0.125
                    ) -> np.ndarray:
     """Window weights, float32 ``(roi, roi)``.

@@ -124,6 +124,7 @@ class Predictor:
         self._waiting: deque[tuple[_Request, int]] = deque()
         self._cv = threading.Condition()
         self._thread: threading.Thread | None = None
+        self._closed = False
         self._stats = PredictorStats()
 
     # -- construction ---------------------------------------------------------------------------
@@ -172,6 +173,8 @@ class Predictor:
             fut.set_result(self._result(req))
             return fut
         with self._cv:
+            if self._closed:
+                raise RuntimeError("the predictor is closed")
             self._ensure_thread()
             self._waiting.extend((req, i) for i in range(n))
             self._cv.notify()
@@ -180,6 +183,21 @@ class Predictor:
     def __call__(self, tiles: np.ndarray) -> np.ndarray:
         """Probabilities ``(n, roi, roi)`` float32 for ``(n, roi, roi, 3)`` uint8 RGB tiles."""
         return self.submit(tiles).result()
+
+    def close(self) -> None:
+        """Finish what was submitted, then stop the consumer thread (submitting after this
+        raises). Worker processes keep their predictors for life; one-off users close."""
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+
+    def __enter__(self) -> Predictor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def stats(self) -> PredictorStats:
         with self._cv:
@@ -199,18 +217,23 @@ class Predictor:
         launched: deque[_Launched] = deque()
         while True:
             slots = self._next_batch(bool(launched))
+            if slots is None:
+                return
             if slots:
                 launched.append(self._launch(slots))
             if launched and (len(launched) >= self._depth or not slots):
                 self._complete(launched.popleft())
 
-    def _next_batch(self, busy: bool) -> list[tuple[_Request, int]]:
+    def _next_batch(self, busy: bool) -> list[tuple[_Request, int]] | None:
         """Windows for the next launch: a full batch, or what there is once the queue has
         been quiet for ``linger_s`` with nothing on the device; none while the device is busy
-        and a full batch is not ready (finishing a launched batch comes first)."""
+        and a full batch is not ready (finishing a launched batch comes first); None once
+        closed with nothing left to do."""
         with self._cv:
             if not busy:
                 while not self._waiting:
+                    if self._closed:
+                        return None
                     self._cv.wait()
                 if len(self._waiting) < self._batch:
                     self._cv.wait_for(lambda: len(self._waiting) >= self._batch,

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from wsi_seg import __version__
-from wsi_seg.blend import BLEND_MODES, BlendSpec, blend_block, kept_extent, to_uint8
+from wsi_seg.blend import BlendSpec, blend_block, blend_mode, kept_extent, to_uint8
 from wsi_seg.card import ModelCard, bundled_model_path, read_card, sha256_file
 from wsi_seg.errors import WsiSegError
 from wsi_seg.files import write_json_atomic
@@ -255,9 +255,10 @@ def prepare_slide(slide_path: Path, config: RunConfig, name: str | None = None) 
         f = slide.level0_px_per_px(mpp)
         roi = card.input_size_px
         step = config.stride_px or step_for(roi, config.overlap)
-        blend = config.blend or ("constant" if card.kind == "patch" else "gaussian")
-        if blend not in BLEND_MODES:
-            raise WsiSegError(f"unknown blend mode {blend!r}")
+        try:
+            blend = blend_mode(card.kind, config.blend)
+        except ValueError as exc:
+            raise WsiSegError(str(exc)) from None
         spec = BlendSpec(roi, step, blend, config.sigma_scale,
                          config.infer.batch_size or CHUNK_WINDOWS)
         plan = plan_blocks(w_px, h_px, roi, step, config.block_px, config.chunk_px,

@@ -35,7 +35,13 @@ from typing import Any
 import cv2
 import numpy as np
 
-from wsi_seg.blend import BLEND_MODES, BlendSpec, PredictFn, sliding_window_inference
+from wsi_seg.blend import (
+    BLEND_MODES,
+    BlendSpec,
+    PredictFn,
+    blend_mode,
+    sliding_window_inference,
+)
 from wsi_seg.card import ModelCard, card_path, load_model, save_model, sha256_file
 from wsi_seg.datasets import (
     Augment,
@@ -954,7 +960,7 @@ class WindowOptions:
         overlap: fraction of a window shared with the next (MONAI's step rule).
         stride_px: window step in working pixels, overriding ``overlap``.
         blend: ``gaussian``, ``hann`` or ``constant``; None: run's choice for the model kind
-            (:func:`blend_mode`).
+            (:func:`wsi_seg.blend.blend_mode`).
         sigma_scale: Gaussian sigma as a fraction of the window edge.
         batch_size: windows per model call; None: the device's default (16 CPU, 128 GPU).
     """
@@ -989,15 +995,8 @@ class WindowOptions:
         roi = card.input_size_px
         self.check(roi)
         step = self.stride_px or step_for(roi, self.overlap)
-        return BlendSpec(roi, step, blend_mode(card, self.blend), self.sigma_scale,
+        return BlendSpec(roi, step, blend_mode(card.kind, self.blend), self.sigma_scale,
                          self.batch_size or CHUNK_WINDOWS)
-
-
-def blend_mode(card: ModelCard, blend: str | None) -> str:
-    """``blend``, or run's default for the model kind: a UNet's windows weighed by a Gaussian
-    (its border pixels see the least context), a patch classifier's score spread as a box
-    over its patch (one score says nothing about where in the patch the tumour is)."""
-    return blend or ("constant" if card.kind == "patch" else "gaussian")
 
 
 def predict_image(image: np.ndarray, predict: PredictFn, spec: BlendSpec) -> np.ndarray:
@@ -1054,27 +1053,27 @@ def evaluate_folder(
     if orphans:
         raise WsiSegError(f"{len(orphans)} image(s) without a mask, e.g. {images[orphans[0]].name}",
                           masks_dir)
-    predictor = Predictor.from_path(model_path, InferConfig(batch_size=window.batch_size))
-    card = predictor.card
-    spec = window.spec(card)
-    thr = card.threshold if threshold is None else threshold
-    scores = []
-    for stem in sorted(images):
-        img = read_rgb(images[stem])
-        truth = read_mask(masks[stem], mask_threshold)
-        if truth.shape != img.shape[:2]:
-            raise WsiSegError(
-                f"mask is {truth.shape[1]}x{truth.shape[0]} px, image "
-                f"{img.shape[1]}x{img.shape[0]} px",
-                masks[stem],
+    with Predictor.from_path(model_path, InferConfig(batch_size=window.batch_size)) as predictor:
+        card = predictor.card
+        spec = window.spec(card)
+        thr = card.threshold if threshold is None else threshold
+        scores = []
+        for stem in sorted(images):
+            img = read_rgb(images[stem])
+            truth = read_mask(masks[stem], mask_threshold)
+            if truth.shape != img.shape[:2]:
+                raise WsiSegError(
+                    f"mask is {truth.shape[1]}x{truth.shape[0]} px, image "
+                    f"{img.shape[1]}x{img.shape[0]} px",
+                    masks[stem],
+                )
+            prob = predict_image(img, predictor, spec)
+            pred = prob >= thr
+            dice_, iou_, acc_ = overlap_scores(pred, truth)
+            inter = int(np.sum(pred & truth.astype(bool)))
+            scores.append(
+                ImageScore(stem, dice_, iou_, acc_, int(truth.sum()), int(pred.sum()), inter)
             )
-        prob = predict_image(img, predictor, spec)
-        pred = prob >= thr
-        dice_, iou_, acc_ = overlap_scores(pred, truth)
-        inter = int(np.sum(pred & truth.astype(bool)))
-        scores.append(
-            ImageScore(stem, dice_, iou_, acc_, int(truth.sum()), int(pred.sum()), inter)
-        )
     return scores, card
 
 
