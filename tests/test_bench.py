@@ -340,10 +340,21 @@ def test_device_profile_step_timeout(tmp_path: Path) -> None:
     assert bm.step("slow", lambda: time.sleep(5)) is None
     assert bm.step("fails", lambda: 1 / 0) is None
     assert bm.step("fine", lambda: 42) == 42
+    # A process the overrunning step started (as the cold run starts a cluster) is ended.
+    import subprocess
+
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def spawn() -> None:
+        procs.append(subprocess.Popen(["sleep", "60"]))
+        time.sleep(5)
+
+    assert bm.step("spawns", spawn) is None
+    procs[0].wait(timeout=10)  # ended long before its 60 s (TimeoutExpired otherwise)
     steps = json.loads((tmp_path / "bench.json").read_text())["steps"]
     assert steps["slow"]["status"] == "timed out"
     assert steps["fails"]["status"] == "failed" and "ZeroDivisionError" in steps["fails"]["error"]
-    assert steps["fine"]["status"] == "ok"
+    assert steps["fine"]["status"] == "ok" and steps["spawns"]["status"] == "timed out"
 
 
 def test_cli_device_profiles(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

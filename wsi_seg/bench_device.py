@@ -267,27 +267,51 @@ def unet_path(cache_dir: Path, spec: UNetSpec, seed: int = 0) -> Path:
     return cache_dir / "models" / f"{spec.name}-seed{seed}.keras"
 
 
-def ensure_unets(cache_dir: Path, specs: Sequence[UNetSpec], timeout_s: float = 300.0,
-                 seed: int = 0) -> list[Path]:
-    """The random-weight UNets ``specs`` with their cards in the cache; missing ones are built
-    in one child process on the CPU (this process never imports a framework)."""
+def start_unets(cache_dir: Path, specs: Sequence[UNetSpec], seed: int = 0
+                ) -> tuple[list[Path], subprocess.Popen[str] | None]:
+    """Start building the random-weight UNets ``specs`` that the cache lacks, in one child
+    process on the CPU (this process never imports a framework; with TensorFlow installed the
+    child uses it, whose variable set-up is much faster than JAX's op-by-op dispatch; a
+    ``.keras`` file runs on every backend). Returns their paths and the child (None: cached)."""
+    import importlib.util
+
     paths = [unet_path(cache_dir, spec, seed) for spec in specs]
     todo = [{"path": str(p), "seed": seed, **asdict(spec), "name": spec.name}
             for spec, p in zip(specs, paths, strict=True)
             if not (p.is_file() and p.with_suffix(".json").is_file())]
     if not todo:
-        return paths
+        return paths, None
     env = dict(os.environ, JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="-1")
-    names = ", ".join(Path(t["path"]).name for t in todo)
+    if importlib.util.find_spec("tensorflow") is not None:
+        env["KERAS_BACKEND"] = "tensorflow"
+    proc = subprocess.Popen(_cli("unet", json.dumps(todo)), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    return paths, proc
+
+
+def finish_unets(paths: list[Path], proc: subprocess.Popen[str] | None, timeout_s: float
+                 ) -> list[Path]:
+    """Wait for :func:`start_unets`' child; its paths, or a one-line error."""
+    if proc is None:
+        return paths
+    names = ", ".join(p.name for p in paths)
     try:
-        proc = subprocess.run(_cli("unet", json.dumps(todo)), capture_output=True, text=True,
-                              env=env, timeout=timeout_s, check=False)
+        _, err = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
         raise WsiSegError(f"building {names} took over {timeout_s:.0f} s") from None
     if proc.returncode or not all(p.is_file() for p in paths):
-        tail = " ".join(proc.stderr.strip().splitlines()[-2:])[:300]
-        raise WsiSegError(f"building {names} failed: {tail}")
+        tail = " ".join(err.strip().splitlines()[-2:])[:300]
+        raise WsiSegError(f"building {names} failed (exit {proc.returncode}): {tail}")
     return paths
+
+
+def ensure_unets(cache_dir: Path, specs: Sequence[UNetSpec], timeout_s: float = 300.0,
+                 seed: int = 0) -> list[Path]:
+    """The random-weight UNets ``specs`` with their cards in the cache (built if missing)."""
+    paths, proc = start_unets(cache_dir, specs, seed)
+    return finish_unets(paths, proc, timeout_s)
 
 
 def _build_unets(todo: list[dict[str, Any]]) -> None:
@@ -669,6 +693,7 @@ class DeviceBenchmark:
             except BaseException as exc:  # reported below
                 box["error"] = exc
 
+        keep = _child_pids()
         t = time.perf_counter()
         th = threading.Thread(target=target, daemon=True, name=f"wsi-seg-bench-{name}")
         th.start()
@@ -679,6 +704,7 @@ class DeviceBenchmark:
                                       "error": f"still running after {limit:.0f} s"}
             self.record["notes"].append(f"{name}: timed out after {limit:.0f} s")
             self._drop_cluster()  # whatever it was waiting for goes with the cluster
+            _end_children(keep)  # and a cluster the step started itself (the cold run's)
         elif "error" in box:
             from wsi_seg.runner import one_line
 
@@ -765,26 +791,39 @@ class DeviceBenchmark:
     # -- gpu ---------------------------------------------------------------------------------
     def _gpu(self) -> None:
         cfg = self.cfg
-        slides = self.step("slides", lambda: self._slides(noisy="noisy" in cfg.steps)) or []
+        wanted = {k: spec for k, spec in (("heavy", cfg.heavy), ("noisy", cfg.noisy))
+                  if k in cfg.steps}
+
+        def prepare() -> tuple[list[dict[str, Any]], dict[str, Path]]:
+            # The models build in a child while the slides are written in others.
+            t = time.perf_counter()
+            paths, proc = start_unets(cfg.cache_dir, list(wanted.values()))
+            try:
+                slides = self._slides(noisy="noisy" in cfg.steps)
+            except BaseException:
+                if proc is not None:
+                    proc.kill()
+                raise
+            left = max(1.0, cfg.step_timeout_s - (time.perf_counter() - t))
+            return slides, dict(zip(wanted, finish_unets(paths, proc, left), strict=True))
+
+        got = self.step("slides and models", prepare)
+        if got is None:
+            return
+        slides, built = got
         self.record["slides"] = slides
         main = [Path(s["path"]) for s in slides if "main" in s["roles"]]
         noisy_slide = next((Path(s["path"]) for s in slides if "noisy" in s["roles"]), None)
-        models: dict[str, Path] = {"bundled": cfg.main_model()}
-        wanted = {k: spec for k, spec in (("heavy", cfg.heavy), ("noisy", cfg.noisy))
-                  if k in cfg.steps}
-        if wanted:
-            built = self.step("models", lambda: dict(zip(wanted, ensure_unets(
-                cfg.cache_dir, list(wanted.values()), cfg.step_timeout_s), strict=True)))
-            models.update(built or {})
+        models: dict[str, Path] = {"bundled": cfg.main_model(), **built}
         self.record["models"] = {k: _model_record(p) for k, p in models.items()}
         self.save()
-        if not main:
-            return
-        if "cold" in cfg.steps:
-            self.step("cold", lambda: self._cold(main, models["bundled"]))
+        # The warm cluster's figures first (what the issue's goals are about), then the cold
+        # run, then the noisy map (whose polygons may take long).
         for key in ("bundled", "heavy"):
-            if key in cfg.steps and key in models:
+            if key in cfg.steps and key in models and main:
                 self._model_entry(key, models[key], main)
+        if "cold" in cfg.steps and main:
+            self.step("cold", lambda: self._cold(main, models["bundled"]))
         if "noisy" in models and noisy_slide is not None:
             self.step("noisy", lambda: self._noisy(models["noisy"], noisy_slide))
 
@@ -915,6 +954,35 @@ class DeviceBenchmark:
         rec.update(simulated_busy(rec, rec.pop("timelines")))
         rec["batch_s"] = s
         return rec
+
+
+def _child_pids() -> set[int]:
+    try:
+        import psutil
+    except ImportError:
+        return set()
+    with contextlib.suppress(psutil.Error):
+        return {k.pid for k in psutil.Process().children(recursive=True)}
+    return set()
+
+
+def _end_children(keep: set[int]) -> None:
+    """End the child processes of this process that are not in ``keep`` (those a timed-out
+    step started: the cold run's own cluster), by their ids, terminate first. Needs psutil;
+    without it they end with this process."""
+    try:
+        import psutil
+    except ImportError:
+        return
+    with contextlib.suppress(psutil.Error):
+        kids = [k for k in psutil.Process().children(recursive=True) if k.pid not in keep]
+        for k in kids:
+            with contextlib.suppress(psutil.Error):
+                k.terminate()
+        _, alive = psutil.wait_procs(kids, timeout=5)
+        for k in alive:
+            with contextlib.suppress(psutil.Error):
+                k.kill()
 
 
 def measure_model_only(bench: Bench, model: Path, infer: Any, seconds: float,
