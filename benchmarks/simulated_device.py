@@ -53,6 +53,7 @@ import numpy as np
 from distributed.diagnostics.plugin import WorkerPlugin
 
 TINY_S = 0.001
+POLL_S = 0.01
 
 
 # -- the old design's stand-in predictor (runs in the worker) ----------------------------------
@@ -168,6 +169,57 @@ def collect() -> dict[str, Any]:
     return tot
 
 
+def poll_start(period_s: float) -> bool:
+    """Sample this worker's device totals every ``period_s`` until :func:`poll_stop`."""
+    import wsi_seg.pipeline
+
+    stop = threading.Event()
+    samples: list[tuple[float, float, int, int]] = []
+
+    def snap() -> None:
+        s = collect()
+        samples.append((time.perf_counter(), s["device_busy_s"], s["batches"], s["windows"]))
+
+    def loop() -> None:
+        while not stop.wait(period_s):
+            snap()
+
+    snap()
+    th = threading.Thread(target=loop, daemon=True)
+    th.start()
+    setattr(wsi_seg.pipeline, "_bench_poll", (stop, th, samples, snap))  # noqa: B010
+    return True
+
+
+def poll_stop() -> list[tuple[float, float, int, int]]:
+    stop, th, samples, snap = sys.modules["wsi_seg.pipeline"]._bench_poll
+    stop.set()
+    th.join()
+    snap()
+    return list(samples)
+
+
+def blocks_busy(timeline: list[tuple[float, float, int, int]], preds: int) -> dict[str, Any]:
+    """Device busy seconds and batches of the blocks phase, from one worker's timeline of
+    ``(time, busy s, batches, windows)``: the warm-up sends single windows before any block
+    starts (the runner waits for it), so the blocks' work is what came after the last sample
+    at which exactly the warm-up windows were done (``windows - preds`` of them)."""
+    first, last = timeline[0], timeline[-1]
+    windows = last[3] - first[3]
+    warm = windows - preds
+    at = [x for x in timeline if x[3] - first[3] == warm]
+    if at:
+        return {"busy_s": last[1] - at[-1][1], "batches": last[2] - at[-1][2],
+                "warm_windows": warm, "method": "timeline"}
+    # Not caught between the warm-up and the first block batch: each warm-up window counted
+    # as a batch of its own.
+    batches = last[2] - first[2]
+    busy = last[1] - first[1]
+    block = max(0, batches - warm)
+    return {"busy_s": busy * block / batches if batches else 0.0, "batches": block,
+            "warm_windows": warm, "method": "warm batches"}
+
+
 # -- one design -------------------------------------------------------------------------------
 def new_design() -> bool:
     from wsi_seg.infer import InferConfig
@@ -210,13 +262,16 @@ def measure(slides: list[Path], seconds: float, batch: int, threads: int, repeat
             run_dir = scratch / "run"
             shutil.rmtree(run_dir, ignore_errors=True)
             cfg = RunConfig(out_dir=run_dir, model_path=model, infer=infer, overwrite=True)
-            before = next(iter(client.run(collect).values()))
+            client.run(poll_start, POLL_S)
             load0 = os.getloadavg()[0]
             t0 = time.perf_counter()
-            result = run_slides(slides, cfg, ClusterConfig(scheduler=cluster.scheduler_address),
-                                quiet=True)
-            wall = time.perf_counter() - t0
-            after = next(iter(client.run(collect).values()))
+            try:
+                result = run_slides(slides, cfg,
+                                    ClusterConfig(scheduler=cluster.scheduler_address),
+                                    quiet=True)
+                wall = time.perf_counter() - t0
+            finally:
+                timeline = next(iter(client.run(poll_stop).values()))
             if not result.ok:
                 raise SystemExit(f"run failed: {result.slides}")
             run = json.loads((run_dir / "run.json").read_text())
@@ -225,19 +280,18 @@ def measure(slides: list[Path], seconds: float, batch: int, threads: int, repeat
                         for s in ok)
             # The blocks phase: its own key since 58300ab, the slide's wall_s before.
             blocks = max(s.get("blocks_wall_s") or s["wall_s"] for s in ok)
-            d = {k: after[k] - before[k] for k in after}
-            warm = max(0, d["windows"] - preds)  # warm-up calls: one window each
-            block_batches = max(0, d["batches"] - warm)
-            busy = d["device_busy_s"] * block_batches / d["batches"] if d["batches"] else 0.0
-            slots = d["windows"] + d["padded_slots"]
+            b = blocks_busy(timeline, preds)
+            busy, block_batches = b["busy_s"], b["batches"]
             out.append({
                 "design": "new" if new else "old", "tree": str(tree), "rev": git_rev(tree),
                 "batch_s": seconds, "batch_size": batch, "threads": threads,
                 "tiles": run["tiles"], "tile_predictions": preds, "wall_s": round(wall, 3),
                 "blocks_wall_s": blocks, "tiles_per_s": round(run["tiles"] / wall, 2),
                 "blocks_tiles_per_s": round(run["tiles"] / blocks, 2),
-                "batches": block_batches, "windows": d["windows"] - warm,
-                "fill": round(d["windows"] / slots, 4) if slots else None,
+                "batches": block_batches, "warm_windows": b["warm_windows"],
+                "busy_method": b["method"],
+                # Windows per batch slot in the blocks phase.
+                "fill": round(preds / (block_batches * batch), 4) if block_batches else None,
                 "device_busy_s": round(busy, 3), "busy_share": round(busy / blocks, 4),
                 "cpu_side_s_per_batch": round(blocks * batch / preds, 4),
                 "load_avg": [round(load0, 2), round(os.getloadavg()[0], 2)],

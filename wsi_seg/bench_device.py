@@ -648,7 +648,10 @@ def simulated_busy(rec: dict[str, Any],
             busy_blocks, block_batches = last[1] - warm[-1][1], last[2] - warm[-1][2]
             method = "timeline"
     wall = rec["blocks_wall_s"]
+    bs = p.get("batch_size")
     return {"device_busy_s": round(busy_blocks, 3), "block_batches": block_batches,
+            "blocks_fill": (round(rec["tile_predictions"] / (block_batches * bs), 4)
+                            if bs and block_batches else None),
             "warm_windows": warm_windows, "busy_method": method,
             "busy_share": round(busy_blocks / wall, 4) if wall > 0 else None}
 
@@ -951,6 +954,7 @@ class DeviceBenchmark:
         bench = self.bench()
         rc = run_config(self.runs_dir / tag, model, self.infer(simulate_batch_s=s))
         rec = run_once(bench, slides, rc, poll_s=POLL_S)
+        rec["predictor"]["batch_size"] = self._batch()
         rec.update(simulated_busy(rec, rec.pop("timelines")))
         rec["batch_s"] = s
         return rec
@@ -1081,7 +1085,7 @@ def _sim_figures(runs: list[dict[str, Any]], s: float, batch: int) -> dict[str, 
         "tiles_per_s": summary([r["tiles_per_s"] for r in runs], 2),
         "blocks_tiles_per_s": summary([r["blocks_tiles_per_s"] for r in runs], 2),
         "blocks_wall_s": summary([r["blocks_wall_s"] for r in runs]),
-        "fill": summary([r["predictor"]["fill"] or 0.0 for r in runs], 4),
+        "fill": summary([r["blocks_fill"] or 0.0 for r in runs], 4),
         # A device that is never idle and gets only full batches: the best the CPU side
         # could hope for.
         "device_bound_tiles_per_s": round(batch / s / dup, 2),
