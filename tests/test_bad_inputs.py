@@ -286,10 +286,10 @@ print(json.dumps({"rc": rc, "grew_mib": grew / 1024, "s": time.perf_counter() - 
 """
 
 
-def _run_child(*argv: str) -> tuple[dict[str, float], str]:
+def _run_child(*argv: str, timeout_s: float = 300) -> tuple[dict[str, float], str]:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     proc = subprocess.run([sys.executable, "-c", CHILD, *argv], capture_output=True,
-                          text=True, cwd=REPO, env=env, timeout=300)
+                          text=True, cwd=REPO, env=env, timeout=timeout_s)
     lines = proc.stdout.strip().splitlines()
     assert lines and lines[-1].startswith("{"), f"no result (exit {proc.returncode}): " \
         f"{proc.stderr[-2000:]}"
@@ -348,3 +348,49 @@ def test_gzip_truth_within_the_cap_still_reads(slide: Path, empty_pred: Path,
     truth.write_bytes(gzip.compress(text[:10]) + gzip.compress(text[10:]))
     assert _score(empty_pred, truth, slide, "--json") == 0
     assert json.loads(capsys.readouterr().out)["fn"] > 0
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(
+        ">I", zlib.crc32(kind + data))
+
+
+def _png_bomb(path: Path, side: int) -> Path:
+    """A greyscale PNG of ``side - 1`` x ``side`` black pixels, ~1 kB per MiB it decodes to
+    (each row is a filter byte and ``side - 1`` zeros: ``side`` zeros, so MiB multiples)."""
+    mib = side * side // MiB
+    deflate, _ = _filler_deflate(b"\0", mib)
+    adler = 1
+    zeros = bytes(MiB)
+    for _ in range(mib):
+        adler = zlib.adler32(zeros, adler)
+    ihdr = struct.pack(">IIBBBBB", side - 1, side, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr)
+                     + _png_chunk(b"IDAT", b"\x78\xda" + deflate + struct.pack(">I", adler))
+                     + _png_chunk(b"IEND", b""))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["png", "zarr"])
+def test_mask_truth_bomb_is_refused_without_decoding(
+        kind: str, slide: Path, empty_pred: Path, tmp_path: Path) -> None:
+    """A 300 kB PNG mask that decodes to 289 MiB, or a Zarr mask whose one chunk inflates to
+    400 MB: refused from the header, before decoding anything."""
+    if kind == "zarr":
+        import zarr
+
+        mask = tmp_path / "mask.zarr"
+        zarr.create_array(str(mask), shape=(20000, 20000), chunks=(20000, 20000),
+                          dtype="uint8", fill_value=1)  # no chunk stored: all read as 1
+        said = "chunks (20000, 20000) inflate to 381 MiB each, more than the 256 MiB"
+    else:
+        mask = _png_bomb(tmp_path / "mask.png", 17408)
+        assert mask.stat().st_size < MiB
+        said = "mask image is 17407 x 17408 px, more than the 268 Mpx read whole"
+    result, err = _run_child("score", str(empty_pred), str(mask), "--slide", str(slide),
+                             "--mask-mpp", "1", timeout_s=120)
+    assert result["rc"] == 2, err
+    assert result["grew_mib"] < 100, result
+    assert result["s"] < 10, result
+    line = _one_error_line(err)
+    assert "mask." in line and said in line

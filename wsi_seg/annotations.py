@@ -67,6 +67,9 @@ MASK_SUFFIXES = frozenset({".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg"})
 # The most annotation text read (a .gz: inflated). Real whole-slide annotations are a few MB
 # (CAMELYON16's largest XML is about 2 MB); parsed, JSON takes ~10x its text in memory.
 MAX_TRUTH_BYTES = 256 * MiB
+# A mask image is decoded whole (a 1 MB PNG may decode to gigabytes): 268 Mpx (16384² px,
+# 256 MiB as 8-bit grey) at most; larger masks go in Zarr, which is read chunk by chunk.
+MAX_MASK_PIXELS = 1 << 28
 
 
 @dataclass(frozen=True)
@@ -326,15 +329,46 @@ def _mask_array(path: Path) -> Any:
         if not isinstance(node, zarr.Array) or len(node.shape) != 2:
             raise AnnotationError("Zarr mask must be a 2-D array (or a group with array '0')",
                                   path)
+        chunk_bytes = math.prod(node.chunks) * node.dtype.itemsize
+        if chunk_bytes > MAX_TRUTH_BYTES:  # each chunk is inflated whole when read
+            raise AnnotationError(f"Zarr mask chunks {node.chunks} inflate to "
+                                  f"{size_text(chunk_bytes)} each, more than the "
+                                  f"{size_text(MAX_TRUTH_BYTES)} allowed", path)
         return node
     import cv2
 
+    _check_mask_pixels(path)
     arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if arr is None:
         raise AnnotationError("cannot read mask image (corrupt or unsupported)", path)
     if arr.ndim == 3:
         arr = arr.max(axis=2)  # any nonzero channel counts
     return arr
+
+
+def _check_mask_pixels(path: Path) -> None:
+    """AnnotationError for a mask image of more than :data:`MAX_MASK_PIXELS`, judged from its
+    header before anything is decoded (a 1 MB PNG can decode to gigabytes)."""
+    import warnings
+
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(path) as im:
+                width, height = im.size
+            size = f"{width} x {height} px"
+        except Image.DecompressionBombError:  # Pillow's ceiling, where wsi_seg.slide kept it
+            width = height = MAX_MASK_PIXELS
+            size = f"over {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} Mpx" if Image.MAX_IMAGE_PIXELS \
+                else "too large"
+        except Exception:
+            return  # a format Pillow cannot read the header of: OpenCV decides
+    if width * height > MAX_MASK_PIXELS:
+        raise AnnotationError(f"mask image is {size}, more than the "
+                              f"{MAX_MASK_PIXELS / 1e6:.0f} Mpx read whole; store a mask that "
+                              "large as Zarr (read chunk by chunk)", path)
 
 
 class _Nonzero255:
@@ -349,7 +383,8 @@ class _Nonzero255:
         self.shape = tuple(arr.shape)
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        return np.where(np.asarray(self.arr[key]) != 0, 255, 0).astype(np.uint8)
+        # uint8 throughout: np.where(..., 255, 0) would build an int64 copy 8x the window.
+        return (np.asarray(self.arr[key]) != 0).view(np.uint8) * np.uint8(255)
 
 
 def read_mask_truth(path: str | Path, *, mask_px_x0: float | None = None,
@@ -370,7 +405,9 @@ def read_mask_truth(path: str | Path, *, mask_px_x0: float | None = None,
         mask_px_x0 = mask_mpp / slide_mpp
     arr = _mask_array(path)
     rows, cols = int(arr.shape[0]), int(arr.shape[1])
-    chunk = int(getattr(arr, "chunks", (1024, 1024))[0]) if path.is_dir() else 1024
+    # Work in windows of the Zarr's chunk rows, kept between 256 and 4096 px: a window is
+    # held whole (4096² px = 16 MiB), and one pixel high would take forever.
+    chunk = (min(max(int(arr.chunks[0]), 256), 4096) if path.is_dir() else 1024)
     frame = PixelFrame(rows, cols, 0.0, 0.0, float(mask_px_x0), slide_mpp or 1.0, chunk)
     regions = vectorize_array(_Nonzero255(arr), frame, fg_min=1)
     polys = tuple(r.polygon for r in regions)
