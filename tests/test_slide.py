@@ -588,7 +588,7 @@ def test_mpp_override_and_plausibility(p2: Path) -> None:
 def test_implausible_slide_mpp_needs_override(tmp_path: Path, p2: Path) -> None:
     # The synthetic SVS with its Aperio "MPP = 0.5000" rewritten in place (same length).
     data = p2.read_bytes()
-    assert data.count(b"MPP = 0.5000") == 3
+    assert data.count(b"MPP = 0.5000") == 4  # 3 levels and the thumbnail page
     odd = tmp_path / "odd.svs"
     odd.write_bytes(data.replace(b"MPP = 0.5000", b"MPP = 40.000"))
     with pytest.raises(SlideError, match=r"slide MPP 40 .*pass the right value with --mpp"):

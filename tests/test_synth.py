@@ -196,3 +196,23 @@ def test_cli_synth_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert rc != 0 and needle in err and str(out) in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not out.exists()
+
+
+def test_svs_keeps_its_thumbnail_where_aperio_does(tmp_path: Path) -> None:
+    """Page 1 is a stripped thumbnail with its own description, so tifffile (and tiffslide)
+    see every pyramid level, and OpenSlide lists the thumbnail as an associated image."""
+    import openslide
+    import tifffile
+
+    path = tmp_path / "a.svs"
+    write_synthetic_slide(path, (3000, 2000), seed=1)
+    with tifffile.TiffFile(path) as tif:
+        assert not tif.pages[1].is_tiled
+        assert "->" in tif.pages[1].description and "[0,0" not in tif.pages[1].description
+        base = tif.series[0]
+        assert [lv.shape[:2] for lv in base.levels] == [(2000, 3000), (1000, 1500), (500, 750)]
+        assert any(s.name == "Thumbnail" for s in tif.series)
+    with openslide.OpenSlide(path) as osr:
+        assert osr.level_dimensions == ((3000, 2000), (1500, 1000), (750, 500))
+        assert "thumbnail" in osr.associated_images
+        assert osr.properties["aperio.MPP"] == "0.5000"

@@ -406,6 +406,28 @@ def _aperio_description(spec: SynthSpec, level_w: int, level_h: int, first: bool
             f"|Filename = wsi-seg-synth-{spec.seed}|Generator = wsi-seg {__version__}")
 
 
+#: Longest side of the thumbnail page an Aperio file keeps after level 0, pixels.
+APERIO_THUMBNAIL_PX = 768
+
+
+def _write_aperio_thumbnail(tif: tifffile.TiffWriter, renderer: Renderer, spec: SynthSpec
+                            ) -> None:
+    """Page 1 of an Aperio file: a small stripped (untiled) thumbnail with its own
+    description, as scanners write it; readers (OpenSlide, tifffile, tiffslide) expect the
+    pyramid's levels on the tiled pages around it and this page as an associated image."""
+    w, h = spec.width_px, spec.height_px
+    d = max(1, math.ceil(max(w, h) / APERIO_THUMBNAIL_PX))
+    tw, th = math.ceil(w / d), math.ceil(h / d)
+    image = renderer.render(0, 0, tw, th, d)
+    head = f"Aperio Image Library v12.0.15 \r\n{w}x{h} -> {tw}x{th} - "
+    mag = round(10.0 / spec.mpp)
+    description = (f"{head}|AppMag = {mag}|MPP = {spec.mpp:.4f}"
+                   f"|Filename = wsi-seg-synth-{spec.seed}|Generator = wsi-seg {__version__}")
+    tif.write(image, photometric="rgb", compression="jpeg",
+              compressionargs={"level": spec.jpeg_quality}, description=description,
+              subfiletype=0, metadata=None, rowsperstrip=16)
+
+
 def write_truth_geojson(tumour: MultiPolygon, path: Path, slide_name: str) -> None:
     """Tumour ground truth as a QuPath-importable FeatureCollection (level-0 px)."""
     features = []
@@ -492,6 +514,8 @@ def write_synthetic_slide(
                 kwargs["resolutionunit"] = "CENTIMETER"
                 kwargs["description"] = f"wsi-seg synthetic slide seed={seed} mpp={mpp}"
             tif.write(_tiles(renderer, d, lw, lh, spec.tile_px, threads, bar), **kwargs)  # type: ignore[arg-type]
+            if fmt == "svs" and i == 0:
+                _write_aperio_thumbnail(tif, renderer, spec)
     os.replace(tmp, out)
     truth = truth_path_for(out)
     write_truth_geojson(layout.tumour, truth, out.name)
