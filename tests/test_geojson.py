@@ -16,7 +16,7 @@ import shapely
 from shapely.geometry import Polygon, shape
 
 from wsi_seg.annotations import read_truth
-from wsi_seg.geojson import TUMOR_CLASS, write_geojson
+from wsi_seg.geojson import TUMOR_CLASS, write_geojson, write_polygons
 from wsi_seg.vectorize import RegionPolygon
 
 
@@ -165,3 +165,39 @@ def test_tens_of_thousands_of_features_fast(tmp_path: Path) -> None:
     with path.open("rb") as fh:
         fh.seek(-300, 2)
         assert fh.read().rstrip().endswith(b"}}}]}")
+
+
+# -- write_polygons: any polygons (ground truth) written by the same rules -------------------------
+def test_write_polygons_truth_reads_back_valid_on_the_qupath_grid(tmp_path: Path) -> None:
+    """Smooth float polygons (as synth draws tumour), a MultiPolygon and a line: each part is
+    one Feature, valid after rounding to 2 decimals, and reads back as the same area."""
+    blob = shapely.Point(1000.123456, 2000.654321).buffer(333.3333, quad_segs=64)
+    multi = shapely.MultiPolygon([shapely.box(0, 0, 10, 10), shapely.box(20, 20, 30.005, 30)])
+    line = shapely.LineString([(0, 0), (5, 5)])
+    path = write_polygons([blob, multi, line], tmp_path / "s.tumor.geojson",
+                          properties={"metadata": {"source": "test"}})
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    feats = doc["features"]
+    assert doc["type"] == "FeatureCollection" and len(feats) == 3
+    for feat in feats:
+        assert uuid.UUID(feat["id"]).version == 4
+        props = feat["properties"]
+        assert props["objectType"] == "annotation" and props["metadata"] == {"source": "test"}
+        assert props["classification"] == {"name": TUMOR_CLASS, "color": [200, 0, 0]}
+        assert "measurements" not in props
+        coords = np.asarray(feat["geometry"]["coordinates"][0])
+        assert np.array_equal(coords, np.round(coords, 2))
+        assert shape(feat["geometry"]).is_valid
+    truth = read_truth(path)
+    assert len(truth.polygons) == 3
+    assert truth.geometry.area == pytest.approx(blob.area + multi.area, rel=1e-5)
+    assert write_polygons([blob], tmp_path / "a.geojson").read_bytes() == \
+        write_polygons([blob], tmp_path / "a.geojson").read_bytes()
+
+
+def test_write_polygons_of_nothing_is_an_empty_truth(tmp_path: Path) -> None:
+    path = write_polygons([], tmp_path / "blank.tumor.geojson.gz")
+    assert json.loads(gzip.decompress(path.read_bytes())) == {
+        "type": "FeatureCollection", "features": []}
+    truth = read_truth(path)
+    assert truth.geometry.is_empty and truth.polygons == ()

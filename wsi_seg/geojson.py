@@ -13,9 +13,11 @@ What each Feature carries, and the QuPath rule behind it (``FORMATS.md``)::
                                      "Mean probability": ..., "Max probability": ...}}}
 
 The file is a FeatureCollection (not a bare list), written to a temporary name and renamed, so
-a reader never sees half a file. A ``.gz`` suffix writes gzip (QuPath reads ``.geojson.gz``).
-Ids are random-format (version 4) UUIDs drawn from a seed of the folder and file name and the
-regions, so a rerun writes the same file byte for byte.
+a reader never sees half a file. :func:`write_geojson` writes predicted regions (with their
+measurements), :func:`write_polygons` any other polygons, e.g. ground truth, the same way.
+A ``.gz`` suffix writes gzip (QuPath reads ``.geojson.gz``). Ids are random-format (version 4)
+UUIDs drawn from a seed of the folder and file name and the features' areas, so a rerun writes
+the same file byte for byte.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any
 import numpy as np
 import shapely
 from shapely.geometry import Polygon
+from shapely.geometry.base import BaseGeometry
 
 from wsi_seg.files import write_atomic
 from wsi_seg.vectorize import RegionPolygon
@@ -81,13 +84,13 @@ def _numbers(values: np.ndarray) -> list[float | str]:
             ("NaN" if np.isnan(v) else "inf" if v > 0 else "-inf") for v in values]
 
 
-def _feature_ids(name: str, regions: Sequence[RegionPolygon]) -> list[str]:
-    """Version-4-format UUIDs drawn from a seed of the file name and the regions' areas, so a
-    rerun writes identical bytes while distinct outputs get distinct ids."""
+def _feature_ids(name: str, sizes: np.ndarray) -> list[str]:
+    """Version-4-format UUIDs drawn from a seed of the file name and the features' sizes
+    (areas), so a rerun writes identical bytes while distinct outputs get distinct ids."""
     digest = hashlib.sha256(name.encode())
-    digest.update(np.asarray([r.area_um2 for r in regions], dtype=np.float64).tobytes())
+    digest.update(np.asarray(sizes, dtype=np.float64).tobytes())
     rng = np.random.default_rng(int.from_bytes(digest.digest()[:8], "little"))
-    raw = rng.integers(0, 256, size=(len(regions), 16), dtype=np.uint8)
+    raw = rng.integers(0, 256, size=(len(sizes), 16), dtype=np.uint8)
     raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40  # version 4
     raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80  # RFC 4122 variant
     out = []
@@ -97,17 +100,14 @@ def _feature_ids(name: str, regions: Sequence[RegionPolygon]) -> list[str]:
     return out
 
 
-def feature_collection(regions: Sequence[RegionPolygon], *, name: str = "tumor.geojson",
-                       class_name: str = TUMOR_CLASS,
-                       color: tuple[int, int, int] = TUMOR_COLOR) -> dict[str, Any]:
-    """The FeatureCollection (as a dict) for ``regions``; ``name`` seeds the feature ids."""
-    coordinates = polygon_coordinates([r.polygon for r in regions])
-    measurements = np.array([[r.area_um2, r.perimeter_um, r.mean_prob, r.max_prob]
-                             for r in regions], dtype=np.float64).reshape(-1, 4)
-    ids = _feature_ids(name, regions)
+def _collection(polys: Sequence[Polygon], ids: Sequence[str], class_name: str,
+                color: tuple[int, int, int],
+                properties: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The FeatureCollection of polygons, one Feature each, with QuPath's annotation fields
+    plus each polygon's own ``properties``."""
     rgb = [int(c) for c in color]
     features = []
-    for fid, coords, values in zip(ids, coordinates, measurements, strict=True):
+    for fid, coords, extra in zip(ids, polygon_coordinates(polys), properties, strict=True):
         features.append({
             "type": "Feature",
             "id": fid,
@@ -116,10 +116,35 @@ def feature_collection(regions: Sequence[RegionPolygon], *, name: str = "tumor.g
                 "objectType": "annotation",
                 "classification": {"name": class_name, "color": rgb},
                 "isLocked": False,
-                "measurements": dict(zip(MEASUREMENT_NAMES, _numbers(values), strict=True)),
+                **extra,
             },
         })
     return {"type": "FeatureCollection", "features": features}
+
+
+def feature_collection(regions: Sequence[RegionPolygon], *, name: str = "tumor.geojson",
+                       class_name: str = TUMOR_CLASS,
+                       color: tuple[int, int, int] = TUMOR_COLOR) -> dict[str, Any]:
+    """The FeatureCollection (as a dict) for ``regions``; ``name`` seeds the feature ids."""
+    measurements = np.array([[r.area_um2, r.perimeter_um, r.mean_prob, r.max_prob]
+                             for r in regions], dtype=np.float64).reshape(-1, 4)
+    ids = _feature_ids(name, measurements[:, 0])
+    props = [{"measurements": dict(zip(MEASUREMENT_NAMES, _numbers(values), strict=True))}
+             for values in measurements]
+    return _collection([r.polygon for r in regions], ids, class_name, color, props)
+
+
+def _write(doc: dict[str, Any], path: Path) -> Path:
+    # One C-encoder pass over the whole document is the fast path for many features.
+    data = (json.dumps(doc, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+    if path.suffix == ".gz":
+        data = gzip.compress(data, compresslevel=6, mtime=0)  # mtime=0: reproducible bytes
+    return write_atomic(path, data)
+
+
+def _id_seed(path: Path) -> str:
+    # The folder too: every slide's file is called tumor.geojson.
+    return f"{path.parent.name}/{path.name}"
 
 
 def write_geojson(regions: Sequence[RegionPolygon], path: str | Path, *,
@@ -137,11 +162,25 @@ def write_geojson(regions: Sequence[RegionPolygon], path: str | Path, *,
         ``path``. Written to a temporary file in the same folder, then renamed (atomic).
     """
     path = Path(path)
-    # Seed the ids with the slide's folder too: every slide's file is called tumor.geojson.
-    name = f"{path.parent.name}/{path.name}"
-    doc = feature_collection(regions, name=name, class_name=class_name, color=color)
-    # One C-encoder pass over the whole document is the fast path for many features.
-    data = (json.dumps(doc, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
-    if path.suffix == ".gz":
-        data = gzip.compress(data, compresslevel=6, mtime=0)  # mtime=0: reproducible bytes
-    return write_atomic(path, data)
+    return _write(feature_collection(regions, name=_id_seed(path), class_name=class_name,
+                                     color=color), path)
+
+
+def write_polygons(geoms: Sequence[BaseGeometry], path: str | Path, *,
+                   class_name: str = TUMOR_CLASS, color: tuple[int, int, int] = TUMOR_COLOR,
+                   properties: dict[str, Any] | None = None) -> Path:
+    """Write polygons of any origin (ground truth, drawn shapes; level-0 px) as annotations,
+    the same way as :func:`write_geojson` but without measurements.
+
+    Each geometry's polygon parts become one Feature each, first snapped to QuPath's 0.01 px
+    grid (``set_precision``), so they stay valid after the 2-decimal rounding; lines, points
+    and parts that vanish on the grid are dropped. ``properties`` go into every Feature's
+    properties (e.g. ``{"metadata": {...}}``). Written atomically; ``.gz`` writes gzip.
+    """
+    path = Path(path)
+    snapped = shapely.set_precision(np.asarray(list(geoms), dtype=object), 0.01)
+    polys = [p for p in shapely.get_parts(shapely.get_parts(snapped))
+             if isinstance(p, Polygon) and not p.is_empty]
+    ids = _feature_ids(_id_seed(path), shapely.area(np.asarray(polys, dtype=object)))
+    doc = _collection(polys, ids, class_name, color, [dict(properties or {}) for _ in polys])
+    return _write(doc, path)
