@@ -147,6 +147,10 @@ def test_gzip_and_multipolygon_and_repair(tmp_path: Path) -> None:
                 "</Vertices></Region></Regions></Annotation></Annotations>"),
     ("other.xml", "<svg></svg>"),
     ("text.txt", "hello"),
+    ("nocoords.geojson", '{"type": "Feature", "geometry": {"type": "Polygon"}}'),
+    ("nan.geojson", '{"type": "Polygon", "coordinates": [[[0, 0], [NaN, 0], [9, 9], [0, 0]]]}'),
+    ("notfeature.geojson", '{"type": "FeatureCollection", "features": [null]}'),
+    ("deep.json", "[" * 100_000),
 ])
 def test_malformed_files_give_one_line_errors(tmp_path: Path, name: str, text: str) -> None:
     path = _write(tmp_path / name, text)
@@ -223,3 +227,21 @@ def test_real_camelyon_truth_does_not_fit_a_small_slide(shared_data: Path) -> No
     truth = read_truth(shared_data / "annotations/asap/tumor_009.xml")
     with pytest.raises(AnnotationError, match="outside the slide"):
         check_truth_fits(truth, (2220, 2967))
+
+
+def test_a_z_coordinate_is_dropped(tmp_path: Path) -> None:
+    """QuPath may write a third value (its plane); NaN there is harmless and not kept."""
+    ring = [[0, 0, float("nan")], [100, 0, 1], [100, 100, 1], [0, 0, 1]]
+    path = _write(tmp_path / "z.geojson", json.dumps(_feature("Tumor", ring)))
+    truth = read_truth(path)
+    assert not truth.geometry.has_z and truth.geometry.area == 5000
+
+
+def test_empty_files_of_every_format_are_no_tumour(tmp_path: Path) -> None:
+    for name, text in (("a.geojson", '{"type": "FeatureCollection", "features": []}'),
+                       ("b.json", "[]"),
+                       ("c.xml", "<ASAP_Annotations><Annotations/></ASAP_Annotations>"),
+                       ("d.xml", '<Annotations><Annotation Name="Layer 1"><Regions/>'
+                                 "</Annotation></Annotations>")):
+        truth = read_truth(_write(tmp_path / name, text))
+        assert truth.geometry.is_empty and truth.polygons == () and truth.classes == ()

@@ -211,8 +211,10 @@ def _shape(geom_json: dict[str, Any], i: int, path: Path) -> BaseGeometry:
     try:
         # errstate: NaN coordinates raise our one line below, not a numpy warning first.
         with np.errstate(invalid="ignore"):
-            geom = shape(geom_json)
+            geom = shapely.force_2d(shape(geom_json))  # a z (QuPath's plane) is not used
             coords = shapely.get_coordinates(geom)
+    except KeyError as exc:
+        raise AnnotationError(f"feature {i}: bad geometry: no {exc} member", path) from None
     except Exception as exc:  # shapely raises several types for bad coordinates
         raise AnnotationError(f"feature {i}: bad geometry: {exc}", path) from None
     if not np.isfinite(coords).all():
