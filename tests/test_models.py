@@ -18,9 +18,11 @@ from wsi_seg.card import (
     ModelCard,
     bundled_model_path,
     card_path,
+    declared_input_shape,
     load_model,
     save_model,
     unsafe_parts,
+    verify_model_file,
 )
 from wsi_seg.errors import ModelError
 from wsi_seg.models import build_patch_cnn, build_unet, preprocess, preprocess_tf
@@ -242,6 +244,52 @@ def test_save_refuses_a_mismatched_card(tmp_path: Path) -> None:
         save_model(_tiny_unet(), _unet_card(size=64), tmp_path / "m.keras")
     with pytest.raises(ModelError):
         save_model(_tiny_unet(), _unet_card(), tmp_path / "m.h5")
+
+
+def _rezip(src: Path, dst: Path, compression: int) -> Path:
+    """``src``'s members rewritten with ``compression``, carded to match the new bytes."""
+    from wsi_seg.card import sha256_file
+
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", compression) as zout:
+        for name in zin.namelist():
+            zout.writestr(name, zin.read(name))
+    card = json.loads(card_path(src).read_text())
+    card["sha256"] = sha256_file(dst)
+    card_path(dst).write_text(json.dumps(card))
+    return dst
+
+
+def test_archive_members_are_checked_before_reading(tmp_path: Path) -> None:
+    """Deflated members (a re-zipped model) load; other methods are refused: zipfile inflates
+    a bzip2/lzma read whole before cutting it to the declared size."""
+    path = tmp_path / "m.keras"
+    save_model(_tiny_unet(), _unet_card(), path)
+    deflated = _rezip(path, tmp_path / "deflated.keras", zipfile.ZIP_DEFLATED)
+    assert verify_model_file(deflated).input_size_px == 32
+    load_model(deflated)
+    bz = _rezip(path, tmp_path / "bz.keras", zipfile.ZIP_BZIP2)
+    with pytest.raises(ModelError, match="compression method 12") as exc:
+        verify_model_file(bz)
+    _one_line(exc)
+
+
+def test_oversized_card_is_refused_unread(tmp_path: Path) -> None:
+    path = tmp_path / "m.keras"
+    save_model(_tiny_unet(), _unet_card(), path)
+    with open(card_path(path), "r+b") as fh:
+        fh.truncate(20 << 20)  # sparse: no disk used
+    with pytest.raises(ModelError, match="model card is 20 MiB, more than the 16 MiB") as exc:
+        verify_model_file(path)
+    _one_line(exc)
+
+
+def test_declared_input_shape(tmp_path: Path) -> None:
+    path = tmp_path / "m.keras"
+    save_model(_tiny_unet(48, 1), _unet_card(48, 1), path)
+    config = json.loads(zipfile.ZipFile(path).read("config.json"))
+    assert declared_input_shape(config) == (None, 48, 48, 1)
+    assert declared_input_shape({"config": {"layers": []}}) is None
+    assert declared_input_shape({"config": "nonsense"}) is None
 
 
 # -- bundled demo models -------------------------------------------------------------------------
