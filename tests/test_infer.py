@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from tests.model_fixtures import mean_red_patch, small_unet
-from wsi_seg.card import load_model, verify_model_file as load_card
-from wsi_seg.errors import ModelError
 from wsi_seg.backends import mixed_precision_clone as _mixed_precision_clone
+from wsi_seg.card import load_model
+from wsi_seg.card import verify_model_file as load_card
+from wsi_seg.errors import ModelError
 from wsi_seg.infer import InferConfig, Predictor, cached_predictor
 
 

@@ -19,7 +19,6 @@ slide, truth, resolution and counts.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -35,6 +34,7 @@ from shapely.geometry.base import BaseGeometry
 from wsi_seg import __version__
 from wsi_seg.annotations import check_truth_fits, read_truth
 from wsi_seg.errors import WsiSegError
+from wsi_seg.files import write_json_atomic
 from wsi_seg.metrics import rasterize_window
 from wsi_seg.slide import Slide, open_slide
 from wsi_seg.tiling import window_starts
@@ -205,7 +205,7 @@ def extract_training_data(
         "seed": opts.seed,
     }
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"extract_{name}.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    write_json_atomic(out / f"extract_{name}.json", manifest)
     return result
 
 

@@ -33,7 +33,7 @@ from wsi_seg import __version__
 from wsi_seg.blend import BlendSpec, blend_block, blend_mode, kept_extent, to_uint8
 from wsi_seg.card import ModelCard, bundled_model_path, read_card, sha256_file
 from wsi_seg.errors import WsiSegError
-from wsi_seg.files import write_json_atomic
+from wsi_seg.files import decode_json, write_json_atomic
 from wsi_seg.infer import InferConfig, cached_predictor, warm_predictor
 from wsi_seg.mosaic import (
     MosaicGeometry,
@@ -207,9 +207,9 @@ def is_finished(out_dir: Path, slide_path: Path, name: str | None = None) -> boo
     if not report.is_file():
         return False
     try:
-        done = json.loads(report.read_text(encoding="utf-8"))
+        done = decode_json(report.read_text(encoding="utf-8"), report)
         same_file = Path(done["slide"]).resolve() == slide_path.resolve()
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, WsiSegError, KeyError, TypeError):
         return False  # an unreadable report is redone
     if not same_file:
         raise OutputTaken(f"{report.parent} already holds the results of {done['slide']}; "
@@ -322,8 +322,8 @@ def _open_work_dir(work_dir: Path, digest: str, geom: MosaicGeometry,
     stamp = work_dir / "config.json"
     if stamp.is_file():
         try:
-            same = json.loads(stamp.read_text()).get("digest") == digest
-        except (OSError, ValueError):
+            same = decode_json(stamp.read_text(encoding="utf-8"), stamp).get("digest") == digest
+        except (OSError, WsiSegError, AttributeError):
             same = False
         if same and (work_dir / "mask.zarr" / "zarr.json").is_file():
             markers = work_dir / MARKERS

@@ -12,7 +12,6 @@ truthful record; rerunning the same command resumes.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import platform
 import sys
@@ -31,7 +30,7 @@ from wsi_seg import __version__, progress
 from wsi_seg.card import verify_model_file
 from wsi_seg.cluster import BLOCK_GPU_SHARE, ClusterConfig, ModelPlugin, WorkerPlan, connect
 from wsi_seg.errors import WsiSegError
-from wsi_seg.files import write_json_atomic
+from wsi_seg.files import decode_json, write_json_atomic
 from wsi_seg.infer import InferConfig
 from wsi_seg.naming import output_names, slide_stem
 from wsi_seg.pipeline import (
@@ -179,8 +178,9 @@ class Runner:
         if done and self.config.truth is not None:
             # A slide that could not be scored before is redone (the truth may be fixed now).
             report = final_dir_for(self.config.out_dir, state.path, state.name) / "report.json"
-            with contextlib.suppress(OSError, ValueError):
-                return not json.loads(report.read_text(encoding="utf-8")).get("score_error")
+            with contextlib.suppress(OSError, WsiSegError, AttributeError):
+                return not decode_json(report.read_text(encoding="utf-8"), report).get(
+                    "score_error")
         return done
 
     def prepare(self) -> None:

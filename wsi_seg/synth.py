@@ -20,7 +20,6 @@ rendered at twice their resolution and box-averaged, so they look like scanner p
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -35,11 +34,12 @@ import cv2
 import numpy as np
 import shapely
 import tifffile
-from shapely.geometry import MultiPolygon, Polygon, box, mapping
+from shapely.geometry import MultiPolygon, Polygon, box
 from shapely.prepared import prep
 
 from wsi_seg import __version__
-from wsi_seg.files import write_atomic
+from wsi_seg.files import atomic_path
+from wsi_seg.geojson import write_polygons
 from wsi_seg.naming import TRUTH_PATTERNS, slide_stem
 
 TILE_PX = 512
@@ -430,20 +430,8 @@ def _write_aperio_thumbnail(tif: tifffile.TiffWriter, renderer: Renderer, spec: 
 
 def write_truth_geojson(tumour: MultiPolygon, path: Path, slide_name: str) -> None:
     """Tumour ground truth as a QuPath-importable FeatureCollection (level-0 px)."""
-    features = []
-    for i, poly in enumerate(tumour.geoms):
-        geom = mapping(shapely.set_precision(poly, 0.01))
-        features.append({
-            "type": "Feature",
-            "id": f"00000000-0000-4000-8000-{i:012d}",
-            "geometry": geom,
-            "properties": {
-                "objectType": "annotation",
-                "classification": {"name": "Tumor", "color": [200, 0, 0]},
-                "metadata": {"source": "wsi-seg synth", "slide": slide_name},
-            },
-        })
-    write_atomic(path, json.dumps({"type": "FeatureCollection", "features": features}))
+    write_polygons(list(tumour.geoms), path,
+                   properties={"metadata": {"source": "wsi-seg synth", "slide": slide_name}})
 
 
 def truth_path_for(slide_path: str | os.PathLike[str]) -> Path:
@@ -491,13 +479,12 @@ def write_synthetic_slide(
     layout = make_layout(spec)
     renderer = Renderer(spec, layout)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.partial")
     from tqdm import tqdm
 
     total = sum(math.ceil(w / d / spec.tile_px) * math.ceil(h / d / spec.tile_px)
                 for d in spec.level_downsamples())
     bar = tqdm(total=total, unit="tile", desc=out.name, disable=not progress, leave=False)
-    with bar, tifffile.TiffWriter(tmp, bigtiff=True) as tif:
+    with bar, atomic_path(out) as tmp, tifffile.TiffWriter(tmp, bigtiff=True) as tif:
         for i, d in enumerate(spec.level_downsamples()):
             lw, lh = math.ceil(w / d), math.ceil(h / d)
             kwargs: dict[str, object] = dict(
@@ -516,7 +503,6 @@ def write_synthetic_slide(
             tif.write(_tiles(renderer, d, lw, lh, spec.tile_px, threads, bar), **kwargs)  # type: ignore[arg-type]
             if fmt == "svs" and i == 0:
                 _write_aperio_thumbnail(tif, renderer, spec)
-    os.replace(tmp, out)
     truth = truth_path_for(out)
     write_truth_geojson(layout.tumour, truth, out.name)
     return SynthResult(out, truth, layout.tumour, layout.tissue, time.perf_counter() - start)

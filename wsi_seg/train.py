@@ -25,7 +25,6 @@ import io
 import itertools
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -60,7 +59,7 @@ from wsi_seg.datasets import (
     unet_train_dataset,
 )
 from wsi_seg.errors import ModelError, WsiSegError
-from wsi_seg.files import write_atomic
+from wsi_seg.files import atomic_path, decode_json, write_atomic
 from wsi_seg.infer import InferConfig, Predictor
 from wsi_seg.metrics import OverlapScore, iou_dice, summarize_scores
 from wsi_seg.models import build_model, preprocess
@@ -258,8 +257,11 @@ class TrainState:
     @classmethod
     def read(cls, path: Path) -> TrainState:
         try:
-            d = json.loads(path.read_text(encoding="utf-8"))
+            d = decode_json(path.read_text(encoding="utf-8"), path)
             return cls(**d)
+        except WsiSegError as exc:
+            raise WsiSegError(f"cannot resume: unreadable training state ({exc.cause})",
+                              path) from None
         except (OSError, ValueError, TypeError) as exc:
             raise WsiSegError(f"cannot resume: unreadable training state ({exc})", path) from None
 
@@ -377,9 +379,8 @@ class _Tracker:
                 model.stop_training = True
         # Checkpoint last: weights (+ optimizer slots), then the state that points at them.
         wd = cfg.workdir
-        tmp = wd / f".checkpoint.{os.getpid()}.weights.h5"
-        model.save_weights(tmp)
-        os.replace(tmp, wd / "checkpoint.weights.h5")
+        with atomic_path(wd / "checkpoint.weights.h5") as tmp:
+            model.save_weights(tmp)
         st.write(wd / "state.json")
         write_metrics_csv(st.history, wd / "train_metrics.csv")
         draw_learning_curves(st.history, wd / "learning_curves.png")

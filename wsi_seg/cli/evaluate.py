@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wsi_seg.blend import BLEND_MODES
+from wsi_seg.files import write_atomic
 
 if TYPE_CHECKING:
     from wsi_seg.train import WindowOptions
@@ -92,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
           f"{_fmt(summary['pooled_dice'])}; empty_both {int(summary['empty_both'])}")
     if args.csv:
         args.csv.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.csv, "w", newline="") as f:
-            csv.writer(f).writerows(rows)
+        text = io.StringIO()
+        csv.writer(text).writerows(rows)
+        write_atomic(args.csv, text.getvalue())
     return 0
