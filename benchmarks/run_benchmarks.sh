@@ -7,6 +7,10 @@
 #                                                   # plus about 25 min once to write the slides)
 #   benchmarks/run_benchmarks.sh --only memory      # extra flags go to `wsi-seg bench`
 #   QUICK=1 benchmarks/run_benchmarks.sh            # a 2-minute check of the machinery
+#   PROFILE=simulated benchmarks/run_benchmarks.sh  # the CPU side against a simulated
+#                                                   # accelerator (~3 min on 2 cores)
+#   PROFILE=gpu benchmarks/run_benchmarks.sh        # the GPU workstation profile (on the
+#                                                   # device machine: benchmarks/gpu_bench.sh)
 #
 # Environment: OUT (results folder, default benchmarks/results/<UTC date>), WSI_SEG_BENCH_CACHE
 # (synthetic slides, default ~/.cache/wsi-seg/bench), SIZES, MEMORY_SIZES, REPEATS, WSI_SEG
@@ -19,6 +23,10 @@ WSI_SEG=${WSI_SEG:-.venv/bin/wsi-seg}
 [ -x "$WSI_SEG" ] || WSI_SEG=wsi-seg
 OUT=${OUT:-benchmarks/results/$(date -u +%Y-%m-%dT%H%MZ)}
 CACHE=${WSI_SEG_BENCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/wsi-seg/bench}
+
+if [ -n "${PROFILE:-}" ]; then
+    exec "$WSI_SEG" bench --profile "$PROFILE" --out "$OUT" --cache "$CACHE" "$@"
+fi
 
 if [ -n "${QUICK:-}" ]; then
     exec "$WSI_SEG" bench --quick --out "$OUT" --cache "$CACHE" "$@"

@@ -322,6 +322,8 @@ def test_gpu_profile_dry_run(tmp_path: Path, cache: Path) -> None:
     n = rec["noisy"]
     assert n["tiles"] > 0 and n["wall_s"] > 0 and "vectorize" in n["stage_s"]
     assert close(n["vectorize_share"], n["vectorize_s"] / n["wall_s"], 0.01)
+    # The simulated device outputs zeros: nothing above the threshold.
+    assert n["speckle"]["components"] == 0 and n["speckle"]["mosaic_px"] > 0
     md = (cfg.out_dir / "bench.md").read_text()
     for title in ("Dry run", "As `wsi-seg run` runs it", "End to end against the limits",
                   "Stages", "Polygons of a speckled map", "## Steps"):
@@ -374,7 +376,7 @@ def test_cli_device_profiles(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert cfg.synth_seeds == (11, 12, 13, 14)
     sim = build_device_config(build_parser().parse_args(
         ["bench", "--profile", "simulated", "--out", str(tmp_path)]))
-    assert (sim.profile, sim.batch_size, sim.synth_seeds) == ("simulated", 32, (11, 12))
+    assert (sim.profile, sim.batch_size, sim.synth_size) == ("simulated", 32, 10000)
     for bad in (["--steps", "bundled,warp"], ["--heavy", "500,4,32"],
                 ["--slides", str(tmp_path / "none.svs")]):
         assert main(["bench", "--profile", "gpu", "--out", str(tmp_path), *bad]) == 2

@@ -187,9 +187,9 @@ class DeviceBenchConfig:
 
 
 def simulated_config(out_dir: Path, cache_dir: Path, **changes: Any) -> DeviceBenchConfig:
-    """The simulated profile's defaults: two 10,000 px slides (seeds 11, 12), batch 32."""
+    """The simulated profile's defaults: four 10,000 px slides (seeds 11-14), batch 32."""
     base = DeviceBenchConfig(out_dir=out_dir, cache_dir=cache_dir, profile="simulated",
-                             synth_size=10000, synth_seeds=(11, 12), batch_size=32,
+                             synth_size=10000, synth_seeds=(11, 12, 13, 14), batch_size=32,
                              steps=SIM_STEPS, repeats=3)
     return replace(base, **changes)
 
@@ -898,7 +898,8 @@ class DeviceBenchmark:
         warm_s = time.perf_counter() - t
         rc = run_config(self.runs_dir / "noisy", model, infer)
         rec = run_once(bench, [slide], rc)
-        rep = json.loads(next((rc.out_dir).glob("*/report.json")).read_text())
+        report = next(rc.out_dir.glob("*/report.json"))
+        rep = json.loads(report.read_text())
         vec = rec["stage_s"].get("vectorize", 0.0)
         out = {"slide": str(slide), "model": model.name, "warm_s": round(warm_s, 2),
                "wall_s": rec["wall_s"], "blocks_wall_s": rec["blocks_wall_s"],
@@ -906,6 +907,7 @@ class DeviceBenchmark:
                "vectorize_share": round(vec / rec["wall_s"], 4) if rec["wall_s"] else None,
                "tumour_regions": rep.get("tumour_regions"),
                "tumour_mm2": rep.get("tumour_mm2"), "stage_s": rec["stage_s"],
+               "speckle": _speckle(report.parent / "mask.zarr", rep.get("threshold", 0.5)),
                "goal": "vectorize_share < 0.10"}
         self.record["noisy"] = out
         return out
@@ -987,6 +989,21 @@ def _end_children(keep: set[int]) -> None:
         for k in alive:
             with contextlib.suppress(psutil.Error):
                 k.kill()
+
+
+def _speckle(mosaic_path: Path, threshold: float) -> dict[str, Any]:
+    """How speckled a mosaic is: the share of predicted pixels at or above the threshold and
+    the number of 4-connected foreground components (what polygons are traced from)."""
+    import cv2
+
+    from wsi_seg.mosaic import open_mosaic
+
+    arr = np.asarray(open_mosaic(mosaic_path).level(0)[...])
+    fg = arr >= np.ceil(threshold * 255)
+    predicted = int((arr > 0).sum())
+    n, _ = cv2.connectedComponents(fg.astype(np.uint8), connectivity=4)
+    return {"foreground_share": round(int(fg.sum()) / predicted, 4) if predicted else None,
+            "components": int(n) - 1, "mosaic_px": int(arr.size)}
 
 
 def measure_model_only(bench: Bench, model: Path, infer: Any, seconds: float,
@@ -1223,9 +1240,12 @@ def device_markdown(record: dict[str, Any]) -> str:
     noisy = record.get("noisy")
     if noisy:
         lines += ["## Polygons of a speckled map (random-weight UNet)", "",
-                  "| slide | model | tiles | run wall s | vectorize s | vectorize share "
-                  "(goal < 10 %) | tumour regions |", "|---|---|---|---|---|---|---|",
+                  "| slide | model | tiles | foreground components (share of predicted px) | "
+                  "run wall s | vectorize s | vectorize share (goal < 10 %) | tumour regions "
+                  "kept |", "|---|---|---|---|---|---|---|---|",
                   f"| {Path(noisy['slide']).name} | {noisy['model']} | {noisy['tiles']} | "
+                  f"{noisy['speckle']['components']} "
+                  f"({_pct(noisy['speckle']['foreground_share'])}) | "
                   f"{noisy['wall_s']} | {noisy['vectorize_s']:.2f} | "
                   f"{_pct(noisy['vectorize_share'])} | {noisy['tumour_regions']} |", ""]
     sim = record.get("simulated")

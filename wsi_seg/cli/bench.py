@@ -71,12 +71,12 @@ every step under --step-timeout):
                         batch; one worker with max(2, cores) task threads. The CPU side is
                         measured first (S = 1 ms: blocks-phase seconds per batch), then S =
                         --simulate-margin x that; device busy share = device busy seconds /
-                        blocks-phase wall (goal >= 90 %). Default slides: two 10,000 px
-                        (seeds 11, 12), batch 32.
+                        blocks-phase wall (goal >= 90 %). Default slides: four 10,000 px
+                        (seeds 11-14), batch 32.
 
 examples:
   wsi-seg bench --quick --out bench-quick/         every code path on a 4k slide, ~2 minutes
-  wsi-seg bench --profile simulated --out sim/     the simulated accelerator, ~2 minutes
+  wsi-seg bench --profile simulated --out sim/     the simulated accelerator, ~3 minutes
   wsi-seg bench --profile gpu --out gpu/           the GPU workstation (benchmarks/gpu_bench.sh)
   wsi-seg bench --sizes 10000,30000 --memory-sizes 10000,30000,100000 --out bench-out/
   benchmarks/run_benchmarks.sh                     the full set of benchmarks/README.md
@@ -159,7 +159,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--synth-size", type=int, default=S,
                    help="edge of the synthetic slides, px [gpu: 20000; simulated: 10000]")
     d.add_argument("--synth-seeds", type=_ints, default=S,
-                   help="seeds of the synthetic slides [gpu: 11,12,13,14; simulated: 11,12]")
+                   help="seeds of the synthetic slides [11,12,13,14]")
     d.add_argument("--batch-size", type=int, default=S,
                    help="predictor batch [gpu: the device's default; simulated: 32]")
     d.add_argument("--steps", default=S,
