@@ -62,7 +62,7 @@ def test_info_json_fields(p2: Path, capsys: pytest.CaptureFixture[str], tmp_path
         {"level": 2, "size_px": [750, 500], "downsample": 4.0, "mpp": 2.0},
     ]
     assert d["mpp"] == 0.5 and d["objective_power"] == 20.0
-    assert d["associated_images"] == []
+    assert d["associated_images"] == ["thumbnail"]  # page 1, as Aperio files keep it
     assert 0.1 < d["tissue_fraction"] < 0.9
     assert d["tissue_mm2"] == pytest.approx(d["tissue_fraction"] * 3000 * 2000 * 0.25 / 1e6,
                                             rel=0.02)
@@ -152,7 +152,9 @@ def test_slide_without_mpp(real_slides: Path, capsys: pytest.CaptureFixture[str]
     path = real_slides / "tcga-cr-7395-01a-01-ts1.svs"
     rc, out, err = run_cli(capsys, str(path))
     assert_one_error(rc, err, path, "no MPP", "--mpp")
-    assert out == ""
+    # Described anyway: what the file holds needs no MPP.
+    assert "levels          0: 4443x3567 (x1), 1: 2221x1783 (x2.0005)" in out, out
+    assert "mpp             unknown" in out
     rc, out, err = run_cli(capsys, str(path), "--mpp", "0.5", "--json")
     assert rc == 0 and err == ""
     d = json.loads(out)
@@ -177,11 +179,14 @@ def test_slide_with_no_tissue(tmp_path_factory: pytest.TempPathFactory,
 
 
 def test_real_slides_folder(real_slides: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """The shared folder: two good slides described, two bad ones one line each, exit 1."""
+    """The shared folder: two good slides described, one without MPP described as far as
+    it can be, two bad ones one line each, exit 1."""
     rc, out, err = run_cli(capsys, str(real_slides), "--json")
     assert rc == 1
     docs = {Path(d["path"]).name: d for d in map(json.loads, out.splitlines())}
-    assert set(docs) == {"1065626.svs", "CMU-1-Small-Region.svs"}
+    assert set(docs) == {"1065626.svs", "CMU-1-Small-Region.svs", "tcga-cr-7395-01a-01-ts1.svs"}
+    assert docs["tcga-cr-7395-01a-01-ts1.svs"]["mpp"] is None
+    assert len(docs["tcga-cr-7395-01a-01-ts1.svs"]["levels"]) == 2
     assert 0.002 < docs["1065626.svs"]["tissue_fraction"] < 0.05
     assert docs["1065626.svs"]["plan"]["blocks"] < docs["1065626.svs"]["plan"]["blocks_total"]
     assert 0.2 < docs["CMU-1-Small-Region.svs"]["tissue_fraction"] < 0.6

@@ -37,6 +37,7 @@ import tifffile
 from PIL import Image
 
 from wsi_seg.errors import SlideError
+from wsi_seg.naming import slide_stem
 from wsi_seg.read_pool import run_jobs
 from wsi_seg.tiff_reader import TiffLevels, open_tiff_levels
 
@@ -177,7 +178,8 @@ class Slide:
 
     @property
     def stem(self) -> str:
-        return self.path.name.split(".")[0] if self.path.suffix else self.path.name
+        """The file name without its last suffix (:func:`wsi_seg.naming.slide_stem`)."""
+        return slide_stem(self.path)
 
     # -- geometry ---------------------------------------------------------------------------
     def level0_px_per_px(self, mpp: float) -> float:
@@ -442,6 +444,31 @@ def _mpp_from_properties(props: Mapping[str, str]) -> float | None:
     return sum(values) / len(values)
 
 
+class MissingMppError(SlideError):
+    """The slide opens but says nothing of its resolution (``--mpp`` supplies it)."""
+
+
+def describe_file(path: str | os.PathLike[str]) -> dict[str, object]:
+    """What OpenSlide tells of a slide without knowing its µm/px: vendor, level sizes and
+    downsamples, associated images (for describing slides :func:`open_slide` refuses for want
+    of an MPP)."""
+    p = Path(path)
+    try:
+        with openslide.OpenSlide(str(p)) as osr:
+            return {
+                "path": str(p),
+                "vendor": osr.properties.get(openslide.PROPERTY_NAME_VENDOR, "unknown"),
+                "dimensions_px": list(osr.dimensions),
+                "levels": [{"level": i, "size_px": list(osr.level_dimensions[i]),
+                            "downsample": round(osr.level_downsamples[i], 4), "mpp": None}
+                           for i in range(osr.level_count)],
+                "mpp": None,
+                "associated_images": sorted(osr.associated_images),
+            }
+    except openslide.OpenSlideError as exc:
+        raise SlideError(f"OpenSlide cannot open it ({exc})", p) from None
+
+
 def open_slide(path: str | os.PathLike[str], mpp: float | None = None) -> Slide:
     """Open a slide (any OpenSlide format) or a plain image as a one-level slide.
 
@@ -485,7 +512,8 @@ def open_slide(path: str | os.PathLike[str], mpp: float | None = None) -> Slide:
         found = _mpp_from_properties(osr.properties)
         if found is None:
             osr.close()
-            raise SlideError("slide has no MPP metadata; pass its resolution with --mpp", p)
+            raise MissingMppError("slide has no MPP metadata; pass its resolution with --mpp",
+                                  p)
         try:
             level0_mpp = check_mpp(found, p, "slide MPP")
         except SlideError:

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 
 from wsi_seg.errors import NoTissueError, WsiSegError
-from wsi_seg.slide import Slide, find_slides, open_slide
+from wsi_seg.slide import MissingMppError, Slide, describe_file, find_slides, open_slide
 from wsi_seg.tiling import plan_blocks, step_for
 from wsi_seg.tissue import TissueMask, find_tissue
 
@@ -101,6 +101,20 @@ def format_text(d: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def format_without_mpp(d: dict[str, Any]) -> str:
+    """The part of :func:`format_text` that needs no MPP."""
+    return "\n".join([
+        f"{d['path']}",
+        f"  vendor          {d['vendor']}",
+        f"  level 0         {d['dimensions_px'][0]} x {d['dimensions_px'][1]} px",
+        "  mpp             unknown (no MPP metadata: pass --mpp)",
+        "  levels          " + ", ".join(
+            f"{lv['level']}: {lv['size_px'][0]}x{lv['size_px'][1]} (x{lv['downsample']:g})"
+            for lv in d["levels"]),
+        f"  associated      {', '.join(d['associated_images']) or '-'}",
+    ])
+
+
 def draw_tissue_thumbnail(slide: Slide, tissue: TissueMask, max_px: int = 1024) -> np.ndarray:
     """BGR thumbnail with the tissue outline in green (for cv2.imwrite)."""
     rgb, scale = slide.thumbnail(max_px)
@@ -131,6 +145,13 @@ def run(args: argparse.Namespace) -> int:
                     if not cv2.imwrite(str(out), draw_tissue_thumbnail(slide, tissue)):
                         raise WsiSegError("cannot write thumbnail", out)
                     d["thumbnail"] = str(out)
+        except MissingMppError as exc:
+            # Describe what the file holds anyway; only tissue and the plan need the MPP.
+            failed += 1
+            print(format_without_mpp(describe_file(path)) if not args.json
+                  else json.dumps(describe_file(path)), flush=True)
+            print(f"wsi-seg: error: {exc} (tissue and the run plan need it)", file=sys.stderr)
+            continue
         except WsiSegError as exc:
             failed += 1
             print(f"wsi-seg: error: {exc}", file=sys.stderr)
