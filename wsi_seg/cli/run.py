@@ -8,7 +8,7 @@ from typing import Any
 
 from wsi_seg import options
 from wsi_seg.cluster import ClusterConfig, local_gpu_count
-from wsi_seg.errors import WsiSegError
+from wsi_seg.errors import WsiSegError, printable
 from wsi_seg.infer import InferConfig
 from wsi_seg.pipeline import RunConfig
 from wsi_seg.runner import RunResult, run_slides
@@ -180,5 +180,5 @@ def print_summary(result: RunResult, out_dir: Path, quiet: bool) -> None:
     skipped = sum(s["status"] == "skipped" for s in result.slides)
     rate = result.tiles / result.wall_s if result.wall_s > 0 else 0.0
     print(f"done: {ok} ok, {skipped} skipped, {result.failed} failed; {result.tiles} tiles in "
-          f"{result.wall_s:.1f} s ({rate:.1f} tiles/s overall); see {out_dir / 'summary.md'} "
-          f"and {out_dir / 'run.json'}")
+          f"{result.wall_s:.1f} s ({rate:.1f} tiles/s overall); see "
+          f"{printable(out_dir / 'summary.md')} and {printable(out_dir / 'run.json')}")

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from wsi_seg import options
-from wsi_seg.errors import WsiSegError
+from wsi_seg.errors import WsiSegError, printable
 
 MAX_SCORE_SIDE_PX = 16384  # default --level: the finest level whose longer side fits this
 MAX_REPORT_BYTES = 16 << 20  # a run's report.json is a few KiB; anything huge is not one
@@ -221,7 +221,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"IoU {_fmt(result['iou'])}  Dice {_fmt(result['dice'])}{note}")
         print(f"  TP {result['tp']}  FP {result['fp']}  FN {result['fn']} px at "
               f"{result['resolution_um']:.3g} µm/px (level {result['level']}); truth classes: "
-              f"{', '.join(c or 'unclassified' for c in result['truth_classes'])}")
+              f"{printable(', '.join(c or 'unclassified' for c in result['truth_classes']))}")
     if args.out is not None:
         from wsi_seg.files import write_json_atomic
 
