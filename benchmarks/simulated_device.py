@@ -203,21 +203,18 @@ def blocks_busy(timeline: list[tuple[float, float, int, int]], preds: int) -> di
     """Device busy seconds and batches of the blocks phase, from one worker's timeline of
     ``(time, busy s, batches, windows)``: the warm-up sends single windows before any block
     starts (the runner waits for it), so the blocks' work is what came after the last sample
-    at which exactly the warm-up windows were done (``windows - preds`` of them)."""
+    at which no more than the warm-up windows (``windows - preds`` of them) were done; a
+    warm-up window that shared a batch with block windows counts with the blocks, as that
+    batch ran in the blocks phase."""
     first, last = timeline[0], timeline[-1]
-    windows = last[3] - first[3]
-    warm = windows - preds
-    at = [x for x in timeline if x[3] - first[3] == warm]
-    if at:
-        return {"busy_s": last[1] - at[-1][1], "batches": last[2] - at[-1][2],
-                "warm_windows": warm, "method": "timeline"}
-    # Not caught between the warm-up and the first block batch: each warm-up window counted
-    # as a batch of its own.
-    batches = last[2] - first[2]
-    busy = last[1] - first[1]
-    block = max(0, batches - warm)
+    warm = last[3] - first[3] - preds
+    at = [x for x in timeline if x[3] - first[3] <= warm][-1]
+    # Batches and windows are counted together when a batch completes; the device's busy
+    # clock may tick a moment earlier, so busy time is taken per batch, not from the sample.
+    batches, busy = last[2] - first[2], last[1] - first[1]
+    block = last[2] - at[2]
     return {"busy_s": busy * block / batches if batches else 0.0, "batches": block,
-            "warm_windows": warm, "method": "warm batches"}
+            "warm_windows": warm, "method": "timeline"}
 
 
 # -- one design -------------------------------------------------------------------------------
@@ -293,6 +290,9 @@ def measure(slides: list[Path], seconds: float, batch: int, threads: int, repeat
                 # Windows per batch slot in the blocks phase.
                 "fill": round(preds / (block_batches * batch), 4) if block_batches else None,
                 "device_busy_s": round(busy, 3), "busy_share": round(busy / blocks, 4),
+                # The device time the windows need in full batches / the blocks phase: what
+                # the busy share would be without padded slots.
+                "work_share": round(preds / batch * seconds / blocks, 4),
                 "cpu_side_s_per_batch": round(blocks * batch / preds, 4),
                 "load_avg": [round(load0, 2), round(os.getloadavg()[0], 2)],
             })
@@ -382,8 +382,9 @@ def table(record: dict[str, Any]) -> str:
             f"{k} {v['blocks_wall_s']:.2f} s blocks phase = {v['cpu_side_s_per_batch']} s per "
             f"batch" for k, v in cal.items()) + f"; S = {record['margin']} x the slower.")
         lines.append("")
-    lines += ["| design | rev | runs | device busy share | blocks-phase tiles/s | e2e tiles/s | "
-              "batches | fill | blocks phase s |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["| design | rev | runs | device busy share | work share | blocks-phase tiles/s | "
+              "e2e tiles/s | batches | fill | blocks phase s |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for name in ("old", "new"):
         runs = [r for r in record["runs"] if r["design"] == name]
         if not runs:
@@ -391,6 +392,7 @@ def table(record: dict[str, Any]) -> str:
         lines.append(
             f"| {name} | {runs[0]['rev']} | {len(runs)} | "
             f"{med([r['busy_share'] for r in runs])} | "
+            f"{med([r['work_share'] for r in runs if 'work_share' in r])} | "
             f"{med([r['blocks_tiles_per_s'] for r in runs])} | "
             f"{med([r['tiles_per_s'] for r in runs])} | {runs[0]['batches']} | "
             f"{runs[0]['fill']} | {med([r['blocks_wall_s'] for r in runs])} |")

@@ -217,6 +217,9 @@ def test_device_helpers() -> None:
     s = simulated_busy(rec, {"w1": timeline})
     assert (s["block_batches"], s["device_busy_s"], s["busy_method"]) == (10, 10.0, "timeline")
     assert simulated_busy(rec, {"w1": timeline, "w2": timeline})["block_batches"] == 9
+    # One warm-up window rode in the first block batch: that batch ran in the blocks phase.
+    late = [(0.0, 0.0, 0, 0), (1.0, 1.0, 1, 1), (2.0, 2.0, 2, 33), (9.0, 11.0, 11, 302)]
+    assert simulated_busy(rec, {"w1": late})["block_batches"] == 10
 
 
 def test_device_sampler_reads_nvidia_smi(tmp_path: Path) -> None:
@@ -263,6 +266,9 @@ def test_simulated_profile(tmp_path: Path, cache: Path) -> None:
         assert 0 < r["busy_share"] <= 1.05
         assert close(r["busy_share"], r["device_busy_s"] / r["blocks_wall_s"], 0.01)
     assert sim["busy_share"]["n"] == 2
+    for w, r in zip(sim["work_share"]["values"], sim["runs"], strict=True):
+        assert close(w, r["tile_predictions"] / 2 * sim["batch_s"] / r["blocks_wall_s"], 0.01)
+        assert w <= r["busy_share"] * 1.01  # padded slots only add busy time
     assert sim["device_bound_tiles_per_s"] == round(
         2 / sim["batch_s"] / (sim["tile_predictions"] / sim["tiles"]), 2)
     on_disk = json.loads((cfg.out_dir / "bench.json").read_text())
