@@ -154,3 +154,25 @@ def test_progress_and_timing_lines_off_a_terminal(model: Path, tmp_path: Path) -
     assert rep["finish_s"] >= rep["stage_s"]["vectorize"]
     line = next(ln for ln in done.stdout.splitlines() if ln.startswith("✓ p.svs"))
     assert f"in {rep['wall_s']:.1f} s" in line and "blocks phase" in line
+
+
+def test_error_lines_are_not_lost_while_the_model_loads_in_this_process(
+        model: Path, tmp_path: Path) -> None:
+    """--scheduler threads loads the framework in a thread of the client's process while the
+    client reports a broken slide: the line must reach file descriptor 2 (it was once muted
+    for the length of TensorFlow's import)."""
+    import subprocess
+    import sys
+
+    d = tmp_path / "slides"
+    write_synthetic_slide(d / "good.svs", (800, 600), seed=1)
+    write_synthetic_slide(d / "broken.svs", (800, 600), seed=2)
+    data = (d / "broken.svs").read_bytes()
+    (d / "broken.svs").write_bytes(data[: len(data) // 3])
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "wsi-seg"), "run", str(d), "--out",
+         str(tmp_path / "out"), "--model", str(model), *OPTS], capture_output=True, text=True,
+        timeout=600)
+    rc, err = done.returncode, done.stderr
+    assert rc == 1
+    assert sum("broken.svs" in line for line in err.splitlines()) == 1, err

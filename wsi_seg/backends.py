@@ -98,6 +98,9 @@ def import_tensorflow_quietly(device: str = "auto") -> None:
         if os.environ.get("WSI_SEG_TF_LOG_DEFAULT") == "1":
             # Without a GPU the only C++ "errors" are failed CUDA probes (cuInit).
             os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+        if not _may_mute_stderr():
+            import tensorflow
+            return
         saved = os.dup(2)
         devnull = os.open(os.devnull, os.O_WRONLY)
         try:
@@ -108,6 +111,17 @@ def import_tensorflow_quietly(device: str = "auto") -> None:
             os.dup2(saved, 2)
             os.close(saved)
             os.close(devnull)
+
+
+def _may_mute_stderr() -> bool:
+    """Whether muting file descriptor 2 for a moment hides only our own import: in a worker
+    process or on the main thread. In the client's process (``--scheduler threads``) other
+    threads may be printing the user's error lines at that very moment."""
+    import multiprocessing
+    import threading
+
+    return (multiprocessing.parent_process() is not None
+            or threading.current_thread() is threading.main_thread())
 
 
 _threads_fixed = False
