@@ -29,7 +29,7 @@ from distributed.comm.core import CommClosedError
 from wsi_seg import __version__, progress
 from wsi_seg.card import verify_model_file
 from wsi_seg.cluster import BLOCK_GPU_SHARE, ClusterConfig, ModelPlugin, WorkerPlan, connect
-from wsi_seg.errors import WsiSegError
+from wsi_seg.errors import WsiSegError, printable
 from wsi_seg.files import decode_json, write_json_atomic
 from wsi_seg.infer import InferConfig
 from wsi_seg.naming import output_names, slide_stem
@@ -138,7 +138,8 @@ class Runner:
     # -- output --------------------------------------------------------------------------------
     def say(self, text: str, err: bool = False) -> None:
         if err or not self.quiet:
-            progress.write(text, err)
+            # One message, one line: a slide's name may hold a newline or terminal escapes.
+            progress.write(printable(text), err)
 
     def write_run_json(self, finished: bool = False) -> None:
         record = {
