@@ -293,7 +293,8 @@ class Runner:
         if self.quiet or state.job is None:
             return
         if state.bar is None:
-            state.bar = progress.Progress(state.job.tiles_todo, state.path.name, bar_only=True)
+            state.bar = progress.Progress(state.job.tiles_todo, printable(state.path.name),
+                                          bar_only=True)
         state.bar.update(tiles)
         if state.remaining == 0:
             self._close_bar(state)
