@@ -14,7 +14,8 @@ Settings: ``exact`` (every region and hole, no simplification) and ``pipeline`` 
 a raster of 1 µm pixels over a 0.5 µm/px slide, 1024 px chunks.
 
 Each measurement runs in a fresh child process with a time limit (the old code takes hours on
-the largest noise masks); wall and CPU seconds are the vectorize call only, not making the mask.
+the largest noise masks); wall and CPU seconds are the vectorize call only, not making the mask,
+with the 1-minute load average before and after it (compare figures only at similar load).
 ``--rev`` also times ``wsi_seg/vectorize.py`` as it was at a git revision (single-threaded
 then: it had no ``workers``)::
 
@@ -96,11 +97,13 @@ def measure_one(rev: str | None, mask: str, n: int, setting: str, workers: int,
         kwargs["workers"] = workers
     elif workers != 1:
         return {"skipped": "no workers parameter at this revision"}
+    load = os.getloadavg()[0]
     wall, cpu = time.perf_counter(), time.process_time()
     regions = vec.vectorize_array(arr, frame, fg_min=128, **kwargs)
     out: dict[str, Any] = {
         "wall_s": time.perf_counter() - wall,
         "cpu_s": time.process_time() - cpu,
+        "load_before_after": [round(load, 1), round(os.getloadavg()[0], 1)],
         "regions": len(regions),
         "holes": sum(len(r.polygon.interiors) for r in regions),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -149,8 +152,8 @@ def main() -> None:
     revs: list[str | None] = [None] + ([args.rev] if args.rev else [])
     records = []
     print(f"| mask | size | setting | code | workers | wall s | CPU s | regions | holes "
-          f"| peak RSS MB{' | invalid' if args.check else ''} |")
-    print("|---|---|---|---|---|---|---|---|---|---|" + ("---|" if args.check else ""))
+          f"| peak RSS MB | load avg{' | invalid' if args.check else ''} |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if args.check else ""))
     for n in (int(s) for s in args.sizes.split(",")):
         for mask in args.masks.split(","):
             for setting in args.settings.split(","):
@@ -173,9 +176,10 @@ def _row(rec: dict[str, Any], check: bool) -> str:
     if "wall_s" not in rec:
         what = (f"> {rec['timeout_s']:.0f} (stopped)" if "timeout_s" in rec
                 else str(rec.get("skipped") or rec.get("error")))
-        return head + f" {what} | | | | |" + (" |" if check else "")
+        return head + f" {what} | | | | | |" + (" |" if check else "")
+    load = "→".join(str(v) for v in rec["load_before_after"])
     row = (head + f" {rec['wall_s']:.2f} | {rec['cpu_s']:.2f} | {rec['regions']} | "
-           f"{rec['holes']} | {rec['peak_rss_mb']:.0f} |")
+           f"{rec['holes']} | {rec['peak_rss_mb']:.0f} | {load} |")
     return row + (f" {rec['invalid']} |" if check else "")
 
 

@@ -1,6 +1,8 @@
 """Thresholded probability mosaic -> tumour polygons (with holes) in level-0 slide pixels.
 
-Algorithm, one chunk of a pyramid level at a time. Memory: one chunk, the edge strips of two
+Algorithm, one chunk of a pyramid level at a time, ``workers`` chunks at once in a thread pool
+(OpenCV, NumPy and GEOS release the GIL), their results taken in chunk order so the output does
+not depend on the threads. Memory: ``2 * workers`` chunks in flight, the edge strips of two
 chunk rows, and the exact pixel-edge outlines of the regions that cross the current chunk row
 (a region is finished and simplified as soon as a chunk row ends below it), so it grows with
 the boundary length of the largest regions, not with the slide area:
@@ -9,31 +11,38 @@ the boundary length of the largest regions, not with the slide area:
    saddle (two pixels touching only at a corner) by the mean of its four values, as marching
    squares does (:func:`resolve_saddles`: one pixel changes per saddle), and label the
    8-connected components (OpenCV): each component's pixel count, probability sum and maximum
-   come from one ``bincount``. Components too small to ever reach ``min_area_um2`` that do not
-   touch a chunk border are dropped before any contour is traced; holes smaller than it are
-   filled as they are traced (a noisy map has tens of thousands of pinholes).
-2. Trace the components with ``cv2.findContours(RETR_CCOMP)`` on the mask **upsampled 2x** (and
+   come from one ``bincount``. Components whose bounding box is too small to ever reach
+   ``min_area_um2`` and that do not touch a chunk border are dropped before any contour is
+   traced, and so are holes whose box is (a noisy map has tens of thousands of pinholes);
+   the rest is decided on exact areas once traced: a hole below ``min_area_um2`` is filled,
+   then a region below it is dropped - the same test whether or not chunk borders cut it.
+2. Trace all rings with ``cv2.findContours(RETR_LIST)`` on the mask **upsampled 2x** (and
    padded by one zero pixel). In the 2x mask every boundary sub-pixel sits in the corner of its
    original pixel that faces the outside, so ``point // 2`` is exactly a pixel *corner*: the
    rings run along pixel edges, a polygon's area equals its pixel count, and rasterising it
-   again gives back the same pixels (checked in ``tests/test_vectorize.py``). With the
-   saddles resolved no ring pinches, so polygons are valid by construction; a saddle that
-   straddles a chunk border is not seen by either chunk, so rings are still checked and the
-   rare invalid one is repaired (``make_valid``).
+   again gives back the same pixels (checked in ``tests/test_vectorize.py``). Shells and holes
+   are told apart by their sense (signed area), and each ring finds its component by the label
+   of a pixel it runs along; ``RETR_CCOMP`` would do this bookkeeping in time quadratic in the
+   holes of one component. With the saddles resolved no ring pinches, so polygons are valid by
+   construction, and closed components' polygons are built in bulk (shapely arrays); a saddle
+   that straddles a chunk border is not seen by either chunk, so shells are still checked
+   and the rare invalid polygon is repaired (``make_valid``).
 3. Pieces that touch an interior chunk border get a global id, written into the chunk's four
    edge strips; facing strips of neighbouring chunks give the pairs of pieces that are
    8-adjacent across the border (union-find, no geometric search). Each group's *shells* are
    unioned; their rings get a vertex at every pixel corner on a chunk border, so pieces share
    identical segments there and form a polygon coverage (``shapely.coverage_union_all``,
    several times faster than an overlay union, and exact: integer coordinates), and
-   the pieces' holes, which never touch a chunk border, are put back afterwards - unioning
-   hole-riddled pieces directly is orders of magnitude slower.
+   the pieces' holes, which never touch a chunk border, are put back afterwards, each piece's
+   into the part of the union that holds the piece - unioning hole-riddled pieces directly is
+   orders of magnitude slower.
 4. Each region is mapped to level 0 (pixel ``(row, col)`` of level ``L`` covers
    ``[origin_x0 + col*s, origin_x0 + (col+1)*s)`` with ``s = geom.level_scale(L)``),
-   simplified (``simplify_um``, topology-preserving Douglas-Peucker), snapped to QuPath's
-   0.01 px grid with ``shapely.set_precision`` (which keeps it valid) unless the corners
-   already lie on it (``s`` and the origin multiples of 0.01), and regions below
-   ``min_area_um2`` are dropped.
+   simplified (``simplify_um``, topology-preserving Douglas-Peucker; ring by ring for a
+   polygon with very many holes and vertices, see :func:`simplify_polygons`), snapped to
+   QuPath's 0.01 px grid with ``shapely.set_precision`` (which keeps it valid) unless the
+   corners already lie on it (``s`` and the origin multiples of 0.01), and parts whose
+   simplified area is below ``min_area_um2`` are dropped too (no reported area is below it).
 
 Saddles across chunk borders: two pixels that touch only at a corner there belong to one
 region, written as polygons touching at one point (each valid) that share the region's
@@ -61,7 +70,7 @@ from shapely.geometry.base import BaseGeometry
 from wsi_seg.mosaic import Mosaic
 
 QUPATH_GRID_PX = 0.01  # QuPath 0.6+ snaps every imported coordinate to this grid (FORMATS.md)
-_BATCH = 256  # merged regions finished (mapped, simplified, snapped) at a time: bounds their copies
+_BATCH = 256  # complete groups of open pieces merged and finished per pool task
 
 
 class ArrayLike2D(Protocol):
@@ -701,7 +710,8 @@ def simplify_polygons(geoms: np.ndarray, tolerance: float, workers: int = 1) -> 
     out = np.array(geoms, dtype=object, copy=True)
     if out.size == 0:
         return out
-    work = (shapely.get_num_interior_rings(out) + 1) * shapely.get_num_coordinates(out)
+    rings = shapely.get_num_interior_rings(out).astype(np.int64) + 1  # int32 would overflow
+    work = rings * shapely.get_num_coordinates(out)
     many = work >= _RINGWISE_WORK
     out[~many] = shapely.simplify(out[~many], tolerance, preserve_topology=True)
     for k in np.nonzero(many)[0]:
@@ -710,30 +720,60 @@ def simplify_polygons(geoms: np.ndarray, tolerance: float, workers: int = 1) -> 
 
 
 def _simplify_ringwise(poly: Polygon, tolerance: float, workers: int) -> Polygon:
-    """Topology-preserving simplification of a polygon with many holes, in time linear in its
-    vertices (unless most rings conflict, then as GEOS).
+    """Topology-preserving simplification of a polygon with many holes, in time about linear
+    in its vertices.
 
-    Each ring is simplified on its own (GEOS, topology-preserving: it stays simple). Rings far
-    apart cannot interfere, as each moves less than ``tolerance``; the few that then cross,
-    touch, or leave the shell (or enter another hole) are simplified again together, from the
-    originals, until no ring conflicts: the result is a valid polygon.
+    Each ring is simplified on its own (GEOS, topology-preserving: it stays simple), in
+    ``workers`` threads. Rings far apart cannot interfere, as each moves little. Where the
+    simplified rings cross or touch, or a hole leaves the shell or enters another hole, those
+    holes get their exact rings back, and so does the shell near them (its shortcuts within
+    a few tolerances of such a hole get their original vertices back), until nothing
+    conflicts: the exact polygon is valid, so at worst this ends there.
     """
     rings = np.array([poly.exterior, *poly.interiors], dtype=object)
     simple = _simplify_rings(rings, tolerance, workers)
-    redo = np.zeros(rings.size, dtype=bool)
-    while True:
-        clash = _ring_conflicts(simple)
-        if not clash.any():
-            return shapely.polygons(simple[0], holes=simple[1:])
-        # Rings simplified together never conflict with each other; if they do, or most rings
-        # interfere, GEOS simplifies the whole polygon.
-        if not (clash & ~redo).any() or (redo | clash).sum() * 4 > rings.size:
-            return shapely.simplify(poly, tolerance, preserve_topology=True)
-        redo |= clash
-        together = _simplify_together(rings[redo], bool(redo[0]), tolerance)
-        if together.size != redo.sum():  # a ring collapsed (not expected)
-            return shapely.simplify(poly, tolerance, preserve_topology=True)
-        simple[redo] = together
+    exact = np.zeros(rings.size, dtype=bool)  # holes given their exact ring back
+    near = np.zeros(rings.size, dtype=bool)  # holes the shell is exact next to
+    for _ in range(8):
+        pairs = _ring_conflicts(simple)
+        # Rings that touch at a point in the exact polygon (valid) still do: no conflict.
+        a, b = pairs[:, 0], pairs[:, 1]
+        pairs = pairs[~np.where(a == 0, exact[b] & near[b], exact[a] & exact[b])]
+        if not pairs.size:
+            out = shapely.polygons(simple[0], holes=simple[1:])
+            return out if out.is_valid else poly  # a conflict missed (not expected)
+        holes = np.unique(pairs[pairs > 0])
+        simple[holes] = rings[holes]
+        exact[holes] = True
+        by_shell = pairs[pairs[:, 0] == 0, 1]
+        if by_shell.size:
+            # GEOS strays up to ~1.55 tolerances from a ring, so 3 leave a margin.
+            simple[0] = _restore_near(rings[0], simple[0], rings[by_shell], 3 * tolerance)
+            near[by_shell] = True
+    return poly  # rings still conflict after many rounds (not seen): keep the exact polygon
+
+
+def _restore_near(exact: Any, simple: Any, near: np.ndarray, distance: float) -> Any:
+    """``simple`` (a simplification of the ring ``exact``: a subset of its vertices in ring
+    order) with the original vertices put back along every shortcut that passes within
+    ``distance`` of one of the geometries ``near``."""
+    orig = shapely.get_coordinates(exact)[:-1]  # open rings: the closing vertex dropped
+    kept = shapely.get_coordinates(simple)[:-1]
+    n = orig.shape[0]
+    # Each kept vertex's position in the exact ring (vertices do not repeat there, except
+    # OpenCV's doubled corners of hole rings, which sit next to each other).
+    key = orig[:, 0] + 1j * orig[:, 1]
+    order = np.argsort(key, kind="stable")
+    at = order[np.searchsorted(key[order], kept[:, 0] + 1j * kept[:, 1])]
+    shortcuts = shapely.linestrings(np.stack([kept, np.roll(kept, -1, axis=0)], axis=1))
+    hit = shapely.STRtree(shortcuts).query(near, predicate="dwithin", distance=distance)[1]
+    if hit.size == 0:
+        return simple
+    span = np.ones(at.size, dtype=np.int64)
+    span[hit] = (np.roll(at, -1)[hit] - at[hit]) % n  # the shortcut's vertices, its start on
+    span[span == 0] = 1
+    step = np.arange(span.sum()) - np.repeat(np.cumsum(span) - span, span)
+    return shapely.linearrings(orig[(np.repeat(at, span) + step) % n])
 
 
 def _simplify_rings(rings: np.ndarray, tolerance: float, workers: int) -> np.ndarray:
@@ -749,49 +789,34 @@ def _simplify_rings(rings: np.ndarray, tolerance: float, workers: int) -> np.nda
         return np.concatenate(list(parts))
 
 
-def _simplify_together(rings: np.ndarray, has_shell: bool, tolerance: float) -> np.ndarray:
-    """Rings (a polygon's shell first if ``has_shell``, else holes only) simplified in one GEOS
-    topology-preserving call, so that none of them crosses another."""
-    if has_shell:
-        together = shapely.simplify(shapely.polygons(rings[0], holes=rings[1:]), tolerance,
-                                    preserve_topology=True)
-        return np.array([together.exterior, *together.interiors], dtype=object)
-    # Holes as the parts of one MultiPolygon: disjoint (they never touch), so it is valid.
-    together = shapely.simplify(shapely.multipolygons(shapely.polygons(rings)), tolerance,
-                                preserve_topology=True)
-    return shapely.get_exterior_ring(shapely.get_parts(together))
-
-
 def _ring_conflicts(rings: np.ndarray) -> np.ndarray:
-    """Which rings (shell first, then holes) keep the polygon from being valid.
+    """Pairs of rings (0: the shell, 1...: holes) that keep the polygon from being valid.
 
-    A ring conflicts when it touches or crosses another, or is a hole that lies outside the
-    shell or inside another hole. Each test prepares the one large geometry or queries a tree,
-    never a large ring against every hole.
+    A pair conflicts when its rings touch or cross, or when the hole lies outside the shell or
+    inside the other hole. Each test prepares the one large geometry or queries a tree, never
+    a large ring against every hole.
+
+    Returns:
+        ``(k, 2)`` int64 ring indices, each pair once, the lower index first.
     """
-    clash = np.zeros(rings.size, dtype=bool)
     holes = rings[1:]
     if holes.size == 0:
-        return clash
+        return np.empty((0, 2), dtype=np.int64)
     tree = shapely.STRtree(holes)
+    pairs = []
     hit = tree.query(rings[0], predicate="intersects")  # the shell is prepared once
-    clash[0] = hit.size > 0
-    clash[1 + hit] = True
+    pairs.append(np.c_[np.zeros_like(hit), 1 + hit])
     a, b = tree.query(holes, predicate="intersects")
-    pairs = a != b
-    clash[1 + a[pairs]] = True
+    pairs.append(np.c_[1 + a[a < b], 1 + b[a < b]])
     # No crossings: a hole lies inside the shell (or another hole) when its first vertex does.
     first = shapely.get_point(holes, 0)
     shell = shapely.polygons(rings[0])
     shapely.prepare(shell)
-    outside = ~shapely.contains(shell, first)
-    clash[1:] |= outside
-    clash[0] |= outside.any()
+    outside = np.nonzero(~shapely.contains(shell, first))[0]
+    pairs.append(np.c_[np.zeros_like(outside), 1 + outside])
     a, b = shapely.STRtree(shapely.polygons(holes)).query(first, predicate="within")
-    nested = a != b
-    clash[1 + a[nested]] = True
-    clash[1 + b[nested]] = True
-    return clash
+    pairs.append(np.sort(np.c_[1 + a[a != b], 1 + b[a != b]], axis=1))
+    return np.unique(np.concatenate(pairs).astype(np.int64), axis=0)
 
 
 def _finish(batch: _Batch, frame: PixelFrame, min_px: float, simplify_um: float,
@@ -863,31 +888,46 @@ _T = TypeVar("_T")
 _R = TypeVar("_R")
 
 
-def _in_order(fn: Callable[[_T], _R], items: Iterable[_T],
-              workers: int) -> Iterator[tuple[_T, _R]]:
-    """``(item, fn(item))`` in the order of ``items``, computed by ``workers`` threads.
+def _in_order(pool: ThreadPoolExecutor | None, fn: Callable[[_T], _R], items: Iterable[_T],
+              ahead: int) -> Iterator[tuple[_T, _R]]:
+    """``(item, fn(item))`` in the order of ``items``, computed in ``pool`` (None: here).
 
-    At most ``2 * workers`` items are in flight, so memory stays bounded (a few chunks)
-    whatever the raster size; OpenCV, NumPy and GEOS release the GIL for the heavy parts.
+    At most ``ahead`` items are in flight, so memory stays bounded (a few chunks) whatever
+    the raster size; OpenCV, NumPy and GEOS release the GIL for the heavy parts.
     """
-    if workers <= 1:
+    if pool is None:
         for item in items:
             yield item, fn(item)
         return
     pending: deque[tuple[_T, Future[_R]]] = deque()
-    with ThreadPoolExecutor(workers, thread_name_prefix="vectorize") as pool:
-        try:
-            for item in items:
-                pending.append((item, pool.submit(fn, item)))
-                if len(pending) >= 2 * workers:
-                    first, future = pending.popleft()
-                    yield first, future.result()
-            while pending:
+    try:
+        for item in items:
+            pending.append((item, pool.submit(fn, item)))
+            if len(pending) >= ahead:
                 first, future = pending.popleft()
                 yield first, future.result()
-        finally:
-            for _, future in pending:  # abandoned early (an error): do not trace the rest
-                future.cancel()
+        while pending:
+            first, future = pending.popleft()
+            yield first, future.result()
+    finally:
+        for _, future in pending:  # abandoned early (an error): do not trace the rest
+            future.cancel()
+
+
+def _submit(pool: ThreadPoolExecutor | None, fn: Callable[..., _R], *args: Any) -> Future[_R]:
+    """``fn(*args)`` in ``pool``, or here and now when there is none."""
+    if pool is not None:
+        return pool.submit(fn, *args)
+    done: Future[_R] = Future()
+    done.set_result(fn(*args))
+    return done
+
+
+def _finish_groups(groups: list[list[_Piece]], frame: PixelFrame, min_px: float,
+                   simplify_um: float, workers: int) -> list[RegionPolygon]:
+    """Regions of complete groups of open pieces: merged, then finished like closed ones."""
+    batch = _Batch.concat([_merge_group(group, min_px) for group in groups])
+    return _finish(batch, frame, min_px, simplify_um, workers)
 
 
 def default_workers() -> int:
@@ -929,31 +969,41 @@ def vectorize_array(arr: ArrayLike2D, frame: PixelFrame, *, fg_min: int,
     min_px = min_area_um2 / (frame.mpp0 * frame.px_x0) ** 2
     work = partial(_chunk_work, arr, frame=frame, fg_min=fg_min, min_px=min_px,
                    simplify_um=simplify_um)
+    n_workers = default_workers() if workers is None else max(1, workers)
     regions: list[RegionPolygon] = []
-    merged: list[_Batch] = []
+    merging: list[Future[list[RegionPolygon]]] = []  # complete groups of open pieces
     open_regions = _OpenRegions()
     n_open = 0
     strips: dict[tuple[int, int], _Strips] = {}
     c = frame.chunk_px
-    n_workers = default_workers() if workers is None else max(1, workers)
-    for (row0, col0, _, cols), done in _in_order(work, frame.chunks(), n_workers):
-        i, j = row0 // c, col0 // c
-        if j == 0:  # a new chunk row: strips older than the previous row are no longer needed
-            strips = {k: v for k, v in strips.items() if k[0] >= i - 1}
-        regions += done.regions
-        strips[(i, j)] = done.strips.shifted(n_open)
-        open_regions.add(n_open, done.opened)
-        n_open += len(done.opened)
-        open_regions.link(_border_pairs(strips, i, j))
-        if col0 + cols == frame.width_px:  # end of a chunk row: finish what cannot grow
-            bottoms = np.concatenate([v.bottom for k, v in strips.items() if k[0] == i])
-            complete = open_regions.pop_complete(bottoms[bottoms >= 0])
-            merged += (_merge_group(group, min_px) for group in complete)
-        if len(merged) >= _BATCH:  # final already: simplify now rather than hold staircases
-            regions += _finish(_Batch.concat(merged), frame, min_px, simplify_um, n_workers)
-            merged = []
-    merged += (_merge_group(g, min_px) for g in open_regions.pop_complete(None))
-    regions += _finish(_Batch.concat(merged), frame, min_px, simplify_um, n_workers)
+    pool = ThreadPoolExecutor(n_workers, "vectorize") if n_workers > 1 else None
+    try:
+        for (row0, col0, _, cols), done in _in_order(pool, work, frame.chunks(), 2 * n_workers):
+            i, j = row0 // c, col0 // c
+            if j == 0:  # a new chunk row: strips older than the previous row are not needed
+                strips = {k: v for k, v in strips.items() if k[0] >= i - 1}
+            regions += done.regions
+            strips[(i, j)] = done.strips.shifted(n_open)
+            open_regions.add(n_open, done.opened)
+            n_open += len(done.opened)
+            open_regions.link(_border_pairs(strips, i, j))
+            if col0 + cols == frame.width_px:  # end of a chunk row: finish what cannot grow
+                bottoms = np.concatenate([v.bottom for k, v in strips.items() if k[0] == i])
+                groups = list(open_regions.pop_complete(bottoms[bottoms >= 0]))
+                # Merged and simplified in the pool as the next rows are traced (one thread
+                # each: the pool is busy); final already, so no staircase is held for long.
+                for k in range(0, len(groups), _BATCH):
+                    merging.append(_submit(pool, _finish_groups, groups[k : k + _BATCH], frame,
+                                           min_px, simplify_um, 1))
+        # What is left (regions reaching the last chunk row) has the whole pool to itself.
+        last = list(open_regions.pop_complete(None))
+        merging.append(_submit(None, _finish_groups, last, frame, min_px, simplify_um,
+                               n_workers))
+        for future in merging:
+            regions += future.result()
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     regions.sort(key=_region_key)
     return regions
 
