@@ -14,6 +14,9 @@
 #   PYTHON=.venv/bin/python OUT=/tmp/gpu-try GPU_BENCH_SIZE=3000 GPU_BENCH_NOISY_SIZE=3000 \
 #     benchmarks/gpu_bench.sh --heavy 128,3,8 --model-seconds 2 --repeats 1
 #
+# If the heavier UNet runs out of GPU memory at the default batch of 128 (512 px tiles: roughly
+# 25 GB of activations), add `--batch-size 64`; a failed step is recorded and the others go on.
+#
 # Environment: OUT (results; default gpu-bench-out), GPU_BENCH_SIZE (slide edge, 20000),
 # GPU_BENCH_NOISY_SIZE (16000), GPU_BENCH_CACHE (slides and models, /tmp/wsi-seg-bench),
 # GPU_BENCH_TOTAL_S (limit on the whole bench, 420), GPU_BENCH_STEP_S (limit on each step or
