@@ -2,8 +2,8 @@
 
 Both profiles write ``bench.json`` and ``bench.md`` into the output folder after **every** step
 (a run that is killed leaves what it measured so far), and every step runs under a time limit
-(``step_timeout_s``): a step that overruns is recorded as timed out, its cluster is replaced,
-and the next step goes on.
+(``step_timeout_s``): a step that overruns is recorded as timed out, its cluster is replaced
+(and processes it started itself are ended), and the next step goes on.
 
 ``gpu`` (``wsi-seg bench --profile gpu``): a folder of slides on a GPU workstation, in one run.
 
@@ -28,7 +28,12 @@ and the next step goes on.
   - ratio = e2e tiles/s / min(model-only limit, read-only tiles/s);
   - stage seconds summed over slides and the start-up line of ``run.json``;
 * ``noisy``: a random-weight UNet of 4 levels x 16-128 filters (a speckled probability map) on
-  a 16,000 px synthetic slide: vectorizing seconds / run seconds (goal < 10 %).
+  a 16,000 px synthetic slide: vectorizing seconds / run seconds (goal < 10 %), and how
+  speckled the mosaic was.
+
+They run in that order after the slides and models (bundled, heavy, cold, noisy: the warm
+figures first). With ``simulate_batch_s`` set the gpu profile is a dry run: every model runs
+on the simulated device (tests; a machine without a GPU or framework).
 
 ``simulated`` (``wsi-seg bench --profile simulated``): does the CPU side keep a device busy?
 No model runs: :class:`~wsi_seg.backends.SimulatedEngine` holds one device lock for ``S``
@@ -36,8 +41,9 @@ seconds per batch. One worker (one "card") with as many task threads as cores, a
 workstation. First the CPU side is measured (a run with a tiny ``S``: seconds of blocks phase
 per batch of windows); then ``S`` is set ``simulate_margin`` times slower than that, so the
 device is the limit, and the runs report the device's busy share = device busy seconds /
-blocks-phase wall (goal >= 90 %). ``benchmarks/simulated_device.py`` measures the design before
-the predictor rework (commit a051260) the same way.
+blocks-phase wall (goal >= 90 %), and the work share = the device time the windows need in
+full batches / that wall (the busy share without padded slots). ``benchmarks/simulated_device.py``
+measures the design before the predictor rework (commit a051260) the same way.
 """
 
 from __future__ import annotations
