@@ -5,9 +5,9 @@
 #   benchmarks/compare_commits.sh OLD_COMMIT [NEW_COMMIT] [ROUNDS]
 #
 # Needs the project's .venv (scripts/test.sh or scripts/demo.sh makes it). Each commit is
-# checked out into a temporary git worktree and run with PYTHONPATH pointing at it; the
-# slides (a 12,000 x 12,000 px synthetic SVS at 0.5 µm/px, seed 21) are written once into
-# $WORK/slides. Prints one line per run and writes $WORK/compare.json. Wall times include
+# checked out into a temporary git worktree and run with PYTHONPATH pointing at it. Slides:
+# $SLIDES (a folder), else a 12,000 x 12,000 px synthetic SVS at 0.5 µm/px (seed 21) written
+# once into $WORK/slides. Prints one line per run and writes $WORK/compare.json. Wall times include
 # the local cluster's start-up, as a user sees it; "slide_s" is the slide's own time from
 # its report.json (both commits report it; newer ones also split off the blocks phase).
 set -euo pipefail
@@ -17,14 +17,15 @@ NEW="${2:-HEAD}"
 ROUNDS="${3:-2}"
 WORK="${WORK:-/tmp/wsi-seg-compare}"
 PY="$ROOT/.venv/bin/python"
-mkdir -p "$WORK/slides"
+SLIDES="${SLIDES:-$WORK/slides}"
+mkdir -p "$SLIDES"
 for c in "$OLD" "$NEW"; do
     dir="$WORK/tree-$(git -C "$ROOT" rev-parse --short "$c")"
     [[ -d "$dir" ]] || git -C "$ROOT" worktree add -f --detach "$dir" "$c" >/dev/null
 done
-[[ -f "$WORK/slides/cmp.svs" ]] || "$PY" -m wsi_seg.cli synth "$WORK/slides/cmp.svs" \
-    --size 12000x12000 --seed 21 2>/dev/null || \
-    "$ROOT/.venv/bin/wsi-seg" synth "$WORK/slides/cmp.svs" --size 12000x12000 --seed 21
+if [[ -z "$(ls "$SLIDES")" ]]; then
+    "$ROOT/.venv/bin/wsi-seg" synth "$SLIDES/cmp.svs" --size 12000x12000 --seed 21
+fi
 : > "$WORK/runs.jsonl"
 for round in $(seq 1 "$ROUNDS"); do
     for c in "$OLD" "$NEW"; do
@@ -35,17 +36,19 @@ for round in $(seq 1 "$ROUNDS"); do
             t0=$(date +%s.%N)
             PYTHONPATH="$WORK/tree-$short" "$PY" -c \
                 'import sys; from wsi_seg.cli import main; sys.exit(main(sys.argv[1:]))' \
-                run "$WORK/slides" --out "$out" --model "bundled:$model" --quiet
+                run "$SLIDES" --out "$out" --model "bundled:$model" --quiet
             t1=$(date +%s.%N)
             "$PY" - "$out" "$short" "$model" "$round" "$t0" "$t1" >> "$WORK/runs.jsonl" <<'EOF'
 import json, sys
 out, commit, model, rnd, t0, t1 = sys.argv[1:]
-rep = json.load(open(f"{out}/cmp/report.json"))
+import glob
+reps = [json.load(open(p)) for p in sorted(glob.glob(f"{out}/*/report.json"))]
 wall = float(t1) - float(t0)
-print(json.dumps({"commit": commit, "model": model, "round": int(rnd), "tiles": rep["tiles"],
-                  "command_s": round(wall, 2), "tiles_per_command_s": round(rep["tiles"] / wall, 2),
-                  "slide_s": rep["wall_s"], "blocks_s": rep.get("blocks_wall_s"),
-                  "stage_s": rep["stage_s"]}))
+tiles = sum(r["tiles"] for r in reps)
+print(json.dumps({"commit": commit, "model": model, "round": int(rnd), "slides": len(reps),
+                  "tiles": tiles, "command_s": round(wall, 2),
+                  "tiles_per_command_s": round(tiles / wall, 2),
+                  "slide_s": [r["wall_s"] for r in reps]}))
 EOF
             tail -1 "$WORK/runs.jsonl"
         done
