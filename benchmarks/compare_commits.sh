@@ -34,9 +34,11 @@ for round in $(seq 1 "$ROUNDS"); do
             out="$WORK/out-$short-$model-$round"
             rm -rf "$out"
             t0=$(date +%s.%N)
-            PYTHONPATH="$WORK/tree-$short" "$PY" -c \
+            # From inside the worktree: `python -c` puts the current folder first on sys.path,
+            # so running from this checkout would import this checkout's code for both.
+            (cd "$WORK/tree-$short" && PYTHONPATH="$WORK/tree-$short" "$PY" -c \
                 'import sys; from wsi_seg.cli import main; sys.exit(main(sys.argv[1:]))' \
-                run "$SLIDES" --out "$out" --model "bundled:$model" --quiet
+                run "$SLIDES" --out "$out" --model "bundled:$model" --quiet)
             t1=$(date +%s.%N)
             "$PY" - "$out" "$short" "$model" "$round" "$t0" "$t1" >> "$WORK/runs.jsonl" <<'EOF'
 import json, sys
