@@ -68,6 +68,7 @@ import numpy as np
 
 from wsi_seg import __version__
 from wsi_seg.errors import WsiSegError
+from wsi_seg.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -1115,11 +1116,7 @@ def write_outputs(record: dict[str, Any], out_dir: Path,
     md = (markdown_fn or markdown)(record)
     for name, text in (("bench.json", json.dumps(_jsonable(record), indent=2) + "\n"),
                        ("bench.md", md)):
-        path = out_dir / name
-        tmp = path.with_name(f".{name}.{os.getpid()}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-        paths.append(path)
+        paths.append(write_atomic(out_dir / name, text))
     return paths[0], paths[1]
 
 

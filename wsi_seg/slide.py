@@ -258,8 +258,10 @@ class Slide:
         # Working pixels whose footprint lies wholly outside the slide are white, exactly as
         # in the other paths (the antialiasing blur would otherwise bleed tissue into them).
         w0, h0 = self.dimensions
-        out[:, (self.origin_x0 + (cols + 1) * f <= 0) | (self.origin_x0 + cols * f >= w0)] = 255
-        out[(self.origin_y0 + (rows + 1) * f <= 0) | (self.origin_y0 + rows * f >= h0)] = 255
+        out[:, (self.origin_x0 + (cols + 1) * f <= 0) | (self.origin_x0 + cols * f >= w0)] = \
+            BACKGROUND_RGB
+        out[(self.origin_y0 + (rows + 1) * f <= 0) | (self.origin_y0 + rows * f >= h0)] = \
+            BACKGROUND_RGB
         return out
 
     def read_x0(self, x0: float, y0: float, w0: float, h0: float, mpp: float,
