@@ -1280,8 +1280,12 @@ def markdown(record: dict[str, Any]) -> str:
                 for r in part["rows"]:
                     lines.append(f"{title}: {json.dumps(_jsonable(r))}")
         lines.append("")
-    for note in record.get("notes") or []:
-        lines.append(f"Note: {note}")
+    return markdown_end(record, lines)
+
+
+def markdown_end(record: dict[str, Any], lines: list[str]) -> str:
+    """The record's notes and total time after ``lines``, as one markdown text."""
+    lines = [*lines, *(f"Note: {note}" for note in record.get("notes") or [])]
     if record.get("total_s") is not None:
         lines.append(f"Benchmark took {record['total_s']} s.")
     return "\n".join(lines).rstrip() + "\n"

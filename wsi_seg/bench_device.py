@@ -71,6 +71,7 @@ from wsi_seg.bench import (
     _jsonable,
     _read_only_task,
     machine_info,
+    markdown_end,
     plan_of,
     rotate,
     slide_name,
@@ -1290,8 +1291,4 @@ def device_markdown(record: dict[str, Any]) -> str:
             err = f": {st['error']}" if st.get("error") else ""
             lines.append(f"| {name} | {st['status']}{err} | {st['seconds']} |")
         lines.append("")
-    for note in record.get("notes") or []:
-        lines.append(f"Note: {note}")
-    if record.get("total_s") is not None:
-        lines.append(f"Benchmark took {record['total_s']} s.")
-    return "\n".join(lines).rstrip() + "\n"
+    return markdown_end(record, lines)
