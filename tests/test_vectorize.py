@@ -187,13 +187,18 @@ def test_diagonal_touch_inside_a_chunk_is_one_valid_polygon() -> None:
     assert regions[0].polygon.area == 9  # bridged by one pixel (mean of the saddle >= 1)
 
 
-def test_diagonal_touch_across_chunk_corner_gives_two_valid_polygons() -> None:
+def test_diagonal_touch_across_chunk_corner_is_decided_as_inside_a_chunk() -> None:
     mask = np.zeros((4, 4), np.uint8)
     mask[0:2, 0:2] = mask[2:4, 2:4] = 255  # the corner is the corner of four chunks
-    regions = vectorize_array(mask, PixelFrame(4, 4, 0, 0, 1.0, 1.0, chunk_px=2), fg_min=1)
-    assert len(regions) == 2 and all(r.polygon.is_valid for r in regions)
-    assert sum(r.polygon.area for r in regions) == 8
-    assert regions[0].polygon.touches(regions[1].polygon)
+    for fg_min in (1, 200):  # mean 127.5 of the saddle: connected, then not
+        chunked = vectorize_array(mask, PixelFrame(4, 4, 0, 0, 1.0, 1.0, chunk_px=2),
+                                  fg_min=fg_min)
+        whole = vectorize_array(mask, PixelFrame(4, 4, 0, 0, 1.0, 1.0, chunk_px=4),
+                                fg_min=fg_min)
+        assert all(r.polygon.is_valid for r in chunked)
+        assert len(chunked) == len(whole)
+        assert all(a.polygon.equals(b.polygon) for a, b in zip(chunked, whole, strict=True))
+        assert len(chunked) == (1 if fg_min == 1 else 2)
 
 
 def test_noisy_map_with_many_holes_is_fast_and_valid() -> None:
@@ -308,9 +313,10 @@ def test_hole_of_a_corner_joined_part_stays_in_that_part() -> None:
     mask[8:11, 8:11] = 255
     mask[9, 9] = 0
     regions = vectorize_array(mask, PixelFrame(24, 24, 0, 0, 1.0, 1.0, chunk_px=8), fg_min=1)
-    assert [(r.polygon.area, len(r.polygon.interiors)) for r in regions] == [(385, 1), (8, 1)]
+    whole = vectorize_array(mask, PixelFrame(24, 24, 0, 0, 1.0, 1.0, chunk_px=24), fg_min=1)
     assert all(r.polygon.is_valid for r in regions)
-    assert regions[0].mean_prob == regions[1].mean_prob  # one region's statistics
+    assert [(r.polygon.area, len(r.polygon.interiors)) for r in regions] == \
+        [(r.polygon.area, len(r.polygon.interiors)) for r in whole]
 
 
 def test_noise_polygons_are_valid_without_deciding_saddles_first() -> None:

@@ -260,6 +260,11 @@ def _component_stats(labels: np.ndarray, values: np.ndarray, fg: np.ndarray,
     return counts, sums, vmax
 
 
+#: Pixels read around a chunk to decide the saddles near its border: more than the rounds a
+#: decision can take to travel (:func:`resolve_saddles`).
+SADDLE_HALO_PX = 16
+
+
 def resolve_saddles(fg: np.ndarray, values: np.ndarray, fg_min: int,
                     max_rounds: int = 4) -> np.ndarray:
     """Decide every 2x2 checkerboard (two pixels touching only at a corner) by the data.
@@ -495,15 +500,17 @@ def _fill_small_holes(fg: np.ndarray, min_px: float) -> np.ndarray:
 
 
 def _chunk_pieces(block: np.ndarray, row0: int, col0: int, frame: PixelFrame, fg_min: int,
-                  min_px: float) -> tuple[_Batch, list[_Piece], _Strips]:
+                  min_px: float, decided: np.ndarray | None = None
+                  ) -> tuple[_Batch, list[_Piece], _Strips]:
     """Closed regions, open pieces (chunk-local ids 0, 1, ...) and edge strips of one chunk.
 
     Coordinates are raster pixel edges of the whole level; ``min_px`` is the smallest region
-    (and hole) kept, in raster pixels.
+    (and hole) kept, in raster pixels. ``decided`` is the chunk's foreground with its saddles
+    already decided over a halo (:func:`_chunk_work`); None decides them inside the chunk.
     """
     rows, cols = block.shape
     strips = _Strips(np.full(cols, -1), np.full(cols, -1), np.full(rows, -1), np.full(rows, -1))
-    fg0 = block >= fg_min
+    fg0 = block >= fg_min if decided is None else decided
     if not fg0.any():
         return _Batch.empty(), [], strips
     if fg0.all():  # inside a large region: one rectangle, nothing to label or trace
@@ -524,7 +531,8 @@ def _chunk_pieces(block: np.ndarray, row0: int, col0: int, frame: PixelFrame, fg
     rows_any, cols_any = np.nonzero(fg0.any(axis=1))[0], np.nonzero(fg0.any(axis=0))[0]
     r0, r1, c0, c1 = rows_any[0], rows_any[-1] + 1, cols_any[0], cols_any[-1] + 1
     values = block[r0:r1, c0:c1]
-    fg = resolve_saddles(fg0[r0:r1, c0:c1], values, fg_min)
+    fg = (resolve_saddles(fg0[r0:r1, c0:c1], values, fg_min) if decided is None
+          else fg0[r0:r1, c0:c1])
     n, labels, cc, _ = cv2.connectedComponentsWithStats(fg.view(np.uint8), connectivity=8)
     stats = np.stack(_component_stats(labels, values, fg, n), axis=1).astype(np.int64)
 
@@ -884,10 +892,20 @@ def _chunk_work(arr: ArrayLike2D, window: tuple[int, int, int, int], frame: Pixe
                 fg_min: int, min_px: float, simplify_um: float) -> _ChunkResult:
     """Read, trace and finish one chunk (a worker thread's task; touches no shared state)."""
     row0, col0, rows, cols = window
-    block = np.asarray(arr[row0 : row0 + rows, col0 : col0 + cols])
-    if block.dtype == bool:
-        block = block.view(np.uint8)
-    closed, opened, strips = _chunk_pieces(block, row0, col0, frame, fg_min, min_px)
+    # Saddles are decided over a halo around the chunk, so a saddle on a chunk border is
+    # decided as it would be in one whole-raster pass, by both chunks that share it alike
+    # (a decision depends only on pixels a few rounds away).
+    r_lo, c_lo = max(0, row0 - SADDLE_HALO_PX), max(0, col0 - SADDLE_HALO_PX)
+    r_hi = min(frame.height_px, row0 + rows + SADDLE_HALO_PX)
+    c_hi = min(frame.width_px, col0 + cols + SADDLE_HALO_PX)
+    wide = np.asarray(arr[r_lo:r_hi, c_lo:c_hi])
+    if wide.dtype == bool:
+        wide = wide.view(np.uint8)
+    inner = (slice(row0 - r_lo, row0 - r_lo + rows), slice(col0 - c_lo, col0 - c_lo + cols))
+    block = wide[inner]
+    fg = wide >= fg_min
+    decided = resolve_saddles(fg, wide, fg_min)[inner] if fg.any() else fg[inner]
+    closed, opened, strips = _chunk_pieces(block, row0, col0, frame, fg_min, min_px, decided)
     return _ChunkResult(_finish(closed, frame, min_px, simplify_um), opened, strips)
 
 
