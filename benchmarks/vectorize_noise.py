@@ -163,11 +163,20 @@ def main() -> None:
                             continue  # the old code has one thread only
                         rec = run_child(args, rev, mask, n, setting, workers)
                         rec.update(mask=mask, size=n, setting=setting, workers=workers,
-                                   code=rev or "worktree")
+                                   code=rev or _worktree())
                         records.append(rec)
                         print(_row(rec, args.check), flush=True)
     if args.json:
         args.json.write_text(json.dumps(records, indent=1))
+
+
+def _worktree() -> str:
+    """The checkout's commit, marked when vectorize.py differs from it."""
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(ROOT), "diff", "--quiet", "HEAD", "--",
+                            "wsi_seg/vectorize.py"]).returncode
+    return f"{head}{'+edits' if dirty else ''}"
 
 
 def _row(rec: dict[str, Any], check: bool) -> str:
