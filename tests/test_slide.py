@@ -266,8 +266,8 @@ def test_many_callers_share_one_handle(s4: Slide, monkeypatch: pytest.MonkeyPatc
         np.testing.assert_array_equal(got[i], w)
 
 
-class FailingSlide(openslide.AbstractSlide):
-    """Reads of level pixels right of x = 500 fail, as a damaged tile would."""
+class WrappedSlide(openslide.AbstractSlide):
+    """A real OpenSlide slide behind the AbstractSlide interface; subclasses change one part."""
 
     def __init__(self, path: Path) -> None:
         self._osr = openslide.OpenSlide(str(path))
@@ -297,10 +297,22 @@ class FailingSlide(openslide.AbstractSlide):
 
     @property
     def associated_images(self) -> Mapping[str, Image.Image]:
-        return {}
+        return self._osr.associated_images
 
     def get_best_level_for_downsample(self, downsample: float) -> int:
         return self._osr.get_best_level_for_downsample(downsample)
+
+    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]
+                    ) -> Image.Image:
+        return self._osr.read_region(location, level, size)
+
+
+class FailingSlide(WrappedSlide):
+    """Reads of level pixels right of x = 500 fail, as a damaged tile would."""
+
+    @property
+    def associated_images(self) -> Mapping[str, Image.Image]:
+        return {}
 
     def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]
                     ) -> Image.Image:
@@ -461,7 +473,7 @@ def test_thumbnail(s2: Slide) -> None:
 
 
 # -- bounds ---------------------------------------------------------------------------------------
-class BoundedSlide(openslide.AbstractSlide):
+class BoundedSlide(WrappedSlide):
     """A real OpenSlide slide that reports ``openslide.bounds-*`` properties.
 
     OpenSlide sets bounds only for formats with sparse tile maps (MIRAX, Hamamatsu VMS, Leica
@@ -471,7 +483,7 @@ class BoundedSlide(openslide.AbstractSlide):
     """
 
     def __init__(self, path: Path, bounds: tuple[int, int, int, int]) -> None:
-        self._osr = openslide.OpenSlide(str(path))
+        super().__init__(path)
         x, y, w, h = bounds
         self._props = dict(self._osr.properties)
         self._props.update({
@@ -480,39 +492,9 @@ class BoundedSlide(openslide.AbstractSlide):
             openslide.PROPERTY_NAME_BOUNDS_HEIGHT: str(h),
         })
 
-    @classmethod
-    def detect_format(cls, filename: object) -> str | None:
-        return None
-
-    def close(self) -> None:
-        self._osr.close()
-
-    @property
-    def level_count(self) -> int:
-        return self._osr.level_count
-
-    @property
-    def level_dimensions(self) -> tuple[tuple[int, int], ...]:
-        return self._osr.level_dimensions
-
-    @property
-    def level_downsamples(self) -> tuple[float, ...]:
-        return self._osr.level_downsamples
-
     @property
     def properties(self) -> Mapping[str, str]:
         return self._props
-
-    @property
-    def associated_images(self) -> Mapping[str, Image.Image]:
-        return self._osr.associated_images
-
-    def get_best_level_for_downsample(self, downsample: float) -> int:
-        return self._osr.get_best_level_for_downsample(downsample)
-
-    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]
-                    ) -> Image.Image:
-        return self._osr.read_region(location, level, size)
 
 
 @pytest.mark.parametrize("mpp", [0.5, 1.0, 2.0, 0.75])
