@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 
 from tests.model_fixtures import constant_unet, mean_red_patch, red_channel_unet, small_unet
-from wsi_seg.blend import sliding_window_inference, to_uint8
+from wsi_seg.blend import BlendSpec, accumulate, sliding_window_inference, to_uint8
 from wsi_seg.errors import WsiSegError
 from wsi_seg.infer import InferConfig, Predictor
 from wsi_seg.mosaic import downsample2_mean, open_mosaic
 from wsi_seg.pipeline import RunConfig, prepare_slide, process_slide_inline
 from wsi_seg.slide import open_slide
 from wsi_seg.synth import write_synthetic_slide
-from wsi_seg.tiling import plan_blocks, step_for
+from wsi_seg.tiling import plan_blocks, step_for, window_starts
 from wsi_seg.tissue import find_tissue
 
 
@@ -82,6 +82,37 @@ def test_block_path_equals_in_memory_function(slide: Path, models: dict[str, Pat
     ref = sliding_window_inference(image, predictor, 64, overlap=0.25, mode="gaussian",
                                    batch_size=4, keep=plan.keep)
     assert np.array_equal(mosaic, to_uint8(ref))
+
+
+def test_windows_reach_the_predictor_while_the_image_is_read() -> None:
+    """accumulate with ``ready``: the first windows go out before the last rows are read,
+    and the sums equal those over the finished image bit for bit."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (300, 200, 3), dtype=np.uint8)
+    filling = np.zeros_like(image)
+    rows_ready = [0]
+
+    def ready(rows_px: int) -> None:
+        while rows_ready[0] < rows_px:  # a reader that fills 50 rows at a time
+            a = rows_ready[0]
+            filling[a : a + 50] = image[a : a + 50]
+            rows_ready[0] = min(a + 50, 300)
+
+    seen: list[int] = []
+
+    def predict(tiles: np.ndarray) -> np.ndarray:
+        seen.append(rows_ready[0])
+        return tiles[..., 0].astype(np.float32) / 255
+
+    starts_y, starts_x = window_starts(300, 64, 48), window_starts(200, 64, 48)
+    keep = np.ones((len(starts_y), len(starts_x)), bool)
+    spec = BlendSpec(64, 48, batch_size=4)
+    want = accumulate(image, 0, 0, starts_y, starts_x, keep, predict, spec)
+    seen.clear()
+    got = accumulate(filling, 0, 0, starts_y, starts_x, keep, predict, spec, ready=ready)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert seen[0] < 300 and seen == sorted(seen) and seen[-1] == 300
 
 
 def test_constant_model_gives_constant_mosaic_without_seams(slide: Path, models: dict[str, Path],

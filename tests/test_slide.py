@@ -242,6 +242,25 @@ def test_threaded_reads_equal_one_thread(s2: Slide, monkeypatch: pytest.MonkeyPa
     np.testing.assert_array_equal(s2.read_x0(101.3, 61.7, 900, 500, mpp, threads=8), x0)
 
 
+@pytest.mark.parametrize("mpp", [0.5, 1.0, 0.75, 1.98])
+def test_rows_read_in_bands_equal_one_read(s2: Slide, monkeypatch: pytest.MonkeyPatch,
+                                           mpp: float) -> None:
+    """read_w_rows fills the region band by band, on demand, with read_w's very pixels."""
+    import wsi_seg.slide as slide_mod
+
+    monkeypatch.setattr(slide_mod, "TILE_SRC_PX", 150)  # many bands per region
+    whole = s2.read_w(-7, 5, 640, 410, mpp)
+    rows = s2.read_w_rows(-7, 5, 640, 410, mpp)
+    ready = []
+    for want in (1, 60, 61, 200, 10_000):
+        rows.ensure(want)
+        ready.append(rows.rows_ready)
+        assert rows.rows_ready >= min(want, 410)
+        np.testing.assert_array_equal(rows.image[: rows.rows_ready], whole[: rows.rows_ready])
+    assert ready[0] < 410 and ready[-1] == 410  # the first rows came before the rest was read
+    assert rows.read_s > 0
+
+
 def test_many_callers_share_one_handle(s4: Slide, monkeypatch: pytest.MonkeyPatch) -> None:
     """Dask task threads reading one slide at once, each read threaded too: same pixels."""
     import threading

@@ -131,6 +131,7 @@ def accumulate(
     predict: PredictFn | Submitter,
     spec: BlendSpec,
     times: MutableMapping[str, float] | None = None,
+    ready: Callable[[int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Predict the kept windows and accumulate ``sum(pred * w)`` and ``sum(w)``.
 
@@ -138,7 +139,10 @@ def accumulate(
     and must contain every kept window. Windows are visited row-major over the given starts:
     that order is part of the contract (it fixes each pixel's float32 summation order). Windows
     go to the predictor in chunks of ``spec.batch_size``, up to :data:`IN_FLIGHT_CHUNKS` ahead
-    of the one being blended, so a block cuts and blends while the device predicts.
+    of the one being blended, so a block cuts and blends while the device predicts. With
+    ``ready``, ``image`` may still be filling: ``ready(rows_px)`` is called before windows are
+    cut and must return once image rows ``[0, rows_px)`` are there (a read streamed in bands,
+    so the first windows reach the device before the block is read).
 
     Returns ``(num, den)``, float32 arrays of the image's height and width.
     """
@@ -164,6 +168,9 @@ def accumulate(
 
     for b0 in range(0, len(coords), spec.batch_size):
         chunk = coords[b0 : b0 + spec.batch_size]
+        if ready is not None:
+            ready(chunk[-1][0] + roi)  # row-major: the last window reaches lowest
+            t = time.perf_counter()  # reading is timed by the reader, not as cutting
         batch = np.empty((len(chunk), roi, roi, image.shape[2]), image.dtype)
         for k, (y, x) in enumerate(chunk):
             batch[k] = image[y : y + roi, x : x + roi]
@@ -258,6 +265,7 @@ def blend_block(
     predict: PredictFn,
     spec: BlendSpec,
     times: MutableMapping[str, float] | None = None,
+    ready: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """Probabilities of the region a block owns.
 
@@ -265,10 +273,11 @@ def blend_block(
     every kept window (the block's halo, or just :func:`kept_extent`); ``starts_y``,
     ``starts_x`` and ``keep`` are the plan's window grid restricted to the block's window
     ranges (:meth:`BlockPlan.windows_of`). Owned pixels outside the image are covered by no
-    kept window and are 0. Returns float32 ``(block.h_px, block.w_px)``.
+    kept window and are 0. ``ready``: see :func:`accumulate`. Returns float32
+    ``(block.h_px, block.w_px)``.
     """
     num, den = accumulate(image, image_yw, image_xw, starts_y, starts_x, keep, predict, spec,
-                          times)
+                          times, ready)
     t = time.perf_counter()
     prob = np.zeros((block.h_px, block.w_px), np.float32)
     # Intersection of the owned region with the image, in both frames.

@@ -389,16 +389,17 @@ def run_block(ctx: BlockContext, task: BlockTask, infer: InferConfig) -> BlockRe
     times: dict[str, float] = {}
     t0 = time.perf_counter()
     predictor = cached_predictor(ctx.model_path, infer)
-    t = time.perf_counter()
-    times["load"] = t - t0
+    times["load"] = time.perf_counter() - t0
     b = task.block
     # Only the box of the windows that are predicted is read, not the whole halo.
     yw, xw, h_px, w_px = kept_extent(task.starts_y, task.starts_x, task.keep, ctx.spec.roi_px)
     with slide_handles.hold(ctx.slide_path, ctx.slide_mpp) as slide:
-        image = slide.read_w(xw, yw, w_px, h_px, ctx.mpp)
-    times["read"] = time.perf_counter() - t
-    prob = blend_block(image, yw, xw, b, task.starts_y, task.starts_x, task.keep, predictor,
-                       ctx.spec, times)
+        # Read in bands as the windows need them: the first windows reach the device while
+        # the rest of the block is read (the same pixels as one read).
+        rows = slide.read_w_rows(xw, yw, w_px, h_px, ctx.mpp)
+        prob = blend_block(rows.image, yw, xw, b, task.starts_y, task.starts_x, task.keep,
+                           predictor, ctx.spec, times, rows.ensure)
+    times["read"] = rows.read_s
     t = time.perf_counter()
     mosaic = open_mosaic(ctx.mosaic_path, mode="r+")
     # The block also writes its share of the coarser levels it alone owns: that work runs in

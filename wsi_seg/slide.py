@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -233,6 +234,23 @@ class Slide:
         run_jobs([job(tx, ty, tw, th) for ty, th in rows for tx, tw in cols], threads)
         return out
 
+    def read_w_rows(self, xw: int, yw: int, w_px: int, h_px: int, mpp: float) -> RowsRead:
+        """:meth:`read_w` of the same region, read one band of rows at a time on demand.
+
+        The bands are the rows of :meth:`read_w`'s own tile grid, so the pixels equal one
+        :meth:`read_w` call bit for bit; work on the first rows can start (windows go to the
+        device) while the last rows are still unread.
+        """
+        if w_px <= 0 or h_px <= 0:
+            raise ValueError(f"empty region {w_px}x{h_px}")
+        step_px = tile_step_px(self.choose_level(mpp).scale)
+
+        def read_band(band_yw: int, band_h_px: int) -> np.ndarray:
+            return self.read_w(xw, band_yw, w_px, band_h_px, mpp)
+
+        return RowsRead(np.empty((h_px, w_px, 3), np.uint8), yw, grid_cuts(yw, h_px, step_px),
+                        read_band)
+
     def _read_w_tile(self, choice: LevelChoice, f: float, xw: int, yw: int, w_px: int,
                      h_px: int) -> np.ndarray:
         """One tile of :meth:`read_w` (source small enough for one OpenSlide call)."""
@@ -389,6 +407,34 @@ class Slide:
     def __repr__(self) -> str:
         w, h = self.dimensions
         return f"Slide({self.path.name}, {w}x{h}, {self.level_count} levels, {self.mpp:g} µm/px)"
+
+
+class RowsRead:
+    """A region's pixels filled band by band (:meth:`Slide.read_w_rows`).
+
+    ``image`` holds the region; rows below :attr:`rows_ready` are read. :meth:`ensure` reads
+    on (in the calling thread, each band's tiles concurrently) until a row is available;
+    :attr:`read_s` adds up the seconds spent reading.
+    """
+
+    def __init__(self, image: np.ndarray, yw: int, bands: list[tuple[int, int]],
+                 read_band: Callable[[int, int], np.ndarray]) -> None:
+        self.image = image
+        self.rows_ready = 0
+        self.read_s = 0.0
+        self._yw = yw
+        self._bands = iter(bands)
+        self._read_band = read_band
+
+    def ensure(self, rows_px: int) -> None:
+        """Read bands until rows ``[0, rows_px)`` of :attr:`image` are filled."""
+        t = time.perf_counter()
+        while self.rows_ready < min(rows_px, self.image.shape[0]):
+            band_yw, band_h_px = next(self._bands)
+            row = band_yw - self._yw
+            self.image[row : row + band_h_px] = self._read_band(band_yw, band_h_px)
+            self.rows_ready = row + band_h_px
+        self.read_s += time.perf_counter() - t
 
 
 def on_remap_grid(pos: np.ndarray) -> np.ndarray:
