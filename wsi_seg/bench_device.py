@@ -102,11 +102,16 @@ class UNetSpec:
     base_filters: int
     input_downsample: int = 1
     mpp: float = 1.0
+    #: Shift the output bias so that half of the tissue pixels of a synthetic slide score
+    #: >= 0.5: the map then speckles at the percolation point, the worst case for polygons
+    #: (left alone, a random head's bias puts nearly every pixel on one side).
+    centred: bool = False
 
     @property
     def name(self) -> str:
         ds = f"-ds{self.input_downsample}" if self.input_downsample > 1 else ""
-        return f"unet-{self.tile_px}px-d{self.depth}-f{self.base_filters}{ds}-random"
+        centred = "-centred" if self.centred else ""
+        return f"unet-{self.tile_px}px-d{self.depth}-f{self.base_filters}{ds}-random{centred}"
 
     @property
     def filters(self) -> str:
@@ -127,8 +132,8 @@ class UNetSpec:
 
 #: The seeds' size: 4 levels of 32-256 filters on 512 px tiles.
 HEAVY = UNetSpec(512, 4, 32)
-#: An untrained model's speckled map: 4 levels of 16-128 filters.
-NOISY = UNetSpec(256, 4, 16)
+#: An untrained model's speckled map: 4 levels of 16-128 filters, centred on 0.5.
+NOISY = UNetSpec(256, 4, 16, centred=True)
 
 
 @dataclass(frozen=True)
@@ -345,7 +350,32 @@ def _build_unet(a: dict[str, Any]) -> None:
         architecture={"builder": "build_unet", "input_size_px": a["tile_px"], "channels": 3,
                       "depth": a["depth"], "base_filters": a["base_filters"],
                       "input_downsample": a["input_downsample"]})
+    if a.get("centred"):
+        _centre_output(model, card, a["seed"])
     save_model(model, card, a["path"])
+
+
+def _centre_output(model: Any, card: Any, seed: int) -> None:
+    """Shift the "logits" layer's bias by minus the median logit over synthetic tissue tiles
+    (four tiles at the card's mpp from the middle of a synthetic slide's tissue)."""
+    from wsi_seg.models import preprocess
+    from wsi_seg.synth import Renderer, SynthSpec, make_layout
+
+    tile_px, mpp = card.input_size_px, card.mpp
+
+    spec = SynthSpec(8000, 8000, seed=seed, mpp=0.25)
+    layout = make_layout(spec)
+    centre = layout.tissue.representative_point()
+    d = mpp / spec.mpp
+    x0, y0 = int(centre.x - tile_px * d), int(centre.y - tile_px * d)
+    image = Renderer(spec, layout).render(x0, y0, 2 * tile_px, 2 * tile_px, d)
+    tiles = np.stack([image[r : r + tile_px, c : c + tile_px]
+                      for r in (0, tile_px) for c in (0, tile_px)])
+    prob = np.asarray(model.predict(preprocess(tiles, card), verbose=0), np.float64)
+    prob = np.clip(prob, 1e-6, 1 - 1e-6)
+    median_logit = float(np.median(np.log(prob / (1 - prob))))
+    layer = model.get_layer("logits")
+    layer.bias.assign(np.asarray(layer.bias.numpy(), np.float32) - np.float32(median_logit))
 
 
 # -- worker-side ------------------------------------------------------------------------------

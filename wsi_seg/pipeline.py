@@ -483,7 +483,7 @@ def finish_slide(job: SlideJob, config: RunConfig, block_times: dict[str, float]
         t = _lap(times, "score", t)
     with contextlib.suppress(WsiSegError), \
             slide_handles.hold(job.slide_path, config.slide_mpp) as slide:
-        draw_overlay(slide, list(job.tissue_polygons), regions_geometry(regions), truth_geom,
+        draw_overlay(slide, list(job.tissue_polygons), regions, truth_geom,
                      job.work_dir / "overlay.png")
     t = _lap(times, "overlay", t)
     predict_s = times.get("predict", 0.0)

@@ -254,7 +254,8 @@ def build_device_config(args: argparse.Namespace) -> DeviceBenchConfig:
     for opt in ("heavy", "noisy"):
         if hasattr(args, opt):
             try:
-                changes[opt] = UNetSpec.parse(getattr(args, opt))
+                spec = UNetSpec.parse(getattr(args, opt))
+                changes[opt] = replace(spec, centred=opt == "noisy")
             except ValueError as exc:
                 raise WsiSegError(f"--{opt}: {exc}") from None
     if hasattr(args, "steps"):
