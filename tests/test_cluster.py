@@ -36,9 +36,10 @@ def test_worker_sizing() -> None:
     cfg = ClusterConfig()
     assert plan_local_workers(cfg, cpus=2, gpus=0) == WorkerPlan(1, 2, 2, 0)
     assert plan_local_workers(cfg, cpus=16, gpus=0) == WorkerPlan(8, 2, 2, 0)
-    # A GPU worker runs about as many block threads as there are cores per card.
-    assert plan_local_workers(cfg, cpus=16, gpus=1) == WorkerPlan(1, 16, 16, 1)
-    assert plan_local_workers(cfg, cpus=16, gpus=2) == WorkerPlan(2, 8, 8, 2)
+    # A GPU worker runs one block thread more than it has cores per card (at least 3).
+    assert plan_local_workers(cfg, cpus=16, gpus=1) == WorkerPlan(1, 17, 16, 1)
+    assert plan_local_workers(cfg, cpus=16, gpus=2) == WorkerPlan(2, 9, 8, 2)
+    assert plan_local_workers(cfg, cpus=2, gpus=2) == WorkerPlan(2, 3, 1, 2)
     assert plan_local_workers(ClusterConfig(threads_per_worker=3), cpus=16, gpus=2
                               ).threads_per_worker == 3
 

@@ -37,7 +37,7 @@ on the simulated device (tests; a machine without a GPU or framework).
 
 ``simulated`` (``wsi-seg bench --profile simulated``): does the CPU side keep a device busy?
 No model runs: :class:`~wsi_seg.backends.SimulatedEngine` holds one device lock for ``S``
-seconds per batch. One worker (one "card") with as many task threads as cores, as on a GPU
+seconds per batch. One worker (one "card") with one task thread more than cores, as on a GPU
 workstation. First the CPU side is measured (a run with a tiny ``S``: seconds of blocks phase
 per batch of windows); then ``S`` is set ``simulate_margin`` times slower than that, so the
 device is the limit, and the runs report the device's busy share = device busy seconds /
@@ -149,7 +149,7 @@ class DeviceBenchConfig:
         model_path: the main model (None: the bundled UNet).
         batch_size: predictor batch (None: the device's default; simulated: 32).
         workers, threads_per_worker: local cluster (None: as ``wsi-seg run`` sizes it; the
-            simulated profile: one worker with max(2, cores) task threads).
+            simulated profile: one worker with cores + 1 task threads, as a GPU worker).
         repeats: interleaved rounds.
         model_seconds: length of one model-only measurement.
         step_timeout_s: limit on one step or measurement.
@@ -765,10 +765,10 @@ class DeviceBenchmark:
             cfg = self.cfg
             workers, threads = cfg.workers, cfg.threads_per_worker
             if cfg.profile == "simulated":
-                from wsi_seg.cluster import cpu_count
+                from wsi_seg.cluster import cpu_count, device_worker_threads
 
                 workers = workers or 1
-                threads = threads or max(2, cpu_count())
+                threads = threads or device_worker_threads(cpu_count())
             self._bench = start_device_cluster(workers, threads)
             b = self._bench
             self.record["cluster"] = {"workers": b.workers,

@@ -448,7 +448,7 @@ def finish_slide(job: SlideJob, config: RunConfig, block_times: dict[str, float]
     """
     from wsi_seg.geojson import write_geojson
     from wsi_seg.overlay import draw_overlay
-    from wsi_seg.vectorize import regions_geometry, vectorize_mosaic
+    from wsi_seg.vectorize import vectorize_mosaic
 
     times = dict(block_times)
     t = t_finish = time.perf_counter()

@@ -68,7 +68,7 @@ every step under --step-timeout):
                         seconds; "noisy" = vectorize seconds / run seconds with a random-weight
                         UNet (--noisy, 16-128 filters) on a 16,000 px slide (goal < 10 %).
   simulated             no model: a simulated accelerator holding one device lock for S s per
-                        batch; one worker with max(2, cores) task threads. The CPU side is
+                        batch; one worker with cores + 1 task threads. The CPU side is
                         measured first (S = 1 ms: blocks-phase seconds per batch), then S =
                         --simulate-margin x that; device busy share = device busy seconds /
                         blocks-phase wall (goal >= 90 %). Default slides: four 10,000 px
