@@ -2,7 +2,7 @@
 
 Variants, each reading the same boxes of one slide through a fresh handle:
 
-* ``old``: ``wsi_seg/slide.py`` as it was at ``--rev`` (loaded from git), OpenSlide;
+* ``old``: ``wsi_seg/stages/slide.py`` as it was at ``--rev`` (loaded from git), OpenSlide;
 * ``openslide``: today's reader with ``$WSI_SEG_TIFF_READER=0``, ``threads=1``;
 * ``tifffile``: today's reader as it opens by default, ``threads=1``.
 
@@ -16,14 +16,11 @@ shared machine CPU seconds are the steadier measure of the work a read costs.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,25 +29,17 @@ from typing import Any
 
 import cv2
 import numpy as np
+from module_at_rev import module_at
 
-from wsi_seg.slide import on_remap_grid, open_slide
-from wsi_seg.tiff_reader import ENV as TIFF_ENV
+from wsi_seg.stages.slide import on_remap_grid, open_slide
+from wsi_seg.stages.tiff_reader import ENV as TIFF_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def slide_module_at(rev: str) -> ModuleType:
-    """``wsi_seg/slide.py`` of git revision ``rev``, imported as module ``slide_at_rev``."""
-    src = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:wsi_seg/slide.py"],
-                         capture_output=True, text=True, check=True).stdout
-    path = Path(tempfile.mkdtemp()) / "slide_at_rev.py"
-    path.write_text(src)
-    spec = importlib.util.spec_from_file_location("slide_at_rev", path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["slide_at_rev"] = mod  # dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
+    """``wsi_seg/stages/slide.py`` of git revision ``rev``, imported as ``slide_at_rev``."""
+    return module_at(rev, "stages", "slide")
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, float]:

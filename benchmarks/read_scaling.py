@@ -25,7 +25,8 @@ machine says how far to trust a number.
 Throughput: working Mpx/s (the box pixels delivered), boxes/s, and windows/s, where a window is
 a 256 px tile at 0.25 overlap (step 192) as the UNet runs them: 441 windows per 4096 px box.
 
-Readers: ``tifffile`` (the default where it gives OpenSlide's pixels: see wsi_seg/tiff_reader.py)
+Readers: ``tifffile`` (the default where it gives OpenSlide's pixels: see
+wsi_seg/stages/tiff_reader.py)
 and ``openslide`` (``$WSI_SEG_TIFF_READER=0``), measured side by side.
 """
 
@@ -44,11 +45,11 @@ from typing import Any
 
 import numpy as np
 
-from wsi_seg.read_pool import usable_cores
-from wsi_seg.slide import Slide, open_slide
-from wsi_seg.synth import write_synthetic_slide
-from wsi_seg.tiff_reader import ENV as TIFF_ENV
-from wsi_seg.tiling import step_for, window_starts
+from wsi_seg.stages.read_pool import usable_cores
+from wsi_seg.stages.slide import Slide, open_slide
+from wsi_seg.stages.tiff_reader import ENV as TIFF_ENV
+from wsi_seg.stages.tiling import step_for, window_starts
+from wsi_seg.tools.synth import write_synthetic_slide
 
 WINDOW_PX, OVERLAP = 256, 0.25
 
@@ -201,7 +202,7 @@ def table(rows: list[dict[str, Any]], info: dict[str, dict[str, Any]]) -> str:
 
 def machine() -> dict[str, Any]:
     try:
-        from wsi_seg.bench import machine_info
+        from wsi_seg.tools.bench import machine_info
         return machine_info()
     except Exception as exc:  # the record is still useful without it
         return {"cores": usable_cores(), "error": repr(exc)}

@@ -11,12 +11,12 @@ once, so the phase is the longest slide's ``wall_s`` in ``run.json``); tiles/s; 
 It runs against whichever ``wsi_seg`` is on ``PYTHONPATH``:
 
 * the current design (``InferConfig.simulate_batch_s`` exists): the worker's own ``Predictor``
-  with :class:`wsi_seg.backends.SimulatedEngine` (one consumer thread packs windows of all
+  with :class:`wsi_seg.stages.backends.SimulatedEngine` (one consumer thread packs windows of all
   blocks into fixed batches);
 * the design before it (commit a051260: every block task calls the predictor itself, one
   batch per call): a WorkerPlugin replaces ``cached_predictor`` in the worker with a stand-in
   that does what that predictor did on the host (pad the batch to the fixed size, convert to
-  float32 with ``wsi_seg.models.preprocess``), then holds the same device lock for ``S`` per
+  float32 with ``wsi_seg.stages.models.preprocess``), then holds the same device lock for ``S`` per
   batch and returns zeros.
 
 Usage::
@@ -93,7 +93,7 @@ class StandInPredictor:
     device = "simulated:0"
 
     def __init__(self, dev: StandInDevice, model_path: Any, batch_size: int) -> None:
-        from wsi_seg.card import bundled_model_path, read_card
+        from wsi_seg.stages.card import bundled_model_path, read_card
 
         self.dev = dev
         self.card = read_card(Path(model_path) if model_path else bundled_model_path("unet"))
@@ -108,7 +108,7 @@ class StandInPredictor:
         return self._batch
 
     def __call__(self, tiles: np.ndarray) -> np.ndarray:
-        from wsi_seg.models import preprocess
+        from wsi_seg.stages.models import preprocess
 
         n, roi, bs = len(tiles), self.roi_px, self._batch
         for i in range(0, n, bs):
@@ -132,8 +132,8 @@ class StandInPlugin(WorkerPlugin):
         self.seconds = seconds
 
     def setup(self, worker: Any = None) -> None:
-        import wsi_seg.infer
-        import wsi_seg.pipeline
+        import wsi_seg.orchestration.pipeline
+        import wsi_seg.stages.infer
 
         dev = StandInDevice(self.seconds)
 
@@ -146,18 +146,18 @@ class StandInPlugin(WorkerPlugin):
                                                                   config.batch_size)
             return pred
 
-        setattr(wsi_seg.pipeline, "cached_predictor", cached_predictor)  # noqa: B010
-        setattr(wsi_seg.infer, "cached_predictor", cached_predictor)  # noqa: B010
-        setattr(wsi_seg.pipeline, "_bench_standin", dev)  # noqa: B010
+        setattr(wsi_seg.orchestration.pipeline, "cached_predictor", cached_predictor)  # noqa: B010
+        setattr(wsi_seg.stages.infer, "cached_predictor", cached_predictor)  # noqa: B010
+        setattr(wsi_seg.orchestration.pipeline, "_bench_standin", dev)  # noqa: B010
 
 
 def collect() -> dict[str, Any]:
     """Device statistics of this worker (either design)."""
-    pipe = sys.modules.get("wsi_seg.pipeline")
+    pipe = sys.modules.get("wsi_seg.orchestration.pipeline")
     dev = getattr(pipe, "_bench_standin", None)
     if dev is not None:
         return dict(dev.stats())
-    from wsi_seg.infer import cached_predictors
+    from wsi_seg.stages.infer import cached_predictors
 
     tot = {"batches": 0, "windows": 0, "padded_slots": 0, "device_busy_s": 0.0}
     for p in cached_predictors():
@@ -171,7 +171,7 @@ def collect() -> dict[str, Any]:
 
 def poll_start(period_s: float) -> bool:
     """Sample this worker's device totals every ``period_s`` until :func:`poll_stop`."""
-    import wsi_seg.pipeline
+    import wsi_seg.orchestration.pipeline
 
     stop = threading.Event()
     samples: list[tuple[float, float, int, int]] = []
@@ -187,12 +187,12 @@ def poll_start(period_s: float) -> bool:
     snap()
     th = threading.Thread(target=loop, daemon=True)
     th.start()
-    setattr(wsi_seg.pipeline, "_bench_poll", (stop, th, samples, snap))  # noqa: B010
+    setattr(wsi_seg.orchestration.pipeline, "_bench_poll", (stop, th, samples, snap))  # noqa: B010
     return True
 
 
 def poll_stop() -> list[tuple[float, float, int, int]]:
-    stop, th, samples, snap = sys.modules["wsi_seg.pipeline"]._bench_poll
+    stop, th, samples, snap = sys.modules["wsi_seg.orchestration.pipeline"]._bench_poll
     stop.set()
     th.join()
     snap()
@@ -219,7 +219,7 @@ def blocks_busy(timeline: list[tuple[float, float, int, int]], preds: int) -> di
 
 # -- one design -------------------------------------------------------------------------------
 def new_design() -> bool:
-    from wsi_seg.infer import InferConfig
+    from wsi_seg.stages.infer import InferConfig
 
     return "simulate_batch_s" in {f.name for f in fields(InferConfig)}
 
@@ -239,10 +239,10 @@ def measure(slides: list[Path], seconds: float, batch: int, threads: int, repeat
     from distributed import Client, LocalCluster
 
     import wsi_seg
-    from wsi_seg.cluster import ClusterConfig
-    from wsi_seg.infer import InferConfig
-    from wsi_seg.pipeline import RunConfig
-    from wsi_seg.runner import run_slides
+    from wsi_seg.orchestration.cluster import ClusterConfig
+    from wsi_seg.orchestration.pipeline import RunConfig
+    from wsi_seg.orchestration.runner import run_slides
+    from wsi_seg.stages.infer import InferConfig
 
     new = new_design()
     kw: dict[str, Any] = {"simulate_batch_s": seconds} if new else {}

@@ -3,7 +3,7 @@
 A speckled map (an untrained or noisy model) once made vectorizing dominate a run: tens of
 thousands of pinholes per chunk made ``cv2.findContours(RETR_CCOMP)`` quadratic, and holes
 were handed to corner-joined parts by a quadratic search. This measures
-:func:`wsi_seg.vectorize.vectorize_array` on synthetic uint8 masks thresholded at 128:
+:func:`wsi_seg.stages.vectorize.vectorize_array` on synthetic uint8 masks thresholded at 128:
 
 * ``pure``: uniform random noise (every pixel independent);
 * ``smooth``: the same noise blurred a little (Gaussian, sigma 1 px) and stretched to 0..255;
@@ -16,7 +16,7 @@ a raster of 1 µm pixels over a 0.5 µm/px slide, 1024 px chunks.
 Each measurement runs in a fresh child process with a time limit (the old code takes hours on
 the largest noise masks); wall and CPU seconds are the vectorize call only, not making the mask,
 with the 1-minute load average before and after it (compare figures only at similar load).
-``--rev`` also times ``wsi_seg/vectorize.py`` as it was at a git revision (single-threaded
+``--rev`` also times ``wsi_seg/stages/vectorize.py`` as it was at a git revision (single-threaded
 then: it had no ``workers``)::
 
     python benchmarks/vectorize_noise.py --sizes 2048,8192 --workers 1,2 --rev a051260
@@ -27,20 +27,19 @@ Prints a Markdown table; ``--json`` also writes the records.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import inspect
 import json
 import os
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import numpy as np
+from module_at_rev import module_at
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS: dict[str, dict[str, float]] = {
@@ -69,21 +68,12 @@ def make_mask(kind: str, n: int, seed: int = 0) -> np.ndarray:
 
 
 def load_vectorize(rev: str | None) -> ModuleType:
-    """``wsi_seg.vectorize`` of the working tree, or the file as it was at git ``rev``."""
+    """``wsi_seg.stages.vectorize`` of the working tree, or the file as it was at git ``rev``."""
     if rev is None:
-        import wsi_seg.vectorize
+        import wsi_seg.stages.vectorize
 
-        return wsi_seg.vectorize
-    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:wsi_seg/vectorize.py"],
-                            check=True, capture_output=True, text=True).stdout
-    path = Path(tempfile.mkdtemp()) / "vectorize_at_rev.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("vectorize_at_rev", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+        return wsi_seg.stages.vectorize
+    return module_at(rev, "stages", "vectorize")
 
 
 def measure_one(rev: str | None, mask: str, n: int, setting: str, workers: int,
@@ -175,7 +165,7 @@ def _worktree() -> str:
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
                           capture_output=True, text=True).stdout.strip()
     dirty = subprocess.run(["git", "-C", str(ROOT), "diff", "--quiet", "HEAD", "--",
-                            "wsi_seg/vectorize.py"]).returncode
+                            "wsi_seg/stages/vectorize.py"]).returncode
     return f"{head}{'+edits' if dirty else ''}"
 
 

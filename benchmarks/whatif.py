@@ -45,9 +45,9 @@ def timed(fn: Any) -> float:
 
 
 def read_whatif(slide_path: Path, repeats: int) -> None:
-    from wsi_seg.bench import BenchConfig, plan_of, run_config
-    from wsi_seg.infer import InferConfig
-    from wsi_seg.slide import open_slide
+    from wsi_seg.stages.infer import InferConfig
+    from wsi_seg.stages.slide import open_slide
+    from wsi_seg.tools.bench import BenchConfig, plan_of, run_config
 
     cfg = BenchConfig(out_dir=Path(tempfile.mkdtemp()), cache_dir=slide_path.parent)
     rc = run_config(cfg, "unet", cfg.out_dir, InferConfig(batch_size=16), slide_path.parent)
@@ -89,7 +89,7 @@ def read_whatif(slide_path: Path, repeats: int) -> None:
 
 
 def pyramid_whatif(mosaic_path: Path, repeats: int) -> None:
-    import wsi_seg.mosaic as mosaic_mod
+    import wsi_seg.stages.mosaic as mosaic_mod
 
     orig = mosaic_mod.downsample2_mean
     tmp = Path(tempfile.mkdtemp())

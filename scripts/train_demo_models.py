@@ -3,12 +3,14 @@
 
 Everything comes from the package itself, nothing is downloaded:
 
-1. ``wsi_seg.synth`` writes synthetic H&E slides (6000 x 6000 px at 0.5 µm/px by default):
+1. ``wsi_seg.tools.synth`` writes synthetic H&E slides (6000 x 6000 px at 0.5 µm/px by default):
    seeds 1-4 train, seed 5 validates (selects the best epoch), seeds 6-7 are held out for the
    scores written to the cards.
-2. ``wsi_seg.extract`` cuts them into 256 px tiles + masks at 1.0 µm/px (UNet) and IDC-layout
+2. ``wsi_seg.training.extract`` cuts them into 256 px tiles + masks at 1.0 µm/px (UNet) and
+   IDC-layout
    50 px patches at 4.0 µm/px (patch classifier; one "patient" per slide).
-3. ``wsi_seg.train`` trains both, ``evaluate_folder`` / per-patient evaluation scores them on
+3. ``wsi_seg.training.train`` trains both, ``evaluate_folder`` / per-patient evaluation scores them
+   on
    the held-out slides, and the cards get those scores, the data description, the time per
    epoch and the measured inference speed.
 
@@ -55,7 +57,7 @@ def seeds(text: str) -> list[int]:
 
 
 def make_slides(work: Path, all_seeds: list[int], size: int) -> dict[int, tuple[Path, Path]]:
-    from wsi_seg.synth import truth_path_for, write_synthetic_slide
+    from wsi_seg.tools.synth import truth_path_for, write_synthetic_slide
 
     out = {}
     for s in all_seeds:
@@ -77,7 +79,7 @@ def tiles_per_second(model_path: Path, batch: int = 16, reps: int = 8) -> dict[s
     """
     import tensorflow as tf
 
-    from wsi_seg.card import load_model
+    from wsi_seg.stages.card import load_model
 
     model, card = load_model(model_path)
     s, c = card.input_size_px, card.channels
@@ -106,14 +108,14 @@ def _cpu_per_epoch(history: list[dict[str, float]]) -> float:
 
 
 def slide_text(ids: list[int], size: int) -> str:
-    return (f"seeds {','.join(map(str, ids))} of wsi_seg.synth.write_synthetic_slide "
+    return (f"seeds {','.join(map(str, ids))} of wsi_seg.tools.synth.write_synthetic_slide "
             f"({size}x{size} px at 0.5 µm/px, svs)")
 
 
 def train_unet_demo(args: argparse.Namespace, slides: dict[int, tuple[Path, Path]]) -> dict:
-    from wsi_seg.datasets import Augment
-    from wsi_seg.extract import ExtractOptions, extract_training_data
-    from wsi_seg.train import (
+    from wsi_seg.training.datasets import Augment
+    from wsi_seg.training.extract import ExtractOptions, extract_training_data
+    from wsi_seg.training.train import (
         TrainConfig,
         UnetOptions,
         evaluate_folder,
@@ -137,8 +139,8 @@ def train_unet_demo(args: argparse.Namespace, slides: dict[int, tuple[Path, Path
     out = args.out / "unet_demo.keras"
     trained_on = (
         f"{counts['train']} tiles of 256 px at 1.0 µm/px (stride 128 px, >= 25 % tissue) cut by "
-        f"wsi_seg.extract from synthetic slides {slide_text(tr, args.size)}; random 256 px "
-        "crops with flips, 90-degree rotations and colour jitter"
+        f"wsi_seg.training.extract from synthetic slides {slide_text(tr, args.size)}; "
+        "random 256 px crops with flips, 90-degree rotations and colour jitter"
     )
     opts = UnetOptions(
         train_dir=base / "train", valid_dir=base / "valid", mpp=1.0, input_size_px=256,
@@ -192,9 +194,9 @@ def train_unet_demo(args: argparse.Namespace, slides: dict[int, tuple[Path, Path
 
 
 def train_patch_demo(args: argparse.Namespace, slides: dict[int, tuple[Path, Path]]) -> dict:
-    from wsi_seg.datasets import Augment
-    from wsi_seg.extract import ExtractOptions, extract_training_data
-    from wsi_seg.train import PatchOptions, TrainConfig, train_patch, update_card
+    from wsi_seg.training.datasets import Augment
+    from wsi_seg.training.extract import ExtractOptions, extract_training_data
+    from wsi_seg.training.train import PatchOptions, TrainConfig, train_patch, update_card
 
     tr, va, te = seeds(args.train_seeds), seeds(args.val_seeds), seeds(args.test_seeds)
     folder = args.work / "idc"
@@ -212,7 +214,8 @@ def train_patch_demo(args: argparse.Namespace, slides: dict[int, tuple[Path, Pat
     trained_on = (
         f"{n_train} IDC-layout 50 px patches at 4.0 µm/px (stride 25 px, >= 50 % tissue; class 1 "
         "when >= 50 % "
-        f"tumour) cut by wsi_seg.extract from synthetic slides {slide_text(tr, args.size)}, "
+        "tumour) cut by wsi_seg.training.extract from synthetic slides "
+        f"{slide_text(tr, args.size)}, "
         "one patient per slide; tumour patches oversampled to balance classes; flips, "
         "rotations, colour jitter"
     )

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wsi_seg.card import ModelCard, save_model
+from wsi_seg.stages.card import ModelCard, save_model
 
 
 def _save(model: object, path: Path, kind: str, roi: int, mpp: float) -> Path:
@@ -60,7 +60,7 @@ def small_unet(path: Path, roi: int = 64, mpp: float = 1.0, seed: int = 0) -> Pa
     """A randomly initialised (seeded) small UNet: a realistic, non-trivial network."""
     import keras
 
-    from wsi_seg.models import build_unet
+    from wsi_seg.stages.models import build_unet
 
     keras.utils.set_random_seed(seed)
     model = build_unet(input_size_px=roi, channels=3, depth=3, base_filters=4)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from wsi_seg.synth import (
+from wsi_seg.tools.synth import (
     Layout,
     SynthResult,
     SynthSpec,

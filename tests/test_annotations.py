@@ -12,8 +12,13 @@ import pytest
 import shapely
 import zarr
 
-from wsi_seg.annotations import ALL_CLASSES, check_truth_fits, is_tumour_class, read_truth
-from wsi_seg.errors import AnnotationError
+from wsi_seg.core.errors import AnnotationError
+from wsi_seg.evaluation.annotations import (
+    ALL_CLASSES,
+    check_truth_fits,
+    is_tumour_class,
+    read_truth,
+)
 
 # (file, classes, number of polygons). Counted by reading the files: ASAP counts are the
 # README's; the TCGA QuPath file has Tumor (1 Polygon), Other (MultiPolygon of 3), Negative (1);

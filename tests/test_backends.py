@@ -16,8 +16,8 @@ import pytest
 
 from tests.model_fixtures import small_unet
 from wsi_seg.cli import main
-from wsi_seg.mosaic import open_mosaic
-from wsi_seg.synth import write_synthetic_slide
+from wsi_seg.stages.mosaic import open_mosaic
+from wsi_seg.tools.synth import write_synthetic_slide
 
 BIN = Path(sys.executable).parent
 OPTS = ["--block", "256", "--chunk", "128", "--batch-size", "4", "--quiet",

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from wsi_seg.card import card_path, sha256_file
 from wsi_seg.cli import main
-from wsi_seg.geojson import write_geojson
-from wsi_seg.synth import write_synthetic_slide
+from wsi_seg.stages.card import card_path, sha256_file
+from wsi_seg.stages.geojson import write_geojson
+from wsi_seg.tools.synth import write_synthetic_slide
 
 MiB = 1 << 20
 REPO = Path(__file__).resolve().parents[1]
@@ -172,7 +172,7 @@ def unet(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _recard(model: Path, **change: object) -> Path:
     """A copy of the model with its card changed (the sha256 still matches the archive)."""
-    from wsi_seg.card import ModelCard
+    from wsi_seg.stages.card import ModelCard
 
     copy = model.with_name(f"changed-{'-'.join(change)}.keras")
     copy.write_bytes(model.read_bytes())

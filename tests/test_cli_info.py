@@ -19,7 +19,7 @@ import pytest
 from synth_fixtures import blank_slide, synthetic
 
 from wsi_seg.cli import main
-from wsi_seg.tiling import plan_blocks, step_for
+from wsi_seg.stages.tiling import plan_blocks, step_for
 
 
 @pytest.fixture(scope="session")

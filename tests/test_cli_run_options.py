@@ -17,14 +17,14 @@ from pathlib import Path
 import pytest
 
 from tests.model_fixtures import red_channel_unet
-from wsi_seg import options
 from wsi_seg.cli import main
-from wsi_seg.cluster import ClusterConfig
-from wsi_seg.errors import WsiSegError, printable
-from wsi_seg.infer import InferConfig
-from wsi_seg.pipeline import RunConfig
-from wsi_seg.synth import truth_path_for, write_synthetic_slide
-from wsi_seg.tissue import TissueConfig
+from wsi_seg.core.errors import WsiSegError, printable
+from wsi_seg.orchestration import options
+from wsi_seg.orchestration.cluster import ClusterConfig
+from wsi_seg.orchestration.pipeline import RunConfig
+from wsi_seg.stages.infer import InferConfig
+from wsi_seg.stages.tissue import TissueConfig
+from wsi_seg.tools.synth import truth_path_for, write_synthetic_slide
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

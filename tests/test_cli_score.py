@@ -12,7 +12,7 @@ import pytest
 
 from tests.model_fixtures import red_channel_unet
 from wsi_seg.cli import main
-from wsi_seg.synth import write_synthetic_slide
+from wsi_seg.tools.synth import write_synthetic_slide
 
 
 @pytest.fixture(scope="module")

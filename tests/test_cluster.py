@@ -2,7 +2,7 @@
 
 Real dask.distributed clusters of worker processes on localhost. No GPU here: the pinning is
 checked through each worker's ``CUDA_VISIBLE_DEVICES`` (what CUDA reads at start-up), and the
-model through the simulated accelerator (:class:`wsi_seg.backends.SimulatedEngine`), which
+model through the simulated accelerator (:class:`wsi_seg.stages.backends.SimulatedEngine`), which
 loads only the model's card, so a worker warms in milliseconds.
 """
 
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from tests.model_fixtures import small_unet
-from wsi_seg.cluster import (
+from wsi_seg.orchestration.cluster import (
     BLOCK_GPU_SHARE,
     ClusterConfig,
     ModelPlugin,
@@ -27,9 +27,9 @@ from wsi_seg.cluster import (
     start_local_cluster,
     visible_gpus,
 )
-from wsi_seg.infer import InferConfig
-from wsi_seg.pipeline import OPEN_SLIDES, slide_handles
-from wsi_seg.synth import write_synthetic_slide
+from wsi_seg.orchestration.pipeline import OPEN_SLIDES, slide_handles
+from wsi_seg.stages.infer import InferConfig
+from wsi_seg.tools.synth import write_synthetic_slide
 
 
 def test_worker_sizing() -> None:
@@ -102,7 +102,7 @@ def test_each_gpu_worker_gets_its_own_card_and_runs_many_blocks(gpu_cluster: obj
 
 
 def _predictor_devices() -> list[str]:
-    from wsi_seg.infer import cached_predictors
+    from wsi_seg.stages.infer import cached_predictors
 
     return [p.device for p in cached_predictors()]
 

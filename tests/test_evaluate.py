@@ -14,13 +14,13 @@ import cv2
 import numpy as np
 import pytest
 
-from wsi_seg.blend import sliding_window_inference
-from wsi_seg.card import ModelCard, save_model
 from wsi_seg.cli import main
-from wsi_seg.datasets import grid_tiles, pad_to
-from wsi_seg.infer import InferConfig, Predictor
-from wsi_seg.tiling import step_for, window_starts
-from wsi_seg.train import WindowOptions, predict_image
+from wsi_seg.stages.blend import sliding_window_inference
+from wsi_seg.stages.card import ModelCard, save_model
+from wsi_seg.stages.infer import InferConfig, Predictor
+from wsi_seg.stages.tiling import step_for, window_starts
+from wsi_seg.training.datasets import grid_tiles, pad_to
+from wsi_seg.training.train import WindowOptions, predict_image
 
 ROI = 32
 

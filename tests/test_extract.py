@@ -12,10 +12,10 @@ import shapely
 from shapely.geometry import box
 
 from wsi_seg.cli import main
-from wsi_seg.datasets import find_pairs, load_pairs, scan_idc
-from wsi_seg.errors import WsiSegError
-from wsi_seg.extract import ExtractOptions, extract_training_data
-from wsi_seg.synth import SynthResult, write_synthetic_slide
+from wsi_seg.core.errors import WsiSegError
+from wsi_seg.tools.synth import SynthResult, write_synthetic_slide
+from wsi_seg.training.datasets import find_pairs, load_pairs, scan_idc
+from wsi_seg.training.extract import ExtractOptions, extract_training_data
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,7 @@ def test_extracted_tiles_feed_training(synth: SynthResult, tmp_path: Path) -> No
 def test_extraction_uses_runs_window_grid(synth: SynthResult, tmp_path: Path) -> None:
     """Tiles lie on run's grid (tiling.window_starts): the last row and column are moved back
     inside the slide, so tissue at the right and bottom borders is not dropped."""
-    from wsi_seg.tiling import window_starts
+    from wsi_seg.stages.tiling import window_starts
 
     out = tmp_path / "grid"
     # 600 x 600 px at 2 µm/px with tissue up to x = 460 px: whole steps of 250 px end their

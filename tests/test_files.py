@@ -1,4 +1,4 @@
-"""wsi_seg.files: atomic writes and reads with a ceiling."""
+"""wsi_seg.core.files: atomic writes and reads with a ceiling."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from wsi_seg.errors import AnnotationError, WsiSegError
-from wsi_seg.files import (
+from wsi_seg.core.errors import AnnotationError, WsiSegError
+from wsi_seg.core.files import (
     atomic_path,
     decode_json,
     gunzip_capped,

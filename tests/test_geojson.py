@@ -15,9 +15,9 @@ import pytest
 import shapely
 from shapely.geometry import Polygon, shape
 
-from wsi_seg.annotations import read_truth
-from wsi_seg.geojson import TUMOR_CLASS, write_geojson, write_polygons
-from wsi_seg.vectorize import RegionPolygon
+from wsi_seg.evaluation.annotations import read_truth
+from wsi_seg.stages.geojson import TUMOR_CLASS, write_geojson, write_polygons
+from wsi_seg.stages.vectorize import RegionPolygon
 
 
 def _region(poly: Polygon, mpp0: float = 0.5) -> RegionPolygon:

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from tests.model_fixtures import mean_red_patch, small_unet
-from wsi_seg.backends import mixed_precision_clone as _mixed_precision_clone
-from wsi_seg.card import load_model
-from wsi_seg.card import verify_model_file as load_card
-from wsi_seg.errors import ModelError
-from wsi_seg.infer import InferConfig, Predictor, cached_predictor
+from wsi_seg.core.errors import ModelError
+from wsi_seg.stages.backends import mixed_precision_clone as _mixed_precision_clone
+from wsi_seg.stages.card import load_model
+from wsi_seg.stages.card import verify_model_file as load_card
+from wsi_seg.stages.infer import InferConfig, Predictor, cached_predictor
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def test_model_is_loaded_once_per_process(unet: Path) -> None:
 
 
 def test_device_choice(unet: Path) -> None:
-    from wsi_seg.infer import _sees_gpu
+    from wsi_seg.stages.infer import _sees_gpu
 
     cpu = Predictor.from_path(unet, InferConfig(device="cpu"))
     assert cpu.device.lower().startswith(("/cpu", "cpu"))
@@ -92,7 +92,7 @@ def test_windows_from_many_threads_share_batches_and_keep_their_values(unet: Pat
 
 
 def test_a_failing_batch_fails_its_requests_and_the_predictor_goes_on() -> None:
-    from wsi_seg.card import ModelCard
+    from wsi_seg.stages.card import ModelCard
 
     class Flaky:
         device = "cpu"

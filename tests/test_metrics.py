@@ -11,7 +11,7 @@ import pytest
 import shapely
 from shapely.geometry import Polygon
 
-from wsi_seg.metrics import (
+from wsi_seg.evaluation.metrics import (
     OverlapScore,
     iou_dice,
     patch_accuracy,
@@ -21,8 +21,8 @@ from wsi_seg.metrics import (
     score_slide,
     summarize_scores,
 )
-from wsi_seg.mosaic import MosaicGeometry, build_pyramid, create_mosaic, open_mosaic
-from wsi_seg.vectorize import PixelFrame, resolve_saddles, vectorize_mosaic
+from wsi_seg.stages.mosaic import MosaicGeometry, build_pyramid, create_mosaic, open_mosaic
+from wsi_seg.stages.vectorize import PixelFrame, resolve_saddles, vectorize_mosaic
 
 
 def _numpy_iou_dice(p: np.ndarray, t: np.ndarray) -> tuple[float, float]:
@@ -165,8 +165,8 @@ def test_patch_accuracy() -> None:
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """A synthetic slide, its truth, and a mosaic that is that truth rasterised (the oracle)."""
-    from wsi_seg.annotations import read_truth
-    from wsi_seg.synth import write_synthetic_slide
+    from wsi_seg.evaluation.annotations import read_truth
+    from wsi_seg.tools.synth import write_synthetic_slide
 
     root = tmp_path_factory.mktemp("synth")
     result = write_synthetic_slide(root / "s.svs", size_px=(2048, 1536), seed=1, mpp=0.5)
@@ -207,7 +207,7 @@ def test_oracle_round_trip_on_synthetic_slide(synthetic: dict[str, object]) -> N
 def test_cli_score_mosaic_and_geojson(synthetic: dict[str, object],
                                       capsys: pytest.CaptureFixture[str]) -> None:
     from wsi_seg.cli import main
-    from wsi_seg.geojson import write_geojson
+    from wsi_seg.stages.geojson import write_geojson
 
     root = synthetic["root"]
     args = ["--slide", str(synthetic["slide"])]
@@ -228,7 +228,7 @@ def test_cli_score_empty_prediction_and_wrong_truth(
         synthetic: dict[str, object], shared_data: Path, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
     from wsi_seg.cli import main
-    from wsi_seg.geojson import write_geojson
+    from wsi_seg.stages.geojson import write_geojson
 
     slide = str(synthetic["slide"])
     empty = write_geojson([], tmp_path / "tumor.geojson")

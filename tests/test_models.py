@@ -14,7 +14,8 @@ import keras
 import numpy as np
 import pytest
 
-from wsi_seg.card import (
+from wsi_seg.core.errors import ModelError
+from wsi_seg.stages.card import (
     ModelCard,
     bundled_model_path,
     card_path,
@@ -24,8 +25,7 @@ from wsi_seg.card import (
     unsafe_parts,
     verify_model_file,
 )
-from wsi_seg.errors import ModelError
-from wsi_seg.models import build_patch_cnn, build_unet, preprocess, preprocess_tf
+from wsi_seg.stages.models import build_patch_cnn, build_unet, preprocess, preprocess_tf
 
 
 def _unet_card(size: int = 32, channels: int = 3) -> ModelCard:
@@ -248,7 +248,7 @@ def test_save_refuses_a_mismatched_card(tmp_path: Path) -> None:
 
 def _rezip(src: Path, dst: Path, compression: int) -> Path:
     """``src``'s members rewritten with ``compression``, carded to match the new bytes."""
-    from wsi_seg.card import sha256_file
+    from wsi_seg.stages.card import sha256_file
 
     with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", compression) as zout:
         for name in zin.namelist():

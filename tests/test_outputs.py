@@ -18,11 +18,11 @@ import pytest
 
 from tests.model_fixtures import small_unet
 from wsi_seg.cli import main
-from wsi_seg.infer import InferConfig
-from wsi_seg.mosaic import open_mosaic
-from wsi_seg.naming import output_names, slide_stem
-from wsi_seg.pipeline import RunConfig, prepare_slide, run_block
-from wsi_seg.synth import write_synthetic_slide
+from wsi_seg.core.naming import output_names, slide_stem
+from wsi_seg.orchestration.pipeline import RunConfig, prepare_slide, run_block
+from wsi_seg.stages.infer import InferConfig
+from wsi_seg.stages.mosaic import open_mosaic
+from wsi_seg.tools.synth import write_synthetic_slide
 
 OPTS = ["--block", "256", "--chunk", "128", "--batch-size", "4", "--scheduler", "threads",
         "--quiet"]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import shapely
 
-from wsi_seg.overlay import (
+from wsi_seg.evaluation.overlay import (
     OVERLAP_RGB,
     PRED_RGB,
     SUMMARY_COLUMNS,
@@ -23,7 +23,7 @@ from wsi_seg.overlay import (
     write_summary_csv,
     write_summary_md,
 )
-from wsi_seg.vectorize import RegionPolygon
+from wsi_seg.stages.vectorize import RegionPolygon
 
 WHITE = np.full((200, 300, 3), 255, np.uint8)
 SCALE = 10.0  # level-0 px per thumbnail px
@@ -80,7 +80,7 @@ def test_draw_overlay_writes_png_atomically(tmp_path: Path) -> None:
 
 
 def test_overlay_of_a_real_slide(shared_data: Path, tmp_path: Path) -> None:
-    from wsi_seg.slide import open_slide
+    from wsi_seg.stages.slide import open_slide
 
     with open_slide(shared_data / "slides" / "CMU-1-Small-Region.svs") as slide:
         out = draw_overlay(slide, None, shapely.box(500, 500, 1500, 1500),

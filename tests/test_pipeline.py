@@ -15,15 +15,15 @@ import numpy as np
 import pytest
 
 from tests.model_fixtures import constant_unet, mean_red_patch, red_channel_unet, small_unet
-from wsi_seg.blend import BlendSpec, accumulate, sliding_window_inference, to_uint8
-from wsi_seg.errors import WsiSegError
-from wsi_seg.infer import InferConfig, Predictor
-from wsi_seg.mosaic import downsample2_mean, open_mosaic
-from wsi_seg.pipeline import RunConfig, prepare_slide, process_slide_inline
-from wsi_seg.slide import open_slide
-from wsi_seg.synth import write_synthetic_slide
-from wsi_seg.tiling import plan_blocks, step_for, window_starts
-from wsi_seg.tissue import find_tissue
+from wsi_seg.core.errors import WsiSegError
+from wsi_seg.orchestration.pipeline import RunConfig, prepare_slide, process_slide_inline
+from wsi_seg.stages.blend import BlendSpec, accumulate, sliding_window_inference, to_uint8
+from wsi_seg.stages.infer import InferConfig, Predictor
+from wsi_seg.stages.mosaic import downsample2_mean, open_mosaic
+from wsi_seg.stages.slide import open_slide
+from wsi_seg.stages.tiling import plan_blocks, step_for, window_starts
+from wsi_seg.stages.tissue import find_tissue
+from wsi_seg.tools.synth import write_synthetic_slide
 
 
 @pytest.fixture(scope="module")
@@ -205,13 +205,13 @@ def test_outputs_appear_complete_and_rerun_skips(slide: Path, models: dict[str, 
     assert {p.name for p in (out / slide.stem).iterdir()} >= {
         "mask.zarr", "tumor.geojson", "overlay.png", "report.json"}
     cfg = RunConfig(out_dir=out, model_path=models["const"], chunk_px=128, block_px=256)
-    from wsi_seg.pipeline import is_finished
+    from wsi_seg.orchestration.pipeline import is_finished
 
     assert is_finished(out, slide)
     job = prepare_slide(slide, cfg)  # a fresh job would redo everything...
     assert len(job.tasks) == job.n_blocks
     # ...but a killed run's work directory is resumed: finished blocks are not redone.
-    from wsi_seg.pipeline import run_block
+    from wsi_seg.orchestration.pipeline import run_block
 
     ctx = job.context(None)
     run_block(ctx, job.tasks[0], cfg.infer)

@@ -1,4 +1,4 @@
-"""wsi_seg.read_pool: jobs on a shared pool, the caller working too; never a deadlock."""
+"""wsi_seg.stages.read_pool: jobs on a shared pool, the caller working too; never a deadlock."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 import pytest
 
-from wsi_seg import read_pool
-from wsi_seg.read_pool import default_threads, run_jobs
+from wsi_seg.stages import read_pool
+from wsi_seg.stages.read_pool import default_threads, run_jobs
 
 
 def recorder(n: int, delay_s: float = 0.0) -> tuple[list[Callable[[], None]], list[str]]:

@@ -21,8 +21,8 @@ import pytest
 
 from tests.model_fixtures import small_unet
 from wsi_seg.cli import main
-from wsi_seg.errors import WsiSegError
-from wsi_seg.synth import write_synthetic_slide
+from wsi_seg.core.errors import WsiSegError
+from wsi_seg.tools.synth import write_synthetic_slide
 
 BIN = Path(sys.executable).parent
 RUN_OPTS = ["--block", "128", "--chunk", "128", "--batch-size", "4", "--quiet"]

@@ -1,4 +1,4 @@
-"""wsi_seg.slide: reading by microns per pixel on real OpenSlide slides.
+"""wsi_seg.stages.slide: reading by microns per pixel on real OpenSlide slides.
 
 Synthetic slides (written once per session, see synth_fixtures.py) give exact pyramids:
 ``p2.svs`` has levels x1, x2, x4 and ``p4.svs`` levels x1, x4, both at 0.5 µm/px.
@@ -17,8 +17,8 @@ import pytest
 from PIL import Image
 from synth_fixtures import blank_slide, synthetic
 
-from wsi_seg.errors import SlideError
-from wsi_seg.slide import (
+from wsi_seg.core.errors import SlideError
+from wsi_seg.stages.slide import (
     LevelChoice,
     Slide,
     check_mpp,
@@ -219,7 +219,7 @@ def test_fractional_reads_are_position_exact(which: str, mpp: float,
 
 def test_read_tiles_join_without_seams(s2: Slide, monkeypatch: pytest.MonkeyPatch) -> None:
     """read_w splits big regions into tiles of TILE_SRC_PX source pixels: no trace of them."""
-    import wsi_seg.slide as slide_mod
+    import wsi_seg.stages.slide as slide_mod
 
     for mpp in (0.5, 1.0, 0.75, 1.98):
         whole = s2.read_w(-5, -3, 700, 500, mpp)
@@ -231,7 +231,7 @@ def test_read_tiles_join_without_seams(s2: Slide, monkeypatch: pytest.MonkeyPatc
 @pytest.mark.parametrize("mpp", [0.5, 1.0, 0.75, 1.98])
 def test_threaded_reads_equal_one_thread(s2: Slide, monkeypatch: pytest.MonkeyPatch,
                                          mpp: float) -> None:
-    import wsi_seg.slide as slide_mod
+    import wsi_seg.stages.slide as slide_mod
 
     monkeypatch.setattr(slide_mod, "TILE_SRC_PX", 150)  # dozens of tiles per read
     one = s2.read_w(-7, 5, 640, 410, mpp, threads=1)
@@ -246,7 +246,7 @@ def test_threaded_reads_equal_one_thread(s2: Slide, monkeypatch: pytest.MonkeyPa
 def test_rows_read_in_bands_equal_one_read(s2: Slide, monkeypatch: pytest.MonkeyPatch,
                                            mpp: float) -> None:
     """read_w_rows fills the region band by band, on demand, with read_w's very pixels."""
-    import wsi_seg.slide as slide_mod
+    import wsi_seg.stages.slide as slide_mod
 
     monkeypatch.setattr(slide_mod, "TILE_SRC_PX", 150)  # many bands per region
     whole = s2.read_w(-7, 5, 640, 410, mpp)
@@ -265,7 +265,7 @@ def test_many_callers_share_one_handle(s4: Slide, monkeypatch: pytest.MonkeyPatc
     """Dask task threads reading one slide at once, each read threaded too: same pixels."""
     import threading
 
-    import wsi_seg.slide as slide_mod
+    import wsi_seg.stages.slide as slide_mod
 
     monkeypatch.setattr(slide_mod, "TILE_SRC_PX", 200)
     boxes = [(37 * i, 23 * i, 300, 260, mpp) for i in range(8) for mpp in (0.8, 1.0)]
@@ -342,7 +342,7 @@ class FailingSlide(WrappedSlide):
 
 def test_a_failing_tile_fails_the_threaded_read(p2: Path, monkeypatch: pytest.MonkeyPatch
                                                 ) -> None:
-    import wsi_seg.slide as slide_mod
+    import wsi_seg.stages.slide as slide_mod
 
     monkeypatch.setattr(slide_mod, "TILE_SRC_PX", 128)
     with Slide(p2, FailingSlide(p2), 0.5) as s:
@@ -542,7 +542,7 @@ def test_bounds_offsets(p2: Path, mpp: float) -> None:
 
 def test_bounds_tissue_and_info_use_the_offset(p2: Path) -> None:
     from wsi_seg.cli.info import describe
-    from wsi_seg.tissue import find_tissue
+    from wsi_seg.stages.tissue import find_tissue
 
     bounds = (480, 240, 1600, 1200)
     with open_slide(p2) as plain, Slide(p2, BoundedSlide(p2, bounds), 0.5) as s:

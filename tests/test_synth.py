@@ -1,4 +1,4 @@
-"""wsi_seg.synth: synthetic pyramidal slides that OpenSlide opens, with exact tumour truth."""
+"""wsi_seg.tools.synth: synthetic pyramidal slides that OpenSlide opens, with exact tumour truth."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from shapely.geometry import MultiPolygon, shape
 from synth_fixtures import SLIDES, layout_of, synthetic
 
 from wsi_seg.cli import main
-from wsi_seg.slide import open_slide
-from wsi_seg.synth import SynthSpec, make_layout, truth_path_for, write_synthetic_slide
-from wsi_seg.tissue import find_tissue
+from wsi_seg.stages.slide import open_slide
+from wsi_seg.stages.tissue import find_tissue
+from wsi_seg.tools.synth import SynthSpec, make_layout, truth_path_for, write_synthetic_slide
 
 
 def level_pixels(path: Path, level: int = 0) -> np.ndarray:

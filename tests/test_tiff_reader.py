@@ -1,4 +1,5 @@
-"""wsi_seg.tiff_reader: tifffile decodes a level only where it gives OpenSlide's exact pixels.
+"""wsi_seg.stages.tiff_reader: tifffile decodes a level only where it gives OpenSlide's exact
+pixels.
 
 Checked on every real slide in ../shared/data/slides and on synthetic SVS and generic TIFF
 slides: wherever a level is read by tifffile, reads equal OpenSlide's bit for bit.
@@ -14,9 +15,9 @@ import numpy as np
 import pytest
 from synth_fixtures import blank_slide, synthetic
 
-import wsi_seg.tiff_reader as tr
-from wsi_seg.errors import SlideError
-from wsi_seg.slide import Slide, open_slide
+import wsi_seg.stages.tiff_reader as tr
+from wsi_seg.core.errors import SlideError
+from wsi_seg.stages.slide import Slide, open_slide
 
 #: Real slides without MPP metadata, opened at this resolution.
 NO_MPP = {"tcga-cr-7395-01a-01-ts1.svs": 0.5}

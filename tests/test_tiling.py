@@ -1,4 +1,4 @@
-"""wsi_seg.tiling: MONAI's window placement on one global grid, and the block plan."""
+"""wsi_seg.stages.tiling: MONAI's window placement on one global grid, and the block plan."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from wsi_seg.tiling import plan_blocks, step_for, window_starts
+from wsi_seg.stages.tiling import plan_blocks, step_for, window_starts
 
 
 def monai_starts(size: int, roi: int, overlap: float) -> list[int]:

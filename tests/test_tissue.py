@@ -1,4 +1,4 @@
-"""wsi_seg.tissue: tissue on real slides, on synthetic slides, and none on blank glass."""
+"""wsi_seg.stages.tissue: tissue on real slides, on synthetic slides, and none on blank glass."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import shapely
 from synth_fixtures import blank_slide, layout_of, synthetic
 
-from wsi_seg.slide import open_slide
-from wsi_seg.tissue import TissueMask, detect_tissue_rgb, find_tissue, mask_to_polygons
+from wsi_seg.stages.slide import open_slide
+from wsi_seg.stages.tissue import TissueMask, detect_tissue_rgb, find_tissue, mask_to_polygons
 
 
 def test_full_section_tcga_cr(real_slides: Path) -> None:

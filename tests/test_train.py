@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from wsi_seg.cli import main
-from wsi_seg.datasets import (
+from wsi_seg.core.errors import WsiSegError
+from wsi_seg.training.datasets import (
     Augment,
     augment_tf,
     balance_indices,
@@ -24,8 +25,7 @@ from wsi_seg.datasets import (
     scan_idc,
     split_patients,
 )
-from wsi_seg.errors import WsiSegError
-from wsi_seg.train import (
+from wsi_seg.training.train import (
     LOSS_FUNCTIONS,
     TrainConfig,
     TrainResult,
@@ -128,7 +128,7 @@ def test_bad_unet_folders(tmp_path: Path) -> None:
 
 
 def test_masks_0_1_and_0_255_agree(tmp_path: Path) -> None:
-    from wsi_seg.datasets import read_mask
+    from wsi_seg.training.datasets import read_mask
 
     m = np.zeros((8, 8), np.uint8)
     m[2:5, 2:5] = 1
@@ -196,8 +196,8 @@ def test_resume_continues_from_the_saved_epoch(
     # optimizer state came back: 4 epochs x 3 steps
     import keras
 
-    from wsi_seg.models import build_model
-    from wsi_seg.train import bce_dice
+    from wsi_seg.stages.models import build_model
+    from wsi_seg.training.train import bce_dice
 
     model = build_model("unet", **state["spec"]["args"])
     model.compile(optimizer=keras.optimizers.Adam(), loss=bce_dice)
@@ -240,7 +240,7 @@ def test_greyscale_resize_early_stopping_lr_reduction(
 def test_mixed_precision_trains_resumes_and_saves_float32(
     tmp_path: Path, unet_data: tuple[Path, Path]
 ) -> None:
-    from wsi_seg.card import load_model
+    from wsi_seg.stages.card import load_model
 
     out = tmp_path / "mp.keras"
     opts = tiny_unet(*unet_data)
@@ -267,7 +267,7 @@ def _pooled(truth: np.ndarray, pred: np.ndarray) -> tuple[float, float, float]:
 
 def test_epoch_scores_pool_every_pixel_of_the_epoch() -> None:
     """An epoch's Dice/IoU/accuracy are those of all its pixels, not means of batch scores."""
-    from wsi_seg.train import SCORES, score_metrics
+    from wsi_seg.training.train import SCORES, score_metrics
 
     metrics = score_metrics()
     assert [m.name for m in metrics] == list(SCORES)
@@ -296,9 +296,9 @@ def test_card_validation_scores_pool_the_validation_tiles(
     unet_data: tuple[Path, Path], trained_unet: tuple[Path, TrainResult]
 ) -> None:
     """The card's Dice/IoU/accuracy are the saved model's on all validation tiles pooled."""
-    from wsi_seg.card import load_model
-    from wsi_seg.datasets import fixed_tiles
-    from wsi_seg.train import predict_tiles
+    from wsi_seg.stages.card import load_model
+    from wsi_seg.training.datasets import fixed_tiles
+    from wsi_seg.training.train import predict_tiles
 
     model, card = load_model(trained_unet[0])
     images, masks = load_pairs(find_pairs(unet_data[1]))
@@ -424,7 +424,7 @@ def test_patch_training_with_per_patient_evaluation(
     assert rc == 0
     printed = capsys.readouterr().out
     assert "patient 1003: 16 patches" in printed and "mean over 2 patients" in printed
-    from wsi_seg.card import load_model
+    from wsi_seg.stages.card import load_model
 
     _, card = load_model(out)
     assert card.kind == "patch" and card.input_size_px == 50 and card.mpp == 4.0
@@ -449,7 +449,7 @@ def test_patch_training_with_per_patient_evaluation(
 
 
 def test_patch_overlay_colours(tmp_path: Path) -> None:
-    from wsi_seg.train import write_overlay
+    from wsi_seg.training.train import write_overlay
 
     img = np.full((4, 3, 3), 255, np.uint8)
     pred = np.array([[1, 0, 1]] * 4, np.uint8)
@@ -464,7 +464,7 @@ def test_patch_overlay_colours(tmp_path: Path) -> None:
 
 def test_small_edge_patches_are_padded_white_in_both_readers(tmp_path: Path) -> None:
     """IDC edge patches are smaller than 50 x 50: tf.data and NumPy pad them the same way."""
-    from wsi_seg.datasets import load_patch_tf, read_patch
+    from wsi_seg.training.datasets import load_patch_tf, read_patch
 
     rng = np.random.default_rng(0)
     small = rng.integers(0, 256, (30, 41, 3), dtype=np.uint8)

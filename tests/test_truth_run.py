@@ -11,7 +11,7 @@ import pytest
 
 from tests.model_fixtures import small_unet
 from wsi_seg.cli import main
-from wsi_seg.synth import write_synthetic_slide
+from wsi_seg.tools.synth import write_synthetic_slide
 
 OPTS = ["--block", "256", "--chunk", "128", "--batch-size", "4", "--scheduler", "threads",
         "--quiet"]

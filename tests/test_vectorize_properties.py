@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from tests.test_vectorize import _saddle_free
-from wsi_seg.metrics import rasterize_window
-from wsi_seg.vectorize import PixelFrame, vectorize_array
+from wsi_seg.evaluation.metrics import rasterize_window
+from wsi_seg.stages.vectorize import PixelFrame, vectorize_array
 
 masks = st.integers(2, 28).flatmap(lambda h: st.integers(2, 28).flatmap(
     lambda w: arrays(np.bool_, (h, w))))

@@ -2,7 +2,7 @@
 
 Each subcommand lives in its own module exposing ``register(subparsers)``; the module's handler
 receives the parsed arguments and returns an exit status. Errors from bad input
-(:class:`wsi_seg.errors.WsiSegError`) and bad command lines print one line and exit 2, never a
+(:class:`wsi_seg.core.errors.WsiSegError`) and bad command lines print one line and exit 2, never a
 traceback; text from the user (file names, values) is printed with control characters escaped.
 """
 
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from wsi_seg import __version__
-from wsi_seg.errors import WsiSegError, printable
+from wsi_seg.core.errors import WsiSegError, printable
 
 # Order is the order shown by --help.
 _COMMANDS = ("run", "info", "synth", "extract", "train", "evaluate", "score", "bench", "demo")

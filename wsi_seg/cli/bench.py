@@ -8,11 +8,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from wsi_seg.errors import WsiSegError
+from wsi_seg.core.errors import WsiSegError
 
 if TYPE_CHECKING:
-    from wsi_seg.bench import BenchConfig
-    from wsi_seg.bench_device import DeviceBenchConfig
+    from wsi_seg.tools.bench import BenchConfig
+    from wsi_seg.tools.bench_device import DeviceBenchConfig
 
 DESCRIPTION = """\
 Measure wsi-seg on synthetic slides that it writes itself (cached by size and seed in --cache,
@@ -185,7 +185,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def build_config(args: argparse.Namespace) -> BenchConfig:
-    from wsi_seg.bench import PARTS, PROFILES, BenchConfig, quick_config
+    from wsi_seg.tools.bench import PARTS, PROFILES, BenchConfig, quick_config
 
     cache = args.cache or _default_cache()
     base = (quick_config(args.out, cache) if args.quick
@@ -228,7 +228,7 @@ def build_config(args: argparse.Namespace) -> BenchConfig:
 
 
 def build_device_config(args: argparse.Namespace) -> DeviceBenchConfig:
-    from wsi_seg.bench_device import (
+    from wsi_seg.tools.bench_device import (
         GPU_STEPS,
         DeviceBenchConfig,
         UNetSpec,
@@ -283,10 +283,10 @@ def build_device_config(args: argparse.Namespace) -> DeviceBenchConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from wsi_seg.bench import Benchmark
+    from wsi_seg.tools.bench import Benchmark
 
     if args.profile != "standard":
-        from wsi_seg.bench_device import DeviceBenchmark
+        from wsi_seg.tools.bench_device import DeviceBenchmark
 
         dcfg = build_device_config(args)
         record = DeviceBenchmark(dcfg).run()

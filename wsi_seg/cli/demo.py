@@ -7,16 +7,16 @@ import json
 import time
 from pathlib import Path
 
-from wsi_seg import options
-from wsi_seg.card import bundled_model_path, read_card
 from wsi_seg.cli.info import describe, format_text
-from wsi_seg.cluster import ClusterConfig
-from wsi_seg.infer import InferConfig
-from wsi_seg.pipeline import RunConfig, final_dir_for
-from wsi_seg.runner import run_slides
-from wsi_seg.slide import open_slide
-from wsi_seg.synth import truth_path_for, write_synthetic_slide
-from wsi_seg.tissue import find_tissue
+from wsi_seg.orchestration import options
+from wsi_seg.orchestration.cluster import ClusterConfig
+from wsi_seg.orchestration.pipeline import RunConfig, final_dir_for
+from wsi_seg.orchestration.runner import run_slides
+from wsi_seg.stages.card import bundled_model_path, read_card
+from wsi_seg.stages.infer import InferConfig
+from wsi_seg.stages.slide import open_slide
+from wsi_seg.stages.tissue import find_tissue
+from wsi_seg.tools.synth import truth_path_for, write_synthetic_slide
 
 
 def register(sub: argparse._SubParsersAction) -> None:

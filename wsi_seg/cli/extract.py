@@ -57,7 +57,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from wsi_seg.extract import ExtractOptions, extract_training_data
+    from wsi_seg.training.extract import ExtractOptions, extract_training_data
 
     classes = None
     if args.classes:

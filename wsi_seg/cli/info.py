@@ -11,10 +11,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from wsi_seg.errors import NoTissueError, WsiSegError
-from wsi_seg.slide import MissingMppError, Slide, describe_file, find_slides, open_slide
-from wsi_seg.tiling import plan_blocks, step_for
-from wsi_seg.tissue import TissueMask, find_tissue
+from wsi_seg.core.errors import NoTissueError, WsiSegError
+from wsi_seg.stages.slide import MissingMppError, Slide, describe_file, find_slides, open_slide
+from wsi_seg.stages.tiling import plan_blocks, step_for
+from wsi_seg.stages.tissue import TissueMask, find_tissue
 
 
 def register(sub: argparse._SubParsersAction) -> None:

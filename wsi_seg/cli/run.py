@@ -6,16 +6,16 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from wsi_seg import options
-from wsi_seg.cluster import ClusterConfig, local_gpu_count
-from wsi_seg.errors import WsiSegError, printable
-from wsi_seg.infer import InferConfig
-from wsi_seg.pipeline import RunConfig
-from wsi_seg.runner import RunResult, run_slides
-from wsi_seg.slide import find_slides
-from wsi_seg.tissue import TissueConfig
+from wsi_seg.core.errors import WsiSegError, printable
+from wsi_seg.orchestration import options
+from wsi_seg.orchestration.cluster import ClusterConfig, local_gpu_count
+from wsi_seg.orchestration.pipeline import RunConfig
+from wsi_seg.orchestration.runner import RunResult, run_slides
+from wsi_seg.stages.infer import InferConfig
+from wsi_seg.stages.slide import find_slides
+from wsi_seg.stages.tissue import TissueConfig
 
-#: Built-in defaults (from the one option table, :mod:`wsi_seg.options`).
+#: Built-in defaults (from the one option table, :mod:`wsi_seg.orchestration.options`).
 DEFAULTS: dict[str, Any] = options.DEFAULTS
 
 EPILOG = """\
@@ -81,7 +81,7 @@ def model_path(value: Any) -> Path | None:
     if value in (None, ""):
         return None
     if str(value).startswith("bundled:"):
-        from wsi_seg.card import bundled_model_path
+        from wsi_seg.stages.card import bundled_model_path
 
         return bundled_model_path(str(value).split(":", 1)[1])
     return Path(value)
@@ -105,7 +105,7 @@ def check_model_fit(config: RunConfig, tile: int | None) -> None:
     (pixels between windows would never be predicted). Reads only the model's card."""
     if tile is None and config.stride_px is None:
         return
-    from wsi_seg.card import read_card
+    from wsi_seg.stages.card import read_card
 
     model = config.resolved_model()
     size = read_card(model).input_size_px

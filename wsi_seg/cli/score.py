@@ -8,8 +8,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from wsi_seg import options
-from wsi_seg.errors import WsiSegError, printable
+from wsi_seg.core.errors import WsiSegError, printable
+from wsi_seg.orchestration import options
 
 MAX_SCORE_SIDE_PX = 16384  # default --level: the finest level whose longer side fits this
 MAX_REPORT_BYTES = 16 << 20  # a run's report.json is a few KiB; anything huge is not one
@@ -87,7 +87,7 @@ def resolve_pred(pred: Path) -> Path:
 
 def run_report(pred: Path) -> dict[str, Any] | None:
     """The run's ``report.json`` beside PRED (both live in ``OUT/NAME/``), if readable."""
-    from wsi_seg.pipeline import REPORT
+    from wsi_seg.orchestration.pipeline import REPORT
 
     path = pred.parent / REPORT
     try:
@@ -102,7 +102,7 @@ def run_report(pred: Path) -> dict[str, Any] | None:
 def check_same_slide(pred: Path, slide_path: Path, provenance: dict[str, Any]) -> None:
     """PRED was made from this slide file: the size and header hash the run recorded in its
     report.json (a renamed or copied file passes), else the file name the mosaic recorded."""
-    from wsi_seg.naming import slide_identity
+    from wsi_seg.core.naming import slide_identity
 
     report = run_report(pred) or {}
     recorded = report.get("slide_identity")
@@ -147,11 +147,11 @@ def score_files(pred: Path, truth_path: Path, slide_path: Path, *, level: int | 
     or a PRED made from another slide (see :func:`check_same_slide`, skipped when
     ``check_slide`` is false, and :func:`check_mosaic_fits`, always).
     """
-    from wsi_seg.annotations import check_truth_fits, read_prediction_geojson, read_truth
-    from wsi_seg.metrics import score_geometries, score_slide
-    from wsi_seg.mosaic import open_mosaic
-    from wsi_seg.slide import open_slide
-    from wsi_seg.vectorize import PixelFrame
+    from wsi_seg.evaluation.annotations import check_truth_fits, read_prediction_geojson, read_truth
+    from wsi_seg.evaluation.metrics import score_geometries, score_slide
+    from wsi_seg.stages.mosaic import open_mosaic
+    from wsi_seg.stages.slide import open_slide
+    from wsi_seg.stages.vectorize import PixelFrame
 
     trouble = options.BY_NAME["threshold"].problem(threshold)
     if trouble:
@@ -223,7 +223,7 @@ def run(args: argparse.Namespace) -> int:
               f"{result['resolution_um']:.3g} µm/px (level {result['level']}); truth classes: "
               f"{printable(', '.join(c or 'unclassified' for c in result['truth_classes']))}")
     if args.out is not None:
-        from wsi_seg.files import write_json_atomic
+        from wsi_seg.core.files import write_json_atomic
 
         try:
             write_json_atomic(args.out, result)

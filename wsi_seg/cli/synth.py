@@ -6,8 +6,8 @@ import argparse
 import re
 from pathlib import Path
 
-from wsi_seg.errors import WsiSegError
-from wsi_seg.synth import write_synthetic_slide
+from wsi_seg.core.errors import WsiSegError
+from wsi_seg.tools.synth import write_synthetic_slide
 
 
 def _size(text: str) -> tuple[int, int]:

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from wsi_seg.errors import WsiSegError
+from wsi_seg.core.errors import WsiSegError
 
 UNET_EPILOG = """\
 layout: DIR/images/<stem>.png|jpg|tif and DIR/masks/<stem>.png|... with matching stems;
@@ -141,8 +141,8 @@ def _need_kind(p: argparse.ArgumentParser) -> int:
 
 
 def _config(args: argparse.Namespace) -> Any:
-    from wsi_seg.datasets import Augment
-    from wsi_seg.train import TrainConfig
+    from wsi_seg.training.datasets import Augment
+    from wsi_seg.training.train import TrainConfig
 
     return TrainConfig(
         out=args.out, epochs=args.epochs, batch_size=args.batch_size,
@@ -163,7 +163,7 @@ def _report(result: Any) -> None:
 
 
 def run_unet(args: argparse.Namespace) -> int:
-    from wsi_seg.train import UnetOptions, train_unet
+    from wsi_seg.training.train import UnetOptions, train_unet
 
     opts = UnetOptions(
         train_dir=args.train, valid_dir=args.valid, mpp=args.mpp, input_size_px=args.size,
@@ -183,7 +183,7 @@ def _names(text: str | None) -> tuple[str, ...] | None:
 
 
 def run_patch(args: argparse.Namespace) -> int:
-    from wsi_seg.train import PatchOptions, summarise_patients, train_patch
+    from wsi_seg.training.train import PatchOptions, summarise_patients, train_patch
 
     try:
         filters = tuple(int(f) for f in args.filters.split(","))

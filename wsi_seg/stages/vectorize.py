@@ -67,7 +67,7 @@ import shapely
 from shapely.geometry import MultiPolygon, Polygon
 from shapely.geometry.base import BaseGeometry
 
-from wsi_seg.mosaic import Mosaic
+from wsi_seg.stages.mosaic import Mosaic
 
 QUPATH_GRID_PX = 0.01  # QuPath 0.6+ snaps every imported coordinate to this grid (FORMATS.md)
 _BATCH = 256  # complete groups of open pieces merged and finished per pool task
@@ -1093,7 +1093,7 @@ def vectorize_mosaic(mosaic: Mosaic, level: int = 0, *, threshold: float = 0.5,
     """Tumour polygons of a probability mosaic, in level-0 slide pixels.
 
     Args:
-        mosaic: an opened mosaic (:func:`wsi_seg.mosaic.open_mosaic`).
+        mosaic: an opened mosaic (:func:`wsi_seg.stages.mosaic.open_mosaic`).
         level: pyramid level to trace (0 = working resolution; each level halves it). Polygon
             corners fall on that level's pixel edges, so a coarser level is faster and coarser.
         threshold: probability (0..1] at or above which a pixel is tumour.

@@ -34,15 +34,23 @@ from typing import Any
 import cv2
 import numpy as np
 
-from wsi_seg.blend import (
+from wsi_seg.core.errors import ModelError, WsiSegError
+from wsi_seg.core.files import atomic_path, decode_json, write_atomic
+from wsi_seg.evaluation.metrics import OverlapScore, iou_dice, summarize_scores
+from wsi_seg.orchestration.pipeline import CHUNK_WINDOWS, RunConfig
+from wsi_seg.stages.blend import (
     BLEND_MODES,
     BlendSpec,
     PredictFn,
     blend_mode,
     sliding_window_inference,
 )
-from wsi_seg.card import ModelCard, card_path, load_model, save_model, sha256_file
-from wsi_seg.datasets import (
+from wsi_seg.stages.card import ModelCard, card_path, load_model, save_model, sha256_file
+from wsi_seg.stages.infer import InferConfig, Predictor
+from wsi_seg.stages.models import build_model, preprocess
+from wsi_seg.stages.slide import BACKGROUND_RGB
+from wsi_seg.stages.tiling import step_for
+from wsi_seg.training.datasets import (
     Augment,
     IdcPatch,
     balance_indices,
@@ -58,14 +66,6 @@ from wsi_seg.datasets import (
     split_patients,
     unet_train_dataset,
 )
-from wsi_seg.errors import ModelError, WsiSegError
-from wsi_seg.files import atomic_path, decode_json, write_atomic
-from wsi_seg.infer import InferConfig, Predictor
-from wsi_seg.metrics import OverlapScore, iou_dice, summarize_scores
-from wsi_seg.models import build_model, preprocess
-from wsi_seg.pipeline import CHUNK_WINDOWS, RunConfig
-from wsi_seg.slide import BACKGROUND_RGB
-from wsi_seg.tiling import step_for
 
 LOSSES = ("bce", "dice", "bce_dice", "focal")
 SMOOTH = 1.0  # soft-Dice smoothing, pixels: keeps the loss finite on tumour-free batches
@@ -578,7 +578,7 @@ class UnetOptions:
         tile_mode: ``crop`` (random crops, any image size) or ``resize`` (whole images resized).
         mask_threshold: mask grey value (0..255) at or above which a pixel is tumour.
         depth, base_filters, kernel_size, dropout, input_downsample: see
-            :func:`wsi_seg.models.build_unet`.
+            :func:`wsi_seg.stages.models.build_unet`.
         normalisation: input normalisation (card).
         threshold: output threshold written to the card.
     """
@@ -673,7 +673,8 @@ class PatchOptions:
         balance: ``none``, ``oversample`` or ``undersample`` (training split only).
         val_fraction, test_fraction: fractions of patients held out (seeded shuffle).
         val_patients, test_patients: explicit held-out patients (override the fractions).
-        filters, dense_units, dropout, kernel_size: see :func:`wsi_seg.models.build_patch_cnn`.
+        filters, dense_units, dropout, kernel_size: see
+        :func:`wsi_seg.stages.models.build_patch_cnn`.
         overlays: write one overlay PNG per evaluated patient.
     """
 
@@ -955,13 +956,13 @@ class ImageScore:
 @dataclass(frozen=True)
 class WindowOptions:
     """How ``wsi-seg run`` places and blends windows, so ``evaluate`` scores what ``run``
-    produces. The defaults are run's (:class:`wsi_seg.pipeline.RunConfig`).
+    produces. The defaults are run's (:class:`wsi_seg.orchestration.pipeline.RunConfig`).
 
     Attributes:
         overlap: fraction of a window shared with the next (MONAI's step rule).
         stride_px: window step in working pixels, overriding ``overlap``.
         blend: ``gaussian``, ``hann`` or ``constant``; None: run's choice for the model kind
-            (:func:`wsi_seg.blend.blend_mode`).
+            (:func:`wsi_seg.stages.blend.blend_mode`).
         sigma_scale: Gaussian sigma as a fraction of the window edge.
         batch_size: windows per model call; None: the device's default (16 CPU, 128 GPU).
     """
@@ -1003,7 +1004,7 @@ class WindowOptions:
 def predict_image(image: np.ndarray, predict: PredictFn, spec: BlendSpec) -> np.ndarray:
     """Tumour probability ``(h, w)`` float32 of an RGB uint8 image at the model's resolution.
 
-    Exactly :func:`wsi_seg.blend.sliding_window_inference`, the specification the ``run``
+    Exactly :func:`wsi_seg.stages.blend.sliding_window_inference`, the specification the ``run``
     mosaic equals bit for bit: ``run``'s window grid, padding and importance-weighted blend.
     """
     return sliding_window_inference(
@@ -1014,7 +1015,7 @@ def predict_image(image: np.ndarray, predict: PredictFn, spec: BlendSpec) -> np.
 
 def overlap_scores(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float, float]:
     """Dice, IoU and accuracy of two boolean masks; Dice/IoU NaN when both are empty."""
-    score = iou_dice(pred, truth)  # the one IoU/Dice rule (wsi_seg.metrics)
+    score = iou_dice(pred, truth)  # the one IoU/Dice rule (wsi_seg.evaluation.metrics)
     acc = float(np.mean(pred.astype(bool) == truth.astype(bool)))
     return _nan(score.dice), _nan(score.iou), acc
 
@@ -1037,7 +1038,7 @@ def evaluate_folder(
     Each image is predicted as ``run`` predicts a slide (:func:`predict_image`) and
     thresholded at ``threshold``, the card's by default.
     """
-    from wsi_seg.datasets import _image_files
+    from wsi_seg.training.datasets import _image_files
 
     if threshold is not None and not 0 <= threshold <= 1:
         raise WsiSegError(f"--threshold must lie in [0, 1], got {threshold:g}")
@@ -1081,7 +1082,7 @@ def evaluate_folder(
 def summarise_images(scores: Sequence[ImageScore]) -> dict[str, float]:
     """Mean Dice/IoU (over images with tumour in truth or prediction) and mean accuracy;
     pooled Dice/IoU over all pixels; the count of empty-vs-empty images."""
-    # Mean = run's macro, pooled = run's micro: the same rule as `run` (wsi_seg.metrics).
+    # Mean = run's macro, pooled = run's micro: the same rule as `run` (wsi_seg.evaluation.metrics).
     run = summarize_scores(
         OverlapScore(s.intersection_px, s.predicted_px - s.intersection_px,
                      s.tumour_px - s.intersection_px) for s in scores)

@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from wsi_seg.errors import ModelError
+from wsi_seg.core.errors import ModelError
 
 if TYPE_CHECKING:
     import keras
     import tensorflow as tf
 
-    from wsi_seg.card import ModelCard
+    from wsi_seg.stages.card import ModelCard
 
 #: ITU-R BT.601 luma weights, the ones OpenCV and PIL use for RGB -> grey.
 GREY_WEIGHTS = (0.299, 0.587, 0.114)

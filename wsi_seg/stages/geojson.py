@@ -34,8 +34,8 @@ import shapely
 from shapely.geometry import Polygon
 from shapely.geometry.base import BaseGeometry
 
-from wsi_seg.files import write_atomic
-from wsi_seg.vectorize import RegionPolygon
+from wsi_seg.core.files import write_atomic
+from wsi_seg.stages.vectorize import RegionPolygon
 
 TUMOR_CLASS = "Tumor"
 TUMOR_COLOR = (200, 0, 0)  # QuPath's own colour for its built-in "Tumor" class
@@ -153,7 +153,8 @@ def write_geojson(regions: Sequence[RegionPolygon], path: str | Path, *,
     """Write regions (level-0 px polygons) as a QuPath-importable FeatureCollection.
 
     Args:
-        regions: from :func:`wsi_seg.vectorize.vectorize_mosaic`; their measurements (area µm²,
+        regions: from :func:`wsi_seg.stages.vectorize.vectorize_mosaic`; their measurements (area
+        µm²,
             perimeter µm, mean/max probability 0..1) become Feature measurements.
         path: ``.geojson`` (or ``.json``); a trailing ``.gz`` writes gzip.
         class_name, color: the QuPath classification (``color`` as ``[r, g, b]`` 0..255).

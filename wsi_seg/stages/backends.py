@@ -3,7 +3,7 @@
 An :class:`Engine` turns a ``(batch, roi, roi, 3)`` **uint8** batch into float32 probabilities:
 ``(batch, roi, roi)`` for a UNet, ``(batch,)`` for a patch classifier. The cast to float,
 greyscale conversion and normalisation happen inside the compiled graph
-(:func:`wsi_seg.models.preprocess_ops`), so only bytes cross to the device, and the output is
+(:func:`wsi_seg.stages.models.preprocess_ops`), so only bytes cross to the device, and the output is
 sliced to the one channel we keep before it comes back.
 
 Work is split in two calls so the caller can overlap them: :meth:`Engine.launch` sends a batch
@@ -13,7 +13,7 @@ asynchronously; PyTorch with pinned memory and ``non_blocking`` copies), and
 
 * TensorFlow (the default backend): a ``tf.function`` with a fixed input signature, placed with
   ``tf.device``; the one GPU this process sees is used (one worker per card is arranged by
-  ``CUDA_VISIBLE_DEVICES``, see :mod:`wsi_seg.cluster`).
+  ``CUDA_VISIBLE_DEVICES``, see :mod:`wsi_seg.orchestration.cluster`).
 * JAX: ``jax.jit`` over ``model.stateless_call`` with the weights put on the device once.
 * PyTorch: the model moved to the device, run under ``torch.inference_mode``.
 * :class:`SimulatedEngine`: no model at all; a stand-in accelerator that holds one device lock
@@ -41,8 +41,8 @@ from typing import Any, Protocol
 import numcodecs.zstd  # noqa: F401
 import numpy as np
 
-from wsi_seg.card import ModelCard
-from wsi_seg.errors import ModelError
+from wsi_seg.core.errors import ModelError
+from wsi_seg.stages.card import ModelCard
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ class TensorFlowEngine:
                  mixed_precision: bool = False) -> None:
         import tensorflow as tf
 
-        from wsi_seg.models import preprocess_ops
+        from wsi_seg.stages.models import preprocess_ops
 
         found = tf.config.list_physical_devices("GPU")
         on_gpu = _want_gpu(device, len(found), "TensorFlow")
@@ -239,7 +239,7 @@ class JaxEngine:
                  mixed_precision: bool = False) -> None:
         import jax
 
-        from wsi_seg.models import preprocess_ops
+        from wsi_seg.stages.models import preprocess_ops
 
         try:
             gpus = jax.devices("gpu")
@@ -279,7 +279,7 @@ class TorchEngine:
                  mixed_precision: bool = False) -> None:
         import torch
 
-        from wsi_seg.models import preprocess_ops
+        from wsi_seg.stages.models import preprocess_ops
 
         on_gpu = _want_gpu(device, int(torch.cuda.is_available()), "PyTorch")
         self._device = torch.device("cuda:0" if on_gpu else "cpu")

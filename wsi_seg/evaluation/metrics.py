@@ -13,7 +13,7 @@ Conventions (``FORMATS.md``):
 
 Rasterising: a pixel is inside a polygon when its **centre** is (half-open on ties, even-odd
 over all rings), computed by a numpy scanline per chunk, so a polygon that runs along pixel
-edges (as :mod:`wsi_seg.vectorize` writes) rasterises back to exactly its pixels, and nothing
+edges (as :mod:`wsi_seg.stages.vectorize` writes) rasterises back to exactly its pixels, and nothing
 slide-sized is ever allocated.
 """
 
@@ -28,8 +28,8 @@ import numpy as np
 import shapely
 from shapely.geometry.base import BaseGeometry
 
-from wsi_seg.mosaic import Mosaic
-from wsi_seg.vectorize import ArrayLike2D, PixelFrame, threshold_u8
+from wsi_seg.stages.mosaic import Mosaic
+from wsi_seg.stages.vectorize import ArrayLike2D, PixelFrame, threshold_u8
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ Readers (picked by content, not only by suffix):
   with ``NegativeROA="1"`` are subtracted from their annotation.
 * **Masks**: a PNG/TIFF image or a Zarr array (or a group holding array ``0``), nonzero =
   tumour, read with its resolution given (``mask_mpp`` and the slide's ``slide_mpp``, or
-  ``mask_px_x0`` level-0 pixels per mask pixel); traced with :mod:`wsi_seg.vectorize`.
+  ``mask_px_x0`` level-0 pixels per mask pixel); traced with :mod:`wsi_seg.stages.vectorize`.
 
 Which classes count as tumour (``classes``):
 
@@ -55,8 +55,8 @@ import shapely
 from shapely.geometry import MultiPolygon, Polygon, shape
 from shapely.geometry.base import BaseGeometry
 
-from wsi_seg.errors import AnnotationError
-from wsi_seg.files import MiB, decode_json, gunzip_capped, read_capped, size_text
+from wsi_seg.core.errors import AnnotationError
+from wsi_seg.core.files import MiB, decode_json, gunzip_capped, read_capped, size_text
 
 ALL_CLASSES: tuple[str, ...] = ("*",)
 TUMOUR_STEMS = ("tumor", "tumour", "carcinom", "cancer", "metasta", "malignan", "neoplas")
@@ -361,7 +361,7 @@ def _check_mask_pixels(path: Path) -> None:
             with Image.open(path) as im:
                 width, height = im.size
             size = f"{width} x {height} px"
-        except Image.DecompressionBombError:  # Pillow's ceiling, where wsi_seg.slide kept it
+        except Image.DecompressionBombError:  # Pillow's ceiling, where wsi_seg.stages.slide kept it
             width = height = MAX_MASK_PIXELS
             size = f"over {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} Mpx" if Image.MAX_IMAGE_PIXELS \
                 else "too large"
@@ -397,7 +397,7 @@ def read_mask_truth(path: str | Path, *, mask_px_x0: float | None = None,
     and ``slide_mpp`` (µm per mask px and per level-0 px). The mask's top-left corner is the
     slide's level-0 origin. Zarr masks are read chunk by chunk.
     """
-    from wsi_seg.vectorize import PixelFrame, vectorize_array
+    from wsi_seg.stages.vectorize import PixelFrame, vectorize_array
 
     path = Path(path)
     if mask_px_x0 is None:

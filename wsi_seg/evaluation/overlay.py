@@ -22,9 +22,9 @@ import shapely
 from shapely.geometry import Polygon
 from shapely.geometry.base import BaseGeometry
 
-from wsi_seg.files import write_atomic
-from wsi_seg.metrics import rasterize_window
-from wsi_seg.vectorize import RegionPolygon
+from wsi_seg.core.files import write_atomic
+from wsi_seg.evaluation.metrics import rasterize_window
+from wsi_seg.stages.vectorize import RegionPolygon
 
 # RGB colours
 TISSUE_RGB = (0, 170, 0)
@@ -35,7 +35,7 @@ TINT_ALPHA = 0.35  # how strongly areas are tinted; outlines are drawn solid
 
 
 class ThumbnailSource(Protocol):
-    """What the overlay needs from a slide (``wsi_seg.slide.Slide`` has it)."""
+    """What the overlay needs from a slide (``wsi_seg.stages.slide.Slide`` has it)."""
 
     def thumbnail(self, max_px: int = 1024) -> tuple[np.ndarray, float]: ...
 

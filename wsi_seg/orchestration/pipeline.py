@@ -30,12 +30,13 @@ from typing import Any
 import numpy as np
 
 from wsi_seg import __version__
-from wsi_seg.blend import BlendSpec, blend_block, blend_mode, kept_extent, to_uint8
-from wsi_seg.card import ModelCard, bundled_model_path, read_card, sha256_file
-from wsi_seg.errors import WsiSegError
-from wsi_seg.files import decode_json, write_json_atomic
-from wsi_seg.infer import InferConfig, cached_predictor, warm_predictor
-from wsi_seg.mosaic import (
+from wsi_seg.core.errors import WsiSegError
+from wsi_seg.core.files import decode_json, write_json_atomic
+from wsi_seg.core.naming import TRUTH_PATTERNS, slide_identity, slide_stem, truth_candidates
+from wsi_seg.stages.blend import BlendSpec, blend_block, blend_mode, kept_extent, to_uint8
+from wsi_seg.stages.card import ModelCard, bundled_model_path, read_card, sha256_file
+from wsi_seg.stages.infer import InferConfig, cached_predictor, warm_predictor
+from wsi_seg.stages.mosaic import (
     MosaicGeometry,
     block_levels,
     build_pyramid,
@@ -43,10 +44,9 @@ from wsi_seg.mosaic import (
     open_mosaic,
     write_block,
 )
-from wsi_seg.naming import TRUTH_PATTERNS, slide_identity, slide_stem, truth_candidates
-from wsi_seg.slide import Slide, open_slide
-from wsi_seg.tiling import Block, plan_blocks, step_for
-from wsi_seg.tissue import MIN_AREA_SLIDE_FRACTION, TissueConfig, find_tissue, scaled_minimum
+from wsi_seg.stages.slide import Slide, open_slide
+from wsi_seg.stages.tiling import Block, plan_blocks, step_for
+from wsi_seg.stages.tissue import MIN_AREA_SLIDE_FRACTION, TissueConfig, find_tissue, scaled_minimum
 
 PARTIAL_SUFFIX = ".partial"
 #: Windows a block hands the predictor at a time when the batch size is left to the device.
@@ -429,10 +429,11 @@ def warm_worker(model_path: Path, infer: InferConfig) -> WarmResult:
 
     Run while the client is still finding tissue and planning, so the framework's import, the
     model load and the compile overlap with that work instead of delaying the first block
-    (a worker that already warmed, e.g. through :class:`wsi_seg.cluster.ModelPlugin`, answers
+    (a worker that already warmed, e.g. through :class:`wsi_seg.orchestration.cluster.ModelPlugin`,
+    answers
     at once).
     """
-    from wsi_seg.backends import keras_backend
+    from wsi_seg.stages.backends import keras_backend
 
     load_s = warm_predictor(model_path, infer)
     return WarmResult(cached_predictor(model_path, infer).device, keras_backend(), load_s,
@@ -446,9 +447,9 @@ def finish_slide(job: SlideJob, config: RunConfig, block_times: dict[str, float]
     ``blocks_wall_s`` is the wall time of the slide's blocks phase (its first block submitted
     to its last done); the report's ``wall_s`` and ``tiles_per_s`` add this finishing to it.
     """
-    from wsi_seg.geojson import write_geojson
-    from wsi_seg.overlay import draw_overlay
-    from wsi_seg.vectorize import vectorize_mosaic
+    from wsi_seg.evaluation.overlay import draw_overlay
+    from wsi_seg.stages.geojson import write_geojson
+    from wsi_seg.stages.vectorize import vectorize_mosaic
 
     times = dict(block_times)
     t = t_finish = time.perf_counter()
@@ -538,8 +539,8 @@ def finish_slide(job: SlideJob, config: RunConfig, block_times: dict[str, float]
 def _score(job: SlideJob, config: RunConfig, mosaic: Any, level: int, threshold: float
            ) -> tuple[Any, Any, Path | None, str | None]:
     """``(score, truth geometry, truth path, error)``; the error says why no true score."""
-    from wsi_seg.annotations import check_truth_fits, read_truth
-    from wsi_seg.metrics import score_slide
+    from wsi_seg.evaluation.annotations import check_truth_fits, read_truth
+    from wsi_seg.evaluation.metrics import score_slide
 
     truth_path = (find_truth(config.truth, job.slide_path, job.stem, config.truth_patterns)
                   if config.truth else None)

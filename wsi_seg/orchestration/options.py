@@ -4,8 +4,10 @@ type, default, allowed values, TOML section, help text and configuration field.
 The command line (:func:`add_arguments`), TOML files (:func:`load_toml`), the built-in
 defaults (:data:`DEFAULTS`) and the checks (:meth:`Option.problem`, :func:`check_together`)
 all come from :data:`OPTIONS`, so a rule cannot exist twice and disagree. The dataclass
-defaults of :class:`~wsi_seg.pipeline.RunConfig`, :class:`~wsi_seg.infer.InferConfig`,
-:class:`~wsi_seg.cluster.ClusterConfig` and :class:`~wsi_seg.tissue.TissueConfig` are the
+defaults of :class:`~wsi_seg.orchestration.pipeline.RunConfig`,
+:class:`~wsi_seg.stages.infer.InferConfig`,
+:class:`~wsi_seg.orchestration.cluster.ClusterConfig` and
+:class:`~wsi_seg.stages.tissue.TissueConfig` are the
 library's own; a test holds them equal to the table (:attr:`Option.target` names the field).
 
 Every bad value is refused here, before any slide is opened or any folder made, in one line
@@ -22,13 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from wsi_seg.backends import BACKENDS
-from wsi_seg.blend import BLEND_MODES
-from wsi_seg.card import BUNDLED
-from wsi_seg.errors import WsiSegError
-from wsi_seg.naming import TRUTH_PATTERNS
-from wsi_seg.slide import MPP_RANGE_UM
-from wsi_seg.tissue import MIN_AREA_SLIDE_FRACTION
+from wsi_seg.core.errors import WsiSegError
+from wsi_seg.core.naming import TRUTH_PATTERNS
+from wsi_seg.stages.backends import BACKENDS
+from wsi_seg.stages.blend import BLEND_MODES
+from wsi_seg.stages.card import BUNDLED
+from wsi_seg.stages.slide import MPP_RANGE_UM
+from wsi_seg.stages.tissue import MIN_AREA_SLIDE_FRACTION
 
 Kind = Literal["int", "float", "str", "bool", "path", "strs"]
 

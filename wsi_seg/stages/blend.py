@@ -19,8 +19,8 @@ from typing import Protocol
 
 import numpy as np
 
-from wsi_seg.slide import BACKGROUND_RGB as PAD_VALUE
-from wsi_seg.tiling import Block, step_for, window_starts
+from wsi_seg.stages.slide import BACKGROUND_RGB as PAD_VALUE
+from wsi_seg.stages.tiling import Block, step_for, window_starts
 
 #: ``predict(tiles)`` maps ``(n, roi, roi, 3)`` uint8 RGB tiles to ``(n, roi, roi)`` float32
 #: probabilities (a patch classifier broadcasts its score over the patch).
@@ -99,7 +99,7 @@ def _tick(times: MutableMapping[str, float] | None, key: str, since: float) -> f
 
 class Submitter(Protocol):
     """A predictor that takes tiles now and delivers probabilities later
-    (:class:`wsi_seg.infer.Predictor`): many blocks then share the device's batches."""
+    (:class:`wsi_seg.stages.infer.Predictor`): many blocks then share the device's batches."""
 
     def submit(self, tiles: np.ndarray) -> Future[np.ndarray]: ...
 

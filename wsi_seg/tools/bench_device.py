@@ -19,10 +19,10 @@ Both profiles write ``bench.json`` and ``bench.md`` into the output folder after
   - ``e2e``: ``run_slides`` over all slides; tiles/s over the run's wall and over the blocks
     phase (all slides' blocks are submitted at once, so the phase is the longest slide's);
   - ``model``: model-only: full batches of random uint8 tiles submitted to the workers' own
-    :class:`~wsi_seg.infer.Predictor` from as many threads per worker as a run has task
+    :class:`~wsi_seg.stages.infer.Predictor` from as many threads per worker as a run has task
     threads; predictions/s over the callers' span, and as distinct tiles of this plan;
   - ``read``: read-only: every block's kept-window box read with
-    :meth:`~wsi_seg.slide.Slide.read_w` as block tasks on the same workers and threads;
+    :meth:`~wsi_seg.stages.slide.Slide.read_w` as block tasks on the same workers and threads;
   - the device's busy share during the blocks phase: ``nvidia-smi`` utilisation sampled every
     ``sample_period_s`` (mean utilisation / 100), plus the predictor's own batch statistics;
   - ratio = e2e tiles/s / min(model-only limit, read-only tiles/s);
@@ -36,7 +36,7 @@ figures first). With ``simulate_batch_s`` set the gpu profile is a dry run: ever
 on the simulated device (tests; a machine without a GPU or framework).
 
 ``simulated`` (``wsi-seg bench --profile simulated``): does the CPU side keep a device busy?
-No model runs: :class:`~wsi_seg.backends.SimulatedEngine` holds one device lock for ``S``
+No model runs: :class:`~wsi_seg.stages.backends.SimulatedEngine` holds one device lock for ``S``
 seconds per batch. One worker (one "card") with one task thread more than cores, as on a GPU
 workstation. First the CPU side is measured (a run with a tiny ``S``: seconds of blocks phase
 per batch of windows); then ``S`` is set ``simulate_margin`` times slower than that, so the
@@ -66,7 +66,8 @@ from typing import Any
 
 import numpy as np
 
-from wsi_seg.bench import (
+from wsi_seg.core.errors import WsiSegError
+from wsi_seg.tools.bench import (
     Bench,
     _jsonable,
     _read_only_task,
@@ -77,7 +78,6 @@ from wsi_seg.bench import (
     slide_name,
     summary,
 )
-from wsi_seg.errors import WsiSegError
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ POLL_S = 0.01
 
 @dataclass(frozen=True)
 class UNetSpec:
-    """A random-weight UNet built at bench time (:func:`wsi_seg.models.build_unet`)."""
+    """A random-weight UNet built at bench time (:func:`wsi_seg.stages.models.build_unet`)."""
 
     tile_px: int
     depth: int
@@ -193,7 +193,7 @@ class DeviceBenchConfig:
     def main_model(self) -> Path:
         if self.model_path is not None:
             return Path(self.model_path)
-        from wsi_seg.card import bundled_model_path
+        from wsi_seg.stages.card import bundled_model_path
 
         return bundled_model_path("unet")
 
@@ -208,7 +208,7 @@ def simulated_config(out_dir: Path, cache_dir: Path, **changes: Any) -> DeviceBe
 
 # -- slides and models ------------------------------------------------------------------------
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-c", "import sys; from wsi_seg.bench_device import _child; "
+    return [sys.executable, "-c", "import sys; from wsi_seg.tools.bench_device import _child; "
             "_child(sys.argv[1], sys.argv[2])", *args]
 
 
@@ -216,7 +216,7 @@ def _child(what: str, arg: str) -> None:
     """Entry point of the bench's child processes (slide writer, model builder)."""
     a = json.loads(arg)
     if what == "slide":
-        from wsi_seg.synth import write_synthetic_slide
+        from wsi_seg.tools.synth import write_synthetic_slide
 
         write_synthetic_slide(a["path"], (a["size"], a["size"]), seed=a["seed"], mpp=a["mpp"],
                               threads=a["threads"])
@@ -237,7 +237,7 @@ def ensure_slides(cache_dir: Path, wanted: Sequence[tuple[int, int]], mpp: float
                   timeout_s: float, say: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """The cached synthetic slides ``(size, seed)``; missing ones are written in parallel child
     processes (the cores shared between them), each within ``timeout_s``."""
-    from wsi_seg.cluster import cpu_count
+    from wsi_seg.orchestration.cluster import cpu_count
 
     cache_dir.mkdir(parents=True, exist_ok=True)
     paths = {(size, seed): cache_dir / f"{slide_name(size, seed)}.svs" for size, seed in wanted}
@@ -327,7 +327,7 @@ def ensure_unets(cache_dir: Path, specs: Sequence[UNetSpec], timeout_s: float = 
 
 
 def _build_unets(todo: list[dict[str, Any]]) -> None:
-    from wsi_seg.backends import import_tensorflow_quietly, keras_backend
+    from wsi_seg.stages.backends import import_tensorflow_quietly, keras_backend
 
     if keras_backend() == "tensorflow":
         import_tensorflow_quietly("cpu")
@@ -338,8 +338,8 @@ def _build_unets(todo: list[dict[str, Any]]) -> None:
 def _build_unet(a: dict[str, Any]) -> None:
     import keras
 
-    from wsi_seg.card import ModelCard, save_model
-    from wsi_seg.models import build_unet
+    from wsi_seg.stages.card import ModelCard, save_model
+    from wsi_seg.stages.models import build_unet
 
     keras.utils.set_random_seed(a["seed"])
     model = build_unet(input_size_px=a["tile_px"], channels=3, depth=a["depth"],
@@ -358,8 +358,8 @@ def _build_unet(a: dict[str, Any]) -> None:
 def _centre_output(model: Any, card: Any, seed: int) -> None:
     """Shift the "logits" layer's bias by minus the median logit over synthetic tissue tiles
     (four tiles at the card's mpp from the middle of a synthetic slide's tissue)."""
-    from wsi_seg.models import preprocess
-    from wsi_seg.synth import Renderer, SynthSpec, make_layout
+    from wsi_seg.stages.models import preprocess
+    from wsi_seg.tools.synth import Renderer, SynthSpec, make_layout
 
     tile_px, mpp = card.input_size_px, card.mpp
 
@@ -398,7 +398,7 @@ def _tile_pool(roi: int, batch: int) -> np.ndarray:
 def _model_only_timed(model_path: str, infer: Any, seconds: float) -> dict[str, Any]:
     """One caller: full batches of random tiles through the process's predictor for
     ``seconds``; its span in ``time.perf_counter`` (system-wide on Linux)."""
-    from wsi_seg.infer import cached_predictor
+    from wsi_seg.stages.infer import cached_predictor
 
     pred = cached_predictor(model_path, infer)
     bs = pred.batch_size
@@ -416,7 +416,7 @@ def _model_only_timed(model_path: str, infer: Any, seconds: float) -> dict[str, 
 
 def _predictor_stats() -> list[dict[str, Any]]:
     """This worker's predictors and what each has done so far."""
-    from wsi_seg.infer import cached_predictors
+    from wsi_seg.stages.infer import cached_predictors
 
     out = []
     for p in cached_predictors():
@@ -428,7 +428,7 @@ def _predictor_stats() -> list[dict[str, Any]]:
 
 
 def _warm(model_path: str, infer: Any) -> dict[str, Any]:
-    from wsi_seg.pipeline import warm_worker
+    from wsi_seg.orchestration.pipeline import warm_worker
 
     return asdict(warm_worker(Path(model_path), infer))
 
@@ -438,7 +438,7 @@ _POLLS: dict[str, Any] = {}
 
 def _device_totals() -> tuple[float, float, int, int]:
     """``(time, device busy s, batches, windows)`` over this worker's predictors."""
-    from wsi_seg.infer import cached_predictors
+    from wsi_seg.stages.infer import cached_predictors
 
     busy, batches, windows = 0.0, 0, 0
     for p in cached_predictors():
@@ -557,11 +557,11 @@ def busy_between(samples: Sequence[tuple[float, float]], t0: float, t1: float
 
 # -- clusters ---------------------------------------------------------------------------------
 def start_device_cluster(workers: int | None, threads_per_worker: int | None) -> Bench:
-    """A local cluster exactly as :func:`wsi_seg.cluster.connect` starts one for
+    """A local cluster exactly as :func:`wsi_seg.orchestration.cluster.connect` starts one for
     ``wsi-seg run`` (worker processes on localhost, GPU workers pinned to their card)."""
     from distributed import Client, Scheduler, SpecCluster
 
-    from wsi_seg.cluster import ClusterConfig, plan_local_workers, worker_specs
+    from wsi_seg.orchestration.cluster import ClusterConfig, plan_local_workers, worker_specs
 
     plan = plan_local_workers(ClusterConfig(workers=workers,
                                             threads_per_worker=threads_per_worker))
@@ -579,7 +579,7 @@ def start_device_cluster(workers: int | None, threads_per_worker: int | None) ->
 # -- one run and what it did ------------------------------------------------------------------
 def run_config(out_dir: Path, model: Path, infer: Any) -> Any:
     """``wsi-seg run``'s defaults (no truth: a user's folder has none)."""
-    from wsi_seg.pipeline import RunConfig
+    from wsi_seg.orchestration.pipeline import RunConfig
 
     return RunConfig(out_dir=out_dir, model_path=model, infer=infer, overwrite=True)
 
@@ -611,8 +611,8 @@ def run_once(bench: Bench | None, slides: Sequence[Path], run_cfg: Any,
     """One ``run_slides`` over the slides: on ``bench`` (warm), or with a fresh default local
     cluster when ``bench`` is None (as ``wsi-seg run``, start-up inside the wall). With
     ``poll_s`` the workers' device totals are sampled that often (``rec["timelines"]``)."""
-    from wsi_seg.cluster import ClusterConfig
-    from wsi_seg.runner import run_slides
+    from wsi_seg.orchestration.cluster import ClusterConfig
+    from wsi_seg.orchestration.runner import run_slides
 
     out = Path(run_cfg.out_dir)
     if out.exists():
@@ -719,7 +719,7 @@ class DeviceBenchmark:
 
     # -- plumbing ----------------------------------------------------------------------------
     def save(self) -> None:
-        from wsi_seg.bench import write_outputs
+        from wsi_seg.tools.bench import write_outputs
 
         self.record["elapsed_s"] = round(time.perf_counter() - self.t0, 1)
         write_outputs(self.record, self.cfg.out_dir, markdown_fn=device_markdown)
@@ -750,7 +750,7 @@ class DeviceBenchmark:
             self._drop_cluster()  # whatever it was waiting for goes with the cluster
             _end_children(keep)  # and a cluster the step started itself (the cold run's)
         elif "error" in box:
-            from wsi_seg.runner import one_line
+            from wsi_seg.orchestration.runner import one_line
 
             status = {"status": "failed", "seconds": secs, "error": one_line(box["error"])}
             self.record["notes"].append(f"{name}: {status['error']}")
@@ -765,7 +765,7 @@ class DeviceBenchmark:
             cfg = self.cfg
             workers, threads = cfg.workers, cfg.threads_per_worker
             if cfg.profile == "simulated":
-                from wsi_seg.cluster import cpu_count, device_worker_threads
+                from wsi_seg.orchestration.cluster import cpu_count, device_worker_threads
 
                 workers = workers or 1
                 threads = threads or device_worker_threads(cpu_count())
@@ -784,7 +784,7 @@ class DeviceBenchmark:
     def infer(self, simulate_batch_s: float | None = None, cold: bool = False) -> Any:
         """The runs' InferConfig (the gpu profile with ``simulate_batch_s`` set is a dry run
         on the simulated device)."""
-        from wsi_seg.infer import InferConfig
+        from wsi_seg.stages.infer import InferConfig
 
         if simulate_batch_s is None:
             simulate_batch_s = (self.cfg.simulate_batch_s or 0.0) if self.cfg.profile == "gpu" \
@@ -989,7 +989,7 @@ class DeviceBenchmark:
                 self.save()
 
     def _batch(self) -> int:
-        from wsi_seg.infer import GPU_BATCH
+        from wsi_seg.stages.infer import GPU_BATCH
 
         return self.cfg.batch_size or GPU_BATCH
 
@@ -1037,7 +1037,7 @@ def _speckle(mosaic_path: Path, threshold: float) -> dict[str, Any]:
     the number of 4-connected foreground components (what polygons are traced from)."""
     import cv2
 
-    from wsi_seg.mosaic import open_mosaic
+    from wsi_seg.stages.mosaic import open_mosaic
 
     arr = np.asarray(open_mosaic(mosaic_path).level(0)[...])
     fg = arr >= np.ceil(threshold * 255)
@@ -1156,7 +1156,7 @@ def _sim_figures(runs: list[dict[str, Any]], s: float, batch: int) -> dict[str, 
 
 
 def _model_record(path: Path) -> dict[str, Any]:
-    from wsi_seg.card import read_card
+    from wsi_seg.stages.card import read_card
 
     card = read_card(path)
     return {"path": str(path), "name": card.name, "tile_px": card.input_size_px,
@@ -1166,7 +1166,7 @@ def _model_record(path: Path) -> dict[str, Any]:
 def _backend_versions() -> dict[str, Any]:
     import importlib.metadata as md
 
-    from wsi_seg.backends import keras_backend
+    from wsi_seg.stages.backends import keras_backend
 
     out: dict[str, Any] = {"keras_backend": keras_backend()}
     for pkg in ("jax", "jaxlib", "torch", "tensorflow", "keras"):

@@ -1,6 +1,6 @@
 """Run a model over tiles from many threads: one model-owning consumer per device.
 
-A :class:`Predictor` owns a compiled forward pass (:mod:`wsi_seg.backends`) and one consumer
+A :class:`Predictor` owns a compiled forward pass (:mod:`wsi_seg.stages.backends`) and one consumer
 thread. Any number of task threads :meth:`~Predictor.submit` uint8 tiles and get a future of
 their float32 probabilities; the consumer gathers waiting windows, from any task, into
 fixed-shape batches (padded with white when the queue runs dry), launches batch *k + 1* before
@@ -13,12 +13,13 @@ it waits for batch *k*, and hands each window's result back to its own request. 
   stay bit-identical across block sizes, worker counts and task order.
 
 Calling a predictor (``predictor(tiles)``) is ``submit(tiles).result()``, which keeps the
-:data:`wsi_seg.blend.PredictFn` contract: ``(n, roi, roi, 3)`` uint8 RGB in,
+:data:`wsi_seg.stages.blend.PredictFn` contract: ``(n, roi, roi, 3)`` uint8 RGB in,
 ``(n, roi, roi)`` float32 out; a patch classifier's single score is painted over its patch.
 
 Devices: with a GPU visible the model runs there (``device="auto"``), on the first card this
 process sees: one worker per card is arranged by ``CUDA_VISIBLE_DEVICES``
-(:mod:`wsi_seg.cluster`). Mixed precision (float16 compute, float32 outputs) applies on a GPU
+(:mod:`wsi_seg.orchestration.cluster`). Mixed precision (float16 compute, float32 outputs) applies
+on a GPU
 only. The default batch is 16 windows on a CPU and 128 on a GPU.
 """
 
@@ -36,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from wsi_seg.backends import (
+from wsi_seg.stages.backends import (
     Engine,
     SimulatedEngine,
     configure_cpu_threads,
@@ -45,8 +46,8 @@ from wsi_seg.backends import (
     keras_backend,
     make_engine,
 )
-from wsi_seg.card import ModelCard, bundled_model_path, load_model, verify_model_file
-from wsi_seg.slide import BACKGROUND_RGB as PAD_VALUE
+from wsi_seg.stages.card import ModelCard, bundled_model_path, load_model, verify_model_file
+from wsi_seg.stages.slide import BACKGROUND_RGB as PAD_VALUE
 
 log = logging.getLogger(__name__)
 
@@ -326,7 +327,8 @@ def cached_predictor(model_path: str | os.PathLike[str] | None, config: InferCon
     """The process's predictor for a model file and config, loaded on first use and kept.
 
     Dask tasks call this instead of receiving the model, so a model is loaded once per
-    worker process (normally ahead of time, by :class:`wsi_seg.cluster.ModelPlugin`) and
+    worker process (normally ahead of time, by :class:`wsi_seg.orchestration.cluster.ModelPlugin`)
+    and
     never travels in task arguments. Keyed by the file's identity (path, size, modification
     time), so a replaced file is reloaded.
     """

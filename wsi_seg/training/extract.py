@@ -1,9 +1,10 @@
 """Training data from a slide and its tumour annotation.
 
 ``extract_training_data`` cuts a slide, read at a chosen resolution (µm/px), into square tiles
-on ``run``'s window grid over the working-resolution image (:func:`wsi_seg.tiling.window_starts`:
+on ``run``'s window grid over the working-resolution image
+(:func:`wsi_seg.stages.tiling.window_starts`:
 every ``stride`` pixels, the last tile of each row and column moved back inside the slide), keeps
-those on tissue, and writes them in one of the two layouts that :mod:`wsi_seg.train` reads:
+those on tissue, and writes them in one of the two layouts that :mod:`wsi_seg.training.train` reads:
 
 * ``unet``: ``OUT/images/<stem>_x<XW>_y<YW>.png`` and ``OUT/masks/<same>.png`` (0/255);
 * ``idc``: ``OUT/<patient>/<0|1>/<patient>_idx5_x<XW>_y<YW>_class<C>.png``, a patch labelled 1
@@ -13,7 +14,8 @@ those on tissue, and writes them in one of the two layouts that :mod:`wsi_seg.tr
 convention: coordinates at the patch resolution), so IDC patches of one slide rebuild the
 slide's image. Tiles are read in blocks of about ``block_px`` (one ``read_region`` per block),
 and the truth polygons are rasterised per block with the pixel-centre rule of
-:func:`wsi_seg.metrics.rasterize_window`. A ``extract_<stem>.json`` manifest records the source
+:func:`wsi_seg.evaluation.metrics.rasterize_window`. A ``extract_<stem>.json`` manifest records the
+source
 slide, truth, resolution and counts.
 """
 
@@ -32,13 +34,13 @@ import shapely.affinity
 from shapely.geometry.base import BaseGeometry
 
 from wsi_seg import __version__
-from wsi_seg.annotations import check_truth_fits, read_truth
-from wsi_seg.errors import WsiSegError
-from wsi_seg.files import write_json_atomic
-from wsi_seg.metrics import rasterize_window
-from wsi_seg.slide import Slide, open_slide
-from wsi_seg.tiling import window_starts
-from wsi_seg.tissue import TissueMask, find_tissue
+from wsi_seg.core.errors import WsiSegError
+from wsi_seg.core.files import write_json_atomic
+from wsi_seg.evaluation.annotations import check_truth_fits, read_truth
+from wsi_seg.evaluation.metrics import rasterize_window
+from wsi_seg.stages.slide import Slide, open_slide
+from wsi_seg.stages.tiling import window_starts
+from wsi_seg.stages.tissue import TissueMask, find_tissue
 
 LAYOUTS = ("unet", "idc")
 DEFAULT_TILE_PX = {"unet": 256, "idc": 50}

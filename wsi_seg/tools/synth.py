@@ -38,9 +38,9 @@ from shapely.geometry import MultiPolygon, Polygon, box
 from shapely.prepared import prep
 
 from wsi_seg import __version__
-from wsi_seg.files import atomic_path
-from wsi_seg.geojson import write_polygons
-from wsi_seg.naming import TRUTH_PATTERNS, slide_stem
+from wsi_seg.core.files import atomic_path
+from wsi_seg.core.naming import TRUTH_PATTERNS, slide_stem
+from wsi_seg.stages.geojson import write_polygons
 
 TILE_PX = 512
 #: Nuclei are drawn one by one up to this many µm per output pixel, painted as their mean above.

@@ -26,14 +26,19 @@ from typing import Any
 
 from distributed.comm.core import CommClosedError
 
-from wsi_seg import __version__, progress
-from wsi_seg.card import verify_model_file
-from wsi_seg.cluster import BLOCK_GPU_SHARE, ClusterConfig, ModelPlugin, WorkerPlan, connect
-from wsi_seg.errors import WsiSegError, printable
-from wsi_seg.files import decode_json, write_json_atomic
-from wsi_seg.infer import InferConfig
-from wsi_seg.naming import output_names, slide_stem
-from wsi_seg.pipeline import (
+from wsi_seg import __version__
+from wsi_seg.core.errors import WsiSegError, printable
+from wsi_seg.core.files import decode_json, write_json_atomic
+from wsi_seg.core.naming import output_names, slide_stem
+from wsi_seg.orchestration import progress
+from wsi_seg.orchestration.cluster import (
+    BLOCK_GPU_SHARE,
+    ClusterConfig,
+    ModelPlugin,
+    WorkerPlan,
+    connect,
+)
+from wsi_seg.orchestration.pipeline import (
     BlockResult,
     RunConfig,
     SlideJob,
@@ -46,6 +51,8 @@ from wsi_seg.pipeline import (
     sum_times,
     warm_worker,
 )
+from wsi_seg.stages.card import verify_model_file
+from wsi_seg.stages.infer import InferConfig
 
 RUN_JSON = "run.json"
 
@@ -391,7 +398,7 @@ class Runner:
                          sum(s.status == "failed" for s in self.states))
 
     def _write_summaries(self) -> None:
-        from wsi_seg.overlay import SummaryRow, write_summary_csv, write_summary_md
+        from wsi_seg.evaluation.overlay import SummaryRow, write_summary_csv, write_summary_md
 
         rows = []
         for s in self.states:
@@ -437,7 +444,7 @@ async def warm_worker_async(model_path: Path, infer: InferConfig) -> Any:
 
 def run_score(reports: list[dict[str, Any]]) -> Any:
     """Micro/macro IoU and Dice over the scored slides (None when nothing was scored)."""
-    from wsi_seg.metrics import OverlapScore, summarize_scores
+    from wsi_seg.evaluation.metrics import OverlapScore, summarize_scores
 
     scores = [OverlapScore(**{k: r["score"][k] for k in ("tp", "fp", "fn", "resolution_um")})
               for r in reports if r.get("score")]

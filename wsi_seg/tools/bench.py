@@ -10,19 +10,21 @@ with the minimum and maximum of the repeats.
 What is measured (keys of the record):
 
 ``throughput`` (one entry per model and slide size)
-    * ``e2e``: a real :func:`wsi_seg.runner.run_slides` over the slide (prepare, blocks, finish:
+    * ``e2e``: a real :func:`wsi_seg.orchestration.runner.run_slides` over the slide (prepare,
+      blocks, finish:
       pyramid, polygons, GeoJSON, overlay, score) on a warm local Dask cluster.
       ``tiles_per_s`` = distinct windows (``report["tiles"]``) / the whole call's wall time;
       ``blocks_tiles_per_s`` = the same over the blocks phase only (``report["blocks_wall_s"]``);
       ``predictions_per_s`` = model evaluations, halo duplicates included
       (``report["tile_predictions"]``) / wall time.
-    * ``model_only``: the same model, batch size, device and :class:`~wsi_seg.infer.Predictor`
+    * ``model_only``: the same model, batch size, device and
+      :class:`~wsi_seg.stages.infer.Predictor`
       (the workers' cached one) on random tiles already in memory, as many callers per worker
       as task threads, all workers at once: ``predictions_per_s``. ``limit_tiles_per_s``
       converts it to distinct windows of this slide's plan (x tiles / tile_predictions): the
       best e2e rate the model allows.
     * ``read_only``: the same blocks' halos read from the same slide with
-      :meth:`wsi_seg.slide.Slide.read_w` on the same workers and task threads, no model:
+      :meth:`wsi_seg.stages.slide.Slide.read_w` on the same workers and task threads, no model:
       ``tiles_per_s`` (distinct windows / wall) and ``predictions_per_s``.
     * ``ratio``: e2e tiles/s / min(model limit, read-only tiles/s), paired round by round
       (goal >= 0.90); ``ratio_blocks`` uses the blocks phase only; ``ratio_literal`` divides by
@@ -67,8 +69,8 @@ from typing import Any
 import numpy as np
 
 from wsi_seg import __version__
-from wsi_seg.errors import WsiSegError
-from wsi_seg.files import write_atomic
+from wsi_seg.core.errors import WsiSegError
+from wsi_seg.core.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +122,8 @@ class BenchConfig:
         repeats: rounds of every interleaved comparison.
         seed: synthetic slide seed.
         slide_mpp: level-0 µm/px of the synthetic slides.
-        workers: local worker processes (None: :func:`wsi_seg.cluster.plan_local_workers`).
+        workers: local worker processes (None:
+        :func:`wsi_seg.orchestration.cluster.plan_local_workers`).
         threads_per_worker: task threads per worker (None: the plan's).
         model_seconds: cap on one model-only measurement.
         seeds_seconds: cap on one seeds'-way measurement.
@@ -152,7 +155,7 @@ class BenchConfig:
     def model_path(self, kind: str) -> Path:
         if kind in self.model_paths:
             return Path(self.model_paths[kind])
-        from wsi_seg.card import bundled_model_path
+        from wsi_seg.stages.card import bundled_model_path
 
         return bundled_model_path(kind)
 
@@ -219,7 +222,7 @@ def nvidia_gpus() -> list[str]:
 
 
 def _git_commit() -> str | None:
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     if not (repo / ".git").exists():
         return None
     try:
@@ -232,8 +235,8 @@ def _git_commit() -> str | None:
 
 def machine_info() -> dict[str, Any]:
     """The machine and software a record was measured on."""
-    from wsi_seg.cluster import cpu_count
-    from wsi_seg.runner import versions
+    from wsi_seg.orchestration.cluster import cpu_count
+    from wsi_seg.orchestration.runner import versions
 
     total = _meminfo_total()
     return {
@@ -296,7 +299,7 @@ def slide_name(size: int, seed: int) -> str:
 def ensure_slide(cache_dir: Path, size: int, seed: int, mpp: float = 0.5,
                  say: Callable[[str], None] = print) -> dict[str, Any]:
     """The cached synthetic slide of this size and seed (written on first use) and its truth."""
-    from wsi_seg.synth import write_synthetic_slide
+    from wsi_seg.tools.synth import write_synthetic_slide
 
     cache_dir.mkdir(parents=True, exist_ok=True)
     path = cache_dir / f"{slide_name(size, seed)}.svs"
@@ -316,7 +319,7 @@ def ensure_slide(cache_dir: Path, size: int, seed: int, mpp: float = 0.5,
 def _model_only_task(model_path: str, infer: Any, n_predictions: int, max_s: float,
                      seed: int) -> dict[str, Any]:
     """Predict random in-memory tiles through the worker's cached predictor (full batches)."""
-    from wsi_seg.infer import cached_predictor
+    from wsi_seg.stages.infer import cached_predictor
 
     predictor = cached_predictor(model_path, infer)
     roi, bs = predictor.roi_px, predictor.batch_size
@@ -336,10 +339,11 @@ def _model_only_task(model_path: str, infer: Any, n_predictions: int, max_s: flo
 
 
 def _read_only_task(slide_path: str, mpp: float, task: Any, roi_px: int) -> float:
-    """Read one block's image as :func:`wsi_seg.pipeline.run_block` does (the box of its
+    """Read one block's image as :func:`wsi_seg.orchestration.pipeline.run_block` does (the box of
+    its
     kept windows); seconds."""
-    from wsi_seg.blend import kept_extent
-    from wsi_seg.pipeline import slide_handles
+    from wsi_seg.orchestration.pipeline import slide_handles
+    from wsi_seg.stages.blend import kept_extent
 
     yw, xw, h_px, w_px = kept_extent(task.starts_y, task.starts_x, task.keep, roi_px)
     with slide_handles.hold(Path(slide_path), None) as slide:
@@ -357,7 +361,7 @@ def _worker_reset() -> bool:
 
 
 def _worker_device(model_path: str, infer: Any) -> str:
-    from wsi_seg.pipeline import warm_worker
+    from wsi_seg.orchestration.pipeline import warm_worker
 
     return warm_worker(Path(model_path), infer).device
 
@@ -383,7 +387,7 @@ class Bench:
         return list(self.client.scheduler_info().get("workers", {}))
 
     def infer(self, batch_size: int, mixed_precision: bool = False) -> Any:
-        from wsi_seg.infer import InferConfig
+        from wsi_seg.stages.infer import InferConfig
 
         return InferConfig(batch_size=batch_size, mixed_precision=mixed_precision,
                            threads=self.tf_threads)
@@ -396,10 +400,11 @@ class Bench:
 
 
 def start_cluster(workers: int | None = None, threads_per_worker: int | None = None) -> Bench:
-    """A local cluster as :func:`wsi_seg.cluster.connect` starts one for ``wsi-seg run``."""
+    """A local cluster as :func:`wsi_seg.orchestration.cluster.connect` starts one for ``wsi-seg
+    run``."""
     from distributed import Client, LocalCluster
 
-    from wsi_seg.cluster import ClusterConfig, plan_local_workers
+    from wsi_seg.orchestration.cluster import ClusterConfig, plan_local_workers
 
     plan = plan_local_workers(ClusterConfig(workers=workers,
                                             threads_per_worker=threads_per_worker))
@@ -439,7 +444,7 @@ def _load() -> float:
 
 
 def run_config(cfg: BenchConfig, kind: str, out_dir: Path, infer: Any, truth_dir: Path) -> Any:
-    from wsi_seg.pipeline import RunConfig
+    from wsi_seg.orchestration.pipeline import RunConfig
 
     p = PROFILES[kind]
     return RunConfig(out_dir=out_dir, model_path=cfg.model_path(kind), slide_mpp=None,
@@ -451,7 +456,7 @@ def run_config(cfg: BenchConfig, kind: str, out_dir: Path, infer: Any, truth_dir
 
 def plan_of(slide: dict[str, Any], run_cfg: Any) -> Any:
     """The slide's block plan exactly as the run makes it (a scratch work directory)."""
-    from wsi_seg.pipeline import prepare_slide
+    from wsi_seg.orchestration.pipeline import prepare_slide
 
     scratch = Path(run_cfg.out_dir) / ".plan"
     try:
@@ -463,9 +468,9 @@ def plan_of(slide: dict[str, Any], run_cfg: Any) -> Any:
 def measure_e2e(bench: Bench, slide: dict[str, Any], run_cfg: Any,
                 gpu_sampler: GpuSampler | None = None) -> dict[str, Any]:
     """One real ``run_slides`` of the slide on the bench cluster; its figures."""
-    from wsi_seg.cluster import ClusterConfig
-    from wsi_seg.pipeline import slide_stem
-    from wsi_seg.runner import run_slides
+    from wsi_seg.orchestration.cluster import ClusterConfig
+    from wsi_seg.orchestration.pipeline import slide_stem
+    from wsi_seg.orchestration.runner import run_slides
 
     out = Path(run_cfg.out_dir)
     if out.exists():
@@ -508,8 +513,8 @@ def measure_cold(slide: dict[str, Any], run_cfg: Any, workers: int | None,
                  threads_per_worker: int | None) -> dict[str, Any]:
     """One ``run_slides`` exactly as ``wsi-seg run`` does it: a fresh local cluster, whose
     start, TensorFlow import and model load are part of the wall time."""
-    from wsi_seg.cluster import ClusterConfig
-    from wsi_seg.runner import run_slides
+    from wsi_seg.orchestration.cluster import ClusterConfig
+    from wsi_seg.orchestration.runner import run_slides
 
     out = Path(run_cfg.out_dir)
     if out.exists():
@@ -626,8 +631,8 @@ def seeds_way(slide: dict[str, Any], model_path: Path, job: Any, max_s: float
     import cv2
     import openslide
 
-    from wsi_seg.card import load_model
-    from wsi_seg.models import preprocess
+    from wsi_seg.stages.card import load_model
+    from wsi_seg.stages.models import preprocess
 
     model, card = load_model(model_path)
     roi = card.input_size_px
@@ -1042,7 +1047,7 @@ class Benchmark:
 
 def run_memory_child(args: dict[str, Any]) -> dict[str, Any]:
     """One e2e run in a fresh Python process; the peak RSS of its workers and of itself."""
-    code = "import sys; from wsi_seg.bench import _memory_child; _memory_child(sys.argv[1])"
+    code = "import sys; from wsi_seg.tools.bench import _memory_child; _memory_child(sys.argv[1])"
     proc = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True,
                           text=True, check=False)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]

@@ -19,8 +19,8 @@ import cv2
 import numpy as np
 from shapely.geometry import Polygon
 
-from wsi_seg.slide import Slide
-from wsi_seg.tiling import KeepFn
+from wsi_seg.stages.slide import Slide
+from wsi_seg.stages.tiling import KeepFn
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ class TissueMask:
         return bool(ii[r1, c1] - ii[r0, c1] - ii[r1, c0] + ii[r0, c0] > 0)
 
     def keep_windows(self, level0_px_per_px: float) -> KeepFn:
-        """A :data:`wsi_seg.tiling.KeepFn` for windows at a working resolution.
+        """A :data:`wsi_seg.stages.tiling.KeepFn` for windows at a working resolution.
 
         ``level0_px_per_px`` is the working resolution in level-0 pixels per pixel; a window
         is kept when any tissue pixel of the view touches its footprint.

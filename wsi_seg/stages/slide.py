@@ -13,9 +13,9 @@ picks the coarsest pyramid level whose resolution is not coarser than the reques
 the remainder (box mean for integer factors, antialiased bilinear otherwise), so the value of a
 working pixel depends only on its position, never on the region it was read with: that is what
 makes block-wise inference equal to one in-memory pass. Large regions are read as tiles of
-about :data:`TILE_SRC_PX` source pixels, concurrently (:mod:`wsi_seg.read_pool`);
+about :data:`TILE_SRC_PX` source pixels, concurrently (:mod:`wsi_seg.stages.read_pool`);
 position-exactness makes the tiles join without seams. Levels of TIFF-family slides are decoded
-by tifffile where that gives exactly OpenSlide's pixels (:mod:`wsi_seg.tiff_reader`).
+by tifffile where that gives exactly OpenSlide's pixels (:mod:`wsi_seg.stages.tiff_reader`).
 
 Regions past the slide's edge, and transparent (unscanned) areas inside it, are filled with
 white (255, 255, 255), the colour of empty glass, so tissue detection and models see background.
@@ -37,10 +37,10 @@ import openslide
 import tifffile
 from PIL import Image
 
-from wsi_seg.errors import SlideError
-from wsi_seg.naming import slide_stem
-from wsi_seg.read_pool import run_jobs
-from wsi_seg.tiff_reader import TiffLevels, open_tiff_levels
+from wsi_seg.core.errors import SlideError
+from wsi_seg.core.naming import slide_stem
+from wsi_seg.stages.read_pool import run_jobs
+from wsi_seg.stages.tiff_reader import TiffLevels, open_tiff_levels
 
 #: Plausible microscope resolutions, micrometres per pixel (1000x oil to 0.5x overview).
 MPP_RANGE_UM = (0.05, 20.0)
@@ -179,7 +179,7 @@ class Slide:
 
     @property
     def stem(self) -> str:
-        """The file name without its last suffix (:func:`wsi_seg.naming.slide_stem`)."""
+        """The file name without its last suffix (:func:`wsi_seg.core.naming.slide_stem`)."""
         return slide_stem(self.path)
 
     # -- geometry ---------------------------------------------------------------------------
@@ -212,7 +212,7 @@ class Slide:
 
         Returns RGB uint8 of shape ``(h_px, w_px, 3)``; outside the slide is white. Regions
         of more than one tile (:data:`TILE_SRC_PX` source pixels a side) read their tiles on up
-        to ``threads`` threads (default :data:`wsi_seg.read_pool.READ_THREADS`); the pixels
+        to ``threads`` threads (default :data:`wsi_seg.stages.read_pool.READ_THREADS`); the pixels
         are the same for any ``threads``.
         """
         if w_px <= 0 or h_px <= 0:

@@ -9,8 +9,9 @@ Two layouts, the ones the project's seed repositories use:
   50 x 50 RGB patches whose top-left corner is ``(X, Y)`` in the patient's image, pixels at
   the patch resolution.
 
-Images are RGB uint8 everywhere on the NumPy side; :func:`wsi_seg.models.preprocess_tf` turns
-them into model inputs inside the pipeline, exactly as :func:`wsi_seg.models.preprocess` does at
+Images are RGB uint8 everywhere on the NumPy side; :func:`wsi_seg.stages.models.preprocess_tf` turns
+them into model inputs inside the pipeline, exactly as :func:`wsi_seg.stages.models.preprocess`
+does at
 inference.
 """
 
@@ -25,10 +26,10 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
-from wsi_seg.errors import WsiSegError
-from wsi_seg.models import preprocess_tf
-from wsi_seg.slide import BACKGROUND_RGB
-from wsi_seg.tiling import window_starts
+from wsi_seg.core.errors import WsiSegError
+from wsi_seg.stages.models import preprocess_tf
+from wsi_seg.stages.slide import BACKGROUND_RGB
+from wsi_seg.stages.tiling import window_starts
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -148,8 +149,8 @@ def pad_to(img: np.ndarray, size: int, value: int) -> np.ndarray:
     """Pad each axis shorter than ``size`` pixels to ``size`` with ``value``, centred.
 
     Centred (half before, the rest after) because that is where
-    :func:`wsi_seg.tiling.window_starts` puts the single window of a short axis and where
-    ``run`` and ``evaluate`` pad it (:func:`wsi_seg.blend.sliding_window_inference`): a
+    :func:`wsi_seg.stages.tiling.window_starts` puts the single window of a short axis and where
+    ``run`` and ``evaluate`` pad it (:func:`wsi_seg.stages.blend.sliding_window_inference`): a
     training or validation image smaller than the model input is seen as inference sees it.
     Longer axes are left alone.
     """
@@ -195,7 +196,7 @@ def grid_tiles(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cut an image and mask into ``size`` tiles on a grid (deterministic, for validation).
 
-    The grid is ``run``'s (:func:`wsi_seg.tiling.window_starts`, last window moved inside,
+    The grid is ``run``'s (:func:`wsi_seg.stages.tiling.window_starts`, last window moved inside,
     short axes padded centred with glass white); ``step`` defaults to ``size``.
     """
     img, mask = pad_to(img, size, BACKGROUND_RGB), pad_to(mask, size, 0)

@@ -30,13 +30,21 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from wsi_seg import __version__
-from wsi_seg.errors import ModelError
-from wsi_seg.files import GiB, MiB, atomic_path, decode_json, read_capped, size_text, write_atomic
+from wsi_seg.core.errors import ModelError
+from wsi_seg.core.files import (
+    GiB,
+    MiB,
+    atomic_path,
+    decode_json,
+    read_capped,
+    size_text,
+    write_atomic,
+)
 
 CARD_FORMAT = "wsi-seg-model-card/1"
 KINDS = ("unet", "patch")
 NORMALISATIONS = ("divide_255", "minus1_1")
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"  # wsi_seg/weights
 BUNDLED = {"unet": "unet_demo.keras", "patch": "patch_demo.keras"}
 
 # Ceilings on what a model file may make us read (bytes). Keras' cards and configs are tens of
@@ -61,7 +69,8 @@ class ModelCard:
         kind: ``"unet"`` (dense probability, output ``(n, h, w, 1)``) or ``"patch"`` (one
             probability per patch, output ``(n, 1)``).
         input_size_px: side of the square input tile, pixels.
-        channels: 1 (greyscale, converted from RGB by :func:`wsi_seg.models.preprocess`) or 3.
+        channels: 1 (greyscale, converted from RGB by :func:`wsi_seg.stages.models.preprocess`) or
+        3.
         mpp: resolution the model was trained at, micrometres per pixel.
         normalisation: input scaling applied after greyscale conversion: ``"divide_255"``
             (to [0, 1]) or ``"minus1_1"`` (to [-1, 1]).

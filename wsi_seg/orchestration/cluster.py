@@ -5,7 +5,8 @@
   ``CUDA_VISIBLE_DEVICES`` (dask-cuda's convention: the worker sees its card as device 0),
   declaring the worker resource ``GPU=1`` and running one task thread more than the
   machine has cores per card: many blocks are read, cut and blended at once while the
-  worker's one predictor (:class:`wsi_seg.infer.Predictor`) batches their windows on the card.
+  worker's one predictor (:class:`wsi_seg.stages.infer.Predictor`) batches their windows on the
+  card.
   On a CPU machine the cores are shared between workers and TensorFlow's thread pools are sized
   to match.
 * ``scheduler="tcp://host:port"``: an existing dask.distributed cluster (``dask scheduler`` +
@@ -35,7 +36,7 @@ from typing import Any
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from wsi_seg.errors import WsiSegError
+from wsi_seg.core.errors import WsiSegError
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +160,7 @@ class ModelPlugin(WorkerPlugin):
 
     ``setup`` starts the load in a background thread and returns at once, so the worker keeps
     answering the scheduler while the framework imports and the model compiles; block tasks
-    that arrive early wait for the same load (:func:`wsi_seg.infer.cached_predictor`).
+    that arrive early wait for the same load (:func:`wsi_seg.stages.infer.cached_predictor`).
     Registered with ``client.register_plugin``.
     """
 
@@ -171,7 +172,7 @@ class ModelPlugin(WorkerPlugin):
 
     def setup(self, worker: Any = None) -> None:
         def load() -> None:
-            from wsi_seg.infer import warm_predictor
+            from wsi_seg.stages.infer import warm_predictor
 
             try:
                 warm_predictor(self.model_path, self.infer)

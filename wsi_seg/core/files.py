@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from wsi_seg.errors import WsiSegError
+from wsi_seg.core.errors import WsiSegError
 
 KiB = 1 << 10
 MiB = 1 << 20

@@ -1,0 +1,1 @@
+"""Tools around the product: synthetic slides with exact truth, and the benchmarks."""
