@@ -766,9 +766,7 @@ def _simplify_ringwise(poly: Polygon, tolerance: float, workers: int) -> Polygon
         by_shell = pairs[pairs[:, 0] == 0, 1]
         if by_shell.size:
             # GEOS strays up to ~1.55 tolerances from a ring, so 3 leave a margin.
-            # Exact stretches can cross the shell's own shortcuts nearby: mended again.
-            simple[0] = _uncross(rings[0], _restore_near(rings[0], simple[0], rings[by_shell],
-                                                         3 * tolerance), tolerance)
+            simple[0] = _restore_near(rings[0], simple[0], rings[by_shell], 3 * tolerance)
             near[by_shell] = True
     return poly  # rings still conflict after many rounds (not seen): keep the exact polygon
 
@@ -777,82 +775,36 @@ def _restore_near(exact: Any, simple: Any, near: np.ndarray, distance: float) ->
     """``simple`` (a simplification of the ring ``exact``: a subset of its vertices in ring
     order) with the original vertices put back along every shortcut that passes within
     ``distance`` of one of the geometries ``near``."""
+    orig = shapely.get_coordinates(exact)[:-1]  # open rings: the closing vertex dropped
     kept = shapely.get_coordinates(simple)[:-1]
-    shortcuts = shapely.linestrings(np.stack([kept, np.roll(kept, -1, axis=0)], axis=1))
-    hit = shapely.STRtree(shortcuts).query(near, predicate="dwithin", distance=distance)[1]
-    if hit.size == 0:
-        return simple
-    return shapely.linearrings(_put_back(shapely.get_coordinates(exact)[:-1], kept, hit))
-
-
-def _put_back(orig: np.ndarray, kept: np.ndarray, hit: np.ndarray) -> np.ndarray:
-    """Vertices of a simplified ring (``kept``: a subset of the open ring ``orig`` in ring
-    order) with ``orig``'s vertices restored along the shortcuts ``hit`` (shortcut ``k`` runs
-    from ``kept[k]`` to ``kept[k + 1]``)."""
     n = orig.shape[0]
     # Each kept vertex's position in the exact ring (vertices do not repeat there, except
     # OpenCV's doubled corners of hole rings, which sit next to each other).
     key = orig[:, 0] + 1j * orig[:, 1]
     order = np.argsort(key, kind="stable")
     at = order[np.searchsorted(key[order], kept[:, 0] + 1j * kept[:, 1])]
+    shortcuts = shapely.linestrings(np.stack([kept, np.roll(kept, -1, axis=0)], axis=1))
+    hit = shapely.STRtree(shortcuts).query(near, predicate="dwithin", distance=distance)[1]
+    if hit.size == 0:
+        return simple
     span = np.ones(at.size, dtype=np.int64)
     span[hit] = (np.roll(at, -1)[hit] - at[hit]) % n  # the shortcut's vertices, its start on
     span[span == 0] = 1
     step = np.arange(span.sum()) - np.repeat(np.cumsum(span) - span, span)
-    return orig[(np.repeat(at, span) + step) % n]
-
-
-#: Rounds of putting vertices back into a self-crossing simplified ring before GEOS's
-#: topology-preserving simplifier takes over for that ring.
-_UNCROSS_ROUNDS = 6
+    return shapely.linearrings(orig[(np.repeat(at, span) + step) % n])
 
 
 def _simplify_rings(rings: np.ndarray, tolerance: float, workers: int) -> np.ndarray:
-    """Each ring simplified on its own, and simple.
-
-    Douglas-Peucker first (GEOS; 20x faster than its topology-preserving simplifier, which
-    took ~1 s for each giant outline of a noisy map); a ring that came out crossing itself
-    gets its exact vertices back along the crossing shortcuts (:func:`_uncross`). Rings in
-    ``workers`` threads when there are many vertices (GEOS releases the GIL).
-    """
+    """Each ring simplified on its own (topology-preserving), slices of similar vertex counts
+    in ``workers`` threads when there are many vertices (GEOS releases the GIL)."""
     size = shapely.get_num_coordinates(rings)
     if workers <= 1 or size.sum() < 200_000:
-        simple = np.asarray(shapely.simplify(rings, tolerance, preserve_topology=False))
-    else:
-        cuts = np.searchsorted(np.cumsum(size), np.linspace(0, size.sum(), 4 * workers + 1)[1:-1])
-        with ThreadPoolExecutor(workers, thread_name_prefix="simplify") as pool:
-            parts = pool.map(partial(shapely.simplify, tolerance=tolerance,
-                                     preserve_topology=False), np.split(rings, cuts))
-            simple = np.concatenate(list(parts))
-    bad = (shapely.get_num_coordinates(simple) < 4) | ~shapely.is_simple(simple)
-    for k in np.nonzero(bad)[0]:
-        simple[k] = _uncross(rings[k], simple[k], tolerance)
-    return simple
-
-
-def _uncross(exact: Any, simple: Any, tolerance: float) -> Any:
-    """A simple ring from ``simple``, a Douglas-Peucker simplification of ``exact`` that
-    crosses itself: the exact vertices go back along every shortcut that crosses another,
-    until none does (the exact ring is simple, so this ends); GEOS's topology-preserving
-    simplifier where that does not settle in :data:`_UNCROSS_ROUNDS` rounds, or the ring
-    collapsed."""
-    orig = shapely.get_coordinates(exact)[:-1]
-    for _ in range(_UNCROSS_ROUNDS):
-        kept = shapely.get_coordinates(simple)[:-1]
-        if kept.shape[0] < 3:
-            break
-        n = kept.shape[0]
-        shortcuts = shapely.linestrings(np.stack([kept, np.roll(kept, -1, axis=0)], axis=1))
-        a, b = shapely.STRtree(shortcuts).query(shortcuts, predicate="intersects")
-        apart = (b - a) % n
-        crossing = (a < b) & (apart != 1) & (apart != n - 1)  # neighbours share a vertex
-        if not crossing.any():
-            if shapely.is_simple(simple):
-                return simple
-            break  # neighbours overlapping (a spike): not mended here
-        simple = shapely.linearrings(_put_back(orig, kept,
-                                               np.unique(np.r_[a[crossing], b[crossing]])))
-    return shapely.simplify(exact, tolerance, preserve_topology=True)
+        return np.asarray(shapely.simplify(rings, tolerance, preserve_topology=True))
+    cuts = np.searchsorted(np.cumsum(size), np.linspace(0, size.sum(), 4 * workers + 1)[1:-1])
+    with ThreadPoolExecutor(workers, thread_name_prefix="simplify") as pool:
+        parts = pool.map(partial(shapely.simplify, tolerance=tolerance, preserve_topology=True),
+                         np.split(rings, cuts))
+        return np.concatenate(list(parts))
 
 
 def _ring_conflicts(rings: np.ndarray) -> np.ndarray:
