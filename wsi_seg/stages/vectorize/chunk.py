@@ -170,8 +170,7 @@ def _closed_batch(rings: _Rings, ring_label: np.ndarray, chosen: np.ndarray,
     if idx.size == 0:
         return _Batch.empty()
     lab = ring_label[idx]
-    points, ring_pos = rings.points_of(idx)
-    ring_geoms = shapely.linearrings((points + offset).astype(np.float64), indices=ring_pos)
+    ring_geoms = rings.linearrings(idx, offset)
     first = np.r_[True, lab[1:] != lab[:-1]]  # the shell of each component comes first
     polys = shapely.polygons(ring_geoms, indices=np.cumsum(first) - 1)
     # Valid by construction (see _piece); a cheap check of the shells catches the unexpected
@@ -202,8 +201,7 @@ def _open_pieces(rings: _Rings, ring_label: np.ndarray, chosen: np.ndarray,
     holes = np.empty(0, dtype=object)
     is_hole = rings.is_hole[idx]
     if is_hole.any():
-        points, ring_pos = rings.points_of(idx[is_hole])
-        holes = shapely.linearrings((points + offset).astype(np.float64), indices=ring_pos)
+        holes = rings.linearrings(idx[is_hole], offset)
     hole_at = np.cumsum(is_hole) - is_hole  # position in `holes` of ring k, if a hole
     bounds = np.r_[np.nonzero(np.r_[True, ids[1:] != ids[:-1]])[0], idx.size]
     for lo, hi in itertools.pairwise(bounds.tolist()):
@@ -283,8 +281,7 @@ def _full_chunk(block: np.ndarray, row0: int, col0: int, frame: PixelFrame,
         return (_Batch(np.array([Polygon(corners)], dtype=object), stats,
                        np.zeros(1, dtype=bool)), [], strips)
     count, total, vmax = (int(v) for v in stats[0])
-    box = _Piece(Polygon(densify_on_grid_lines(corners, frame.chunk_px)),
-                 np.empty(0, dtype=object), count, total, vmax)
+    box = _piece(corners, np.empty(0, dtype=object), count, total, vmax, frame.chunk_px)
     for strip in (strips.top, strips.bottom, strips.left, strips.right):
         strip[:] = 0
     return _Batch.empty(), [box], strips

@@ -94,11 +94,17 @@ def _restore_near(exact: Any, simple: Any, near: np.ndarray, distance: float) ->
     order) with the original vertices put back along every shortcut that passes within
     ``distance`` of one of the geometries ``near``."""
     kept = shapely.get_coordinates(simple)[:-1]
-    shortcuts = shapely.linestrings(np.stack([kept, np.roll(kept, -1, axis=0)], axis=1))
+    shortcuts = _shortcuts(kept)
     hit = shapely.STRtree(shortcuts).query(near, predicate="dwithin", distance=distance)[1]
     if hit.size == 0:
         return simple
     return shapely.linearrings(_put_back(shapely.get_coordinates(exact)[:-1], kept, hit))
+
+
+def _shortcuts(kept: np.ndarray) -> np.ndarray:
+    """The segments of a simplified ring (``kept``: its open vertex array) as linestrings;
+    shortcut ``k`` runs from ``kept[k]`` to ``kept[k + 1]``."""
+    return shapely.linestrings(np.stack([kept, np.roll(kept, -1, axis=0)], axis=1))
 
 
 def _put_back(orig: np.ndarray, kept: np.ndarray, hit: np.ndarray) -> np.ndarray:
@@ -158,7 +164,7 @@ def _uncross(exact: Any, simple: Any, tolerance: float) -> Any:
         if kept.shape[0] < 3:
             break
         n = kept.shape[0]
-        shortcuts = shapely.linestrings(np.stack([kept, np.roll(kept, -1, axis=0)], axis=1))
+        shortcuts = _shortcuts(kept)
         a, b = shapely.STRtree(shortcuts).query(shortcuts, predicate="intersects")
         apart = (b - a) % n
         crossing = (a < b) & (apart != 1) & (apart != n - 1)  # neighbours share a vertex

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import shapely
 
 #: Pixels read around a chunk to decide the saddles near its border. A decision reaches one
 #: pixel further per round of :func:`resolve_saddles`; four deciding rounds and the filling
@@ -143,12 +144,14 @@ class _Rings:
     def is_hole(self) -> np.ndarray:
         return self.area2 > 0
 
-    def points_of(self, rings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Corners of the given rings (in that order) and, per corner, its ring's position."""
+    def linearrings(self, rings: np.ndarray, offset: np.ndarray) -> np.ndarray:
+        """The given rings (indices, in that order) as shapely LinearRings, shifted by
+        ``offset`` ``(x, y)`` (pixels: from the traced crop to the level's coordinates)."""
         lengths = self.starts[rings + 1] - self.starts[rings]
-        pos = np.repeat(np.arange(rings.size), lengths)
+        pos = np.repeat(np.arange(rings.size), lengths)  # per corner, its ring's position
         first = np.repeat(self.starts[rings] - np.cumsum(lengths) + lengths, lengths)
-        return self.coords[first + np.arange(pos.size)], pos
+        points = self.coords[first + np.arange(pos.size)]
+        return shapely.linearrings((points + offset).astype(np.float64), indices=pos)
 
 
 def _trace(mask: np.ndarray) -> _Rings:
