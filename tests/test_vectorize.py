@@ -380,7 +380,7 @@ def test_pinhole_riddled_region_is_traced_in_linear_time() -> None:
 
 def test_many_hole_polygon_is_simplified_ring_by_ring_and_stays_valid(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    import wsi_seg.stages.vectorize as vec
+    import wsi_seg.stages.vectorize.simplify as vec
 
     values = np.random.default_rng(4).integers(0, 256, (200, 200)).astype(np.uint8)
     frame = PixelFrame(200, 200, 0, 0, 1.0, 1.0, chunk_px=64)

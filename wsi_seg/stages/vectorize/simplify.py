@@ -1,0 +1,167 @@
+"""Simplification of traced polygons (Douglas-Peucker, topology preserved).
+
+Ordinary polygons go through GEOS's topology-preserving simplifier. Its time grows as
+vertices x rings, so a giant polygon with very many holes (a noisy map's) is simplified ring by
+ring instead (:func:`_simplify_ringwise`): each ring topology-preserving on its own, and
+rings that conflict with each other given back their exact vertices (:func:`_ring_conflicts`,
+:func:`_restore_near`). (Plain Douglas-Peucker per ring, with self-crossings mended, was tried
+and was 2x slower on a noisy map's giant outlines.)
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any
+
+import numpy as np
+import shapely
+from shapely.geometry import Polygon
+
+# GEOS's topology-preserving simplifier takes time ~ vertices x rings (see simplify_polygons);
+# above this product a polygon is simplified ring by ring. A tumour outline with a few hundred
+# gland lumens stays below it (same result as before); a noise map's giant region does not.
+_RINGWISE_WORK = 1 << 26
+
+
+def simplify_polygons(geoms: np.ndarray, tolerance: float, workers: int = 1) -> np.ndarray:
+    """Topology-preserving Douglas-Peucker simplification of an array of Polygons.
+
+    As ``shapely.simplify(..., preserve_topology=True)``, but polygons with many rings and
+    vertices go through :func:`_simplify_ringwise`: GEOS tests every shortcut it takes
+    against every ring of the polygon (so no ring jumps over another), so its time grows as
+    vertices x rings: 4 s for a 2048 px noise map's 10^6 vertices and 370 holes, 65 s at
+    4096 px, hours at 8192 px.
+
+    Args:
+        geoms: Polygons (object array); tolerance: in their coordinate units.
+        workers: threads sharing the rings of a large many-ring polygon.
+
+    Returns:
+        Valid Polygons or, rarely, MultiPolygons (where rings simplified apart crossed).
+    """
+    out = np.array(geoms, dtype=object, copy=True)
+    if out.size == 0:
+        return out
+    rings = shapely.get_num_interior_rings(out).astype(np.int64) + 1  # int32 would overflow
+    work = rings * shapely.get_num_coordinates(out)
+    many = work >= _RINGWISE_WORK
+    out[~many] = shapely.simplify(out[~many], tolerance, preserve_topology=True)
+    for k in np.nonzero(many)[0]:
+        out[k] = _simplify_ringwise(out[k], tolerance, workers)
+    return out
+
+
+def _simplify_ringwise(poly: Polygon, tolerance: float, workers: int) -> Polygon:
+    """Topology-preserving simplification of a polygon with many holes, in time about linear
+    in its vertices.
+
+    Each ring is simplified on its own (GEOS, topology-preserving: it stays simple), in
+    ``workers`` threads. Rings far apart cannot interfere, as each moves little. Where the
+    simplified rings cross or touch, or a hole leaves the shell or enters another hole, those
+    holes get their exact rings back, and so does the shell near them (its shortcuts within
+    a few tolerances of such a hole get their original vertices back), until nothing
+    conflicts: the exact polygon is valid, so at worst this ends there.
+    """
+    rings = np.array([poly.exterior, *poly.interiors], dtype=object)
+    simple = _simplify_rings(rings, tolerance, workers)
+    exact = np.zeros(rings.size, dtype=bool)  # holes given their exact ring back
+    near = np.zeros(rings.size, dtype=bool)  # holes the shell is exact next to
+    for _ in range(8):
+        pairs = _ring_conflicts(simple)
+        # Rings that touch at a point in the exact polygon (valid) still do: no conflict.
+        a, b = pairs[:, 0], pairs[:, 1]
+        pairs = pairs[~np.where(a == 0, exact[b] & near[b], exact[a] & exact[b])]
+        if not pairs.size:
+            # Valid: rings simple (GEOS), no new contacts, holes inside the shell and apart.
+            # (Not checked again: that costs as much as a third of the simplification.)
+            return shapely.polygons(simple[0], holes=simple[1:])
+        holes = np.unique(pairs[pairs > 0])
+        simple[holes] = rings[holes]
+        exact[holes] = True
+        by_shell = pairs[pairs[:, 0] == 0, 1]
+        if by_shell.size:
+            # GEOS strays up to ~1.55 tolerances from a ring, so 3 leave a margin.
+            simple[0] = _restore_near(rings[0], simple[0], rings[by_shell], 3 * tolerance)
+            near[by_shell] = True
+    return poly  # rings still conflict after many rounds (not seen): keep the exact polygon
+
+
+def _restore_near(exact: Any, simple: Any, near: np.ndarray, distance: float) -> Any:
+    """``simple`` (a simplification of the ring ``exact``: a subset of its vertices in ring
+    order) with the original vertices put back along every shortcut that passes within
+    ``distance`` of one of the geometries ``near``."""
+    kept = shapely.get_coordinates(simple)[:-1]
+    shortcuts = _shortcuts(kept)
+    hit = shapely.STRtree(shortcuts).query(near, predicate="dwithin", distance=distance)[1]
+    if hit.size == 0:
+        return simple
+    return shapely.linearrings(_put_back(shapely.get_coordinates(exact)[:-1], kept, hit))
+
+
+def _shortcuts(kept: np.ndarray) -> np.ndarray:
+    """The segments of a simplified ring (``kept``: its open vertex array) as linestrings;
+    shortcut ``k`` runs from ``kept[k]`` to ``kept[k + 1]``."""
+    return shapely.linestrings(np.stack([kept, np.roll(kept, -1, axis=0)], axis=1))
+
+
+def _put_back(orig: np.ndarray, kept: np.ndarray, hit: np.ndarray) -> np.ndarray:
+    """Vertices of a simplified ring (``kept``: a subset of the open ring ``orig`` in ring
+    order) with ``orig``'s vertices restored along the shortcuts ``hit`` (shortcut ``k`` runs
+    from ``kept[k]`` to ``kept[k + 1]``)."""
+    n = orig.shape[0]
+    # Each kept vertex's position in the exact ring (vertices do not repeat there, except
+    # OpenCV's doubled corners of hole rings, which sit next to each other).
+    key = orig[:, 0] + 1j * orig[:, 1]
+    order = np.argsort(key, kind="stable")
+    at = order[np.searchsorted(key[order], kept[:, 0] + 1j * kept[:, 1])]
+    span = np.ones(at.size, dtype=np.int64)
+    span[hit] = (np.roll(at, -1)[hit] - at[hit]) % n  # the shortcut's vertices, its start on
+    span[span == 0] = 1
+    step = np.arange(span.sum()) - np.repeat(np.cumsum(span) - span, span)
+    return orig[(np.repeat(at, span) + step) % n]
+
+
+def _simplify_rings(rings: np.ndarray, tolerance: float, workers: int) -> np.ndarray:
+    """Each ring simplified on its own (topology-preserving), slices of similar vertex counts
+    in ``workers`` threads when there are many vertices (GEOS releases the GIL)."""
+    size = shapely.get_num_coordinates(rings)
+    if workers <= 1 or size.sum() < 200_000:
+        return np.asarray(shapely.simplify(rings, tolerance, preserve_topology=True))
+    cuts = np.searchsorted(np.cumsum(size), np.linspace(0, size.sum(), 4 * workers + 1)[1:-1])
+    with ThreadPoolExecutor(workers, thread_name_prefix="simplify") as pool:
+        parts = pool.map(partial(shapely.simplify, tolerance=tolerance, preserve_topology=True),
+                         np.split(rings, cuts))
+        return np.concatenate(list(parts))
+
+
+def _ring_conflicts(rings: np.ndarray) -> np.ndarray:
+    """Pairs of rings (0: the shell, 1...: holes) that keep the polygon from being valid.
+
+    A pair conflicts when its rings touch or cross, or when the hole lies outside the shell or
+    inside the other hole. Each test prepares the one large geometry or queries a tree, never
+    a large ring against every hole.
+
+    Returns:
+        ``(k, 2)`` int64 ring indices, each pair once, the lower index first.
+    """
+    holes = rings[1:]
+    if holes.size == 0:
+        return np.empty((0, 2), dtype=np.int64)
+    tree = shapely.STRtree(holes)
+    pairs = []
+    hit = tree.query(rings[0], predicate="intersects")  # the shell is prepared once
+    pairs.append(np.c_[np.zeros_like(hit), 1 + hit])
+    a, b = tree.query(holes, predicate="intersects")
+    pairs.append(np.c_[1 + a[a < b], 1 + b[a < b]])
+    # No crossings: a hole lies inside the shell (or another hole) when its first vertex does.
+    first = shapely.get_point(holes, 0)
+    shell = shapely.polygons(rings[0])
+    shapely.prepare(shell)
+    outside = np.nonzero(~shapely.contains(shell, first))[0]
+    pairs.append(np.c_[np.zeros_like(outside), 1 + outside])
+    a, b = shapely.STRtree(shapely.polygons(holes)).query(first, predicate="within")
+    pairs.append(np.sort(np.c_[1 + a[a != b], 1 + b[a != b]], axis=1))
+    return np.unique(np.concatenate(pairs).astype(np.int64), axis=0)
+
+
