@@ -111,7 +111,7 @@ def test_score_slide_equals_numpy_on_the_whole_array(
     mosaic, arr = mosaic_and_array
     truth_x0 = Polygon([(150, 60), (700, 100), (600, 550), (120, 480)])  # level-0 px
     score = score_slide(mosaic, truth_x0, 0)  # type: ignore[arg-type]
-    frame = PixelFrame.of_mosaic(mosaic, 0)  # type: ignore[arg-type]
+    frame = mosaic.geom.frame(0)  # type: ignore[attr-defined]
     truth_mask = rasterize_window(frame.from_level0(truth_x0), 0, 0, 300, 400)
     iou, dice = _numpy_iou_dice(arr >= 128, truth_mask)
     assert score.iou == pytest.approx(iou) and score.dice == pytest.approx(dice)
@@ -124,7 +124,7 @@ def test_score_vectorized_prediction_is_exact(
     mosaic, arr = mosaic_and_array
     regions = vectorize_mosaic(mosaic, 0)  # type: ignore[arg-type]
     pred = shapely.union_all([r.polygon for r in regions])
-    frame = PixelFrame.of_mosaic(mosaic, 0)  # type: ignore[arg-type]
+    frame = mosaic.geom.frame(0)  # type: ignore[attr-defined]
     # vectorize decides 2x2 saddles as one pass over the whole map would (chunks decide them
     # over a halo); apart from those pixels, nothing differs
     expected = resolve_saddles(arr >= 128, arr, 128)
@@ -177,7 +177,7 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
                           level0_px_per_px=1.0, chunk_px=512)
     create_mosaic(root / "mask.zarr", geom)
     mosaic = open_mosaic(root / "mask.zarr", mode="r+")
-    frame = PixelFrame.of_mosaic(mosaic, 0)
+    frame = mosaic.geom.frame(0)
     truth_px = frame.from_level0(truth.geometry)
     for row0, col0, rows, cols in mosaic.chunks(0):
         mask = rasterize_window(truth_px, row0, col0, rows, cols)

@@ -9,6 +9,7 @@ import pytest
 import shapely
 from synth_fixtures import blank_slide, layout_of, synthetic
 
+from wsi_seg.core.geometry import PixelFrame
 from wsi_seg.stages.slide import open_slide
 from wsi_seg.stages.tissue import TissueMask, detect_tissue_rgb, find_tissue, mask_to_polygons
 
@@ -112,4 +113,4 @@ def test_mask_geometry_and_queries() -> None:
 
 
 def test_mask_to_polygons_empty() -> None:
-    assert mask_to_polygons(np.zeros((10, 10), bool), 1.0, 0.0, 0.0) == []
+    assert mask_to_polygons(np.zeros((10, 10), bool), PixelFrame(10, 10, 0.0, 0.0, 1.0, 1.0)) == []

@@ -48,7 +48,7 @@ def _truth_level0() -> shapely.MultiPolygon:
 def _mosaic_of(truth_x0: shapely.Geometry, path: Path, value: int = 230) -> object:
     create_mosaic(path, GEOM)
     mosaic = open_mosaic(path, mode="r+")
-    frame = PixelFrame.of_mosaic(mosaic, 0)
+    frame = mosaic.geom.frame(0)
     truth_px = frame.from_level0(truth_x0)
     arr = mosaic.level(0)
     for row0, col0, rows, cols in mosaic.chunks(0):

@@ -397,7 +397,8 @@ def read_mask_truth(path: str | Path, *, mask_px_x0: float | None = None,
     and ``slide_mpp`` (µm per mask px and per level-0 px). The mask's top-left corner is the
     slide's level-0 origin. Zarr masks are read chunk by chunk.
     """
-    from wsi_seg.stages.vectorize import PixelFrame, vectorize_array
+    from wsi_seg.core.geometry import PixelFrame
+    from wsi_seg.stages.vectorize import vectorize_array
 
     path = Path(path)
     if mask_px_x0 is None:

@@ -28,8 +28,9 @@ import numpy as np
 import shapely
 from shapely.geometry.base import BaseGeometry
 
+from wsi_seg.core.geometry import PixelFrame
 from wsi_seg.stages.mosaic import Mosaic
-from wsi_seg.stages.vectorize import ArrayLike2D, PixelFrame, threshold_u8
+from wsi_seg.stages.vectorize import ArrayLike2D, threshold_u8
 
 
 @dataclass(frozen=True)
@@ -231,7 +232,7 @@ def score_slide(mosaic: Mosaic, truth_x0: BaseGeometry | None, level: int = 0, *
     """
     if not 0 <= level < mosaic.n_levels:
         raise ValueError(f"level {level} not in mosaic (levels 0..{mosaic.n_levels - 1})")
-    return score_array(mosaic.level(level), truth_x0, PixelFrame.of_mosaic(mosaic, level),
+    return score_array(mosaic.level(level), truth_x0, mosaic.geom.frame(level),
                        fg_min=threshold_u8(threshold))
 
 

@@ -23,6 +23,7 @@ from shapely.geometry import Polygon
 from shapely.geometry.base import BaseGeometry
 
 from wsi_seg.core.files import write_atomic
+from wsi_seg.core.geometry import PixelFrame
 from wsi_seg.evaluation.metrics import rasterize_window
 from wsi_seg.stages.vectorize import RegionPolygon
 
@@ -56,14 +57,12 @@ def _polygons(geoms: GeometryInput) -> list[Polygon]:
     return out
 
 
-def _to_thumb(polys: list[Polygon], scale: float, origin: tuple[float, float]) -> np.ndarray:
+def _to_thumb(polys: list[Polygon], frame: PixelFrame) -> np.ndarray:
     """Level-0 px -> thumbnail pixel-edge coordinates (an array of Polygons, as given: no
     union, which costs seconds for outlines with 10^5 vertices and hundreds of holes)."""
     if not polys:
         return np.empty(0, dtype=object)
-    ox, oy = origin
-    return shapely.transform(np.array(polys, dtype=object),
-                             lambda xy: (xy - np.array([ox, oy])) / scale)
+    return frame.from_level0(np.array(polys, dtype=object))
 
 
 def _fill(polys: np.ndarray, rows: int, cols: int) -> np.ndarray:
@@ -125,9 +124,11 @@ def render_overlay(thumb: np.ndarray, scale: float, *, origin: tuple[float, floa
     """
     img = np.ascontiguousarray(thumb[..., :3], dtype=np.uint8).copy()
     rows, cols = img.shape[:2]
-    pred_g = _to_thumb(_polygons(pred), scale, origin)
-    truth_g = _to_thumb(_polygons(truth), scale, origin)
-    tissue_g = _to_thumb(_polygons(tissue), scale, origin)
+    # Only the mapping matters here, not µm: the frame's µm per level-0 px is a placeholder.
+    frame = PixelFrame(rows, cols, origin[0], origin[1], scale, mpp0=1.0)
+    pred_g = _to_thumb(_polygons(pred), frame)
+    truth_g = _to_thumb(_polygons(truth), frame)
+    tissue_g = _to_thumb(_polygons(tissue), frame)
     p = _fill(pred_g, rows, cols)
     t = _fill(truth_g, rows, cols)
     for mask, rgb in ((p & ~t, PRED_RGB), (t & ~p, TRUTH_RGB), (p & t, OVERLAP_RGB)):

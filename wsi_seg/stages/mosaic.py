@@ -18,7 +18,6 @@ never written hold the fill value 0 and are not stored at all.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,6 +26,8 @@ from typing import Any, Literal
 import numpy as np
 import zarr
 import zarr.storage
+
+from wsi_seg.core.geometry import PixelFrame
 
 NGFF_VERSION = "0.5"
 
@@ -51,14 +52,20 @@ class MosaicGeometry:
     level0_px_per_px: float
     chunk_px: int = 1024
 
+    def frame(self, level: int = 0) -> PixelFrame:
+        """Where pyramid level ``level`` lies on the slide (chunked as stored)."""
+        return PixelFrame(self.height_px, self.width_px, self.origin_x0, self.origin_y0,
+                          self.level0_px_per_px, self.mpp / self.level0_px_per_px,
+                          self.chunk_px).halved(level)
+
     def level_shape(self, level: int) -> tuple[int, int]:
         """Shape (rows, cols) of pyramid level ``level``: ceil-halved once per level."""
-        f = 2**level
-        return (math.ceil(self.height_px / f), math.ceil(self.width_px / f))
+        frame = self.frame(level)
+        return frame.height_px, frame.width_px
 
     def level_scale(self, level: int) -> float:
         """Level-0 slide pixels per pixel of pyramid level ``level``."""
-        return self.level0_px_per_px * 2**level
+        return self.frame(level).px_x0
 
 
 def n_levels_for(geom: MosaicGeometry, min_size_px: int = 256) -> int:

@@ -12,6 +12,7 @@ resolution.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -19,6 +20,7 @@ import cv2
 import numpy as np
 from shapely.geometry import Polygon
 
+from wsi_seg.core.geometry import PixelFrame
 from wsi_seg.stages.slide import Slide
 from wsi_seg.stages.tiling import KeepFn
 
@@ -76,6 +78,13 @@ class TissueMask:
         return float(self.mask.sum()) * px_um * px_um / 1e6
 
     @property
+    def frame(self) -> PixelFrame:
+        """Where the view lies on the slide."""
+        rows, cols = self.mask.shape
+        return PixelFrame(rows, cols, self.origin_x0, self.origin_y0, self.level0_px_per_px,
+                          self.slide_mpp)
+
+    @property
     def empty(self) -> bool:
         return not bool(self.mask.any())
 
@@ -94,12 +103,11 @@ class TissueMask:
 
     def any_in_x0(self, x0: float, y0: float, w0: float, h0: float) -> bool:
         """Whether any tissue lies in the level-0 rectangle (touching counts; conservative)."""
-        s = self.level0_px_per_px
         rows, cols = self.mask.shape
-        c0 = max(0, int(np.floor((x0 - self.origin_x0) / s)))
-        r0 = max(0, int(np.floor((y0 - self.origin_y0) / s)))
-        c1 = min(cols, int(np.ceil((x0 + w0 - self.origin_x0) / s)))
-        r1 = min(rows, int(np.ceil((y0 + h0 - self.origin_y0) / s)))
+        (x_lo, y_lo), (x_hi, y_hi) = self.frame.points_from_level0(
+            np.array([[x0, y0], [x0 + w0, y0 + h0]], dtype=np.float64))
+        c0, r0 = max(0, math.floor(x_lo)), max(0, math.floor(y_lo))
+        c1, r1 = min(cols, math.ceil(x_hi)), min(rows, math.ceil(y_hi))
         if c1 <= c0 or r1 <= r0:
             return False
         ii = self._integral
@@ -128,11 +136,10 @@ class TissueMask:
     @cached_property
     def polygons(self) -> list[Polygon]:
         """Tissue as level-0 polygons with holes (pixel edges, slightly generous)."""
-        return mask_to_polygons(self.mask, self.level0_px_per_px, self.origin_x0, self.origin_y0)
+        return mask_to_polygons(self.mask, self.frame)
 
 
-def mask_to_polygons(mask: np.ndarray, scale: float, origin_x0: float, origin_y0: float
-                     ) -> list[Polygon]:
+def mask_to_polygons(mask: np.ndarray, frame: PixelFrame) -> list[Polygon]:
     """Outer contours with their holes from a binary mask, mapped to level-0 pixels.
 
     OpenCV traces pixel centres; shifting by half a pixel outward-ish (centre -> edge
@@ -145,8 +152,7 @@ def mask_to_polygons(mask: np.ndarray, scale: float, origin_x0: float, origin_y0
     hier = hierarchy[0]
 
     def to_x0(c: np.ndarray) -> np.ndarray:
-        xy = c.reshape(-1, 2).astype(np.float64) + 0.5
-        return xy * scale + (origin_x0, origin_y0)
+        return frame.points_to_level0(c.reshape(-1, 2).astype(np.float64) + 0.5)
 
     polys = []
     for i, c in enumerate(contours):

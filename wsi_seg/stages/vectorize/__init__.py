@@ -21,6 +21,7 @@ own module, in the order the data flows through them:
 :class:`RegionPolygon`) and :func:`threshold_u8`.
 """
 
+from wsi_seg.core.geometry import QUPATH_GRID_PX, PixelFrame
 from wsi_seg.stages.vectorize.chunk import densify_on_grid_lines
 from wsi_seg.stages.vectorize.driver import (
     default_workers,
@@ -29,9 +30,7 @@ from wsi_seg.stages.vectorize.driver import (
     vectorize_mosaic,
 )
 from wsi_seg.stages.vectorize.frame import (
-    QUPATH_GRID_PX,
     ArrayLike2D,
-    PixelFrame,
     RegionPolygon,
     threshold_u8,
 )

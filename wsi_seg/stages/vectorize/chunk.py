@@ -26,7 +26,7 @@ import shapely
 from shapely.geometry import Polygon
 from shapely.geometry.base import BaseGeometry
 
-from wsi_seg.stages.vectorize.frame import PixelFrame
+from wsi_seg.core.geometry import PixelFrame
 from wsi_seg.stages.vectorize.trace import (
     _component_stats,
     _fill_small_holes,

@@ -23,10 +23,11 @@ import shapely
 from shapely.geometry import MultiPolygon
 from shapely.geometry.base import BaseGeometry
 
+from wsi_seg.core.geometry import PixelFrame
 from wsi_seg.stages.mosaic import Mosaic
 from wsi_seg.stages.vectorize.chunk import _Batch, _chunk_pieces, _Piece, _Strips
 from wsi_seg.stages.vectorize.finish import _finish
-from wsi_seg.stages.vectorize.frame import ArrayLike2D, PixelFrame, RegionPolygon, threshold_u8
+from wsi_seg.stages.vectorize.frame import ArrayLike2D, RegionPolygon, threshold_u8
 from wsi_seg.stages.vectorize.join import _border_pairs, _merge_group, _OpenRegions
 from wsi_seg.stages.vectorize.trace import SADDLE_HALO_PX, resolve_saddles
 
@@ -221,7 +222,7 @@ def vectorize_mosaic(mosaic: Mosaic, level: int = 0, *, threshold: float = 0.5,
     """
     if not 0 <= level < mosaic.n_levels:
         raise ValueError(f"level {level} not in mosaic (levels 0..{mosaic.n_levels - 1})")
-    return vectorize_array(mosaic.level(level), PixelFrame.of_mosaic(mosaic, level),
+    return vectorize_array(mosaic.level(level), mosaic.geom.frame(level),
                            fg_min=threshold_u8(threshold), min_area_um2=min_area_um2,
                            simplify_um=simplify_um, workers=workers)
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 import numpy as np
 import shapely
 
+from wsi_seg.core.geometry import QUPATH_GRID_PX, PixelFrame
 from wsi_seg.stages.vectorize.chunk import _Batch
-from wsi_seg.stages.vectorize.frame import QUPATH_GRID_PX, PixelFrame, RegionPolygon
+from wsi_seg.stages.vectorize.frame import RegionPolygon
 from wsi_seg.stages.vectorize.simplify import simplify_polygons
 
 
