@@ -7,12 +7,10 @@ Everything comes from the package itself, nothing is downloaded:
    seeds 1-4 train, seed 5 validates (selects the best epoch), seeds 6-7 are held out for the
    scores written to the cards.
 2. ``wsi_seg.training.extract`` cuts them into 256 px tiles + masks at 1.0 µm/px (UNet) and
-   IDC-layout
-   50 px patches at 4.0 µm/px (patch classifier; one "patient" per slide).
-3. ``wsi_seg.training.train`` trains both, ``evaluate_folder`` / per-patient evaluation scores them
-   on
-   the held-out slides, and the cards get those scores, the data description, the time per
-   epoch and the measured inference speed.
+   IDC-layout 50 px patches at 4.0 µm/px (patch classifier; one "patient" per slide).
+3. ``wsi_seg.training.unet_task`` and ``patch_task`` train both, ``evaluate_folder`` /
+   per-patient evaluation scores them on the held-out slides, and the cards get those scores,
+   the data description, the time per epoch and the measured inference speed.
 
 Usage (about 8 minutes on an idle 2-core CPU; 20-25 minutes when other jobs share it)::
 
@@ -113,16 +111,12 @@ def slide_text(ids: list[int], size: int) -> str:
 
 
 def train_unet_demo(args: argparse.Namespace, slides: dict[int, tuple[Path, Path]]) -> dict:
-    from wsi_seg.training.datasets import Augment
+    from wsi_seg.training.augment import Augment
+    from wsi_seg.training.config import TrainConfig
     from wsi_seg.training.extract import ExtractOptions, extract_training_data
-    from wsi_seg.training.train import (
-        TrainConfig,
-        UnetOptions,
-        evaluate_folder,
-        summarise_images,
-        train_unet,
-        update_card,
-    )
+    from wsi_seg.training.fit_loop import update_card
+    from wsi_seg.training.image_evaluation import evaluate_folder, summarise_images
+    from wsi_seg.training.unet_task import UnetOptions, train_unet
 
     tr, va, te = seeds(args.train_seeds), seeds(args.val_seeds), seeds(args.test_seeds)
     base = args.work / "unet"
@@ -194,9 +188,11 @@ def train_unet_demo(args: argparse.Namespace, slides: dict[int, tuple[Path, Path
 
 
 def train_patch_demo(args: argparse.Namespace, slides: dict[int, tuple[Path, Path]]) -> dict:
-    from wsi_seg.training.datasets import Augment
+    from wsi_seg.training.augment import Augment
+    from wsi_seg.training.config import TrainConfig
     from wsi_seg.training.extract import ExtractOptions, extract_training_data
-    from wsi_seg.training.train import PatchOptions, TrainConfig, train_patch, update_card
+    from wsi_seg.training.fit_loop import update_card
+    from wsi_seg.training.patch_task import PatchOptions, train_patch
 
     tr, va, te = seeds(args.train_seeds), seeds(args.val_seeds), seeds(args.test_seeds)
     folder = args.work / "idc"

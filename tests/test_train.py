@@ -16,24 +16,13 @@ import pytest
 
 from wsi_seg.cli import main
 from wsi_seg.core.errors import WsiSegError
-from wsi_seg.training.datasets import (
-    Augment,
-    augment_tf,
-    balance_indices,
-    find_pairs,
-    load_pairs,
-    scan_idc,
-    split_patients,
-)
-from wsi_seg.training.train import (
-    LOSS_FUNCTIONS,
-    TrainConfig,
-    TrainResult,
-    UnetOptions,
-    evaluate_folder,
-    overlap_scores,
-    train_unet,
-)
+from wsi_seg.training.augment import Augment, augment_tf
+from wsi_seg.training.config import TrainConfig, TrainResult
+from wsi_seg.training.idc_data import balance_indices, scan_idc, split_patients
+from wsi_seg.training.image_evaluation import evaluate_folder, overlap_scores
+from wsi_seg.training.losses import LOSS_FUNCTIONS
+from wsi_seg.training.unet_data import find_pairs, load_pairs
+from wsi_seg.training.unet_task import UnetOptions, train_unet
 
 BLOB_RGB = (120, 40, 140)  # purple "tumour" discs on pink
 
@@ -128,7 +117,7 @@ def test_bad_unet_folders(tmp_path: Path) -> None:
 
 
 def test_masks_0_1_and_0_255_agree(tmp_path: Path) -> None:
-    from wsi_seg.training.datasets import read_mask
+    from wsi_seg.training.images import read_mask
 
     m = np.zeros((8, 8), np.uint8)
     m[2:5, 2:5] = 1
@@ -197,7 +186,7 @@ def test_resume_continues_from_the_saved_epoch(
     import keras
 
     from wsi_seg.stages.models import build_model
-    from wsi_seg.training.train import bce_dice
+    from wsi_seg.training.losses import bce_dice
 
     model = build_model("unet", **state["spec"]["args"])
     model.compile(optimizer=keras.optimizers.Adam(), loss=bce_dice)
@@ -267,7 +256,7 @@ def _pooled(truth: np.ndarray, pred: np.ndarray) -> tuple[float, float, float]:
 
 def test_epoch_scores_pool_every_pixel_of_the_epoch() -> None:
     """An epoch's Dice/IoU/accuracy are those of all its pixels, not means of batch scores."""
-    from wsi_seg.training.train import SCORES, score_metrics
+    from wsi_seg.training.epoch_scores import SCORES, score_metrics
 
     metrics = score_metrics()
     assert [m.name for m in metrics] == list(SCORES)
@@ -297,8 +286,8 @@ def test_card_validation_scores_pool_the_validation_tiles(
 ) -> None:
     """The card's Dice/IoU/accuracy are the saved model's on all validation tiles pooled."""
     from wsi_seg.stages.card import load_model
-    from wsi_seg.training.datasets import fixed_tiles
-    from wsi_seg.training.train import predict_tiles
+    from wsi_seg.training.tile_prediction import predict_tiles
+    from wsi_seg.training.unet_data import fixed_tiles
 
     model, card = load_model(trained_unet[0])
     images, masks = load_pairs(find_pairs(unet_data[1]))
@@ -449,7 +438,7 @@ def test_patch_training_with_per_patient_evaluation(
 
 
 def test_patch_overlay_colours(tmp_path: Path) -> None:
-    from wsi_seg.training.train import write_overlay
+    from wsi_seg.training.patients import write_overlay
 
     img = np.full((4, 3, 3), 255, np.uint8)
     pred = np.array([[1, 0, 1]] * 4, np.uint8)
@@ -464,7 +453,7 @@ def test_patch_overlay_colours(tmp_path: Path) -> None:
 
 def test_small_edge_patches_are_padded_white_in_both_readers(tmp_path: Path) -> None:
     """IDC edge patches are smaller than 50 x 50: tf.data and NumPy pad them the same way."""
-    from wsi_seg.training.datasets import load_patch_tf, read_patch
+    from wsi_seg.training.idc_data import load_patch_tf, read_patch
 
     rng = np.random.default_rng(0)
     small = rng.integers(0, 256, (30, 41, 3), dtype=np.uint8)

@@ -141,8 +141,8 @@ def _need_kind(p: argparse.ArgumentParser) -> int:
 
 
 def _config(args: argparse.Namespace) -> Any:
-    from wsi_seg.training.datasets import Augment
-    from wsi_seg.training.train import TrainConfig
+    from wsi_seg.training.augment import Augment
+    from wsi_seg.training.config import TrainConfig
 
     return TrainConfig(
         out=args.out, epochs=args.epochs, batch_size=args.batch_size,
@@ -163,7 +163,7 @@ def _report(result: Any) -> None:
 
 
 def run_unet(args: argparse.Namespace) -> int:
-    from wsi_seg.training.train import UnetOptions, train_unet
+    from wsi_seg.training.unet_task import UnetOptions, train_unet
 
     opts = UnetOptions(
         train_dir=args.train, valid_dir=args.valid, mpp=args.mpp, input_size_px=args.size,
@@ -183,7 +183,8 @@ def _names(text: str | None) -> tuple[str, ...] | None:
 
 
 def run_patch(args: argparse.Namespace) -> int:
-    from wsi_seg.training.train import PatchOptions, summarise_patients, train_patch
+    from wsi_seg.training.patch_task import PatchOptions, train_patch
+    from wsi_seg.training.patients import summarise_patients
 
     try:
         filters = tuple(int(f) for f in args.filters.split(","))
