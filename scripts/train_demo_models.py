@@ -110,16 +110,11 @@ def slide_text(ids: list[int], size: int) -> str:
             f"({size}x{size} px at 0.5 µm/px, svs)")
 
 
-def train_unet_demo(args: argparse.Namespace, slides: dict[int, tuple[Path, Path]]) -> dict:
-    from wsi_seg.training.augment import Augment
-    from wsi_seg.training.config import TrainConfig
+def extract_unet_tiles(base: Path, slides: dict[int, tuple[Path, Path]], tr: list[int],
+                       va: list[int], te: list[int]) -> dict[str, int]:
+    """Cut the UNet tiles of each split into ``base/<split>`` (once); tile counts by split."""
     from wsi_seg.training.extract import ExtractOptions, extract_training_data
-    from wsi_seg.training.fit_loop import update_card
-    from wsi_seg.training.image_evaluation import evaluate_folder, summarise_images
-    from wsi_seg.training.unet_task import UnetOptions, train_unet
 
-    tr, va, te = seeds(args.train_seeds), seeds(args.val_seeds), seeds(args.test_seeds)
-    base = args.work / "unet"
     counts = {}
     for split, ids, stride in (("train", tr, 128), ("valid", va, 256), ("test", te, 256)):
         folder = base / split
@@ -130,6 +125,32 @@ def train_unet_demo(args: argparse.Namespace, slides: dict[int, tuple[Path, Path
                     mpp=1.0, layout="unet", tile_px=256, stride_px=stride, min_tissue=0.25))
         counts[split] = len(list((folder / "images").glob("*.png")))
     print(f"UNet tiles: {counts}", flush=True)
+    return counts
+
+
+def held_out_scores(summary: dict[str, float]) -> dict[str, float]:
+    """The card's ``test_*`` entries from :func:`summarise_images` of the held-out tiles."""
+    return {
+        "test_mean_dice": round(summary["mean_dice"], 4),
+        "test_mean_iou": round(summary["mean_iou"], 4),
+        "test_mean_accuracy": round(summary["mean_accuracy"], 4),
+        "test_pooled_dice": round(summary["pooled_dice"], 4),
+        "test_pooled_iou": round(summary["pooled_iou"], 4),
+        "test_tiles": summary["images"],
+        "test_empty_both": summary["empty_both"],
+    }
+
+
+def train_unet_demo(args: argparse.Namespace, slides: dict[int, tuple[Path, Path]]) -> dict:
+    from wsi_seg.training.augment import Augment
+    from wsi_seg.training.config import TrainConfig
+    from wsi_seg.training.fit_loop import update_card
+    from wsi_seg.training.image_evaluation import evaluate_folder, summarise_images
+    from wsi_seg.training.unet_task import UnetOptions, train_unet
+
+    tr, va, te = seeds(args.train_seeds), seeds(args.val_seeds), seeds(args.test_seeds)
+    base = args.work / "unet"
+    counts = extract_unet_tiles(base, slides, tr, va, te)
     out = args.out / "unet_demo.keras"
     trained_on = (
         f"{counts['train']} tiles of 256 px at 1.0 µm/px (stride 128 px, >= 25 % tissue) cut by "
@@ -153,16 +174,8 @@ def train_unet_demo(args: argparse.Namespace, slides: dict[int, tuple[Path, Path
     speed = tiles_per_second(out)
     card = update_card(
         out,
-        validation={
-            "test_mean_dice": round(summary["mean_dice"], 4),
-            "test_mean_iou": round(summary["mean_iou"], 4),
-            "test_mean_accuracy": round(summary["mean_accuracy"], 4),
-            "test_pooled_dice": round(summary["pooled_dice"], 4),
-            "test_pooled_iou": round(summary["pooled_iou"], 4),
-            "test_tiles": summary["images"],
-            "test_empty_both": summary["empty_both"],
-            **{f"val_{k}": v for k, v in result.card.validation.items()},
-        },
+        validation={**held_out_scores(summary),
+                    **{f"val_{k}": v for k, v in result.card.validation.items()}},
         training={**result.card.training, "epochs_run": result.epochs_run,
                   "seconds_per_epoch": round(result.seconds_per_epoch, 1),
                   "cpu_seconds_per_epoch": _cpu_per_epoch(result.history),
@@ -175,7 +188,8 @@ def train_unet_demo(args: argparse.Namespace, slides: dict[int, tuple[Path, Path
                 "per-tile Dice/IoU at threshold 0.5 averaged over tiles with tumour in truth "
                 "or prediction (empty_both tiles excluded and counted), pooled_* over all "
                 f"pixels. val_*: {counts['valid']} tiles of {slide_text(va, args.size)} used "
-                "to select the best epoch (tile-batch means)."
+                "to select the best epoch (Dice/IoU/accuracy pooled over their pixels, loss "
+                "their batch mean)."
             ),
             "inference_speed": speed,
             "inference_note": "tf.function, fixed batch of 256x256x3 float32 tiles, on the "

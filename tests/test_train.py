@@ -177,11 +177,22 @@ def test_resume_continues_from_the_saved_epoch(
     state = json.loads((tmp_path / "r.training" / "state.json").read_text())
     first = state["history"]
     assert state["epoch"] == 2
+    csv_path = tmp_path / "r.training" / "train_metrics.csv"
+    first_rows = _csv_rows(csv_path)
+    assert [r["epoch"] for r in first_rows] == ["1", "2"]
+    # a run stopped after writing epoch 3's row but before its checkpoint: the resumed run
+    # repeats epoch 3, and its row must not appear twice
+    with open(csv_path, "a") as f:
+        f.write("3" + ",0" * (len(first_rows[0]) - 1) + "\r\n")
     assert main([*args, "--epochs", "4", "--resume"]) == 0
     state = json.loads((tmp_path / "r.training" / "state.json").read_text())
     assert state["epoch"] == 4
     assert [r["epoch"] for r in state["history"]] == [1, 2, 3, 4]
     assert state["history"][:2] == first  # the first two epochs were not re-run
+    rows = _csv_rows(csv_path)
+    assert [r["epoch"] for r in rows] == ["1", "2", "3", "4"]
+    assert rows[:2] == first_rows  # the resumed run appended; earlier rows kept as written
+    assert float(rows[2]["loss"]) == pytest.approx(state["history"][2]["loss"])
     # optimizer state came back: 4 epochs x 3 steps
     import keras
 
@@ -245,6 +256,11 @@ def test_mixed_precision_trains_resumes_and_saves_float32(
     assert keras.mixed_precision.global_policy().name == "float32"  # policy restored
 
 
+def _csv_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def _pooled(truth: np.ndarray, pred: np.ndarray) -> tuple[float, float, float]:
     """Dice, IoU and accuracy of all pixels together (1 for empty-vs-empty)."""
     t, p = truth.astype(bool).ravel(), pred.astype(bool).ravel()
@@ -279,6 +295,35 @@ def test_epoch_scores_pool_every_pixel_of_the_epoch() -> None:
         m.reset_state()
         m.update_state(np.zeros((1, 4, 4, 1)), np.zeros((1, 4, 4, 1)))
     assert [float(m.result()) for m in metrics] == pytest.approx([1.0, 1.0, 1.0])
+
+
+def test_fit_logs_each_epochs_pooled_scores() -> None:
+    """Through Keras' fit: each epoch's Dice/IoU are those of all its pixels together (not
+    the mean of its batches' scores), and each epoch starts its counts afresh."""
+    import keras
+
+    from wsi_seg.training.epoch_scores import score_metrics
+
+    rng = np.random.default_rng(1)
+    truth = np.zeros((8, 8, 8, 1), np.float32)
+    truth[0, 3, 3] = 1  # batch A: one tumour pixel, found
+    truth[2:] = rng.random((6, 8, 8, 1)) < 0.6  # batches B, C, D: much tumour
+    found = rng.random(truth.shape) < np.array([1, 1, 0.5, 0.5, 0.8, 0.8, 0.3, 0.3])[
+        :, None, None, None]
+    prob = np.where(found, truth, 1 - truth).astype(np.float32) * 0.8 + 0.1
+    # the model passes its input through (weight 1, learning rate 0): predictions = prob
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(
+        1, 1, use_bias=False, kernel_initializer="ones")])
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.0), loss="mse",
+                  metrics=score_metrics())
+    history = model.fit(prob, truth, batch_size=2, epochs=2, steps_per_epoch=2, shuffle=False,
+                        verbose=0).history
+    for epoch, samples in ((0, slice(0, 4)), (1, slice(4, 8))):  # batches A, B; then C, D
+        dice, iou, _ = _pooled(truth[samples], prob[samples] >= 0.5)
+        assert history["dice"][epoch] == pytest.approx(dice, abs=1e-6)
+        assert history["iou"][epoch] == pytest.approx(iou, abs=1e-6)
+    batch_dice = [_pooled(truth[i : i + 2], prob[i : i + 2] >= 0.5)[0] for i in (0, 2)]
+    assert abs(history["dice"][0] - np.mean(batch_dice)) > 0.05  # the batch mean differs
 
 
 def test_card_validation_scores_pool_the_validation_tiles(

@@ -24,6 +24,20 @@ def score_metrics() -> list[Any]:
     return [cls(name) for name in SCORES]
 
 
+def _count_dtype() -> str:
+    """float64 where the backend has it: a float32 sum stops counting single pixels beyond
+    2**24 (16.7 Mpx). JAX has float64 only in x64 mode; without it the counts are float32,
+    exact within a batch and rounded (relative 1e-7 per batch) across batches."""
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        if not jax.config.read("jax_enable_x64"):
+            return "float32"
+    return "float64"
+
+
 @functools.cache
 def pooled_score_class() -> type:
     """The ``PooledScore`` metric class (defined on first use: Keras is imported only when
@@ -38,10 +52,8 @@ def pooled_score_class() -> type:
             if name not in SCORES:
                 raise ValueError(f"unknown score {name!r}; use one of {', '.join(SCORES)}")
             super().__init__(name=name, **kwargs)
-            # float64: a float32 sum stops counting single pixels beyond 2**24 (16.7 Mpx).
-            # (JAX without x64 mode keeps float32: exact per batch, rounded across batches.)
-            self.counts = self.add_variable(shape=(4,), initializer="zeros", dtype="float64",
-                                            name="counts")
+            self.counts = self.add_variable(shape=(4,), initializer="zeros",
+                                            dtype=_count_dtype(), name="counts")
 
         def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
             t = ops.reshape(ops.cast(y_true, "float32") >= _THRESHOLD, (-1,))
