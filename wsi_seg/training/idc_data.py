@@ -172,7 +172,8 @@ def balance_indices(labels: np.ndarray, mode: str, seed: int = 0) -> np.ndarray:
 def pad_bottom_right(img: np.ndarray, size: int, value: int) -> np.ndarray:
     """Pad bottom/right to at least ``size`` x ``size`` with ``value``.
 
-    Only for IDC patches, and on purpose not centred like :func:`pad_to`: an IDC edge patch
+    Only for IDC patches, and on purpose not centred like
+    :func:`wsi_seg.training.unet_data.pad_to`: an IDC edge patch
     is cut off by its image's right or bottom border, so its pixels belong at the top-left of
     its footprint, where its ``(x, y)`` says it starts.
     """

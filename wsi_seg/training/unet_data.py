@@ -1,8 +1,9 @@
 """UNet training data: ``DIR/images/<stem>.<ext>`` with ``DIR/masks/<stem>.<ext>``.
 
-Stems match; images may have any size. Masks are binarised (:func:`wsi_seg.training.images.
-read_mask`). Training draws random crops (or whole images resized); validation uses fixed
-tiles on ``run``'s window grid, padded as ``run`` pads, so validation sees what inference sees.
+Stems match; images may have any size. Masks are binarised
+(:func:`wsi_seg.training.images.read_mask`). Training draws random crops (or whole images
+resized); validation uses fixed tiles on ``run``'s window grid, padded as ``run`` pads, so
+validation sees what inference sees.
 Inputs are preprocessed inside the pipeline by :func:`wsi_seg.stages.models.preprocess_tf`,
 exactly as :func:`wsi_seg.stages.models.preprocess` does at inference.
 """
