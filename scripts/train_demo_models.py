@@ -7,12 +7,10 @@ Everything comes from the package itself, nothing is downloaded:
    seeds 1-4 train, seed 5 validates (selects the best epoch), seeds 6-7 are held out for the
    scores written to the cards.
 2. ``wsi_seg.training.extract`` cuts them into 256 px tiles + masks at 1.0 µm/px (UNet) and
-   IDC-layout
-   50 px patches at 4.0 µm/px (patch classifier; one "patient" per slide).
-3. ``wsi_seg.training.train`` trains both, ``evaluate_folder`` / per-patient evaluation scores them
-   on
-   the held-out slides, and the cards get those scores, the data description, the time per
-   epoch and the measured inference speed.
+   IDC-layout 50 px patches at 4.0 µm/px (patch classifier; one "patient" per slide).
+3. ``wsi_seg.training.unet_task`` and ``patch_task`` train both, ``evaluate_folder`` /
+   per-patient evaluation scores them on the held-out slides, and the cards get those scores,
+   the data description, the time per epoch and the measured inference speed.
 
 Usage (about 8 minutes on an idle 2-core CPU; 20-25 minutes when other jobs share it)::
 
@@ -112,20 +110,11 @@ def slide_text(ids: list[int], size: int) -> str:
             f"({size}x{size} px at 0.5 µm/px, svs)")
 
 
-def train_unet_demo(args: argparse.Namespace, slides: dict[int, tuple[Path, Path]]) -> dict:
-    from wsi_seg.training.datasets import Augment
+def extract_unet_tiles(base: Path, slides: dict[int, tuple[Path, Path]], tr: list[int],
+                       va: list[int], te: list[int]) -> dict[str, int]:
+    """Cut the UNet tiles of each split into ``base/<split>`` (once); tile counts by split."""
     from wsi_seg.training.extract import ExtractOptions, extract_training_data
-    from wsi_seg.training.train import (
-        TrainConfig,
-        UnetOptions,
-        evaluate_folder,
-        summarise_images,
-        train_unet,
-        update_card,
-    )
 
-    tr, va, te = seeds(args.train_seeds), seeds(args.val_seeds), seeds(args.test_seeds)
-    base = args.work / "unet"
     counts = {}
     for split, ids, stride in (("train", tr, 128), ("valid", va, 256), ("test", te, 256)):
         folder = base / split
@@ -136,6 +125,32 @@ def train_unet_demo(args: argparse.Namespace, slides: dict[int, tuple[Path, Path
                     mpp=1.0, layout="unet", tile_px=256, stride_px=stride, min_tissue=0.25))
         counts[split] = len(list((folder / "images").glob("*.png")))
     print(f"UNet tiles: {counts}", flush=True)
+    return counts
+
+
+def held_out_scores(summary: dict[str, float]) -> dict[str, float]:
+    """The card's ``test_*`` entries from :func:`summarise_images` of the held-out tiles."""
+    return {
+        "test_mean_dice": round(summary["mean_dice"], 4),
+        "test_mean_iou": round(summary["mean_iou"], 4),
+        "test_mean_accuracy": round(summary["mean_accuracy"], 4),
+        "test_pooled_dice": round(summary["pooled_dice"], 4),
+        "test_pooled_iou": round(summary["pooled_iou"], 4),
+        "test_tiles": summary["images"],
+        "test_empty_both": summary["empty_both"],
+    }
+
+
+def train_unet_demo(args: argparse.Namespace, slides: dict[int, tuple[Path, Path]]) -> dict:
+    from wsi_seg.training.augment import Augment
+    from wsi_seg.training.config import TrainConfig
+    from wsi_seg.training.fit_loop import update_card
+    from wsi_seg.training.image_evaluation import evaluate_folder, summarise_images
+    from wsi_seg.training.unet_task import UnetOptions, train_unet
+
+    tr, va, te = seeds(args.train_seeds), seeds(args.val_seeds), seeds(args.test_seeds)
+    base = args.work / "unet"
+    counts = extract_unet_tiles(base, slides, tr, va, te)
     out = args.out / "unet_demo.keras"
     trained_on = (
         f"{counts['train']} tiles of 256 px at 1.0 µm/px (stride 128 px, >= 25 % tissue) cut by "
@@ -159,16 +174,8 @@ def train_unet_demo(args: argparse.Namespace, slides: dict[int, tuple[Path, Path
     speed = tiles_per_second(out)
     card = update_card(
         out,
-        validation={
-            "test_mean_dice": round(summary["mean_dice"], 4),
-            "test_mean_iou": round(summary["mean_iou"], 4),
-            "test_mean_accuracy": round(summary["mean_accuracy"], 4),
-            "test_pooled_dice": round(summary["pooled_dice"], 4),
-            "test_pooled_iou": round(summary["pooled_iou"], 4),
-            "test_tiles": summary["images"],
-            "test_empty_both": summary["empty_both"],
-            **{f"val_{k}": v for k, v in result.card.validation.items()},
-        },
+        validation={**held_out_scores(summary),
+                    **{f"val_{k}": v for k, v in result.card.validation.items()}},
         training={**result.card.training, "epochs_run": result.epochs_run,
                   "seconds_per_epoch": round(result.seconds_per_epoch, 1),
                   "cpu_seconds_per_epoch": _cpu_per_epoch(result.history),
@@ -181,7 +188,8 @@ def train_unet_demo(args: argparse.Namespace, slides: dict[int, tuple[Path, Path
                 "per-tile Dice/IoU at threshold 0.5 averaged over tiles with tumour in truth "
                 "or prediction (empty_both tiles excluded and counted), pooled_* over all "
                 f"pixels. val_*: {counts['valid']} tiles of {slide_text(va, args.size)} used "
-                "to select the best epoch (tile-batch means)."
+                "to select the best epoch (Dice/IoU/accuracy pooled over their pixels, loss "
+                "their batch mean)."
             ),
             "inference_speed": speed,
             "inference_note": "tf.function, fixed batch of 256x256x3 float32 tiles, on the "
@@ -194,9 +202,11 @@ def train_unet_demo(args: argparse.Namespace, slides: dict[int, tuple[Path, Path
 
 
 def train_patch_demo(args: argparse.Namespace, slides: dict[int, tuple[Path, Path]]) -> dict:
-    from wsi_seg.training.datasets import Augment
+    from wsi_seg.training.augment import Augment
+    from wsi_seg.training.config import TrainConfig
     from wsi_seg.training.extract import ExtractOptions, extract_training_data
-    from wsi_seg.training.train import PatchOptions, TrainConfig, train_patch, update_card
+    from wsi_seg.training.fit_loop import update_card
+    from wsi_seg.training.patch_task import PatchOptions, train_patch
 
     tr, va, te = seeds(args.train_seeds), seeds(args.val_seeds), seeds(args.test_seeds)
     folder = args.work / "idc"

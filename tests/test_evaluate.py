@@ -19,8 +19,8 @@ from wsi_seg.stages.blend import sliding_window_inference
 from wsi_seg.stages.card import ModelCard, save_model
 from wsi_seg.stages.infer import InferConfig, Predictor
 from wsi_seg.stages.tiling import step_for, window_starts
-from wsi_seg.training.datasets import grid_tiles, pad_to
-from wsi_seg.training.train import WindowOptions, predict_image
+from wsi_seg.training.image_evaluation import WindowOptions, predict_image
+from wsi_seg.training.unet_data import grid_tiles, pad_to
 
 ROI = 32
 

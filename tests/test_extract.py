@@ -14,8 +14,9 @@ from shapely.geometry import box
 from wsi_seg.cli import main
 from wsi_seg.core.errors import WsiSegError
 from wsi_seg.tools.synth import SynthResult, write_synthetic_slide
-from wsi_seg.training.datasets import find_pairs, load_pairs, scan_idc
 from wsi_seg.training.extract import ExtractOptions, extract_training_data
+from wsi_seg.training.idc_data import scan_idc
+from wsi_seg.training.unet_data import find_pairs, load_pairs
 
 
 @pytest.fixture(scope="module")

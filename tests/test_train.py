@@ -16,24 +16,13 @@ import pytest
 
 from wsi_seg.cli import main
 from wsi_seg.core.errors import WsiSegError
-from wsi_seg.training.datasets import (
-    Augment,
-    augment_tf,
-    balance_indices,
-    find_pairs,
-    load_pairs,
-    scan_idc,
-    split_patients,
-)
-from wsi_seg.training.train import (
-    LOSS_FUNCTIONS,
-    TrainConfig,
-    TrainResult,
-    UnetOptions,
-    evaluate_folder,
-    overlap_scores,
-    train_unet,
-)
+from wsi_seg.training.augment import Augment, augment_tf
+from wsi_seg.training.config import TrainConfig, TrainResult
+from wsi_seg.training.idc_data import balance_indices, scan_idc, split_patients
+from wsi_seg.training.image_evaluation import evaluate_folder, overlap_scores
+from wsi_seg.training.losses import LOSS_FUNCTIONS
+from wsi_seg.training.unet_data import find_pairs, load_pairs
+from wsi_seg.training.unet_task import UnetOptions, train_unet
 
 BLOB_RGB = (120, 40, 140)  # purple "tumour" discs on pink
 
@@ -128,7 +117,7 @@ def test_bad_unet_folders(tmp_path: Path) -> None:
 
 
 def test_masks_0_1_and_0_255_agree(tmp_path: Path) -> None:
-    from wsi_seg.training.datasets import read_mask
+    from wsi_seg.training.images import read_mask
 
     m = np.zeros((8, 8), np.uint8)
     m[2:5, 2:5] = 1
@@ -188,16 +177,27 @@ def test_resume_continues_from_the_saved_epoch(
     state = json.loads((tmp_path / "r.training" / "state.json").read_text())
     first = state["history"]
     assert state["epoch"] == 2
+    csv_path = tmp_path / "r.training" / "train_metrics.csv"
+    first_rows = _csv_rows(csv_path)
+    assert [r["epoch"] for r in first_rows] == ["1", "2"]
+    # a run stopped after writing epoch 3's row but before its checkpoint: the resumed run
+    # repeats epoch 3, and its row must not appear twice
+    with open(csv_path, "a") as f:
+        f.write("3" + ",0" * (len(first_rows[0]) - 1) + "\r\n")
     assert main([*args, "--epochs", "4", "--resume"]) == 0
     state = json.loads((tmp_path / "r.training" / "state.json").read_text())
     assert state["epoch"] == 4
     assert [r["epoch"] for r in state["history"]] == [1, 2, 3, 4]
     assert state["history"][:2] == first  # the first two epochs were not re-run
+    rows = _csv_rows(csv_path)
+    assert [r["epoch"] for r in rows] == ["1", "2", "3", "4"]
+    assert rows[:2] == first_rows  # the resumed run appended; earlier rows kept as written
+    assert float(rows[2]["loss"]) == pytest.approx(state["history"][2]["loss"])
     # optimizer state came back: 4 epochs x 3 steps
     import keras
 
     from wsi_seg.stages.models import build_model
-    from wsi_seg.training.train import bce_dice
+    from wsi_seg.training.losses import bce_dice
 
     model = build_model("unet", **state["spec"]["args"])
     model.compile(optimizer=keras.optimizers.Adam(), loss=bce_dice)
@@ -256,6 +256,11 @@ def test_mixed_precision_trains_resumes_and_saves_float32(
     assert keras.mixed_precision.global_policy().name == "float32"  # policy restored
 
 
+def _csv_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def _pooled(truth: np.ndarray, pred: np.ndarray) -> tuple[float, float, float]:
     """Dice, IoU and accuracy of all pixels together (1 for empty-vs-empty)."""
     t, p = truth.astype(bool).ravel(), pred.astype(bool).ravel()
@@ -267,7 +272,7 @@ def _pooled(truth: np.ndarray, pred: np.ndarray) -> tuple[float, float, float]:
 
 def test_epoch_scores_pool_every_pixel_of_the_epoch() -> None:
     """An epoch's Dice/IoU/accuracy are those of all its pixels, not means of batch scores."""
-    from wsi_seg.training.train import SCORES, score_metrics
+    from wsi_seg.training.epoch_scores import SCORES, score_metrics
 
     metrics = score_metrics()
     assert [m.name for m in metrics] == list(SCORES)
@@ -292,13 +297,42 @@ def test_epoch_scores_pool_every_pixel_of_the_epoch() -> None:
     assert [float(m.result()) for m in metrics] == pytest.approx([1.0, 1.0, 1.0])
 
 
+def test_fit_logs_each_epochs_pooled_scores() -> None:
+    """Through Keras' fit: each epoch's Dice/IoU are those of all its pixels together (not
+    the mean of its batches' scores), and each epoch starts its counts afresh."""
+    import keras
+
+    from wsi_seg.training.epoch_scores import score_metrics
+
+    rng = np.random.default_rng(1)
+    truth = np.zeros((8, 8, 8, 1), np.float32)
+    truth[0, 3, 3] = 1  # batch A: one tumour pixel, found
+    truth[2:] = rng.random((6, 8, 8, 1)) < 0.6  # batches B, C, D: much tumour
+    found = rng.random(truth.shape) < np.array([1, 1, 0.5, 0.5, 0.8, 0.8, 0.3, 0.3])[
+        :, None, None, None]
+    prob = np.where(found, truth, 1 - truth).astype(np.float32) * 0.8 + 0.1
+    # the model passes its input through (weight 1, learning rate 0): predictions = prob
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(
+        1, 1, use_bias=False, kernel_initializer="ones")])
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.0), loss="mse",
+                  metrics=score_metrics())
+    history = model.fit(prob, truth, batch_size=2, epochs=2, steps_per_epoch=2, shuffle=False,
+                        verbose=0).history
+    for epoch, samples in ((0, slice(0, 4)), (1, slice(4, 8))):  # batches A, B; then C, D
+        dice, iou, _ = _pooled(truth[samples], prob[samples] >= 0.5)
+        assert history["dice"][epoch] == pytest.approx(dice, abs=1e-6)
+        assert history["iou"][epoch] == pytest.approx(iou, abs=1e-6)
+    batch_dice = [_pooled(truth[i : i + 2], prob[i : i + 2] >= 0.5)[0] for i in (0, 2)]
+    assert abs(history["dice"][0] - np.mean(batch_dice)) > 0.05  # the batch mean differs
+
+
 def test_card_validation_scores_pool_the_validation_tiles(
     unet_data: tuple[Path, Path], trained_unet: tuple[Path, TrainResult]
 ) -> None:
     """The card's Dice/IoU/accuracy are the saved model's on all validation tiles pooled."""
     from wsi_seg.stages.card import load_model
-    from wsi_seg.training.datasets import fixed_tiles
-    from wsi_seg.training.train import predict_tiles
+    from wsi_seg.training.tile_prediction import predict_tiles
+    from wsi_seg.training.unet_data import fixed_tiles
 
     model, card = load_model(trained_unet[0])
     images, masks = load_pairs(find_pairs(unet_data[1]))
@@ -449,7 +483,7 @@ def test_patch_training_with_per_patient_evaluation(
 
 
 def test_patch_overlay_colours(tmp_path: Path) -> None:
-    from wsi_seg.training.train import write_overlay
+    from wsi_seg.training.patients import write_overlay
 
     img = np.full((4, 3, 3), 255, np.uint8)
     pred = np.array([[1, 0, 1]] * 4, np.uint8)
@@ -464,7 +498,7 @@ def test_patch_overlay_colours(tmp_path: Path) -> None:
 
 def test_small_edge_patches_are_padded_white_in_both_readers(tmp_path: Path) -> None:
     """IDC edge patches are smaller than 50 x 50: tf.data and NumPy pad them the same way."""
-    from wsi_seg.training.datasets import load_patch_tf, read_patch
+    from wsi_seg.training.idc_data import load_patch_tf, read_patch
 
     rng = np.random.default_rng(0)
     small = rng.integers(0, 256, (30, 41, 3), dtype=np.uint8)

@@ -13,7 +13,7 @@ from wsi_seg.core.files import write_atomic
 from wsi_seg.stages.blend import BLEND_MODES
 
 if TYPE_CHECKING:
-    from wsi_seg.training.train import WindowOptions
+    from wsi_seg.training.image_evaluation import WindowOptions
 
 EPILOG = """\
 Images must be at the model's resolution (its card's mpp); masks are binarised like training
@@ -66,7 +66,7 @@ def _fmt(v: float) -> str:
 
 def window_options(args: argparse.Namespace) -> WindowOptions:
     """The window options given; the others keep :class:`WindowOptions`' defaults, run's."""
-    from wsi_seg.training.train import WindowOptions
+    from wsi_seg.training.image_evaluation import WindowOptions
 
     given = {"overlap": args.overlap, "stride_px": args.stride, "blend": args.blend,
              "sigma_scale": args.sigma_scale, "batch_size": args.batch_size}
@@ -74,7 +74,7 @@ def window_options(args: argparse.Namespace) -> WindowOptions:
 
 
 def run(args: argparse.Namespace) -> int:
-    from wsi_seg.training.train import evaluate_folder, summarise_images
+    from wsi_seg.training.image_evaluation import evaluate_folder, summarise_images
 
     scores, card = evaluate_folder(
         args.model, args.images, args.masks, args.threshold, args.mask_threshold,

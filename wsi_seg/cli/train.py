@@ -76,6 +76,12 @@ def register(subparsers: Any) -> None:
         "card MODEL.json (kind, input, µm/px, normalisation, threshold, data, scores).",
     )
     sub = p.add_subparsers(dest="kind", metavar="KIND")
+    _register_unet(sub)
+    _register_patch(sub)
+    p.set_defaults(handler=lambda args: _need_kind(p))
+
+
+def _register_unet(sub: Any) -> None:
     u = sub.add_parser(
         "unet", help="dense per-pixel UNet from images/ + masks/ folders",
         description="Train a UNet on image/mask folders.", epilog=UNET_EPILOG,
@@ -105,6 +111,8 @@ def register(subparsers: Any) -> None:
     _common(u, "bce_dice", 8)
     u.set_defaults(handler=run_unet)
 
+
+def _register_patch(sub: Any) -> None:
     q = sub.add_parser(
         "patch", help="IDC-style 50x50 patch classifier with a patient split",
         description="Train a patch classifier on the IDC folder layout.", epilog=PATCH_EPILOG,
@@ -132,7 +140,6 @@ def register(subparsers: Any) -> None:
     q.add_argument("--no-overlays", action="store_true", help="skip per-patient overlay PNGs")
     _common(q, "bce", 64)
     q.set_defaults(handler=run_patch)
-    p.set_defaults(handler=lambda args: _need_kind(p))
 
 
 def _need_kind(p: argparse.ArgumentParser) -> int:
@@ -141,8 +148,8 @@ def _need_kind(p: argparse.ArgumentParser) -> int:
 
 
 def _config(args: argparse.Namespace) -> Any:
-    from wsi_seg.training.datasets import Augment
-    from wsi_seg.training.train import TrainConfig
+    from wsi_seg.training.augment import Augment
+    from wsi_seg.training.config import TrainConfig
 
     return TrainConfig(
         out=args.out, epochs=args.epochs, batch_size=args.batch_size,
@@ -163,7 +170,7 @@ def _report(result: Any) -> None:
 
 
 def run_unet(args: argparse.Namespace) -> int:
-    from wsi_seg.training.train import UnetOptions, train_unet
+    from wsi_seg.training.unet_task import UnetOptions, train_unet
 
     opts = UnetOptions(
         train_dir=args.train, valid_dir=args.valid, mpp=args.mpp, input_size_px=args.size,
@@ -183,7 +190,8 @@ def _names(text: str | None) -> tuple[str, ...] | None:
 
 
 def run_patch(args: argparse.Namespace) -> int:
-    from wsi_seg.training.train import PatchOptions, summarise_patients, train_patch
+    from wsi_seg.training.patch_task import PatchOptions, train_patch
+    from wsi_seg.training.patients import summarise_patients
 
     try:
         filters = tuple(int(f) for f in args.filters.split(","))

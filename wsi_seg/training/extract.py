@@ -2,9 +2,9 @@
 
 ``extract_training_data`` cuts a slide, read at a chosen resolution (µm/px), into square tiles
 on ``run``'s window grid over the working-resolution image
-(:func:`wsi_seg.stages.tiling.window_starts`:
-every ``stride`` pixels, the last tile of each row and column moved back inside the slide), keeps
-those on tissue, and writes them in one of the two layouts that :mod:`wsi_seg.training.train` reads:
+(:func:`wsi_seg.stages.tiling.window_starts`: every ``stride`` pixels, the last tile of each row
+and column moved back inside the slide), keeps those on tissue, and writes them in one of the
+two layouts that :mod:`wsi_seg.training.unet_task` and :mod:`wsi_seg.training.patch_task` read:
 
 * ``unet``: ``OUT/images/<stem>_x<XW>_y<YW>.png`` and ``OUT/masks/<same>.png`` (0/255);
 * ``idc``: ``OUT/<patient>/<0|1>/<patient>_idx5_x<XW>_y<YW>_class<C>.png``, a patch labelled 1
@@ -14,9 +14,8 @@ those on tissue, and writes them in one of the two layouts that :mod:`wsi_seg.tr
 convention: coordinates at the patch resolution), so IDC patches of one slide rebuild the
 slide's image. Tiles are read in blocks of about ``block_px`` (one ``read_region`` per block),
 and the truth polygons are rasterised per block with the pixel-centre rule of
-:func:`wsi_seg.evaluation.metrics.rasterize_window`. A ``extract_<stem>.json`` manifest records the
-source
-slide, truth, resolution and counts.
+:func:`wsi_seg.evaluation.metrics.rasterize_window`. A ``extract_<stem>.json`` manifest records
+the source slide, truth, resolution and counts.
 """
 
 from __future__ import annotations
@@ -153,45 +152,18 @@ def extract_training_data(
         truth = check_truth_fits(read_truth(Path(truth_path), opts.classes), slide.dimensions)
         slide.choose_level(opts.mpp)  # SlideError now if the slide cannot serve this mpp
         name = opts.name or slide.stem
+        tiles_xy = _tissue_tiles(slide, opts)
         f = slide.level0_px_per_px(opts.mpp)
-        w_px, h_px = slide.size_w(opts.mpp)
-        tile, stride = opts.tile, opts.stride
-        if w_px < tile or h_px < tile:
-            raise WsiSegError(
-                f"slide is {w_px}x{h_px} px at {opts.mpp:g} µm/px, smaller than one "
-                f"{tile} px tile",
-                slide.path,
-            )
         # Truth in working pixels: x_w = (x0 - origin) / f.
         truth_w = shapely.affinity.affine_transform(
             truth.geometry, [1 / f, 0, 0, 1 / f, -slide.origin_x0 / f, -slide.origin_y0 / f]
         )
-        tissue = find_tissue(slide)
-        # run's window grid: the last tile of a row or column is moved back inside, so tissue
-        # at the right and bottom borders is extracted too (the slide is at least one tile).
-        xs = window_starts(w_px, tile, stride)
-        ys = window_starts(h_px, tile, stride)
-        grid_x, grid_y = np.meshgrid(xs, ys)
-        gx, gy = grid_x.ravel(), grid_y.ravel()
-        frac = _tissue_fractions(
-            tissue, slide.origin_x0 + gx * f, slide.origin_y0 + gy * f, tile * f
-        )
-        keep = np.flatnonzero(frac >= max(opts.min_tissue, 1e-9))
-        if keep.size == 0:
-            raise WsiSegError(
-                f"no tile of {tile} px at {opts.mpp:g} µm/px has {opts.min_tissue:.0%} tissue",
-                slide.path,
-            )
-        if opts.max_tiles is not None and keep.size > opts.max_tiles:
-            rng = np.random.default_rng(opts.seed)
-            keep = np.sort(rng.choice(keep, opts.max_tiles, replace=False))
-        tiles_xy = list(zip(gx[keep].tolist(), gy[keep].tolist(), strict=True))
         written, tumour_tiles, tumour_px = _write_blocks(
             slide, truth_w, tiles_xy, out, name, opts
         )
-    total_px = max(1, written * tile * tile)
+    total_px = max(1, written * opts.tile * opts.tile)
     result = ExtractResult(
-        out, name, opts.layout, opts.mpp, tile, written, tumour_tiles, tumour_px / total_px,
+        out, name, opts.layout, opts.mpp, opts.tile, written, tumour_tiles, tumour_px / total_px,
         time.perf_counter() - start,
     )
     manifest = {
@@ -200,7 +172,7 @@ def extract_training_data(
         "truth": str(Path(truth_path)),
         "truth_classes": list(truth.classes),
         **{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(result).items()},
-        "stride_px": stride,
+        "stride_px": opts.stride,
         "min_tissue": opts.min_tissue,
         "tumour_fraction": opts.tumour_fraction if opts.layout == "idc" else None,
         "max_tiles": opts.max_tiles,
@@ -211,6 +183,36 @@ def extract_training_data(
     return result
 
 
+def _tissue_tiles(slide: Slide, opts: ExtractOptions) -> list[tuple[int, int]]:
+    """Top-left corners (working px) of the grid's tiles with ``opts.min_tissue`` tissue, at
+    most ``opts.max_tiles`` of them (a seeded draw, kept in grid order)."""
+    f = slide.level0_px_per_px(opts.mpp)
+    w_px, h_px = slide.size_w(opts.mpp)
+    tile, stride = opts.tile, opts.stride
+    if w_px < tile or h_px < tile:
+        raise WsiSegError(
+            f"slide is {w_px}x{h_px} px at {opts.mpp:g} µm/px, smaller than one {tile} px tile",
+            slide.path,
+        )
+    tissue = find_tissue(slide)
+    # run's window grid: the last tile of a row or column is moved back inside, so tissue
+    # at the right and bottom borders is extracted too (the slide is at least one tile).
+    grid_x, grid_y = np.meshgrid(window_starts(w_px, tile, stride),
+                                 window_starts(h_px, tile, stride))
+    gx, gy = grid_x.ravel(), grid_y.ravel()
+    frac = _tissue_fractions(tissue, slide.origin_x0 + gx * f, slide.origin_y0 + gy * f, tile * f)
+    keep = np.flatnonzero(frac >= max(opts.min_tissue, 1e-9))
+    if keep.size == 0:
+        raise WsiSegError(
+            f"no tile of {tile} px at {opts.mpp:g} µm/px has {opts.min_tissue:.0%} tissue",
+            slide.path,
+        )
+    if opts.max_tiles is not None and keep.size > opts.max_tiles:
+        rng = np.random.default_rng(opts.seed)
+        keep = np.sort(rng.choice(keep, opts.max_tiles, replace=False))
+    return list(zip(gx[keep].tolist(), gy[keep].tolist(), strict=True))
+
+
 def _write_blocks(
     slide: Slide,
     truth_w: BaseGeometry,
@@ -219,7 +221,8 @@ def _write_blocks(
     name: str,
     opts: ExtractOptions,
 ) -> tuple[int, int, int]:
-    """Read the tiles block by block, rasterise truth per block, write PNGs; return counts."""
+    """Read the tiles block by block, rasterise truth per block, write PNGs; return the
+    counts ``(tiles, tumour tiles, tumour px)``."""
     tile = opts.tile
     block = max(tile, (opts.block_px // opts.stride) * opts.stride)
     groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
@@ -241,20 +244,26 @@ def _write_blocks(
             m = mask[y - by : y - by + tile, x - bx : x - bx + tile]
             n_tumour = int(m.sum())
             tumour_px += n_tumour
-            bgr = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
-            if opts.layout == "unet":
-                stem = f"{name}_x{x}_y{y}"
-                _imwrite(out / "images" / f"{stem}.png", bgr)
-                _imwrite(out / "masks" / f"{stem}.png", m * 255)
-                tumour_tiles += n_tumour > 0
-            else:
-                label = int(n_tumour >= math.ceil(opts.tumour_fraction * tile * tile))
-                folder = out / name / str(label)
-                folder.mkdir(parents=True, exist_ok=True)
-                _imwrite(folder / f"{name}_idx5_x{x}_y{y}_class{label}.png", bgr)
-                tumour_tiles += label
+            tumour_tiles += _write_tile(img, m, n_tumour, x, y, out, name, opts)
             written += 1
     return written, tumour_tiles, tumour_px
+
+
+def _write_tile(img: np.ndarray, mask: np.ndarray, n_tumour: int, x: int, y: int, out: Path,
+                name: str, opts: ExtractOptions) -> int:
+    """Write one tile at working px ``(x, y)`` in ``opts.layout``; 1 if it counts as a tumour
+    tile (unet: any tumour pixel; idc: labelled 1), else 0."""
+    bgr = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
+    if opts.layout == "unet":
+        stem = f"{name}_x{x}_y{y}"
+        _imwrite(out / "images" / f"{stem}.png", bgr)
+        _imwrite(out / "masks" / f"{stem}.png", mask * 255)
+        return int(n_tumour > 0)
+    label = int(n_tumour >= math.ceil(opts.tumour_fraction * opts.tile * opts.tile))
+    folder = out / name / str(label)
+    folder.mkdir(parents=True, exist_ok=True)
+    _imwrite(folder / f"{name}_idx5_x{x}_y{y}_class{label}.png", bgr)
+    return label
 
 
 def _imwrite(path: Path, img: np.ndarray) -> None:
