@@ -1,4 +1,4 @@
-"""The worker side of a slide: a block task, and a worker's warm-up ahead of the first block.
+"""The worker side of a slide: one block task.
 
 :func:`run_block` (one Dask task per block, on any worker) reads the block's halo at the
 model's µm/px, predicts and blends its windows, writes the Zarr chunks the block alone owns,
@@ -7,16 +7,14 @@ then drops a completion marker, so a resumed run redoes only blocks without one.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from wsi_seg.core.files import write_json_atomic
 from wsi_seg.orchestration.handles import slide_handles
 from wsi_seg.orchestration.job import MARKERS, BlockContext, BlockTask
 from wsi_seg.stages.blend import blend_block, kept_extent, to_uint8
-from wsi_seg.stages.infer import InferConfig, cached_predictor, warm_predictor
+from wsi_seg.stages.infer import InferConfig, cached_predictor
 from wsi_seg.stages.mosaic import block_levels, open_mosaic, write_block
 
 
@@ -68,29 +66,3 @@ def sum_times(results: list[BlockResult]) -> dict[str, float]:
         for k, v in r.times.items():
             total[k] = total.get(k, 0.0) + v
     return total
-
-
-@dataclass(frozen=True)
-class WarmResult:
-    """A worker's start-up: where its model runs and how long loading and compiling took
-    (seconds)."""
-
-    device: str
-    backend: str
-    load_s: float
-    pid: int
-
-
-def warm_worker(model_path: Path, infer: InferConfig) -> WarmResult:
-    """Load the model and compile its forward pass on a worker ahead of the first block.
-
-    Run while the client is still finding tissue and planning, so the framework's import, the
-    model load and the compile overlap with that work instead of delaying the first block
-    (a worker that already warmed, e.g. through
-    :class:`wsi_seg.orchestration.cluster.ModelPlugin`, answers at once).
-    """
-    from wsi_seg.stages.backends import keras_backend
-
-    load_s = warm_predictor(model_path, infer)
-    return WarmResult(cached_predictor(model_path, infer).device, keras_backend(), load_s,
-                      os.getpid())

@@ -25,13 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from wsi_seg.core.naming import slide_stem
-from wsi_seg.orchestration.blocks import (
-    BlockResult,
-    WarmResult,
-    run_block,
-    sum_times,
-    warm_worker,
-)
+from wsi_seg.orchestration.blocks import BlockResult, run_block, sum_times
 from wsi_seg.orchestration.finish import find_truth, finish_slide
 from wsi_seg.orchestration.handles import OPEN_SLIDES, slide_handles
 from wsi_seg.orchestration.job import (
@@ -50,6 +44,7 @@ from wsi_seg.orchestration.job import (
     prepare_slide,
 )
 from wsi_seg.orchestration.report import REPORT, REPORT_KEYS, SlideReport
+from wsi_seg.orchestration.warmup import WarmResult, warm_worker
 
 __all__ = [
     "CHUNK_WINDOWS", "MARKERS", "OPEN_SLIDES", "PARTIAL_SUFFIX", "REPORT", "REPORT_KEYS",

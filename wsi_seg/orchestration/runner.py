@@ -17,7 +17,7 @@ import sys
 import time
 import traceback
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,13 +30,7 @@ from wsi_seg.core.errors import WsiSegError, printable
 from wsi_seg.core.files import write_json_atomic
 from wsi_seg.core.naming import output_names, slide_stem
 from wsi_seg.orchestration import progress
-from wsi_seg.orchestration.cluster import (
-    BLOCK_GPU_SHARE,
-    ClusterConfig,
-    ModelPlugin,
-    WorkerPlan,
-    connect,
-)
+from wsi_seg.orchestration.cluster import BLOCK_GPU_SHARE, ClusterConfig, WorkerPlan, connect
 from wsi_seg.orchestration.pipeline import (
     REPORT,
     BlockResult,
@@ -51,12 +45,14 @@ from wsi_seg.orchestration.pipeline import (
     prepare_slide,
     run_block,
     sum_times,
-    warm_worker,
 )
+from wsi_seg.orchestration.records import RUN_JSON, run_score, run_score_lines, versions
+from wsi_seg.orchestration.warmup import warm_worker_async, warm_workers
 from wsi_seg.stages.card import verify_model_file
 from wsi_seg.stages.infer import InferConfig
 
-RUN_JSON = "run.json"
+__all__ = ["RUN_JSON", "RunResult", "Runner", "SlideState", "one_line", "run_score",
+           "run_score_lines", "run_slides", "versions", "warm_worker_async"]
 
 
 @dataclass
@@ -118,20 +114,6 @@ def one_line(exc: BaseException) -> str:
         return str(exc)
     text = " ".join(str(exc).split()) or "no message"
     return f"{type(exc).__name__}: {text[:300]}"
-
-
-def versions() -> dict[str, str]:
-    """Versions of wsi-seg, Python and the packages that decide a run's outputs."""
-    import importlib.metadata as md
-
-    out = {"wsi_seg": __version__, "python": platform.python_version()}
-    for pkg in ("tensorflow", "keras", "openslide-python", "openslide-bin", "zarr", "dask",
-                "distributed", "numpy", "shapely", "opencv-python-headless"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            continue
-    return out
 
 
 @dataclass
@@ -262,7 +244,7 @@ class Runner:
         with connect(self.cluster) as (client, plan):
             infer = self._started(client, plan)
             # Workers import the framework and load the model while the client plans slides.
-            warm = _warm_workers(client, self.config, infer)
+            warm = warm_workers(client, self.config.resolved_model(), infer)
             self.prepare()
             self.write_run_json()
             total_tiles = sum(s.job.tiles_todo for s in self.states if s.job)
@@ -459,58 +441,6 @@ def _done_line(path: Path, report: SlideReport, slide_dir: Path) -> str:
     return (f"✓ {path.name}: {report.tiles} tiles in {report.wall_s:.1f} s "
             f"({report.tiles_per_s or 0.0:.1f} tiles/s{blocks}), tumour "
             f"{report.tumour_mm2:.3f} mm²{extra} -> {slide_dir}")
-
-
-def _warm_workers(client: Any, config: RunConfig, infer: InferConfig
-                  ) -> Future[dict[str, Any]] | None:
-    """Load the model on every worker, now and on workers that join later (the plugin), and
-    ask each current worker, in the background, for its start-up report.
-
-    Asked with ``client.run`` (no task, no worker restriction): a worker that dies while
-    loading answers with an error instead of leaving a task that no worker can run.
-    """
-    try:
-        model = config.resolved_model()
-    except WsiSegError:
-        return None
-    client.register_plugin(ModelPlugin(model, infer))
-    pool = ThreadPoolExecutor(1, thread_name_prefix="wsi-seg-warm-up")
-    future = pool.submit(client.run, warm_worker_async, model, infer, on_error="return")
-    pool.shutdown(wait=False)
-    return future
-
-
-async def warm_worker_async(model_path: Path, infer: InferConfig) -> Any:
-    """:func:`warm_worker` off the worker's event loop (which must keep answering)."""
-    import asyncio
-
-    return await asyncio.get_running_loop().run_in_executor(None, warm_worker, model_path,
-                                                            infer)
-
-
-def run_score(reports: list[SlideReport]) -> Any:
-    """Micro/macro IoU and Dice over the scored slides (None when nothing was scored)."""
-    from wsi_seg.evaluation.metrics import summarize_scores
-
-    scores = [r.score.overlap() for r in reports if r.score is not None]
-    return summarize_scores(scores) if scores else None
-
-
-def run_score_lines(reports: list[SlideReport]) -> list[str]:
-    """The run's scores as summary footer lines (empty-vs-empty slides counted apart)."""
-    run = run_score(reports)
-    if run is None:
-        return []
-
-    def f(v: float | None) -> str:
-        return "n/a" if v is None else f"{v:.4f}"
-
-    return [
-        f"Scored slides: {run.n_slides} ({run.n_empty_both} empty-vs-empty, left out of the "
-        "means).",
-        f"IoU micro {f(run.micro_iou)}, macro {f(run.macro_iou)}; "
-        f"Dice micro {f(run.micro_dice)}, macro {f(run.macro_dice)}.",
-    ]
 
 
 def run_slides(slides: Sequence[Path], config: RunConfig,
