@@ -176,3 +176,32 @@ def test_error_lines_are_not_lost_while_the_model_loads_in_this_process(
     rc, err = done.returncode, done.stderr
     assert rc == 1
     assert sum("broken.svs" in line for line in err.splitlines()) == 1, err
+
+
+def test_each_finished_report_is_read_once_per_run(model: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rerun asks each slide's report once (finished? taken? scored?), not once per
+    question; a finished slide that could not be scored is still redone."""
+    from wsi_seg.orchestration import runner
+
+    write_synthetic_slide(tmp_path / "a.svs", (800, 600), seed=1)
+    write_synthetic_slide(tmp_path / "b.svs", (600, 800), seed=2)
+    out = tmp_path / "out"
+    truth = tmp_path / "truth"
+    truth.mkdir()
+    (truth / "a.tumor.geojson").write_text('{"type": "FeatureCollection", "features": []}')
+    slides = (tmp_path / "a.svs", tmp_path / "b.svs")
+    assert _run(model, out, *slides, extra=("--truth", str(truth))) == 1  # b: no truth
+    reads: list[Path] = []
+    real = runner.finished_report
+
+    def counting(out_dir: Path, slide_path: Path, name: str | None = None) -> object:
+        reads.append(slide_path)
+        return real(out_dir, slide_path, name)
+
+    monkeypatch.setattr(runner, "finished_report", counting)
+    (truth / "b.tumor.geojson").write_text('{"type": "FeatureCollection", "features": []}')
+    assert _run(model, out, *slides, extra=("--truth", str(truth))) == 0
+    assert sorted(reads) == sorted(slides)
+    run = json.loads((out / "run.json").read_text())
+    assert [s["status"] for s in run["slides"]] == ["skipped", "ok"]

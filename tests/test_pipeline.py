@@ -16,7 +16,13 @@ import pytest
 
 from tests.model_fixtures import constant_unet, mean_red_patch, red_channel_unet, small_unet
 from wsi_seg.core.errors import WsiSegError
-from wsi_seg.orchestration.pipeline import RunConfig, prepare_slide, process_slide_inline
+from wsi_seg.orchestration.pipeline import (
+    REPORT_KEYS,
+    RunConfig,
+    SlideReport,
+    prepare_slide,
+    process_slide_inline,
+)
 from wsi_seg.stages.blend import BlendSpec, accumulate, sliding_window_inference, to_uint8
 from wsi_seg.stages.infer import InferConfig, Predictor
 from wsi_seg.stages.mosaic import downsample2_mean, open_mosaic
@@ -45,7 +51,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
-def _run(slide: Path, out: Path, model: Path, **kw: object) -> tuple[np.ndarray, dict]:
+def _run(slide: Path, out: Path, model: Path, **kw: object) -> tuple[np.ndarray, SlideReport]:
     opts: dict[str, object] = {"chunk_px": 128, "block_px": 256, **kw}
     cfg = RunConfig(out_dir=out, model_path=model, infer=InferConfig(batch_size=4),
                     **opts)  # type: ignore[arg-type]
@@ -58,7 +64,7 @@ def test_mosaic_does_not_depend_on_block_size(slide: Path, models: dict[str, Pat
                                               tmp_path: Path) -> None:
     a, rep_a = _run(slide, tmp_path / "a", models["unet"], block_px=256)
     b, rep_b = _run(slide, tmp_path / "b", models["unet"], block_px=640, chunk_px=128)
-    assert rep_a["blocks"] != rep_b["blocks"]  # really different partitions
+    assert rep_a.blocks != rep_b.blocks  # really different partitions
     assert a.any()
     assert np.array_equal(a, b)
     # Coarser levels too: 256 px blocks write level 1 themselves, 640 px blocks leave it all
@@ -122,7 +128,7 @@ def test_constant_model_gives_constant_mosaic_without_seams(slide: Path, models:
     # 0.6 * 255 = 153 sits mid-way between rounding edges, so float32 blending noise (a few
     # ulp) cannot flip it; any seam or unnormalised overlap would show as another value.
     assert values == {0, 153}  # tissue 0.6, untouched background 0
-    assert rep["tiles"] > 0
+    assert rep.tiles > 0
 
 
 def test_per_pixel_model_is_returned_exactly(slide: Path, models: dict[str, Path],
@@ -155,7 +161,7 @@ def test_patch_classifier_paints_footprints(slide: Path, models: dict[str, Path]
             assert np.all(np.abs(fp.astype(int) - int(expect)) <= 1), (y, x)
             painted += 1
     assert painted >= 4
-    assert rep["tiles"] >= painted
+    assert rep.tiles >= painted
 
 
 def test_patch_stride_below_patch_size_blends_smoothly(slide: Path, models: dict[str, Path],
@@ -229,9 +235,9 @@ def test_no_tissue_gives_all_zero_mosaic_and_a_note(tmp_path: Path, models: dict
         tif.write(glass, tile=(256, 256), photometric="rgb", resolution=(2e4, 2e4),
                   resolutionunit="CENTIMETER", metadata=None)
     mosaic, rep = _run(blank, tmp_path / "b", models["const"])
-    assert rep["blocks"] == 0 and rep["tiles"] == 0
+    assert rep.blocks == 0 and rep.tiles == 0
     assert not mosaic.any()
-    assert any("no tissue" in n for n in rep["notes"])
+    assert any("no tissue" in n for n in rep.notes)
 
 
 def test_slide_smaller_than_one_tile(tmp_path: Path, models: dict[str, Path]) -> None:
@@ -239,7 +245,7 @@ def test_slide_smaller_than_one_tile(tmp_path: Path, models: dict[str, Path]) ->
     write_synthetic_slide(tiny, (100, 80), seed=2)
     mosaic, rep = _run(tiny, tmp_path / "t", models["const"])
     assert mosaic.shape == (40, 50)  # 1 µm/px from 0.5 µm/px, smaller than the 64 px tile
-    assert rep["tiles"] <= 1
+    assert rep.tiles <= 1
 
 
 def test_model_mpp_the_slide_cannot_serve(tmp_path: Path, models: dict[str, Path]) -> None:
@@ -266,10 +272,38 @@ def test_report_has_timings_and_rates(slide: Path, models: dict[str, Path], tmp_
                                       ) -> None:
     _, rep = _run(slide, tmp_path / "rep", models["unet"])
     for stage in ("read", "predict", "blend", "write", "pyramid", "vectorize", "geojson"):
-        assert stage in rep["stage_s"]
-    assert rep["tiles_per_s"] > 0 and rep["predict_tiles_per_thread_s"] > 0
+        assert stage in rep.stage_s
+    assert rep.tiles_per_s is not None and rep.tiles_per_s > 0
+    assert rep.predict_tiles_per_thread_s is not None and rep.predict_tiles_per_thread_s > 0
     on_disk = json.loads((tmp_path / "rep" / slide.stem / "report.json").read_text())
-    assert on_disk["tiles"] == rep["tiles"]
+    assert on_disk["tiles"] == rep.tiles
+
+
+#: report.json's keys as documented (wsi_seg.orchestration.report), in the order written.
+DOCUMENTED_REPORT_KEYS = [
+    "slide", "slide_identity", "output_name", "status", "wsi_seg_version", "model", "mpp",
+    "slide_mpp", "mosaic_shape_px", "blocks", "tiles", "tile_predictions", "tissue_fraction",
+    "tissue_mm2", "tumour_mm2", "tumour_regions", "threshold", "min_area_um2", "wall_s",
+    "tiles_per_s", "blocks_wall_s", "blocks_tiles_per_s", "finish_s",
+    "predict_tiles_per_thread_s", "stage_s", "truth", "score", "score_error", "notes",
+]
+
+
+def test_report_json_keys_are_the_documented_ones_in_order(slide: Path, models: dict[str, Path],
+                                                           tmp_path: Path) -> None:
+    from wsi_seg.orchestration import report as report_module
+
+    truth = tmp_path / "truth.geojson"
+    truth.write_text('{"type": "FeatureCollection", "features": []}')
+    _, rep = _run(slide, tmp_path / "keys", models["const"], truth=truth)
+    on_disk = json.loads((tmp_path / "keys" / slide.stem / "report.json").read_text())
+    assert list(on_disk) == DOCUMENTED_REPORT_KEYS == list(REPORT_KEYS)
+    assert all(f"``{k}``" in (report_module.__doc__ or "") for k in DOCUMENTED_REPORT_KEYS)
+    assert list(on_disk["model"]) == ["path", "sha256", "kind", "name"]
+    assert list(on_disk["score"]) == ["tp", "fp", "fn", "resolution_um", "iou", "dice",
+                                      "empty_both"]
+    # What the runner gets back is what the file says.
+    assert on_disk == json.loads(json.dumps(rep.to_json()))
 
 
 def test_wrong_model_file_is_one_line_before_any_work(slide: Path, tmp_path: Path,

@@ -7,15 +7,13 @@ import json
 import time
 from pathlib import Path
 
-from wsi_seg.cli.info import describe, format_text
 from wsi_seg.orchestration import options
 from wsi_seg.orchestration.cluster import ClusterConfig
-from wsi_seg.orchestration.pipeline import RunConfig, final_dir_for
+from wsi_seg.orchestration.describe import PlanSettings, describe_path
+from wsi_seg.orchestration.pipeline import REPORT, RunConfig, final_dir_for
 from wsi_seg.orchestration.runner import run_slides
 from wsi_seg.stages.card import bundled_model_path, read_card
 from wsi_seg.stages.infer import InferConfig
-from wsi_seg.stages.slide import open_slide
-from wsi_seg.stages.tissue import find_tissue
 from wsi_seg.tools.synth import truth_path_for, write_synthetic_slide
 
 
@@ -66,20 +64,18 @@ def run(args: argparse.Namespace) -> int:
         write_synthetic_slide(slide_path, (w, h), seed=args.seed)
         print(f"wrote sample slide {slide_path} and its truth {truth} "
               f"({time.perf_counter() - t:.1f} s)")
-    model = args.model or bundled_model_path("unet")
-    card = read_card(model)
-    with open_slide(slide_path) as slide:
-        tissue = find_tissue(slide)
-        d = options.DEFAULTS
-        print(format_text(describe(slide, tissue, card.mpp, card.input_size_px, d["overlap"],
-                                   d["block"], d["chunk"])))
+    card = read_card(args.model or bundled_model_path("unet"))
+    d = options.DEFAULTS
+    print(describe_path(slide_path, plan=PlanSettings(card.mpp, card.input_size_px,
+                                                       d["overlap"], d["block"],
+                                                       d["chunk"])).text())
     results = out / "results"
     config = RunConfig(out_dir=results, model_path=args.model, truth=truth,
                        infer=InferConfig(batch_size=16), overwrite=args.overwrite)
     result = run_slides([slide_path], config,
                         ClusterConfig(scheduler=args.scheduler, workers=args.workers))
     slide_dir = final_dir_for(results, slide_path)
-    report = json.loads((slide_dir / "report.json").read_text())
+    report = json.loads((slide_dir / REPORT).read_text())
     score = report.get("score") or {}
     print()
     print(f"mosaic   {slide_dir / 'mask.zarr'}   (OME-Zarr; open in napari with napari-ome-zarr)")

@@ -359,7 +359,6 @@ def argument_type(kind: Kind, limits: Limits | None = None) -> Callable[[str], A
     return Option("value", kind, None, "", "", limits=limits).parse
 
 
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Every option as a flag, grouped by TOML section. Absent flags stay absent (SUPPRESS),
     so the TOML file and the defaults can fill them."""

@@ -11,14 +11,13 @@ truthful record; rerunning the same command resumes.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import platform
 import sys
 import time
 import traceback
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,33 +27,32 @@ from distributed.comm.core import CommClosedError
 
 from wsi_seg import __version__
 from wsi_seg.core.errors import WsiSegError, printable
-from wsi_seg.core.files import decode_json, write_json_atomic
+from wsi_seg.core.files import write_json_atomic
 from wsi_seg.core.naming import output_names, slide_stem
 from wsi_seg.orchestration import progress
-from wsi_seg.orchestration.cluster import (
-    BLOCK_GPU_SHARE,
-    ClusterConfig,
-    ModelPlugin,
-    WorkerPlan,
-    connect,
-)
+from wsi_seg.orchestration.cluster import BLOCK_GPU_SHARE, ClusterConfig, WorkerPlan, connect
 from wsi_seg.orchestration.pipeline import (
+    REPORT,
     BlockResult,
     RunConfig,
     SlideJob,
+    SlideReport,
+    WarmResult,
     check_writable,
     final_dir_for,
     finish_slide,
-    is_finished,
+    finished_report,
     prepare_slide,
     run_block,
     sum_times,
-    warm_worker,
 )
+from wsi_seg.orchestration.records import RUN_JSON, run_score, run_score_lines, versions
+from wsi_seg.orchestration.warmup import warm_worker_async, warm_workers
 from wsi_seg.stages.card import verify_model_file
 from wsi_seg.stages.infer import InferConfig
 
-RUN_JSON = "run.json"
+__all__ = ["RUN_JSON", "RunResult", "Runner", "SlideState", "one_line", "run_score",
+           "run_score_lines", "run_slides", "versions", "warm_worker_async"]
 
 
 @dataclass
@@ -69,10 +67,16 @@ class SlideState:
     remaining: int = 0
     results: list[BlockResult] = field(default_factory=list)
     started: float | None = None
-    report: dict[str, Any] | None = None
+    report: SlideReport | None = None
+    slide_dir: Path | None = None  # where the report was published
     bar: Any = None  # this slide's progress bar while its blocks run
+    # Whether the slide's outputs were complete at the run's start, asked once per run
+    # (None: not yet); ``taken`` is why its output folder cannot be used, if it cannot.
+    done: bool | None = None
+    taken: WsiSegError | None = None
 
     def record(self) -> dict[str, Any]:
+        """The slide's entry in ``run.json``."""
         d: dict[str, Any] = {"slide": str(self.path), "output": self.name,
                              "status": self.status}
         if self.error:
@@ -80,17 +84,19 @@ class SlideState:
         if self.job is not None:
             d.update(blocks=self.job.n_blocks, blocks_resumed=self.job.n_blocks_done,
                      tiles=self.job.n_tiles)
-        if self.report is not None:
-            d["report"] = str(Path(self.report["slide_dir"]) / "report.json")
-            for k in ("tiles_per_s", "wall_s", "blocks_wall_s", "stage_s", "tumour_mm2",
-                      "tissue_mm2", "score", "notes"):
-                d[k] = self.report.get(k)
+        if self.report is not None and self.slide_dir is not None:
+            r = self.report
+            d["report"] = str(self.slide_dir / REPORT)
+            d.update(tiles_per_s=r.tiles_per_s, wall_s=r.wall_s, blocks_wall_s=r.blocks_wall_s,
+                     stage_s=r.stage_s, tumour_mm2=r.tumour_mm2, tissue_mm2=r.tissue_mm2,
+                     score=asdict(r.score) if r.score is not None else None,
+                     notes=list(r.notes))
         return d
 
 
 @dataclass(frozen=True)
 class RunResult:
-    """What a run did: per-slide records and the totals."""
+    """What a run did: per-slide records (as in ``run.json``) and the totals (seconds)."""
 
     slides: tuple[dict[str, Any], ...]
     wall_s: float
@@ -110,17 +116,22 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:300]}"
 
 
-def versions() -> dict[str, str]:
-    import importlib.metadata as md
+@dataclass
+class _InFlight:
+    """The tasks submitted to the cluster and the slide each belongs to."""
 
-    out = {"wsi_seg": __version__, "python": platform.python_version()}
-    for pkg in ("tensorflow", "keras", "openslide-python", "openslide-bin", "zarr", "dask",
-                "distributed", "numpy", "shapely", "opencv-python-headless"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            continue
-    return out
+    client: Any
+    futures: Any  # distributed.as_completed: yields each future as it ends
+    owner: dict[Any, SlideState] = field(default_factory=dict)
+
+    def add(self, future: Any, state: SlideState) -> None:
+        self.owner[future] = state
+        self.futures.add(future)
+
+    def cancel(self, state: SlideState) -> None:
+        for fut, st in list(self.owner.items()):
+            if st is state:
+                fut.cancel()
 
 
 class Runner:
@@ -139,7 +150,7 @@ class Runner:
         self.t0 = time.perf_counter()
         self.worker_plan: WorkerPlan | None = None
         self.dashboard: str | None = None
-        self.startup: list[dict[str, Any]] = []
+        self.startup: list[WarmResult] = []
         self.startup_s: float | None = None
 
     # -- output --------------------------------------------------------------------------------
@@ -149,6 +160,7 @@ class Runner:
             progress.write(printable(text), err)
 
     def write_run_json(self, finished: bool = False) -> None:
+        reports = [s.report for s in self.states if s.report]
         record = {
             "wsi_seg_version": __version__,
             "started": self.started_at,
@@ -162,36 +174,40 @@ class Runner:
             # Seconds from the run's start until every worker had its model loaded and
             # compiled (workers warm while the client plans), and each worker's own share.
             "startup_s": self.startup_s,
-            "startup_workers": self.startup,
+            "startup_workers": [asdict(w) for w in self.startup],
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
             "versions": versions(),
             "slides": [s.record() for s in self.states],
             "failed": sum(s.status == "failed" for s in self.states),
             "tiles": sum(s.job.n_tiles for s in self.states if s.job and s.status == "ok"),
-            "score": (asdict(sc) if (sc := run_score([s.report for s in self.states
-                                                       if s.report])) else None),
+            "score": asdict(sc) if (sc := run_score(reports)) else None,
         }
         write_json_atomic(self.config.out_dir / RUN_JSON, record)
 
-    # -- the run ---------------------------------------------------------------------------------
+    # -- which slides to do --------------------------------------------------------------------
     def finished(self, state: SlideState) -> bool:
         """Whether the slide's outputs are complete for this very file (never when
-        --overwrite); a folder holding another slide's outputs fails the slide in prepare."""
+        --overwrite); a folder holding another slide's outputs fails the slide in prepare.
+        Asked of the slide's report once per run."""
+        if state.done is None:
+            state.done = self._check_finished(state)
+        return state.done
+
+    def _check_finished(self, state: SlideState) -> bool:
         if self.config.overwrite:
             return False
         try:
-            done = is_finished(self.config.out_dir, state.path, state.name)
-        except WsiSegError:
+            report = finished_report(self.config.out_dir, state.path, state.name)
+        except WsiSegError as exc:
+            state.taken = exc  # the slide fails with it when prepared
             return False
-        if done and self.config.truth is not None:
-            # A slide that could not be scored before is redone (the truth may be fixed now).
-            report = final_dir_for(self.config.out_dir, state.path, state.name) / "report.json"
-            with contextlib.suppress(OSError, WsiSegError, AttributeError):
-                return not decode_json(report.read_text(encoding="utf-8"), report).get(
-                    "score_error")
-        return done
+        if report is None:
+            return False
+        # A slide that could not be scored before is redone (the truth may be fixed now).
+        return self.config.truth is None or not report.get("score_error")
 
     def prepare(self) -> None:
+        """Skip finished slides; prepare the others (a slide that cannot be fails alone)."""
         for state in self.states:
             if self.finished(state):
                 state.status = "skipped"
@@ -199,11 +215,9 @@ class Runner:
                          f"{final_dir_for(self.config.out_dir, state.path, state.name)}")
                 continue
             try:
-                if not self.config.overwrite:
-                    is_finished(self.config.out_dir, state.path, state.name)  # raises if taken
+                if state.taken is not None:
+                    raise state.taken
                 state.job = prepare_slide(state.path, self.config, state.name)
-            except WsiSegError as exc:
-                self.fail(state, exc)
             except Exception as exc:
                 self.fail(state, exc)
 
@@ -216,85 +230,101 @@ class Runner:
         if not isinstance(exc, WsiSegError) and os.environ.get("WSI_SEG_DEBUG"):
             traceback.print_exception(exc)
 
+    # -- the run ---------------------------------------------------------------------------------
     def run(self) -> RunResult:
-        from distributed import as_completed
-
+        """Check the output folder and model, then run every unfinished slide (see the
+        module docstring); writes run.json and the summaries."""
         check_writable(self.config.out_dir)
         # A bad model is the run's error, not every slide's: one line, before any worker starts.
         verify_model_file(self.config.resolved_model())
-        pending = [s for s in self.states if not self.finished(s)]
-        if not pending:
+        if all(self.finished(s) for s in self.states):
             self.prepare()
             self.write_run_json(finished=True)
             return self.result()
         with connect(self.cluster) as (client, plan):
-            self.worker_plan = plan
-            self.dashboard = getattr(client, "dashboard_link", None)
-            if plan is not None and self.dashboard:
-                self.say(f"dask: {plan.workers} worker(s) x {plan.threads_per_worker} threads, "
-                         f"dashboard {self.dashboard}")
-            infer = self.config.infer
-            if plan is not None and infer.threads is None:
-                infer = replace(infer, threads=plan.tf_threads)
+            infer = self._started(client, plan)
             # Workers import the framework and load the model while the client plans slides.
-            warm = _warm_workers(client, self.config, infer)
+            warm = warm_workers(client, self.config.resolved_model(), infer)
             self.prepare()
             self.write_run_json()
-            todo = [s for s in self.states if s.job is not None]
-            total_tiles = sum(s.job.tiles_todo for s in todo if s.job)
-            self._await_warm(warm)
-            todo = [s for s in todo if s.job is not None]  # a model that failed fails them
-            use_gpu = self.gpu_resource if self.gpu_resource is not None else bool(
-                plan and plan.gpus and self.cluster.scheduler != "threads")
-            # A share of the card, not all of it: the resource routes blocks to GPU workers,
-            # while many blocks per worker feed its one predictor.
-            resources = {"GPU": BLOCK_GPU_SHARE} if use_gpu else None
-            owner: dict[Any, SlideState] = {}
-            futures = as_completed()
-            for state in todo:
-                job = state.job
-                assert job is not None
-                state.status = "running"
-                state.started = time.perf_counter()
-                state.remaining = len(job.tasks)
-                ctx = job.context(self.config.slide_mpp)
-                # Dask runs what was submitted first first: a slide's largest blocks go first,
-                # so the run ends on small ones and the device idles less at its tail.
-                for task in sorted(job.tasks, key=lambda t: -t.block.n_windows):
-                    fut = client.submit(  # type: ignore[attr-defined]
-                        run_block, ctx, task, infer, pure=False, resources=resources,
-                        key=f"block-{job.stem}-{task.block.key}-{job.config_digest}",
-                        retries=1)
-                    owner[fut] = state
-                    futures.add(fut)
-                if not job.tasks:
-                    self._submit_finish(client, state, futures, owner)
-            bar = progress.Progress(total_tiles, "all slides", enabled=not self.quiet)
-            for fut in futures:
-                state = owner.pop(fut)
-                if state.status == "failed":
-                    continue
-                try:
-                    value = fut.result()
-                except Exception as exc:
-                    self.fail(state, exc)
-                    self._cancel(state, owner)
-                    self.write_run_json()
-                    continue
-                if isinstance(value, BlockResult):
-                    state.results.append(value)
-                    state.remaining -= 1
-                    bar.update(value.n_tiles)
-                    self._slide_progress(state, value.n_tiles)
-                    if state.remaining == 0:
-                        self._submit_finish(client, state, futures, owner)
-                else:
-                    self._finished(state, value)
-            for state in self.states:
-                self._close_bar(state)
-            bar.close()
+            total_tiles = sum(s.job.tiles_todo for s in self.states if s.job)
+            self._await_warm(warm)  # a model that failed fails every slide
+            flight = self._submit_all(client, infer, self._resources(plan))
+            self._collect(flight, total_tiles)
         self.write_run_json(finished=True)
         return self.result()
+
+    def _started(self, client: Any, plan: WorkerPlan | None) -> InferConfig:
+        """Record and announce the cluster; the model's threads per worker from its plan."""
+        self.worker_plan = plan
+        self.dashboard = getattr(client, "dashboard_link", None)
+        if plan is not None and self.dashboard:
+            self.say(f"dask: {plan.workers} worker(s) x {plan.threads_per_worker} threads, "
+                     f"dashboard {self.dashboard}")
+        infer = self.config.infer
+        if plan is not None and infer.threads is None:
+            infer = replace(infer, threads=plan.tf_threads)
+        return infer
+
+    def _resources(self, plan: WorkerPlan | None) -> dict[str, float] | None:
+        """Dask resources of a block task: a share of a GPU when blocks go to GPU workers."""
+        use_gpu = self.gpu_resource if self.gpu_resource is not None else bool(
+            plan and plan.gpus and self.cluster.scheduler != "threads")
+        # A share of the card, not all of it: the resource routes blocks to GPU workers,
+        # while many blocks per worker feed its one predictor.
+        return {"GPU": BLOCK_GPU_SHARE} if use_gpu else None
+
+    def _submit_all(self, client: Any, infer: InferConfig,
+                    resources: dict[str, float] | None) -> _InFlight:
+        """Every prepared slide's blocks (a slide with none left goes straight to finishing)."""
+        from distributed import as_completed
+
+        flight = _InFlight(client, as_completed())
+        for state in self.states:
+            job = state.job
+            if job is None:
+                continue
+            state.status = "running"
+            state.started = time.perf_counter()
+            state.remaining = len(job.tasks)
+            ctx = job.context(self.config.slide_mpp)
+            # Dask runs what was submitted first first: a slide's largest blocks go first,
+            # so the run ends on small ones and the device idles less at its tail.
+            for task in sorted(job.tasks, key=lambda t: -t.block.n_windows):
+                fut = client.submit(
+                    run_block, ctx, task, infer, pure=False, resources=resources,
+                    key=f"block-{job.stem}-{task.block.key}-{job.config_digest}", retries=1)
+                flight.add(fut, state)
+            if not job.tasks:
+                self._submit_finish(flight, state)
+        return flight
+
+    def _collect(self, flight: _InFlight, total_tiles: int) -> None:
+        """Take each task's result as it ends: count blocks, finish slides, fail slides."""
+        bar = progress.Progress(total_tiles, "all slides", enabled=not self.quiet)
+        for fut in flight.futures:
+            state = flight.owner.pop(fut)
+            if state.status == "failed":
+                continue
+            try:
+                value = fut.result()
+            except Exception as exc:
+                self.fail(state, exc)
+                flight.cancel(state)
+                self.write_run_json()
+                continue
+            if isinstance(value, BlockResult):
+                state.results.append(value)
+                state.remaining -= 1
+                bar.update(value.n_tiles)
+                self._slide_progress(state, value.n_tiles)
+                if state.remaining == 0:
+                    self._submit_finish(flight, state)
+            else:
+                self._finished(state, value)
+        for state in self.states:
+            self._close_bar(state)
+        bar.close()
 
     def _slide_progress(self, state: SlideState, tiles: int) -> None:
         """A bar per slide under the overall one, from its first block until its last (on a
@@ -336,57 +366,43 @@ class Runner:
                 raise model_errors[0]
             if errors:
                 self.say("start-up: a worker was lost while loading the model; it restarts")
-            self.startup = [asdict(a) for a in answers.values()
-                            if not isinstance(a, BaseException)]
+            self.startup = [a for a in answers.values() if not isinstance(a, BaseException)]
             self.startup_s = round(time.perf_counter() - self.t0, 3)
-            if self.startup and not self.quiet:
-                slowest = max(w["load_s"] for w in self.startup)
-                devices = sorted({f"{w['backend']} on {w['device']}" for w in self.startup})
-                self.say(f"start-up: {len(self.startup)} worker(s) ready in "
-                         f"{self.startup_s:.1f} s (model load + compile {slowest:.1f} s; "
-                         f"{', '.join(devices)})")
+            self._say_startup()
         except Exception as exc:
             for state in self.states:
                 if state.job is not None:
                     state.job = None
                     self.fail(state, exc)
 
-    def _submit_finish(self, client: Any, state: SlideState, futures: Any,
-                       owner: dict[Any, SlideState]) -> None:
+    def _say_startup(self) -> None:
+        if self.startup and not self.quiet:
+            slowest = max(w.load_s for w in self.startup)
+            devices = sorted({f"{w.backend} on {w.device}" for w in self.startup})
+            self.say(f"start-up: {len(self.startup)} worker(s) ready in "
+                     f"{self.startup_s:.1f} s (model load + compile {slowest:.1f} s; "
+                     f"{', '.join(devices)})")
+
+    def _submit_finish(self, flight: _InFlight, state: SlideState) -> None:
         job = state.job
         assert job is not None and state.started is not None
         wall = time.perf_counter() - state.started
-        fut = client.submit(finish_slide, job, self.config, sum_times(state.results), wall,
-                            pure=False, key=f"finish-{job.stem}-{job.config_digest}")
-        owner[fut] = state
-        futures.add(fut)
+        fut = flight.client.submit(finish_slide, job, self.config, sum_times(state.results),
+                                   wall, pure=False, key=f"finish-{job.stem}-{job.config_digest}")
+        flight.add(fut, state)
 
-    def _cancel(self, state: SlideState, owner: dict[Any, SlideState]) -> None:
-        for fut, st in list(owner.items()):
-            if st is state:
-                fut.cancel()
-
-    def _finished(self, state: SlideState, report: dict[str, Any]) -> None:
+    def _finished(self, state: SlideState, report: SlideReport) -> None:
         state.status = "ok"
-        report["slide_dir"] = str(final_dir_for(self.config.out_dir, state.path, state.name))
+        state.slide_dir = final_dir_for(self.config.out_dir, state.path, state.name)
         state.report = report
-        if report.get("score_error"):
+        if report.score_error:
             # Outputs are published, but the score the user asked for is not there: that is
             # a failure of the run, said on stderr and in run.json.
             state.status = "failed"
-            state.error = f"{state.path}: cannot score: {report['score_error']}"
+            state.error = f"{state.path}: cannot score: {report.score_error}"
             self.say(f"wsi-seg: error: {state.error}", err=True)
-        score = report.get("score") or {}
-        iou = score.get("iou")
-        extra = f", IoU {iou:.3f}, Dice {score.get('dice'):.3f}" if iou is not None else ""
-        tps = report.get("tiles_per_s") or 0.0
-        blocks = (f"; blocks phase {report['blocks_wall_s']:.1f} s, "
-                  f"{report.get('blocks_tiles_per_s') or 0.0:.1f} tiles/s"
-                  if report.get("blocks_wall_s") is not None else "")
-        self.say(f"✓ {state.path.name}: {report['tiles']} tiles in {report['wall_s']:.1f} s "
-                 f"({tps:.1f} tiles/s{blocks}), tumour {report['tumour_mm2']:.3f} mm²{extra} "
-                 f"-> {report['slide_dir']}")
-        for note in report.get("notes") or []:
+        self.say(_done_line(state.path, report, state.slide_dir))
+        for note in report.notes:
             self.say(f"  note: {note}")
         self.write_run_json()
 
@@ -402,70 +418,29 @@ class Runner:
 
         rows = []
         for s in self.states:
-            rep = s.report or {}
-            score = rep.get("score") or {}
+            rep, score = s.report, s.report.score if s.report else None
             status = s.status if s.status != "failed" else f"failed: {s.error}"
             rows.append(SummaryRow(
                 slide=s.path.name if s.name == slide_stem(s.path) else s.name,
-                tissue_mm2=rep.get("tissue_mm2"),
-                tumour_mm2=rep.get("tumour_mm2"), iou=score.get("iou"),
-                dice=score.get("dice"), tiles_per_s=rep.get("tiles_per_s"), status=status))
+                tissue_mm2=rep.tissue_mm2 if rep else None,
+                tumour_mm2=rep.tumour_mm2 if rep else None,
+                iou=score.iou if score else None, dice=score.dice if score else None,
+                tiles_per_s=rep.tiles_per_s if rep else None, status=status))
         footer = run_score_lines([s.report for s in self.states if s.report])
         write_summary_csv(rows, self.config.out_dir / "summary.csv")
         write_summary_md(rows, self.config.out_dir / "summary.md", footer=footer)
 
 
-def _warm_workers(client: Any, config: RunConfig, infer: InferConfig
-                  ) -> Future[dict[str, Any]] | None:
-    """Load the model on every worker, now and on workers that join later (the plugin), and
-    ask each current worker, in the background, for its start-up report.
-
-    Asked with ``client.run`` (no task, no worker restriction): a worker that dies while
-    loading answers with an error instead of leaving a task that no worker can run.
-    """
-    try:
-        model = config.resolved_model()
-    except WsiSegError:
-        return None
-    client.register_plugin(ModelPlugin(model, infer))
-    pool = ThreadPoolExecutor(1, thread_name_prefix="wsi-seg-warm-up")
-    future = pool.submit(client.run, warm_worker_async, model, infer, on_error="return")
-    pool.shutdown(wait=False)
-    return future
-
-
-async def warm_worker_async(model_path: Path, infer: InferConfig) -> Any:
-    """:func:`warm_worker` off the worker's event loop (which must keep answering)."""
-    import asyncio
-
-    return await asyncio.get_running_loop().run_in_executor(None, warm_worker, model_path,
-                                                            infer)
-
-
-def run_score(reports: list[dict[str, Any]]) -> Any:
-    """Micro/macro IoU and Dice over the scored slides (None when nothing was scored)."""
-    from wsi_seg.evaluation.metrics import OverlapScore, summarize_scores
-
-    scores = [OverlapScore(**{k: r["score"][k] for k in ("tp", "fp", "fn", "resolution_um")})
-              for r in reports if r.get("score")]
-    return summarize_scores(scores) if scores else None
-
-
-def run_score_lines(reports: list[dict[str, Any]]) -> list[str]:
-    """The run's scores as summary footer lines (empty-vs-empty slides counted apart)."""
-    run = run_score(reports)
-    if run is None:
-        return []
-
-    def f(v: float | None) -> str:
-        return "n/a" if v is None else f"{v:.4f}"
-
-    return [
-        f"Scored slides: {run.n_slides} ({run.n_empty_both} empty-vs-empty, left out of the "
-        "means).",
-        f"IoU micro {f(run.micro_iou)}, macro {f(run.macro_iou)}; "
-        f"Dice micro {f(run.micro_dice)}, macro {f(run.macro_dice)}.",
-    ]
+def _done_line(path: Path, report: SlideReport, slide_dir: Path) -> str:
+    """``✓ NAME: tiles in s (tiles/s; blocks phase ...), tumour mm², IoU, Dice -> DIR``."""
+    score = report.score
+    extra = (f", IoU {score.iou:.3f}, Dice {score.dice:.3f}"
+             if score is not None and score.iou is not None and score.dice is not None else "")
+    blocks = (f"; blocks phase {report.blocks_wall_s:.1f} s, "
+              f"{report.blocks_tiles_per_s or 0.0:.1f} tiles/s")
+    return (f"✓ {path.name}: {report.tiles} tiles in {report.wall_s:.1f} s "
+            f"({report.tiles_per_s or 0.0:.1f} tiles/s{blocks}), tumour "
+            f"{report.tumour_mm2:.3f} mm²{extra} -> {slide_dir}")
 
 
 def run_slides(slides: Sequence[Path], config: RunConfig,

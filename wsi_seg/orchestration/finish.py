@@ -1,0 +1,204 @@
+"""A slide's finishing task, after its blocks: pyramid, polygons, GeoJSON, score, overlay,
+report; then the work directory is published under its final name, so a slide's outputs
+appear only when complete.
+
+Each step is a small function; :func:`finish_slide` runs them in order and times each into the
+report's ``stage_s`` (seconds).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+from collections.abc import MutableMapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from wsi_seg import __version__
+from wsi_seg.core.errors import WsiSegError
+from wsi_seg.core.files import write_json_atomic
+from wsi_seg.core.naming import TRUTH_PATTERNS, truth_candidates
+from wsi_seg.orchestration.handles import slide_handles
+from wsi_seg.orchestration.job import MARKERS, RunConfig, SlideJob
+from wsi_seg.orchestration.report import REPORT, ModelRecord, ScoreRecord, SlideReport
+from wsi_seg.stages.mosaic import block_levels, build_pyramid, open_mosaic
+from wsi_seg.stages.tissue import MIN_AREA_SLIDE_FRACTION, scaled_minimum
+
+
+@dataclass(frozen=True)
+class Polygons:
+    """The slide's tumour regions as vectorized: the regions, the probability threshold and
+    the smallest area kept (µm², scaled down on a small slide), and the level traced."""
+
+    regions: list[Any]
+    threshold: float
+    min_area_um2: float
+    level: int
+
+
+@dataclass(frozen=True)
+class Scored:
+    """The outcome of scoring: the score, the truth's geometry (for the overlay), the truth
+    file, or why no true score could be made (``error``)."""
+
+    score: ScoreRecord | None = None
+    truth_geometry: Any = None
+    truth_path: Path | None = None
+    error: str | None = None
+
+
+def _lap(times: MutableMapping[str, float], key: str, since: float) -> float:
+    now = time.perf_counter()
+    times[key] = times.get(key, 0.0) + now - since
+    return now
+
+
+def _vectorize(job: SlideJob, config: RunConfig, mosaic: Any) -> Polygons:
+    """Tumour polygons of the mosaic, at the configured level and threshold (the card's by
+    default), written to ``tumor.geojson`` in the work directory."""
+    from wsi_seg.stages.vectorize import vectorize_mosaic
+
+    threshold = config.threshold if config.threshold is not None else job.card.threshold
+    level = min(config.vectorize_level, mosaic.n_levels - 1)
+    min_area_um2 = scaled_minimum(config.min_area_um2, job.slide_area_um2)
+    regions = vectorize_mosaic(mosaic, level, threshold=threshold,
+                               min_area_um2=min_area_um2, simplify_um=config.simplify_um)
+    return Polygons(regions, threshold, min_area_um2, level)
+
+
+def _notes(job: SlideJob, config: RunConfig, polygons: Polygons) -> tuple[str, ...]:
+    """What the report says about rules that shaped this slide's outputs."""
+    notes: list[str] = []
+    if not job.n_blocks:
+        notes.append("no tissue found: the mosaic is all zero")
+    if job.tissue_note and job.tissue_note != "no tissue found":
+        notes.append(job.tissue_note)  # what was found, and what the minimum dropped
+    if polygons.min_area_um2 < config.min_area_um2:
+        notes.append(f"tumour regions under {polygons.min_area_um2:,.1f} µm² dropped: the "
+                     f"minimum of {config.min_area_um2:,.0f} µm² is scaled to "
+                     f"{MIN_AREA_SLIDE_FRACTION:.0%} of this {job.slide_area_um2 / 1e6:.4f} mm² "
+                     "slide")
+    return tuple(notes)
+
+
+def find_truth(truth: Path, slide_path: Path, name: str | None = None,
+               patterns: tuple[str, ...] = TRUTH_PATTERNS) -> Path | None:
+    """The truth file of a slide: ``truth`` itself, or the first of
+    :func:`naming.truth_candidates` in the folder ``truth``."""
+    if truth.is_file():
+        return truth
+    return next((c for c in truth_candidates(truth, slide_path, name, patterns)
+                 if c.is_file()), None)
+
+
+def _score(job: SlideJob, config: RunConfig, mosaic: Any, polygons: Polygons) -> Scored:
+    """The mosaic scored against the slide's truth at the vectorized level and threshold;
+    a truth that is missing or unusable gives the reason instead."""
+    from wsi_seg.evaluation.annotations import check_truth_fits, read_truth
+    from wsi_seg.evaluation.metrics import score_slide
+
+    truth_path = (find_truth(config.truth, job.slide_path, job.stem, config.truth_patterns)
+                  if config.truth else None)
+    if truth_path is None:
+        tried = ", ".join(p.name for p in truth_candidates(
+            config.truth or Path("."), job.slide_path, job.stem, config.truth_patterns))
+        return Scored(error=f"no ground truth found in {config.truth} (tried {tried})")
+    try:
+        truth = check_truth_fits(read_truth(truth_path, config.truth_classes),
+                                 job.slide_size_x0)
+    except WsiSegError as exc:
+        return Scored(truth_path=truth_path, error=f"truth not usable: {exc}")
+    score = score_slide(mosaic, truth.geometry, polygons.level, threshold=polygons.threshold)
+    return Scored(ScoreRecord.of(score), truth.geometry, truth_path)
+
+
+def _overlay(job: SlideJob, config: RunConfig, polygons: Polygons, scored: Scored) -> None:
+    """The thumbnail with tissue, prediction and truth; a slide that cannot be read for it
+    only goes without (its outputs are complete without the picture)."""
+    from wsi_seg.evaluation.overlay import draw_overlay
+
+    with contextlib.suppress(WsiSegError), \
+            slide_handles.hold(job.slide_path, config.slide_mpp) as slide:
+        draw_overlay(slide, list(job.tissue_polygons), polygons.regions,
+                     scored.truth_geometry, job.work_dir / "overlay.png")
+
+
+def _rate(count: int, seconds: float) -> float | None:
+    return round(count / seconds, 2) if seconds > 0 else None
+
+
+def _report(job: SlideJob, polygons: Polygons, scored: Scored, notes: tuple[str, ...],
+            times: dict[str, float], blocks_wall_s: float, finish_s: float) -> SlideReport:
+    """The slide's report, its figures rounded as ``report.json`` records them."""
+    wall_s = blocks_wall_s + finish_s
+    return SlideReport(
+        slide=str(job.slide_path), slide_identity=job.slide_identity, output_name=job.stem,
+        status="ok", wsi_seg_version=__version__,
+        model=ModelRecord(str(job.model_path), job.model_sha256, job.card.kind, job.card.name),
+        mpp=job.mpp, slide_mpp=job.slide_mpp,
+        mosaic_shape_px=(job.geom.height_px, job.geom.width_px),
+        blocks=job.n_blocks, tiles=job.n_tiles, tile_predictions=job.n_tile_predictions,
+        tissue_fraction=round(job.tissue_fraction, 5), tissue_mm2=round(job.tissue_mm2, 4),
+        tumour_mm2=round(sum(r.area_um2 for r in polygons.regions) / 1e6, 4),
+        tumour_regions=len(polygons.regions), threshold=polygons.threshold,
+        min_area_um2=polygons.min_area_um2,
+        wall_s=round(wall_s, 3), tiles_per_s=_rate(job.n_tiles, wall_s),
+        blocks_wall_s=round(blocks_wall_s, 3),
+        blocks_tiles_per_s=_rate(job.n_tiles, blocks_wall_s), finish_s=round(finish_s, 3),
+        predict_tiles_per_thread_s=_rate(job.n_tile_predictions, times.get("predict", 0.0)),
+        stage_s={k: round(v, 4) for k, v in sorted(times.items())},
+        truth=str(scored.truth_path) if scored.truth_path else None,
+        score=scored.score, score_error=scored.error, notes=notes,
+    )
+
+
+def finish_slide(job: SlideJob, config: RunConfig, block_times: dict[str, float],
+                 blocks_wall_s: float) -> SlideReport:
+    """Pyramid, polygons, GeoJSON, scores, overlay and report; then publish the slide.
+
+    ``block_times`` are the blocks' seconds per stage; ``blocks_wall_s`` is the wall time of
+    the slide's blocks phase (its first block submitted to its last done); the report's
+    ``wall_s`` and ``tiles_per_s`` add this finishing to it.
+    """
+    from wsi_seg.stages.geojson import write_geojson
+
+    times = dict(block_times)
+    t = t_finish = time.perf_counter()
+    mosaic = open_mosaic(job.mosaic_path, mode="r+")
+    build_pyramid(mosaic, start_level=block_levels(mosaic.geom, mosaic.n_levels,
+                                                   config.block_px) + 1)
+    t = _lap(times, "pyramid", t)
+    polygons = _vectorize(job, config, mosaic)
+    t = _lap(times, "vectorize", t)
+    write_geojson(polygons.regions, job.work_dir / "tumor.geojson")
+    t = _lap(times, "geojson", t)
+    scored = Scored()
+    if config.truth is not None:
+        scored = _score(job, config, mosaic, polygons)
+        t = _lap(times, "score", t)
+    _overlay(job, config, polygons, scored)
+    t = _lap(times, "overlay", t)
+    report = _report(job, polygons, scored, _notes(job, config, polygons), times,
+                     blocks_wall_s, t - t_finish)
+    write_json_atomic(job.work_dir / REPORT, report.to_json())
+    _publish(job)
+    return report
+
+
+def _publish(job: SlideJob) -> None:
+    """Rename the finished work directory to its final name (atomic on one filesystem)."""
+    with contextlib.suppress(FileNotFoundError):
+        shutil.rmtree(job.work_dir / MARKERS)
+    with contextlib.suppress(FileNotFoundError):
+        (job.work_dir / "config.json").unlink()
+    if job.final_dir.exists():
+        trash = job.final_dir.with_name(f".{job.final_dir.name}.old")
+        shutil.rmtree(trash, ignore_errors=True)
+        os.replace(job.final_dir, trash)
+        os.replace(job.work_dir, job.final_dir)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(job.work_dir, job.final_dir)

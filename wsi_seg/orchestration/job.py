@@ -1,0 +1,365 @@
+"""One slide's job, prepared on the client: its configuration, plan and work directory.
+
+:func:`prepare_slide` (cheap) opens the slide, finds tissue, plans blocks and creates (or
+reopens, to resume) the slide's work directory ``OUT/.<name>.partial/``. The job it returns
+holds only small picklable values (paths, frozen dataclasses), never a model or a slide
+handle, so it travels to the workers with every task.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wsi_seg import __version__
+from wsi_seg.core.errors import WsiSegError
+from wsi_seg.core.files import decode_json, write_json_atomic
+from wsi_seg.core.naming import TRUTH_PATTERNS, slide_identity, slide_stem
+from wsi_seg.evaluation.score import REPORT
+from wsi_seg.stages.blend import BlendSpec, blend_mode
+from wsi_seg.stages.card import ModelCard, bundled_model_path, read_card, sha256_file
+from wsi_seg.stages.infer import InferConfig
+from wsi_seg.stages.mosaic import MosaicGeometry, create_mosaic
+from wsi_seg.stages.slide import Slide, open_slide
+from wsi_seg.stages.tiling import Block, BlockPlan, plan_blocks, step_for
+from wsi_seg.stages.tissue import TissueConfig, TissueMask, find_tissue
+
+PARTIAL_SUFFIX = ".partial"
+#: Windows a block hands the predictor at a time when the batch size is left to the device.
+CHUNK_WINDOWS = 64
+#: Folder of a work directory holding one completion marker per finished block.
+MARKERS = "blocks"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that decides a run's outputs, plus how to execute it.
+
+    Attributes:
+        out_dir: output folder (``OUT``).
+        model_path: ``MODEL.keras`` with its card; None for the bundled demo UNet.
+        slide_mpp: level-0 µm/px overriding slide metadata (needed when it is missing).
+        overlap: window overlap fraction (MONAI's step rule).
+        stride_px: window step in working pixels, overriding ``overlap`` (patch models).
+        blend: ``gaussian``, ``hann`` or ``constant``; None: gaussian for a UNet, constant
+            (box footprint) for a patch classifier.
+        sigma_scale: Gaussian sigma as a fraction of the window.
+        block_px, chunk_px: block and mosaic chunk edges, working pixels.
+        infer: model execution (batch size, device, mixed precision, threads).
+        threshold: tumour probability threshold; None: the model card's.
+        min_area_um2: smallest tumour region kept in the GeoJSON, µm².
+        simplify_um: polygon simplification tolerance, µm.
+        vectorize_level: mosaic pyramid level traced into polygons (0 = working MPP).
+        truth: ground-truth file, or a folder searched for the slide's truth file.
+        truth_patterns: file names tried in a truth folder, in order; ``{stem}`` is the
+            slide's output name, then its stem (:func:`naming.truth_candidates`), ``{name}`` its
+            file name.
+        truth_classes: class names counted as tumour (None: the reader's default set).
+        tissue: tissue detection settings.
+        overwrite: redo finished slides.
+    """
+
+    out_dir: Path
+    model_path: Path | None = None
+    slide_mpp: float | None = None
+    overlap: float = 0.25
+    stride_px: int | None = None
+    blend: str | None = None
+    sigma_scale: float = 0.125
+    block_px: int = 4096
+    chunk_px: int = 1024
+    infer: InferConfig = field(default_factory=InferConfig)
+    threshold: float | None = None
+    min_area_um2: float = 1000.0
+    simplify_um: float = 1.0
+    vectorize_level: int = 0
+    truth: Path | None = None
+    truth_patterns: tuple[str, ...] = TRUTH_PATTERNS
+    truth_classes: tuple[str, ...] | None = None
+    tissue: TissueConfig = field(default_factory=TissueConfig)
+    overwrite: bool = False
+
+    def resolved_model(self) -> Path:
+        return self.model_path if self.model_path is not None else bundled_model_path("unet")
+
+
+@dataclass(frozen=True)
+class BlockTask:
+    """One block and its windows (top-left corners in working pixels, and which are
+    predicted): everything a worker needs besides cached handles."""
+
+    block: Block
+    starts_y: np.ndarray
+    starts_x: np.ndarray
+    keep: np.ndarray
+
+
+@dataclass(frozen=True)
+class BlockContext:
+    """The slide-level facts a block task needs: small, so every task can carry it.
+
+    ``slide_mpp`` is the user's level-0 µm/px override (None: the slide's metadata); ``mpp``
+    the working µm/px; ``block_px`` the block edge in working pixels.
+    """
+
+    slide_path: Path
+    slide_mpp: float | None
+    stem: str
+    work_dir: Path
+    mpp: float
+    spec: BlendSpec
+    model_path: Path
+    block_px: int
+
+    @property
+    def mosaic_path(self) -> Path:
+        return self.work_dir / "mask.zarr"
+
+
+@dataclass(frozen=True)
+class SlideFacts:
+    """What the client learns of a slide while preparing it (areas in mm² and µm²)."""
+
+    slide_mpp: float
+    tissue_fraction: float
+    tissue_mm2: float
+    tissue_polygons: tuple[Any, ...]
+    tissue_note: str
+    slide_area_um2: float
+    slide_size_x0: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class SlideJob:
+    """A prepared slide: where it goes, how it is read, and the blocks still to do.
+
+    ``slide_mpp`` is the slide's level-0 µm/px, ``mpp`` the working (model) µm/px; areas are
+    mm² (tissue) and µm² (the slide's bounds); ``slide_size_x0`` is level-0 (width, height).
+    """
+
+    slide_path: Path
+    stem: str
+    final_dir: Path
+    work_dir: Path
+    slide_mpp: float
+    mpp: float
+    geom: MosaicGeometry
+    spec: BlendSpec
+    model_path: Path
+    card: ModelCard
+    model_sha256: str
+    tasks: tuple[BlockTask, ...]
+    n_blocks: int
+    n_blocks_done: int
+    n_tiles: int
+    n_tile_predictions: int
+    tissue_fraction: float
+    tissue_mm2: float
+    tissue_polygons: tuple[Any, ...]
+    slide_identity: dict[str, Any]
+    tissue_note: str
+    slide_area_um2: float
+    config_digest: str
+    block_px: int
+    slide_size_x0: tuple[int, int]
+
+    @property
+    def mosaic_path(self) -> Path:
+        return self.work_dir / "mask.zarr"
+
+    @property
+    def tiles_todo(self) -> int:
+        """Tiles the remaining blocks own (counted as the report counts tiles)."""
+        return sum(t.block.n_owned for t in self.tasks)
+
+    def context(self, slide_mpp_override: float | None) -> BlockContext:
+        return BlockContext(self.slide_path, slide_mpp_override, self.stem, self.work_dir,
+                            self.mpp, self.spec, self.model_path, self.block_px)
+
+
+def final_dir_for(out_dir: Path, slide_path: Path, name: str | None = None) -> Path:
+    """A slide's output folder: ``OUT/<name>``, the name from :func:`naming.output_names`
+    (the slide's stem when no other slide of the run shares it)."""
+    return out_dir / (name or slide_stem(slide_path))
+
+
+class OutputTaken(WsiSegError):
+    """The output folder a slide would use holds another slide's results."""
+
+
+def finished_report(out_dir: Path, slide_path: Path,
+                    name: str | None = None) -> dict[str, Any] | None:
+    """The ``report.json`` of this slide's final outputs when they exist for this very file
+    (outputs only ever appear complete), else None. Raises :class:`OutputTaken` when the
+    folder holds another slide's."""
+    report = final_dir_for(out_dir, slide_path, name) / REPORT
+    if not report.is_file():
+        return None
+    try:
+        done = decode_json(report.read_text(encoding="utf-8"), report)
+        same_file = Path(done["slide"]).resolve() == slide_path.resolve()
+    except (OSError, WsiSegError, KeyError, TypeError):
+        return None  # an unreadable report is redone
+    if not same_file:
+        raise OutputTaken(f"{report.parent} already holds the results of {done['slide']}; "
+                          "use another --out, or --overwrite to replace them", slide_path)
+    # A file replaced since (another scan under the same name) is redone.
+    return done if done.get("slide_identity") == slide_identity(slide_path) else None
+
+
+def is_finished(out_dir: Path, slide_path: Path, name: str | None = None) -> bool:
+    """Whether this slide's final outputs exist, for this very file (see
+    :func:`finished_report`, whose :class:`OutputTaken` it raises)."""
+    return finished_report(out_dir, slide_path, name) is not None
+
+
+def check_writable(out_dir: Path) -> None:
+    """Create ``out_dir`` and prove it is writable, or raise a one-line error."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".wsi-seg-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise WsiSegError(f"output folder is not writable ({exc.strerror or exc})",
+                          out_dir) from None
+
+
+def _digest(data: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class _Model:
+    """The model a run uses, read once per slide: its file, card and hash."""
+
+    path: Path
+    card: ModelCard
+    sha256: str
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """A slide's windows, blocks and mosaic at the model's µm/px (sizes in working px)."""
+
+    spec: BlendSpec
+    plan: BlockPlan
+    geom: MosaicGeometry
+    provenance: dict[str, Any]
+
+
+def _layout(slide: Slide, tissue: TissueMask, model: _Model, config: RunConfig) -> _Layout:
+    """Window spacing and blending, the block plan over tissue, and the mosaic's geometry
+    and provenance (what the mosaic records about how it was made)."""
+    card, mpp = model.card, model.card.mpp
+    w_px, h_px = slide.size_w(mpp)
+    f = slide.level0_px_per_px(mpp)
+    roi = card.input_size_px
+    step = config.stride_px or step_for(roi, config.overlap)
+    try:
+        blend = blend_mode(card.kind, config.blend)
+    except ValueError as exc:
+        raise WsiSegError(str(exc)) from None
+    spec = BlendSpec(roi, step, blend, config.sigma_scale,
+                     config.infer.batch_size or CHUNK_WINDOWS)
+    plan = plan_blocks(w_px, h_px, roi, step, config.block_px, config.chunk_px,
+                       tissue.keep_windows(f))
+    geom = MosaicGeometry(h_px, w_px, mpp, float(slide.origin_x0), float(slide.origin_y0),
+                          f, config.chunk_px)
+    provenance = {
+        "wsi_seg_version": __version__,
+        "slide": slide.path.name,
+        "slide_mpp": slide.mpp,
+        "model": {"sha256": model.sha256, "card": card.to_dict()},
+        "mpp": mpp,
+        "tile_px": roi,
+        "step_px": step,
+        "overlap": 1 - step / roi,
+        "blend": blend,
+        "sigma_scale": config.sigma_scale,
+        "block_px": config.block_px,
+        "origin_x0": geom.origin_x0,
+        "origin_y0": geom.origin_y0,
+        "level0_px_per_px": f,
+        "value": "tumour probability * 255 (uint8)",
+    }
+    return _Layout(spec, plan, geom, provenance)
+
+
+def _facts(slide: Slide, tissue: TissueMask) -> SlideFacts:
+    _, _, bw, bh = slide.bounds_x0
+    return SlideFacts(
+        slide_mpp=slide.mpp, tissue_fraction=tissue.fraction, tissue_mm2=tissue.area_mm2,
+        tissue_polygons=tuple(tissue.polygons),
+        tissue_note=tissue.note() if tissue.n_dropped or tissue.empty else "",
+        slide_area_um2=bw * bh * slide.mpp * slide.mpp, slide_size_x0=slide.dimensions)
+
+
+def prepare_slide(slide_path: Path, config: RunConfig, name: str | None = None) -> SlideJob:
+    """Open, find tissue, plan and create (or reopen, to resume) the slide's work directory.
+
+    ``name`` is the slide's output folder name (:func:`naming.output_names`; its stem by
+    default). A work directory is resumed only if the configuration and the slide file's
+    identity (size, modification time, a hash of its head) are unchanged.
+
+    Raises WsiSegError (one line, naming the file) for anything wrong with the slide or model.
+    """
+    identity = slide_identity(slide_path)
+    model_path = config.resolved_model()
+    model = _Model(model_path, read_card(model_path), sha256_file(model_path))
+    with open_slide(slide_path, mpp=config.slide_mpp) as slide:
+        slide.choose_level(model.card.mpp)  # a model the slide cannot serve fails here
+        tissue = find_tissue(slide, config.tissue)
+        layout = _layout(slide, tissue, model, config)
+        facts = _facts(slide, tissue)
+    # The slide's identity is in the digest, so a replaced file never resumes from another
+    # file's blocks (it is kept out of the mosaic's own metadata: a copy of a slide gives
+    # the same bytes).
+    digest = _digest({"provenance": layout.provenance, "tissue": asdict(config.tissue),
+                      "slide_size": facts.slide_size_x0, "batch": config.infer.batch_size,
+                      "slide_identity": identity})
+    stem = name or slide_stem(slide_path)
+    work_dir = config.out_dir / f".{stem}{PARTIAL_SUFFIX}"
+    done = _open_work_dir(work_dir, digest, layout.geom, layout.provenance)
+    plan = layout.plan
+    tasks = tuple(BlockTask(b, *plan.windows_of(b)) for b in plan.blocks if b.key not in done)
+    return SlideJob(
+        slide_path=slide_path, stem=stem, final_dir=final_dir_for(config.out_dir, slide_path,
+                                                                  stem),
+        work_dir=work_dir, slide_mpp=facts.slide_mpp, mpp=model.card.mpp, geom=layout.geom,
+        spec=layout.spec, model_path=model.path, card=model.card, model_sha256=model.sha256,
+        tasks=tasks, n_blocks=len(plan.blocks), n_blocks_done=len(plan.blocks) - len(tasks),
+        n_tiles=plan.n_tiles, n_tile_predictions=plan.n_tile_predictions,
+        tissue_fraction=facts.tissue_fraction, tissue_mm2=facts.tissue_mm2,
+        tissue_polygons=facts.tissue_polygons, slide_identity=identity,
+        tissue_note=facts.tissue_note, slide_area_um2=facts.slide_area_um2,
+        config_digest=digest, block_px=config.block_px, slide_size_x0=facts.slide_size_x0,
+    )
+
+
+def _open_work_dir(work_dir: Path, digest: str, geom: MosaicGeometry,
+                   provenance: dict[str, Any]) -> set[str]:
+    """Reuse a matching work directory (returning its finished blocks) or start a fresh one."""
+    stamp = work_dir / "config.json"
+    if stamp.is_file():
+        try:
+            same = decode_json(stamp.read_text(encoding="utf-8"), stamp).get("digest") == digest
+        except (OSError, WsiSegError, AttributeError):
+            same = False
+        if same and (work_dir / "mask.zarr" / "zarr.json").is_file():
+            markers = work_dir / MARKERS
+            return {p.stem for p in markers.glob("*.json")} if markers.is_dir() else set()
+    if work_dir.exists():
+        shutil.rmtree(work_dir)
+    work_dir.mkdir(parents=True)
+    (work_dir / MARKERS).mkdir()
+    create_mosaic(work_dir / "mask.zarr", geom, provenance=provenance)
+    write_json_atomic(stamp, {"digest": digest})
+    return set()

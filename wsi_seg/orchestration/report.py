@@ -1,0 +1,111 @@
+"""A slide's report: what ``report.json`` holds, typed, as the finishing task returns it.
+
+The report travels from the worker that finished the slide to the client (the runner), and
+is written to ``OUT/NAME/report.json`` with :func:`dataclasses.asdict`, so the file's keys are
+the fields below, in this order (:data:`REPORT_KEYS`):
+
+``slide``, ``slide_identity`` (size, mtime_ns, head_sha256 of the file), ``output_name``,
+``status``, ``wsi_seg_version``, ``model`` (path, sha256, kind, name), ``mpp`` (working
+µm/px), ``slide_mpp`` (level-0 µm/px), ``mosaic_shape_px`` ([rows, cols]), ``blocks``,
+``tiles``, ``tile_predictions``, ``tissue_fraction``, ``tissue_mm2``, ``tumour_mm2``,
+``tumour_regions``, ``threshold``, ``min_area_um2``, ``wall_s``, ``tiles_per_s``,
+``blocks_wall_s``, ``blocks_tiles_per_s``, ``finish_s``, ``predict_tiles_per_thread_s``,
+``stage_s`` (seconds per stage, summed over task threads), ``truth``, ``score`` (tp, fp, fn,
+resolution_um, iou, dice, empty_both), ``score_error``, ``notes``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING, Any
+
+from wsi_seg.evaluation.score import REPORT
+
+if TYPE_CHECKING:  # metrics imports the geometry stack: the client reads reports without it
+    from wsi_seg.evaluation.metrics import OverlapScore
+
+__all__ = ["REPORT", "REPORT_KEYS", "ModelRecord", "ScoreRecord", "SlideReport"]
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """The model a slide was run with: its file, the file's SHA-256, its kind and name."""
+
+    path: str
+    sha256: str
+    kind: str
+    name: str
+
+
+@dataclass(frozen=True)
+class ScoreRecord:
+    """A slide's score against its truth: pixel counts at ``resolution_um`` µm/px, IoU and
+    Dice (None when prediction and truth are both empty, ``empty_both``)."""
+
+    tp: int
+    fp: int
+    fn: int
+    resolution_um: float | None
+    iou: float | None
+    dice: float | None
+    empty_both: bool
+
+    @classmethod
+    def of(cls, score: OverlapScore) -> ScoreRecord:
+        return cls(**score.as_dict())
+
+    def overlap(self) -> OverlapScore:
+        """The counts, to pool with other slides' (:func:`metrics.summarize_scores`)."""
+        from wsi_seg.evaluation.metrics import OverlapScore
+
+        return OverlapScore(self.tp, self.fp, self.fn, self.resolution_um)
+
+
+@dataclass(frozen=True)
+class SlideReport:
+    """One finished slide (``report.json``); see the module docstring for the units."""
+
+    slide: str
+    slide_identity: dict[str, Any]
+    output_name: str
+    status: str
+    wsi_seg_version: str
+    model: ModelRecord
+    mpp: float
+    slide_mpp: float
+    mosaic_shape_px: tuple[int, int]
+    blocks: int
+    tiles: int
+    tile_predictions: int
+    tissue_fraction: float
+    tissue_mm2: float
+    tumour_mm2: float
+    tumour_regions: int
+    threshold: float
+    min_area_um2: float
+    # The slide's whole time (blocks, then pyramid, polygons, scores, overlay), and the
+    # blocks phase alone beside it, named as such.
+    wall_s: float
+    tiles_per_s: float | None
+    blocks_wall_s: float
+    blocks_tiles_per_s: float | None
+    finish_s: float
+    # Predictions per second of one task thread while it predicts. Task threads predict
+    # concurrently (and share the cores), so this is not the model's throughput alone:
+    # `wsi-seg bench` measures that in isolation.
+    predict_tiles_per_thread_s: float | None
+    stage_s: dict[str, float]
+    truth: str | None
+    score: ScoreRecord | None
+    # Set when a score was asked for (--truth) and none could be made truthfully: the run
+    # reports the slide as failed (its outputs are still published).
+    score_error: str | None
+    notes: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``report.json`` object (keys in :data:`REPORT_KEYS` order)."""
+        return asdict(self)
+
+
+#: The keys of ``report.json``, in the order they are written.
+REPORT_KEYS: tuple[str, ...] = tuple(f.name for f in fields(SlideReport))
