@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 #: Truth files looked for beside a slide name, in order (``{stem}`` and ``{name}`` expand).
+#: A slide's report in its output folder (written last: its presence means finished).
+REPORT = "report.json"
 TRUTH_PATTERNS = ("{stem}.tumor.geojson", "{stem}.geojson", "{stem}.json", "{stem}.xml",
                   "{stem}.geojson.gz")
 IDENTITY_HEAD_BYTES = 256 * 1024

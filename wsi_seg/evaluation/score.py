@@ -18,10 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from wsi_seg.core.errors import WsiSegError
+from wsi_seg.core.naming import REPORT
 
-#: A slide's report file in its output folder (written by :mod:`wsi_seg.orchestration`; named
-#: here because scoring reads it and evaluation sits below orchestration).
-REPORT = "report.json"
 MAX_SCORE_SIDE_PX = 16384  # default level: the finest level whose longer side fits this
 MAX_REPORT_BYTES = 16 << 20  # a run's report.json is a few KiB; anything huge is not one
 

@@ -21,8 +21,7 @@ import numpy as np
 from wsi_seg import __version__
 from wsi_seg.core.errors import WsiSegError
 from wsi_seg.core.files import decode_json, write_json_atomic
-from wsi_seg.core.naming import TRUTH_PATTERNS, slide_identity, slide_stem
-from wsi_seg.evaluation.score import REPORT
+from wsi_seg.core.naming import REPORT, TRUTH_PATTERNS, slide_identity, slide_stem
 from wsi_seg.stages.blend import BlendSpec, blend_mode
 from wsi_seg.stages.card import ModelCard, bundled_model_path, read_card, sha256_file
 from wsi_seg.stages.infer import InferConfig

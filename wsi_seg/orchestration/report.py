@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
-from wsi_seg.evaluation.score import REPORT
+from wsi_seg.core.naming import REPORT
 
 if TYPE_CHECKING:  # metrics imports the geometry stack: the client reads reports without it
     from wsi_seg.evaluation.metrics import OverlapScore
