@@ -22,12 +22,13 @@ def _alias_old_names() -> None:
     import wsi_seg
 
     root = Path(wsi_seg.__file__).parent
-    for path in root.glob("*/*.py"):
-        if path.stem != "__init__" and path.parent.name != "cli":
-            old = f"wsi_seg.{path.stem}"
-            if old not in sys.modules:
-                sys.modules[old] = importlib.import_module(f"wsi_seg.{path.parent.name}."
-                                                           f"{path.stem}")
+    # Modules (wsi_seg/stages/slide.py) and packages (wsi_seg/tools/bench/, once bench.py).
+    found = [(p.parent.name, p.stem) for p in root.glob("*/*.py") if p.stem != "__init__"]
+    found += [(p.parent.parent.name, p.parent.name) for p in root.glob("*/*/__init__.py")]
+    for package, name in found:
+        old = f"wsi_seg.{name}"
+        if package != "cli" and old not in sys.modules:
+            sys.modules[old] = importlib.import_module(f"wsi_seg.{package}.{name}")
 
 
 def module_at(rev: str, package: str, name: str) -> ModuleType:

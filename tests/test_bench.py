@@ -180,9 +180,9 @@ def test_cli_rejects_bad_options(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "not found" in capsys.readouterr().err
 
 
-# -- device profiles (wsi_seg.tools.bench_device) ----------------------------------------------
+# -- device profiles (wsi_seg.tools.bench) ----------------------------------------------
 def test_device_helpers() -> None:
-    from wsi_seg.tools.bench_device import UNetSpec, busy_between, simulated_busy, stats_delta
+    from wsi_seg.tools.bench import UNetSpec, busy_between, simulated_busy, stats_delta
 
     spec = UNetSpec.parse("512,4,32")
     assert (spec.tile_px, spec.depth, spec.base_filters, spec.filters) == (512, 4, 32, "32-256")
@@ -228,7 +228,7 @@ def test_device_helpers() -> None:
 def test_device_sampler_reads_nvidia_smi(tmp_path: Path) -> None:
     import time
 
-    from wsi_seg.tools.bench_device import DeviceSampler, busy_between
+    from wsi_seg.tools.bench import DeviceSampler, busy_between
 
     fake = tmp_path / "nvidia-smi"
     fake.write_text("#!/bin/sh\necho 40\necho 80\n")  # two GPUs
@@ -243,7 +243,7 @@ def test_device_sampler_reads_nvidia_smi(tmp_path: Path) -> None:
 
 
 def test_simulated_profile(tmp_path: Path, cache: Path) -> None:
-    from wsi_seg.tools.bench_device import DeviceBenchmark, simulated_config
+    from wsi_seg.tools.bench import DeviceBenchmark, simulated_config
 
     # The bundled UNet's card (256 px tiles at 1 µm/px): the simulated device reads only it.
     cfg = simulated_config(tmp_path / "out", cache, synth_size=SIZE, synth_seeds=(11,),
@@ -284,7 +284,7 @@ def test_simulated_profile(tmp_path: Path, cache: Path) -> None:
 def test_gpu_profile_dry_run(tmp_path: Path, cache: Path) -> None:
     """The GPU workstation profile's every step at a tiny size, its models on the simulated
     device (no nvidia-smi here; the framework path is the one the other tests run)."""
-    from wsi_seg.tools.bench_device import NOT_SAMPLED, DeviceBenchConfig, DeviceBenchmark, UNetSpec
+    from wsi_seg.tools.bench import NOT_SAMPLED, DeviceBenchConfig, DeviceBenchmark, UNetSpec
 
     cfg = DeviceBenchConfig(out_dir=tmp_path / "out", cache_dir=cache, synth_size=SIZE,
                             synth_seeds=(11, 12), repeats=1, model_seconds=0.3,
@@ -344,7 +344,7 @@ def test_device_profile_step_timeout(tmp_path: Path) -> None:
     """A step that overruns its limit is recorded and the benchmark goes on."""
     import time
 
-    from wsi_seg.tools.bench_device import DeviceBenchConfig, DeviceBenchmark
+    from wsi_seg.tools.bench import DeviceBenchConfig, DeviceBenchmark
 
     bm = DeviceBenchmark(DeviceBenchConfig(out_dir=tmp_path, cache_dir=tmp_path,
                                            step_timeout_s=0.2), say=lambda s: None)

@@ -11,8 +11,7 @@ from typing import TYPE_CHECKING
 from wsi_seg.core.errors import WsiSegError
 
 if TYPE_CHECKING:
-    from wsi_seg.tools.bench import BenchConfig
-    from wsi_seg.tools.bench_device import DeviceBenchConfig
+    from wsi_seg.tools.bench import BenchConfig, DeviceBenchConfig
 
 DESCRIPTION = """\
 Measure wsi-seg on synthetic slides that it writes itself (cached by size and seed in --cache,
@@ -104,6 +103,39 @@ def _default_cache() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "wsi-seg" / "bench"
 
 
+def _device_options(p: argparse.ArgumentParser) -> None:
+    """The options only the device profiles read."""
+    S = argparse.SUPPRESS
+    d = p.add_argument_group("device profiles (--profile gpu | simulated)")
+    d.add_argument("--profile", choices=("standard", "gpu", "simulated"), default="standard",
+                   help="what to measure: the standard figures, a GPU workstation, or the CPU "
+                   "side against a simulated accelerator [standard]")
+    d.add_argument("--slides", type=Path, nargs="+", default=S, metavar="SLIDE",
+                   help="slides to run [synthetic: --synth-size x --synth-seeds]")
+    d.add_argument("--synth-size", type=int, default=S,
+                   help="edge of the synthetic slides, px [gpu: 20000; simulated: 10000]")
+    d.add_argument("--synth-seeds", type=_ints, default=S,
+                   help="seeds of the synthetic slides [11,12,13,14]")
+    d.add_argument("--batch-size", type=int, default=S,
+                   help="predictor batch [gpu: the device's default; simulated: 32]")
+    d.add_argument("--steps", default=S,
+                   help="gpu: comma-separated of cold, bundled, heavy, noisy [all]")
+    d.add_argument("--step-timeout", type=float, default=S,
+                   help="limit on each step or measurement, s [300]")
+    d.add_argument("--heavy", default=S, metavar="TILE,DEPTH,FILTERS",
+                   help="the heavier random-weight UNet [512,4,32]")
+    d.add_argument("--noisy", default=S, metavar="TILE,DEPTH,FILTERS",
+                   help="the noisy random-weight UNet [256,4,16]")
+    d.add_argument("--noisy-size", type=int, default=S,
+                   help="edge of the noisy step's synthetic slide, px [16000]")
+    d.add_argument("--simulate-batch-s", type=float, default=S,
+                   help="simulated device seconds per batch [calibrated]")
+    d.add_argument("--simulate-margin", type=float, default=S,
+                   help="calibrated S = this x the CPU side's seconds per batch [1.5]")
+    d.add_argument("--scratch", type=Path, default=S,
+                   help="folder for the runs' outputs, removed at the end [OUT/runs]")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench",
@@ -150,34 +182,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated parts to run: throughput, seeds, memory, scaling [all]")
     p.add_argument("--keep-outputs", action="store_true", default=S,
                    help="keep the runs' mosaics and GeoJSON under OUT/runs")
-    d = p.add_argument_group("device profiles (--profile gpu | simulated)")
-    d.add_argument("--profile", choices=("standard", "gpu", "simulated"), default="standard",
-                   help="what to measure: the standard figures, a GPU workstation, or the CPU "
-                   "side against a simulated accelerator [standard]")
-    d.add_argument("--slides", type=Path, nargs="+", default=S, metavar="SLIDE",
-                   help="slides to run [synthetic: --synth-size x --synth-seeds]")
-    d.add_argument("--synth-size", type=int, default=S,
-                   help="edge of the synthetic slides, px [gpu: 20000; simulated: 10000]")
-    d.add_argument("--synth-seeds", type=_ints, default=S,
-                   help="seeds of the synthetic slides [11,12,13,14]")
-    d.add_argument("--batch-size", type=int, default=S,
-                   help="predictor batch [gpu: the device's default; simulated: 32]")
-    d.add_argument("--steps", default=S,
-                   help="gpu: comma-separated of cold, bundled, heavy, noisy [all]")
-    d.add_argument("--step-timeout", type=float, default=S,
-                   help="limit on each step or measurement, s [300]")
-    d.add_argument("--heavy", default=S, metavar="TILE,DEPTH,FILTERS",
-                   help="the heavier random-weight UNet [512,4,32]")
-    d.add_argument("--noisy", default=S, metavar="TILE,DEPTH,FILTERS",
-                   help="the noisy random-weight UNet [256,4,16]")
-    d.add_argument("--noisy-size", type=int, default=S,
-                   help="edge of the noisy step's synthetic slide, px [16000]")
-    d.add_argument("--simulate-batch-s", type=float, default=S,
-                   help="simulated device seconds per batch [calibrated]")
-    d.add_argument("--simulate-margin", type=float, default=S,
-                   help="calibrated S = this x the CPU side's seconds per batch [1.5]")
-    d.add_argument("--scratch", type=Path, default=S,
-                   help="folder for the runs' outputs, removed at the end [OUT/runs]")
+    _device_options(p)
     p.add_argument("--quick", action="store_true",
                    help="every code path on a 4000 px slide, 1 round, short caps (checks the "
                    "machinery; its numbers mean little)")
@@ -228,7 +233,7 @@ def build_config(args: argparse.Namespace) -> BenchConfig:
 
 
 def build_device_config(args: argparse.Namespace) -> DeviceBenchConfig:
-    from wsi_seg.tools.bench_device import (
+    from wsi_seg.tools.bench import (
         GPU_STEPS,
         DeviceBenchConfig,
         UNetSpec,
@@ -283,20 +288,14 @@ def build_device_config(args: argparse.Namespace) -> DeviceBenchConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from wsi_seg.tools.bench import Benchmark
+    from wsi_seg.tools.bench import Benchmark, DeviceBenchmark
 
     if args.profile != "standard":
-        from wsi_seg.tools.bench_device import DeviceBenchmark
-
         dcfg = build_device_config(args)
-        record = DeviceBenchmark(dcfg).run()
-        print((dcfg.out_dir / "bench.md").read_text(encoding="utf-8"), end="")
-        print(f"wrote {dcfg.out_dir / 'bench.json'} and {dcfg.out_dir / 'bench.md'} "
-              f"({record.get('total_s')} s)")
-        return 0
-    cfg = build_config(args)
-    record = Benchmark(cfg).run()
-    print((cfg.out_dir / "bench.md").read_text(encoding="utf-8"), end="")
-    print(f"wrote {cfg.out_dir / 'bench.json'} and {cfg.out_dir / 'bench.md'} "
-          f"({record.get('total_s')} s)")
+        out, record = dcfg.out_dir, DeviceBenchmark(dcfg).run()
+    else:
+        cfg = build_config(args)
+        out, record = cfg.out_dir, Benchmark(cfg).run()
+    print((out / "bench.md").read_text(encoding="utf-8"), end="")
+    print(f"wrote {out / 'bench.json'} and {out / 'bench.md'} ({record.get('total_s')} s)")
     return 0

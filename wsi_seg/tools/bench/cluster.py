@@ -1,0 +1,118 @@
+"""The benchmark's local Dask clusters, sized as ``wsi-seg run`` sizes them."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from wsi_seg.tools.bench import worker
+
+
+@dataclass
+class Bench:
+    """A live local cluster and the facts the measurements share."""
+
+    client: Any
+    cluster: Any
+    workers: int
+    threads_per_worker: int
+    tf_threads: int
+    gpus: int
+    devices: list[str] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return str(self.cluster.scheduler_address)
+
+    def worker_addresses(self) -> list[str]:
+        return list(self.client.scheduler_info().get("workers", {}))
+
+    def infer(self, batch_size: int, mixed_precision: bool = False) -> Any:
+        """An InferConfig of this cluster's framework threads."""
+        from wsi_seg.stages.infer import InferConfig
+
+        return InferConfig(batch_size=batch_size, mixed_precision=mixed_precision,
+                           threads=self.tf_threads)
+
+    def on_each_worker(self, fn: Any, *args: Any) -> list[Any]:
+        """``fn(*args)`` as one task pinned to each worker; their results."""
+        futs = [self.client.submit(fn, *args, pure=False, workers=[a],
+                                   allow_other_workers=False)
+                for a in self.worker_addresses()]
+        return [f.result() for f in futs]
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.client.close()
+        with contextlib.suppress(Exception):
+            self.cluster.close()
+
+
+def _plan(workers: int | None, threads_per_worker: int | None) -> Any:
+    from wsi_seg.orchestration.cluster import ClusterConfig, plan_local_workers
+
+    return plan_local_workers(ClusterConfig(workers=workers,
+                                            threads_per_worker=threads_per_worker))
+
+
+def _connect(cluster: Any, plan: Any) -> Bench:
+    from distributed import Client
+
+    client = Client(cluster)
+    client.wait_for_workers(plan.workers)
+    return Bench(client, cluster, plan.workers, plan.threads_per_worker, plan.tf_threads,
+                 plan.gpus)
+
+
+def start_cluster(workers: int | None = None, threads_per_worker: int | None = None) -> Bench:
+    """A ``LocalCluster`` of the plan :func:`wsi_seg.orchestration.cluster.connect` makes for
+    ``wsi-seg run`` (the standard profile's cluster)."""
+    from distributed import LocalCluster
+
+    plan = _plan(workers, threads_per_worker)
+    cluster = LocalCluster(n_workers=plan.workers, threads_per_worker=plan.threads_per_worker,
+                           processes=True, dashboard_address="127.0.0.1:0", host="127.0.0.1",
+                           resources={"GPU": 1} if plan.gpus else None,
+                           silence_logs=logging.ERROR)
+    return _connect(cluster, plan)
+
+
+@contextlib.contextmanager
+def cluster_session(workers: int | None = None, threads_per_worker: int | None = None
+                    ) -> Iterator[Bench]:
+    """:func:`start_cluster`, closed on leaving."""
+    bench = start_cluster(workers, threads_per_worker)
+    try:
+        yield bench
+    finally:
+        bench.close()
+
+
+def start_device_cluster(workers: int | None, threads_per_worker: int | None) -> Bench:
+    """A local cluster exactly as :func:`wsi_seg.orchestration.cluster.connect` starts one for
+    ``wsi-seg run`` (worker processes on localhost, GPU workers pinned to their card): the
+    device profiles' cluster."""
+    from distributed import Scheduler, SpecCluster
+
+    from wsi_seg.orchestration.cluster import worker_specs
+
+    plan = _plan(workers, threads_per_worker)
+    silence = logging.DEBUG if os.environ.get("WSI_SEG_DEBUG") else logging.CRITICAL
+    cluster = SpecCluster(workers=worker_specs(plan, silence),
+                          scheduler={"cls": Scheduler, "options": {
+                              "host": "127.0.0.1", "dashboard_address": None}},
+                          silence_logs=silence)
+    return _connect(cluster, plan)
+
+
+def warm(bench: Bench, model_path: Path, infer: Any) -> list[dict[str, Any]]:
+    """Load and trace the model on every worker; what each reports (its ``device`` among it).
+    The devices are added to ``bench.devices``."""
+    got = bench.on_each_worker(worker.warm, str(model_path), infer)
+    bench.devices = sorted({w["device"] for w in got} | set(bench.devices))
+    return got
