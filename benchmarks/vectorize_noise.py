@@ -16,8 +16,9 @@ a raster of 1 µm pixels over a 0.5 µm/px slide, 1024 px chunks.
 Each measurement runs in a fresh child process with a time limit (the old code takes hours on
 the largest noise masks); wall and CPU seconds are the vectorize call only, not making the mask,
 with the 1-minute load average before and after it (compare figures only at similar load).
-``--rev`` also times ``wsi_seg/stages/vectorize.py`` as it was at a git revision (single-threaded
-then: it had no ``workers``)::
+``--rev`` also times the one-file vectorizer (``wsi_seg/vectorize.py`` or
+``wsi_seg/stages/vectorize.py``, before it became a package) as it was at a git revision
+(single-threaded then: it had no ``workers``)::
 
     python benchmarks/vectorize_noise.py --sizes 2048,8192 --workers 1,2 --rev a051260
 
@@ -129,7 +130,9 @@ def main() -> None:
     p.add_argument("--masks", default="pure,smooth,blobs")
     p.add_argument("--settings", default="exact,pipeline")
     p.add_argument("--workers", default="1,2", help="thread counts to time, comma-separated")
-    p.add_argument("--rev", default=None, help="also time vectorize.py at this git revision")
+    p.add_argument("--rev", default=None,
+                   help="also time the one-file vectorize.py at this git revision (before the "
+                   "package split; for later revisions run this script in a worktree of it)")
     p.add_argument("--chunk", type=int, default=1024, help="chunk edge in px")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per measurement")
     p.add_argument("--check", action="store_true", help="count invalid polygons (untimed)")
@@ -161,11 +164,11 @@ def main() -> None:
 
 
 def _worktree() -> str:
-    """The checkout's commit, marked when vectorize.py differs from it."""
+    """The checkout's commit, marked when the vectorizer differs from it."""
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
                           capture_output=True, text=True).stdout.strip()
     dirty = subprocess.run(["git", "-C", str(ROOT), "diff", "--quiet", "HEAD", "--",
-                            "wsi_seg/stages/vectorize.py"]).returncode
+                            "wsi_seg/stages/vectorize"]).returncode
     return f"{head}{'+edits' if dirty else ''}"
 
 
