@@ -15,10 +15,13 @@ import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wsi_seg.core.errors import WsiSegError
 from wsi_seg.core.naming import REPORT
+
+if TYPE_CHECKING:
+    from wsi_seg.evaluation.metrics import OverlapScore
 
 MAX_SCORE_SIDE_PX = 16384  # default level: the finest level whose longer side fits this
 MAX_REPORT_BYTES = 16 << 20  # a run's report.json is a few KiB; anything huge is not one
@@ -35,16 +38,12 @@ class FileScore:
     slide: str
     truth_classes: list[str]
     level: int
-    tp: int
-    fp: int
-    fn: int
-    resolution_um: float | None
-    iou: float | None
-    dice: float | None
-    empty_both: bool
+    score: OverlapScore
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """Files, classes and level, then the score's counts, IoU, Dice and empty flag."""
+        head = {k: v for k, v in asdict(self).items() if k != "score"}
+        return {**head, **self.score.as_dict()}
 
 
 def auto_level(shape_at: Callable[[int], tuple[int, ...]], n_levels: int) -> int:
@@ -199,4 +198,4 @@ def score_files(pred: Path, truth_path: Path, slide_path: Path, *, level: int | 
     else:
         score, level = _score_geojson(pred, truth.geometry, level, size, slide_mpp)
     return FileScore(str(pred), str(truth_path), str(slide_path), list(truth.classes), level,
-                     **score.as_dict())
+                     score)

@@ -15,7 +15,7 @@ import time
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wsi_seg import __version__
 from wsi_seg.core.errors import WsiSegError
@@ -23,9 +23,12 @@ from wsi_seg.core.files import write_json_atomic
 from wsi_seg.core.naming import TRUTH_PATTERNS, truth_candidates
 from wsi_seg.orchestration.handles import slide_handles
 from wsi_seg.orchestration.job import MARKERS, RunConfig, SlideJob
-from wsi_seg.orchestration.report import REPORT, ModelRecord, ScoreRecord, SlideReport
+from wsi_seg.orchestration.report import REPORT, ModelRecord, SlideReport
 from wsi_seg.stages.mosaic import block_levels, build_pyramid, open_mosaic
 from wsi_seg.stages.tissue import MIN_AREA_SLIDE_FRACTION, scaled_minimum
+
+if TYPE_CHECKING:
+    from wsi_seg.evaluation.metrics import OverlapScore
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,7 @@ class Scored:
     """The outcome of scoring: the score, the truth's geometry (for the overlay), the truth
     file, or why no true score could be made (``error``)."""
 
-    score: ScoreRecord | None = None
+    score: OverlapScore | None = None
     truth_geometry: Any = None
     truth_path: Path | None = None
     error: str | None = None
@@ -112,7 +115,7 @@ def _score(job: SlideJob, config: RunConfig, mosaic: Any, polygons: Polygons) ->
     except WsiSegError as exc:
         return Scored(truth_path=truth_path, error=f"truth not usable: {exc}")
     score = score_slide(mosaic, truth.geometry, polygons.level, threshold=polygons.threshold)
-    return Scored(ScoreRecord.of(score), truth.geometry, truth_path)
+    return Scored(score, truth.geometry, truth_path)
 
 
 def _overlay(job: SlideJob, config: RunConfig, polygons: Polygons, scored: Scored) -> None:

@@ -30,7 +30,7 @@ def run_score(reports: list[SlideReport]) -> Any:
     """Micro/macro IoU and Dice over the scored slides (None when nothing was scored)."""
     from wsi_seg.evaluation.metrics import summarize_scores
 
-    scores = [r.score.overlap() for r in reports if r.score is not None]
+    scores = [r.score for r in reports if r.score is not None]
     return summarize_scores(scores) if scores else None
 
 

@@ -24,7 +24,7 @@ from wsi_seg.core.naming import REPORT
 if TYPE_CHECKING:  # metrics imports the geometry stack: the client reads reports without it
     from wsi_seg.evaluation.metrics import OverlapScore
 
-__all__ = ["REPORT", "REPORT_KEYS", "ModelRecord", "ScoreRecord", "SlideReport"]
+__all__ = ["REPORT", "REPORT_KEYS", "ModelRecord", "SlideReport"]
 
 
 @dataclass(frozen=True)
@@ -35,30 +35,6 @@ class ModelRecord:
     sha256: str
     kind: str
     name: str
-
-
-@dataclass(frozen=True)
-class ScoreRecord:
-    """A slide's score against its truth: pixel counts at ``resolution_um`` µm/px, IoU and
-    Dice (None when prediction and truth are both empty, ``empty_both``)."""
-
-    tp: int
-    fp: int
-    fn: int
-    resolution_um: float | None
-    iou: float | None
-    dice: float | None
-    empty_both: bool
-
-    @classmethod
-    def of(cls, score: OverlapScore) -> ScoreRecord:
-        return cls(**score.as_dict())
-
-    def overlap(self) -> OverlapScore:
-        """The counts, to pool with other slides' (:func:`metrics.summarize_scores`)."""
-        from wsi_seg.evaluation.metrics import OverlapScore
-
-        return OverlapScore(self.tp, self.fp, self.fn, self.resolution_um)
 
 
 @dataclass(frozen=True)
@@ -96,7 +72,7 @@ class SlideReport:
     predict_tiles_per_thread_s: float | None
     stage_s: dict[str, float]
     truth: str | None
-    score: ScoreRecord | None
+    score: OverlapScore | None  # written with its IoU, Dice and empty flag (as_dict)
     # Set when a score was asked for (--truth) and none could be made truthfully: the run
     # reports the slide as failed (its outputs are still published).
     score_error: str | None
@@ -104,7 +80,9 @@ class SlideReport:
 
     def to_json(self) -> dict[str, Any]:
         """The ``report.json`` object (keys in :data:`REPORT_KEYS` order)."""
-        return asdict(self)
+        data = asdict(self)
+        data["score"] = self.score.as_dict() if self.score is not None else None
+        return data
 
 
 #: The keys of ``report.json``, in the order they are written.

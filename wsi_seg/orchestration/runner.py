@@ -89,7 +89,7 @@ class SlideState:
             d["report"] = str(self.slide_dir / REPORT)
             d.update(tiles_per_s=r.tiles_per_s, wall_s=r.wall_s, blocks_wall_s=r.blocks_wall_s,
                      stage_s=r.stage_s, tumour_mm2=r.tumour_mm2, tissue_mm2=r.tissue_mm2,
-                     score=asdict(r.score) if r.score is not None else None,
+                     score=r.score.as_dict() if r.score is not None else None,
                      notes=list(r.notes))
         return d
 
