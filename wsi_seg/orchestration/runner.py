@@ -446,5 +446,23 @@ def _done_line(path: Path, report: SlideReport, slide_dir: Path) -> str:
 def run_slides(slides: Sequence[Path], config: RunConfig,
                cluster: ClusterConfig | None = None, quiet: bool = False,
                gpu_resource: bool | None = None) -> RunResult:
-    """Process slides into ``config.out_dir``; see the module docstring."""
+    """Process slides into ``config.out_dir``; see the module docstring.
+
+    Each slide gets ``OUT/NAME/`` (``mask.zarr``, ``tumor.geojson``, ``overlay.png``,
+    ``report.json``), published only when complete; the run writes ``run.json`` and
+    ``summary.csv``/``summary.md``. A slide that fails is reported and the others go on.
+    ``cluster`` says where blocks run (default: local worker processes, one per GPU);
+    ``quiet`` silences the progress lines. Example (a folder of slides, the bundled UNet)::
+
+        from pathlib import Path
+        from wsi_seg.orchestration.pipeline import RunConfig
+        from wsi_seg.orchestration.runner import run_slides
+        from wsi_seg.stages.slide import find_slides
+
+        result = run_slides(find_slides([Path("slides")]), RunConfig(out_dir=Path("out")))
+        print(len(result.slides), "slides,", result.failed, "failed")
+
+    (:func:`wsi_seg.stages.slide.open_slide` and
+    :func:`wsi_seg.stages.blend.sliding_window_inference` carry examples that run as tests.)
+    """
     return Runner(slides, config, cluster or ClusterConfig(), quiet, gpu_resource).run()

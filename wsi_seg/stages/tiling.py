@@ -158,6 +158,16 @@ def plan_blocks(
         block_px: block edge, a multiple of ``chunk_px``.
         chunk_px: mosaic chunk edge.
         keep_fn: which windows touch tissue (default: all).
+
+    Example: a 5000 x 3000 px image, 256 px windows overlapping by a quarter, 2048 px blocks:
+
+    >>> plan = plan_blocks(5000, 3000, roi_px=256, step_px=step_for(256, 0.25),
+    ...                    block_px=2048, chunk_px=1024)
+    >>> len(plan.blocks), plan.n_tiles
+    (6, 416)
+    >>> b = plan.blocks[0]
+    >>> (b.yw, b.xw, b.h_px, b.w_px), (b.halo_h_px, b.halo_w_px), b.n_owned
+    ((0, 0, 2048, 2048), (2176, 2176), 121)
     """
     if block_px % chunk_px:
         raise ValueError(f"block_px {block_px} must be a multiple of chunk_px {chunk_px}")

@@ -145,6 +145,19 @@ def vectorize_array(arr: ArrayLike2D, frame: PixelFrame, *, fg_min: int,
         min_area_um2: regions (and holes) smaller than this many µm² are dropped (filled).
         simplify_um: Douglas-Peucker tolerance in µm (0: keep every pixel corner).
         workers: threads tracing chunks (None: :func:`default_workers`; 1: this thread only).
+
+    Example: a 32 px square with an 8 px hole, on a raster of 4 level-0 px per pixel at
+    0.25 µm per level-0 px (so 1 µm per raster pixel):
+
+    >>> import numpy as np
+    >>> from wsi_seg.core.geometry import PixelFrame
+    >>> mask = np.zeros((64, 64), np.uint8)
+    >>> mask[8:40, 8:40] = 255
+    >>> mask[16:24, 16:24] = 0
+    >>> frame = PixelFrame(64, 64, origin_x0=0.0, origin_y0=0.0, px_x0=4.0, mpp0=0.25)
+    >>> [region] = vectorize_array(mask, frame, fg_min=128)
+    >>> region.polygon.bounds, len(region.polygon.interiors), region.area_um2
+    ((32.0, 32.0, 160.0, 160.0), 1, 960.0)
     """
     if tuple(arr.shape) != (frame.height_px, frame.width_px):
         raise ValueError(f"array shape {arr.shape} does not match frame "

@@ -1,0 +1,17 @@
+"""The examples in the public entry points' docstrings run, and show what they say."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = ["wsi_seg.stages.tiling", "wsi_seg.stages.vectorize.driver"]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name: str) -> None:
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0, f"{name} lost its examples"
+    assert result.failed == 0
