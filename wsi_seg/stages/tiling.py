@@ -56,8 +56,8 @@ class Block:
 
     Attributes:
         row, col: block index on the block grid.
-        yw, xw, h_px, w_px: owned region (written to the mosaic by this block alone).
-        halo_yw, halo_xw, halo_h_px, halo_w_px: region read (every window touching the block).
+        xw, yw, w_px, h_px: owned region (written to the mosaic by this block alone).
+        halo_xw, halo_yw, halo_w_px, halo_h_px: region read (every window touching the block).
         win_rows, win_cols: half-open index ranges into the plan's window grid.
         n_windows: windows of this block that touch tissue (those that are predicted).
         n_owned: kept windows this block counts as its own: those whose start (clamped to the
@@ -67,14 +67,14 @@ class Block:
 
     row: int
     col: int
-    yw: int
     xw: int
-    h_px: int
+    yw: int
     w_px: int
-    halo_yw: int
+    h_px: int
     halo_xw: int
-    halo_h_px: int
+    halo_yw: int
     halo_w_px: int
+    halo_h_px: int
     win_rows: tuple[int, int]
     win_cols: tuple[int, int]
     n_windows: int
@@ -166,7 +166,7 @@ def plan_blocks(
     >>> len(plan.blocks), plan.n_tiles
     (6, 416)
     >>> b = plan.blocks[0]
-    >>> (b.yw, b.xw, b.h_px, b.w_px), (b.halo_h_px, b.halo_w_px), b.n_owned
+    >>> (b.xw, b.yw, b.w_px, b.h_px), (b.halo_w_px, b.halo_h_px), b.n_owned
     ((0, 0, 2048, 2048), (2176, 2176), 121)
     """
     if block_px % chunk_px:
@@ -204,7 +204,7 @@ def plan_blocks(
             o_i0, o_i1 = np.searchsorted(own_y, [yw, yw + h], side="left")
             o_j0, o_j1 = np.searchsorted(own_x, [xw, xw + w], side="left")
             owned = int(kc[o_i1, o_j1] - kc[o_i0, o_j1] - kc[o_i1, o_j0] + kc[o_i0, o_j0])
-            blocks.append(Block(row, col, yw, xw, h, w, hy0, hx0, hy1 - hy0, hx1 - hx0,
+            blocks.append(Block(row, col, xw, yw, w, h, hx0, hy0, hx1 - hx0, hy1 - hy0,
                                 (i0, i1), (j0, j1), n, owned))
     return BlockPlan(width_px, height_px, roi_px, step_px, block_px, chunk_px, sy, sx, keep,
                      tuple(blocks), n_rows * n_cols)
