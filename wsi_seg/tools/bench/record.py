@@ -83,14 +83,9 @@ def close_record(record: dict[str, Any], t0: float) -> None:
 
 
 def write_outputs(record: dict[str, Any], out_dir: Path,
-                  markdown_fn: Callable[[dict[str, Any]], str] | None = None
-                  ) -> tuple[Path, Path]:
+                  markdown_fn: Callable[[dict[str, Any]], str]) -> tuple[Path, Path]:
     """Write ``bench.json`` and ``bench.md`` (atomically: a killed run leaves whole files) into
-    ``out_dir``; ``markdown_fn`` renders the markdown (default: the standard profile's)."""
-    if markdown_fn is None:
-        from wsi_seg.tools.bench.report import markdown
-
-        markdown_fn = markdown
+    ``out_dir``; ``markdown_fn`` renders the markdown (the profile's report)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     md = markdown_fn(record)
     json_path = write_atomic(out_dir / "bench.json",

@@ -21,6 +21,7 @@ from wsi_seg.tools.bench.record import (
     new_record,
     write_outputs,
 )
+from wsi_seg.tools.bench.report import markdown
 from wsi_seg.tools.bench.standard_measures import (
     measure_cold,
     measure_e2e,
@@ -55,7 +56,7 @@ class Benchmark:
         return dict(self.record["slides"][key])
 
     def save(self) -> None:
-        write_outputs(self.record, self.cfg.out_dir)
+        write_outputs(self.record, self.cfg.out_dir, markdown_fn=markdown)
 
     def run_cfg(self, kind: str, bench: Bench, name: str, batch_size: int | None = None,
                     mixed_precision: bool = False) -> Any:
