@@ -1,4 +1,4 @@
-"""The machine a record was measured on, and a process's memory (RSS) as Linux reports it."""
+"""The machine a record was measured on, and a process's memory (RSS), through psutil."""
 
 from __future__ import annotations
 
@@ -20,28 +20,12 @@ ENV_PREFIXES = ("TF_ENABLE_", "TF_CPP_", "TF_NUM_", "TF_XLA_", "TF_GPU_", "TF_FO
                 "TF_INTRA_", "TF_INTER_", "OMP_", "KMP_", "MKL_", "CUDA_VISIBLE_DEVICES")
 
 
-def _proc_field(path: str, prefix: str) -> str | None:
-    """The rest of the first line of ``path`` that starts with ``prefix`` (None: none, or no
-    such file, as off Linux)."""
-    try:
-        for line in Path(path).read_text().splitlines():
-            if line.startswith(prefix):
-                return line[len(prefix):]
-    except OSError:
-        pass
-    return None
-
-
-def _kib_field(path: str, prefix: str) -> int | None:
-    """A ``/proc`` line's ``<n> kB`` value, in bytes."""
-    text = _proc_field(path, prefix)
-    return None if text is None else int(text.split()[0]) * 1024
-
-
 def _cpu_model() -> str:
-    text = _proc_field("/proc/cpuinfo", "model name")
-    if text is not None:
-        return text.split(":", 1)[1].strip()
+    """The CPU's model name (psutil has none: Linux's ``/proc/cpuinfo``, else platform's)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
 
 
@@ -72,10 +56,12 @@ def _git_commit() -> str | None:
 
 def machine_info() -> dict[str, Any]:
     """The machine and software a record was measured on (RAM in GiB)."""
+    import psutil
+
     from wsi_seg.orchestration.cluster import cpu_count
     from wsi_seg.orchestration.runner import versions
 
-    total = _kib_field("/proc/meminfo", "MemTotal:")
+    total = psutil.virtual_memory().total
     return {
         "date": datetime.now(UTC).replace(microsecond=0).isoformat(),
         "host": platform.node(),
@@ -113,17 +99,15 @@ def load_1min() -> float:
 
 def peak_rss_bytes() -> int:
     """Peak resident set size of this process since start, bytes."""
-    peak = _kib_field("/proc/self/status", "VmHWM:")
-    if peak is not None:
-        return peak
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(kb) * (1 if sys.platform == "darwin" else 1024)  # macOS counts bytes
 
 
 def rss_bytes() -> int:
-    """Resident set size of this process now, bytes (the peak where not known)."""
-    rss = _kib_field("/proc/self/status", "VmRSS:")
-    return peak_rss_bytes() if rss is None else rss
+    """Resident set size of this process now, bytes."""
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
 
 
 def mib(n: float | int | None) -> float | None:
