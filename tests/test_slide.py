@@ -219,7 +219,7 @@ def test_fractional_reads_are_position_exact(which: str, mpp: float,
 
 def test_read_tiles_join_without_seams(s2: Slide, monkeypatch: pytest.MonkeyPatch) -> None:
     """read_w splits big regions into tiles of TILE_SRC_PX source pixels: no trace of them."""
-    import wsi_seg.stages.slide as slide_mod
+    import wsi_seg.stages.slide_levels as slide_mod
 
     for mpp in (0.5, 1.0, 0.75, 1.98):
         whole = s2.read_w(-5, -3, 700, 500, mpp)
@@ -231,7 +231,7 @@ def test_read_tiles_join_without_seams(s2: Slide, monkeypatch: pytest.MonkeyPatc
 @pytest.mark.parametrize("mpp", [0.5, 1.0, 0.75, 1.98])
 def test_threaded_reads_equal_one_thread(s2: Slide, monkeypatch: pytest.MonkeyPatch,
                                          mpp: float) -> None:
-    import wsi_seg.stages.slide as slide_mod
+    import wsi_seg.stages.slide_levels as slide_mod
 
     monkeypatch.setattr(slide_mod, "TILE_SRC_PX", 150)  # dozens of tiles per read
     one = s2.read_w(-7, 5, 640, 410, mpp, threads=1)
@@ -246,7 +246,7 @@ def test_threaded_reads_equal_one_thread(s2: Slide, monkeypatch: pytest.MonkeyPa
 def test_rows_read_in_bands_equal_one_read(s2: Slide, monkeypatch: pytest.MonkeyPatch,
                                            mpp: float) -> None:
     """read_w_rows fills the region band by band, on demand, with read_w's very pixels."""
-    import wsi_seg.stages.slide as slide_mod
+    import wsi_seg.stages.slide_levels as slide_mod
 
     monkeypatch.setattr(slide_mod, "TILE_SRC_PX", 150)  # many bands per region
     whole = s2.read_w(-7, 5, 640, 410, mpp)
@@ -265,7 +265,7 @@ def test_many_callers_share_one_handle(s4: Slide, monkeypatch: pytest.MonkeyPatc
     """Dask task threads reading one slide at once, each read threaded too: same pixels."""
     import threading
 
-    import wsi_seg.stages.slide as slide_mod
+    import wsi_seg.stages.slide_levels as slide_mod
 
     monkeypatch.setattr(slide_mod, "TILE_SRC_PX", 200)
     boxes = [(37 * i, 23 * i, 300, 260, mpp) for i in range(8) for mpp in (0.8, 1.0)]
@@ -342,7 +342,7 @@ class FailingSlide(WrappedSlide):
 
 def test_a_failing_tile_fails_the_threaded_read(p2: Path, monkeypatch: pytest.MonkeyPatch
                                                 ) -> None:
-    import wsi_seg.stages.slide as slide_mod
+    import wsi_seg.stages.slide_levels as slide_mod
 
     monkeypatch.setattr(slide_mod, "TILE_SRC_PX", 128)
     with Slide(p2, FailingSlide(p2), 0.5) as s:

@@ -162,8 +162,7 @@ def accumulate(
     submit = _submitter(predict)
     num = np.zeros((h, w), np.float32)
     den = np.zeros((h, w), np.float32)
-    coords = [(int(y) - origin_yw, int(x) - origin_xw)
-              for i, y in enumerate(starts_y) for j, x in enumerate(starts_x) if keep[i, j]]
+    coords = _kept_windows(origin_yw, origin_xw, starts_y, starts_x, keep)
     queued: deque[tuple[list[tuple[int, int]], Future[np.ndarray]]] = deque()
     depth = _queue_depth(predict, spec)
     n_queued = 0
@@ -175,9 +174,7 @@ def accumulate(
         n_queued -= len(chunk)
         probs = fut.result()
         t = _tick(times, "predict", t)
-        for k, (y, x) in enumerate(chunk):
-            num[y : y + roi, x : x + roi] += probs[k] * weight
-            den[y : y + roi, x : x + roi] += weight
+        _blend_into(num, den, chunk, probs, weight, roi)
         return _tick(times, "blend", t)
 
     for b0 in range(0, len(coords), spec.batch_size):
@@ -185,10 +182,7 @@ def accumulate(
         if ready is not None:
             ready(chunk[-1][0] + roi)  # row-major: the last window reaches lowest
             t = time.perf_counter()  # reading is timed by the reader, not as cutting
-        batch = np.empty((len(chunk), roi, roi, image.shape[2]), image.dtype)
-        for k, (y, x) in enumerate(chunk):
-            batch[k] = image[y : y + roi, x : x + roi]
-        queued.append((chunk, submit(batch)))
+        queued.append((chunk, submit(_cut_windows(image, chunk, roi))))
         n_queued += len(chunk)
         t = _tick(times, "cut", t)
         while n_queued - len(queued[0][0]) >= depth:  # the rest still fill the queue
@@ -196,6 +190,30 @@ def accumulate(
     while queued:
         t = blend_oldest(t)
     return num, den
+
+
+def _kept_windows(origin_yw: int, origin_xw: int, starts_y: np.ndarray, starts_x: np.ndarray,
+                  keep: np.ndarray) -> list[tuple[int, int]]:
+    """Image-relative top-left corners ``(y, x)`` of the kept windows, row-major (the order
+    that fixes every pixel's summation order)."""
+    return [(int(y) - origin_yw, int(x) - origin_xw)
+            for i, y in enumerate(starts_y) for j, x in enumerate(starts_x) if keep[i, j]]
+
+
+def _cut_windows(image: np.ndarray, chunk: list[tuple[int, int]], roi: int) -> np.ndarray:
+    """The ``roi`` px windows at ``chunk``'s corners, stacked into one batch."""
+    batch = np.empty((len(chunk), roi, roi, image.shape[2]), image.dtype)
+    for k, (y, x) in enumerate(chunk):
+        batch[k] = image[y : y + roi, x : x + roi]
+    return batch
+
+
+def _blend_into(num: np.ndarray, den: np.ndarray, chunk: list[tuple[int, int]],
+                probs: np.ndarray, weight: np.ndarray, roi: int) -> None:
+    """Add each window's weighted prediction and its weight, in ``chunk``'s order."""
+    for k, (y, x) in enumerate(chunk):
+        num[y : y + roi, x : x + roi] += probs[k] * weight
+        den[y : y + roi, x : x + roi] += weight
 
 
 def normalise(num: np.ndarray, den: np.ndarray) -> np.ndarray:

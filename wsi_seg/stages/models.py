@@ -71,27 +71,10 @@ def build_unet(
     keras = _keras()
     layers = keras.layers
     _check_builder(input_size_px, channels, kernel_size, dropout)
-    if depth < 2:
-        raise ValueError(f"depth must be >= 2, not {depth}")
-    if input_downsample < 1:
-        raise ValueError(f"input_downsample must be >= 1, not {input_downsample}")
-    divisor = input_downsample * 2 ** (depth - 1)
-    if input_size_px % divisor:
-        raise ValueError(
-            f"input_size_px {input_size_px} must be divisible by "
-            f"input_downsample * 2**(depth-1) = {divisor}"
-        )
+    _check_unet(input_size_px, depth, input_downsample)
 
     def conv_block(x: Any, filters: int, name: str) -> Any:
-        for i in (1, 2):
-            x = layers.Conv2D(
-                filters, kernel_size, padding="same", use_bias=not batch_norm,
-                kernel_initializer="he_normal", name=f"{name}_conv{i}",
-            )(x)
-            if batch_norm:
-                x = layers.BatchNormalization(name=f"{name}_bn{i}")(x)
-            x = layers.Activation("relu", name=f"{name}_relu{i}")(x)
-        return x
+        return _unet_conv_block(layers, x, filters, name, kernel_size, batch_norm)
 
     inputs = keras.Input((input_size_px, input_size_px, channels), name="image")
     x = inputs
@@ -115,6 +98,36 @@ def build_unet(
         x = layers.UpSampling2D(input_downsample, interpolation="bilinear", name="output_up")(x)
     outputs = layers.Activation("sigmoid", dtype="float32", name="probability")(x)
     return keras.Model(inputs, outputs, name="unet")
+
+
+def _check_unet(input_size_px: int, depth: int, input_downsample: int) -> None:
+    """ValueError unless the input side survives ``depth - 1`` poolings after the input pool."""
+    if depth < 2:
+        raise ValueError(f"depth must be >= 2, not {depth}")
+    if input_downsample < 1:
+        raise ValueError(f"input_downsample must be >= 1, not {input_downsample}")
+    divisor = input_downsample * 2 ** (depth - 1)
+    if input_size_px % divisor:
+        raise ValueError(
+            f"input_size_px {input_size_px} must be divisible by "
+            f"input_downsample * 2**(depth-1) = {divisor}"
+        )
+
+
+def _unet_conv_block(layers: Any, x: Any, filters: int, name: str, kernel_size: int,
+                     batch_norm: bool) -> Any:
+    """Two (conv, batch norm, ReLU) stages; without batch norm the convolutions get biases
+    (with it a bias would only duplicate the norm's offset). Layer names are part of saved
+    models: ``<name>_conv1``, ``<name>_bn1``, ``<name>_relu1``, then 2."""
+    for i in (1, 2):
+        x = layers.Conv2D(
+            filters, kernel_size, padding="same", use_bias=not batch_norm,
+            kernel_initializer="he_normal", name=f"{name}_conv{i}",
+        )(x)
+        if batch_norm:
+            x = layers.BatchNormalization(name=f"{name}_bn{i}")(x)
+        x = layers.Activation("relu", name=f"{name}_relu{i}")(x)
+    return x
 
 
 def build_patch_cnn(

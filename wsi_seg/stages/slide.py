@@ -16,6 +16,8 @@ makes block-wise inference equal to one in-memory pass. Large regions are read a
 about :data:`TILE_SRC_PX` source pixels, concurrently (:mod:`wsi_seg.stages.read_pool`);
 position-exactness makes the tiles join without seams. Levels of TIFF-family slides are decoded
 by tifffile where that gives exactly OpenSlide's pixels (:mod:`wsi_seg.stages.tiff_reader`).
+Level choice and the tile grid are arithmetic in :mod:`wsi_seg.stages.slide_levels`; finding
+slide files, their MPP and damage checks live in :mod:`wsi_seg.stages.slide_files`.
 
 Regions past the slide's edge, and transparent (unscanned) areas inside it, are filled with
 white (255, 255, 255), the colour of empty glass, so tissue detection and models see background.
@@ -23,92 +25,55 @@ white (255, 255, 255), the colour of empty glass, so tissue detection and models
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 import openslide
-import tifffile
 from PIL import Image
 
 from wsi_seg.core.errors import SlideError
 from wsi_seg.core.naming import slide_stem
 from wsi_seg.stages.read_pool import run_jobs
+from wsi_seg.stages.slide_files import (
+    MPP_RANGE_UM,
+    SLIDE_SUFFIXES,
+    MissingMppError,
+    check_mpp,
+    describe_file,
+    find_slides,
+    mpp_from_properties,
+    tiff_damage,
+)
+from wsi_seg.stages.slide_levels import (
+    EXACT_TOL,
+    REMAP_SUBPX,
+    TILE_SRC_PX,
+    UPSAMPLE_TOL,
+    LevelChoice,
+    choose_level,
+    grid_cuts,
+    on_remap_grid,
+    tile_step_px,
+)
 from wsi_seg.stages.tiff_reader import TiffLevels, open_tiff_levels
 
-#: Plausible microscope resolutions, micrometres per pixel (1000x oil to 0.5x overview).
-MPP_RANGE_UM = (0.05, 20.0)
-#: A level this close to the request (relative) is used as is, without resampling.
-EXACT_TOL = 1e-3
-#: How much finer than its finest level a slide may be asked for before it is an error:
-#: 5 % upsampling is harmless (scanners report 0.2495 vs 0.25), more would invent detail.
-UPSAMPLE_TOL = 0.05
+# Names other modules import from here; their code lives in slide_levels and slide_files.
+__all__ = [
+    "BACKGROUND_RGB", "EXACT_TOL", "MPP_RANGE_UM", "PLAIN_IMAGE_SUFFIXES", "REMAP_SUBPX",
+    "SLIDE_SUFFIXES", "TILE_SRC_PX", "UPSAMPLE_TOL", "LevelChoice", "MissingMppError",
+    "RowsRead", "Slide", "check_mpp", "choose_level", "describe_file", "find_slides",
+    "grid_cuts", "on_remap_grid", "open_slide", "tile_step_px",
+]
 
 PLAIN_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
 BACKGROUND_RGB = 255
 
-#: Level pixels per side of the source of one read tile. Bounds the temporaries of a read
-#: (~25 MB a thread), keeps cv2.remap under its 32767 px limit, and gives 16 tiles to a
-#: 4096 px box at 2x. The resampling margin (2 scale + 2 px a side) makes neighbouring tiles
-#: share a column of slide tiles, which the tile caches mostly absorb.
-TILE_SRC_PX = 2048
-#: Sub-pixel grid of cv2.remap's bilinear weights (OpenCV's INTER_TAB_SIZE). Sample positions
-#: are rounded to it in absolute level coordinates, so the quantisation is the same for a pixel
-#: in every region that holds it.
-REMAP_SUBPX = 32
-
 Image.MAX_IMAGE_PIXELS = None  # plain images are opened on purpose; their size is the user's choice
-
-
-@dataclass(frozen=True)
-class LevelChoice:
-    """The pyramid level serving a request and the resampling left to do.
-
-    Attributes:
-        level: pyramid level index read from.
-        downsample: level-0 pixels per pixel of that level.
-        scale: level pixels per working pixel (>= 1 - UPSAMPLE_TOL; 1 means a pure crop).
-    """
-
-    level: int
-    downsample: float
-    scale: float
-
-
-def choose_level(downsamples: tuple[float, ...], f: float) -> LevelChoice:
-    """Pick the coarsest level not coarser than ``f`` level-0 pixels per working pixel.
-
-    Raises ``ValueError`` when even level 0 is coarser than the request (beyond tolerance).
-    """
-    best = 0
-    for i, d in enumerate(downsamples):
-        if d <= f * (1 + EXACT_TOL) and d >= downsamples[best]:
-            best = i
-    d = downsamples[best]
-    if d > f * (1 + UPSAMPLE_TOL):
-        raise ValueError(f"finest level is {d / f:.3g}x coarser than requested")
-    scale = f / d
-    if abs(scale - 1) < EXACT_TOL:
-        scale = 1.0
-    return LevelChoice(best, d, scale)
-
-
-def check_mpp(mpp: float, path: str | Path, what: str = "MPP") -> float:
-    """Return ``mpp`` if it is a plausible microscope resolution, else raise SlideError."""
-    lo, hi = MPP_RANGE_UM
-    if not (math.isfinite(mpp) and lo <= mpp <= hi):
-        raise SlideError(
-            f"{what} {mpp:g} µm/px is outside the plausible range {lo:g}-{hi:g} µm/px; "
-            "pass the right value with --mpp",
-            path,
-        )
-    return mpp
 
 
 class Slide:
@@ -437,32 +402,6 @@ class RowsRead:
         self.read_s += time.perf_counter() - t
 
 
-def on_remap_grid(pos: np.ndarray) -> np.ndarray:
-    """Positions (level px) rounded to remap's sub-pixel grid, as int64 in 1/32 px units."""
-    return np.floor(pos * REMAP_SUBPX + 0.5).astype(np.int64)
-
-
-def tile_step_px(scale: float) -> int:
-    """Working pixels per side of a read tile, for ``scale`` level px per working px."""
-    return max(16, int(TILE_SRC_PX / max(scale, 1.0)))
-
-
-def grid_cuts(start: int, n: int, step: int) -> list[tuple[int, int]]:
-    """Split ``[start, start + n)`` at the multiples of ``step`` into ``(start, length)`` pieces.
-
-    Cutting on a grid fixed in absolute coordinates (not relative to ``start``) makes
-    neighbouring reads share tile edges; for crops and integer factors these fall on
-    multiples of 2048 level px, which are edges of the slide's own 256 or 512 px tiles.
-    """
-    cuts = []
-    a, end = start, start + n
-    while a < end:
-        b = min(end, (a // step + 1) * step)
-        cuts.append((a, b - a))
-        a = b
-    return cuts
-
-
 def _flatten_on_white(rgba: np.ndarray) -> np.ndarray:
     """Composite premultiplied-free RGBA from OpenSlide onto white (transparent = glass).
 
@@ -474,47 +413,6 @@ def _flatten_on_white(rgba: np.ndarray) -> np.ndarray:
         return cv2.cvtColor(rgba, cv2.COLOR_RGBA2RGB)
     a = alpha[..., None].astype(np.uint16)
     return ((rgb.astype(np.uint16) * a + BACKGROUND_RGB * (255 - a) + 127) // 255).astype(np.uint8)
-
-
-def _mpp_from_properties(props: Mapping[str, str]) -> float | None:
-    values = []
-    for key in (openslide.PROPERTY_NAME_MPP_X, openslide.PROPERTY_NAME_MPP_Y):
-        raw = props.get(key)
-        if raw is None:
-            continue
-        try:
-            values.append(float(raw))
-        except ValueError:
-            continue
-    if not values:
-        return None
-    # Non-square pixels are rare; the mean keeps areas right to first order.
-    return sum(values) / len(values)
-
-
-class MissingMppError(SlideError):
-    """The slide opens but says nothing of its resolution (``--mpp`` supplies it)."""
-
-
-def describe_file(path: str | os.PathLike[str]) -> dict[str, object]:
-    """What OpenSlide tells of a slide without knowing its µm/px: vendor, level sizes and
-    downsamples, associated images (for describing slides :func:`open_slide` refuses for want
-    of an MPP)."""
-    p = Path(path)
-    try:
-        with openslide.OpenSlide(str(p)) as osr:
-            return {
-                "path": str(p),
-                "vendor": osr.properties.get(openslide.PROPERTY_NAME_VENDOR, "unknown"),
-                "dimensions_px": list(osr.dimensions),
-                "levels": [{"level": i, "size_px": list(osr.level_dimensions[i]),
-                            "downsample": round(osr.level_downsamples[i], 4), "mpp": None}
-                           for i in range(osr.level_count)],
-                "mpp": None,
-                "associated_images": sorted(osr.associated_images),
-            }
-    except openslide.OpenSlideError as exc:
-        raise SlideError(f"OpenSlide cannot open it ({exc})", p) from None
 
 
 def open_slide(path: str | os.PathLike[str], mpp: float | None = None) -> Slide:
@@ -538,7 +436,7 @@ def open_slide(path: str | os.PathLike[str], mpp: float | None = None) -> Slide:
     osr: openslide.AbstractSlide
     try:
         fmt = openslide.OpenSlide.detect_format(str(p))
-        damage = None if fmt is not None else _tiff_damage(p)
+        damage = None if fmt is not None else tiff_damage(p)
         if fmt is not None:
             osr = openslide.OpenSlide(str(p))
         elif damage is not None:
@@ -557,7 +455,7 @@ def open_slide(path: str | os.PathLike[str], mpp: float | None = None) -> Slide:
         check_mpp(mpp, p, "--mpp")
         level0_mpp = mpp
     else:
-        found = _mpp_from_properties(osr.properties)
+        found = mpp_from_properties(osr.properties)
         if found is None:
             osr.close()
             raise MissingMppError("slide has no MPP metadata; pass its resolution with --mpp",
@@ -573,47 +471,6 @@ def open_slide(path: str | os.PathLike[str], mpp: float | None = None) -> Slide:
     return slide
 
 
-_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
-
-
-def _tiff_damage(p: Path) -> str | None:
-    """Why a TIFF-looking file is not a slide, when the cause is truncation; else None.
-
-    A truncated SVS loses its later pyramid directories, so OpenSlide no longer recognises
-    the vendor and would report "not a slide"; naming the truncation is the useful answer.
-    """
-    with open(p, "rb") as f:
-        if f.read(4) not in _TIFF_MAGIC:
-            return None
-    size = p.stat().st_size
-    lost: list[str] = []
-
-    class _Catch(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            lost.append(record.getMessage())
-
-    log = logging.getLogger("tifffile")
-    handler, propagate = _Catch(logging.WARNING), log.propagate
-    log.addHandler(handler)
-    log.propagate = False
-    try:
-        with tifffile.TiffFile(p) as tif:
-            end = max((int(o) + int(n) for page in tif.pages
-                       for o, n in zip(getattr(page, "dataoffsets", ()),
-                                       getattr(page, "databytecounts", ()), strict=False)),
-                      default=0)
-    except Exception:  # any parse failure of a TIFF header is damage
-        return "TIFF structure is corrupt or truncated"
-    finally:
-        log.removeHandler(handler)
-        log.propagate = propagate
-    if end > size:
-        return f"file is truncated: its image data runs to byte {end} but the file has {size}"
-    if any("offset" in m for m in lost):
-        return "file is truncated or corrupt: a TIFF directory points past the end of the file"
-    return None
-
-
 def _probe(slide: Slide) -> None:
     """Decode one small region now, so a truncated file fails at open, not mid-run."""
     w, h = slide.level_dimensions[-1]
@@ -626,41 +483,3 @@ def _probe(slide: Slide) -> None:
         raise SlideError(f"slide data is corrupt or truncated ({exc})", slide.path) from None
 
 
-#: File suffixes taken as slides when a directory is given (OpenSlide's formats + plain TIFF).
-SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide",
-                  ".bif", ".dcm")
-
-
-def find_slides(paths: list[str | os.PathLike[str]] | tuple[str | os.PathLike[str], ...]
-                ) -> list[Path]:
-    """Expand files and directories into a sorted, de-duplicated list of slide files.
-
-    Directories are searched (not recursively) for :data:`SLIDE_SUFFIXES`; files are taken as
-    given, whatever their suffix, so their own errors surface when they are opened.
-
-    Raises:
-        SlideError: a path does not exist, or a directory holds no slides.
-    """
-    found: list[Path] = []
-    for raw in paths:
-        p = Path(raw)
-        if p.is_dir():
-            inside = sorted(c for c in p.iterdir()
-                            if c.is_file() and c.suffix.lower() in SLIDE_SUFFIXES
-                            and not c.name.startswith("."))
-            if not inside:
-                raise SlideError(
-                    f"no slides found (looked for {', '.join(SLIDE_SUFFIXES)})", p)
-            found.extend(inside)
-        elif p.exists():
-            found.append(p)
-        else:
-            raise SlideError("no such file or directory", p)
-    seen: set[Path] = set()
-    unique = []
-    for p in found:
-        key = p.resolve()
-        if key not in seen:
-            seen.add(key)
-            unique.append(p)
-    return unique

@@ -28,13 +28,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import shapely
-import shapely.affinity
 from shapely.geometry.base import BaseGeometry
 
 from wsi_seg import __version__
 from wsi_seg.core.errors import WsiSegError
 from wsi_seg.core.files import write_json_atomic
+from wsi_seg.core.geometry import PixelFrame
 from wsi_seg.evaluation.annotations import check_truth_fits, read_truth
 from wsi_seg.evaluation.metrics import rasterize_window
 from wsi_seg.stages.slide import Slide, open_slide
@@ -114,22 +113,29 @@ class ExtractResult:
     seconds: float
 
 
-def _tissue_fractions(
-    tissue: TissueMask, xs0: np.ndarray, ys0: np.ndarray, side0: float
-) -> np.ndarray:
-    """Tissue fraction of level-0 squares ``(x0, y0, side0)`` from a TissueMask (vectorised)."""
+def _tissue_fractions(tissue: TissueMask, corners_x0: np.ndarray, side0: float) -> np.ndarray:
+    """Tissue fraction of level-0 squares (``(n, 2)`` top-left corners ``(x, y)``, side
+    ``side0``) in the tissue view: the share of the view pixels they touch that are tissue
+    (summed-area table, vectorised)."""
     mask = tissue.mask
-    s = tissue.level0_px_per_px
-    ox, oy = tissue.origin_x0, tissue.origin_y0
+    frame = tissue.frame
     ii = cv2.integral(mask.astype(np.uint8)).astype(np.float64)
     rows, cols = mask.shape
-    c0 = np.clip(np.floor((xs0 - ox) / s), 0, cols).astype(int)
-    r0 = np.clip(np.floor((ys0 - oy) / s), 0, rows).astype(int)
-    c1 = np.clip(np.ceil((xs0 + side0 - ox) / s), 0, cols).astype(int)
-    r1 = np.clip(np.ceil((ys0 + side0 - oy) / s), 0, rows).astype(int)
+    lo = np.floor(frame.points_from_level0(corners_x0))
+    hi = np.ceil(frame.points_from_level0(corners_x0 + side0))
+    c0, c1 = (np.clip(v[:, 0], 0, cols).astype(int) for v in (lo, hi))
+    r0, r1 = (np.clip(v[:, 1], 0, rows).astype(int) for v in (lo, hi))
     area = np.maximum((c1 - c0) * (r1 - r0), 1)
     inside = ii[r1, c1] - ii[r0, c1] - ii[r1, c0] + ii[r0, c0]
     return np.where((c1 > c0) & (r1 > r0), inside / area, 0.0)
+
+
+def _working_frame(slide: Slide, mpp: float) -> PixelFrame:
+    """Where the working-resolution image at ``mpp`` µm/px lies on the slide (tiles are cut
+    from it; working pixel ``(0, 0)`` starts at the bounds offset)."""
+    w_px, h_px = slide.size_w(mpp)
+    return PixelFrame(h_px, w_px, slide.origin_x0, slide.origin_y0,
+                      slide.level0_px_per_px(mpp), slide.mpp)
 
 
 def extract_training_data(
@@ -153,11 +159,7 @@ def extract_training_data(
         slide.choose_level(opts.mpp)  # SlideError now if the slide cannot serve this mpp
         name = opts.name or slide.stem
         tiles_xy = _tissue_tiles(slide, opts)
-        f = slide.level0_px_per_px(opts.mpp)
-        # Truth in working pixels: x_w = (x0 - origin) / f.
-        truth_w = shapely.affinity.affine_transform(
-            truth.geometry, [1 / f, 0, 0, 1 / f, -slide.origin_x0 / f, -slide.origin_y0 / f]
-        )
+        truth_w = _working_frame(slide, opts.mpp).from_level0(truth.geometry)
         written, tumour_tiles, tumour_px = _write_blocks(
             slide, truth_w, tiles_xy, out, name, opts
         )
@@ -186,8 +188,8 @@ def extract_training_data(
 def _tissue_tiles(slide: Slide, opts: ExtractOptions) -> list[tuple[int, int]]:
     """Top-left corners (working px) of the grid's tiles with ``opts.min_tissue`` tissue, at
     most ``opts.max_tiles`` of them (a seeded draw, kept in grid order)."""
-    f = slide.level0_px_per_px(opts.mpp)
-    w_px, h_px = slide.size_w(opts.mpp)
+    frame = _working_frame(slide, opts.mpp)
+    w_px, h_px = frame.width_px, frame.height_px
     tile, stride = opts.tile, opts.stride
     if w_px < tile or h_px < tile:
         raise WsiSegError(
@@ -200,7 +202,8 @@ def _tissue_tiles(slide: Slide, opts: ExtractOptions) -> list[tuple[int, int]]:
     grid_x, grid_y = np.meshgrid(window_starts(w_px, tile, stride),
                                  window_starts(h_px, tile, stride))
     gx, gy = grid_x.ravel(), grid_y.ravel()
-    frac = _tissue_fractions(tissue, slide.origin_x0 + gx * f, slide.origin_y0 + gy * f, tile * f)
+    corners_x0 = frame.points_to_level0(np.stack([gx, gy], axis=1))
+    frac = _tissue_fractions(tissue, corners_x0, tile * frame.px_x0)
     keep = np.flatnonzero(frac >= max(opts.min_tissue, 1e-9))
     if keep.size == 0:
         raise WsiSegError(

@@ -1,0 +1,152 @@
+"""File checks of :mod:`wsi_seg.stages.slide`: finding slide files, the MPP a slide states,
+why a TIFF-looking file is damaged, and what OpenSlide tells of a slide without its MPP.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import openslide
+import tifffile
+
+from wsi_seg.core.errors import SlideError
+
+#: Plausible microscope resolutions, micrometres per pixel (1000x oil to 0.5x overview).
+MPP_RANGE_UM = (0.05, 20.0)
+
+def check_mpp(mpp: float, path: str | Path, what: str = "MPP") -> float:
+    """Return ``mpp`` if it is a plausible microscope resolution, else raise SlideError."""
+    lo, hi = MPP_RANGE_UM
+    if not (math.isfinite(mpp) and lo <= mpp <= hi):
+        raise SlideError(
+            f"{what} {mpp:g} µm/px is outside the plausible range {lo:g}-{hi:g} µm/px; "
+            "pass the right value with --mpp",
+            path,
+        )
+    return mpp
+
+
+def mpp_from_properties(props: Mapping[str, str]) -> float | None:
+    values = []
+    for key in (openslide.PROPERTY_NAME_MPP_X, openslide.PROPERTY_NAME_MPP_Y):
+        raw = props.get(key)
+        if raw is None:
+            continue
+        try:
+            values.append(float(raw))
+        except ValueError:
+            continue
+    if not values:
+        return None
+    # Non-square pixels are rare; the mean keeps areas right to first order.
+    return sum(values) / len(values)
+
+
+class MissingMppError(SlideError):
+    """The slide opens but says nothing of its resolution (``--mpp`` supplies it)."""
+
+
+def describe_file(path: str | os.PathLike[str]) -> dict[str, object]:
+    """What OpenSlide tells of a slide without knowing its µm/px: vendor, level sizes and
+    downsamples, associated images (for describing slides :func:`open_slide` refuses for want
+    of an MPP)."""
+    p = Path(path)
+    try:
+        with openslide.OpenSlide(str(p)) as osr:
+            return {
+                "path": str(p),
+                "vendor": osr.properties.get(openslide.PROPERTY_NAME_VENDOR, "unknown"),
+                "dimensions_px": list(osr.dimensions),
+                "levels": [{"level": i, "size_px": list(osr.level_dimensions[i]),
+                            "downsample": round(osr.level_downsamples[i], 4), "mpp": None}
+                           for i in range(osr.level_count)],
+                "mpp": None,
+                "associated_images": sorted(osr.associated_images),
+            }
+    except openslide.OpenSlideError as exc:
+        raise SlideError(f"OpenSlide cannot open it ({exc})", p) from None
+
+
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def tiff_damage(p: Path) -> str | None:
+    """Why a TIFF-looking file is not a slide, when the cause is truncation; else None.
+
+    A truncated SVS loses its later pyramid directories, so OpenSlide no longer recognises
+    the vendor and would report "not a slide"; naming the truncation is the useful answer.
+    """
+    with open(p, "rb") as f:
+        if f.read(4) not in _TIFF_MAGIC:
+            return None
+    size = p.stat().st_size
+    lost: list[str] = []
+
+    class _Catch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lost.append(record.getMessage())
+
+    log = logging.getLogger("tifffile")
+    handler, propagate = _Catch(logging.WARNING), log.propagate
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        with tifffile.TiffFile(p) as tif:
+            end = max((int(o) + int(n) for page in tif.pages
+                       for o, n in zip(getattr(page, "dataoffsets", ()),
+                                       getattr(page, "databytecounts", ()), strict=False)),
+                      default=0)
+    except Exception:  # any parse failure of a TIFF header is damage
+        return "TIFF structure is corrupt or truncated"
+    finally:
+        log.removeHandler(handler)
+        log.propagate = propagate
+    if end > size:
+        return f"file is truncated: its image data runs to byte {end} but the file has {size}"
+    if any("offset" in m for m in lost):
+        return "file is truncated or corrupt: a TIFF directory points past the end of the file"
+    return None
+
+
+#: File suffixes taken as slides when a directory is given (OpenSlide's formats + plain TIFF).
+SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide",
+                  ".bif", ".dcm")
+
+
+def find_slides(paths: list[str | os.PathLike[str]] | tuple[str | os.PathLike[str], ...]
+                ) -> list[Path]:
+    """Expand files and directories into a sorted, de-duplicated list of slide files.
+
+    Directories are searched (not recursively) for :data:`SLIDE_SUFFIXES`; files are taken as
+    given, whatever their suffix, so their own errors surface when they are opened.
+
+    Raises:
+        SlideError: a path does not exist, or a directory holds no slides.
+    """
+    found: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            inside = sorted(c for c in p.iterdir()
+                            if c.is_file() and c.suffix.lower() in SLIDE_SUFFIXES
+                            and not c.name.startswith("."))
+            if not inside:
+                raise SlideError(
+                    f"no slides found (looked for {', '.join(SLIDE_SUFFIXES)})", p)
+            found.extend(inside)
+        elif p.exists():
+            found.append(p)
+        else:
+            raise SlideError("no such file or directory", p)
+    seen: set[Path] = set()
+    unique = []
+    for p in found:
+        key = p.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    return unique
