@@ -37,12 +37,12 @@ def run_block(ctx: BlockContext, task: BlockTask, infer: InferConfig) -> BlockRe
     times["load"] = time.perf_counter() - t0
     b = task.block
     # Only the box of the windows that are predicted is read, not the whole halo.
-    yw, xw, h_px, w_px = kept_extent(task.starts_y, task.starts_x, task.keep, ctx.spec.roi_px)
+    xw, yw, w_px, h_px = kept_extent(task.starts_y, task.starts_x, task.keep, ctx.spec.roi_px)
     with slide_handles.hold(ctx.slide_path, ctx.slide_mpp) as slide:
         # Read in bands as the windows need them: the first windows reach the device while
         # the rest of the block is read (the same pixels as one read).
         rows = slide.read_w_rows(xw, yw, w_px, h_px, ctx.mpp)
-        prob = blend_block(rows.image, yw, xw, b, task.starts_y, task.starts_x, task.keep,
+        prob = blend_block(rows.image, xw, yw, b, task.starts_y, task.starts_x, task.keep,
                            predictor, ctx.spec, times, rows.ensure)
     times["read"] = rows.read_s
     t = time.perf_counter()

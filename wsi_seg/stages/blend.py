@@ -133,8 +133,8 @@ def _queue_depth(predict: PredictFn | Submitter, spec: BlendSpec) -> int:
 
 def accumulate(
     image: np.ndarray,
-    origin_yw: int,
     origin_xw: int,
+    origin_yw: int,
     starts_y: np.ndarray,
     starts_x: np.ndarray,
     keep: np.ndarray,
@@ -145,7 +145,7 @@ def accumulate(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Predict the kept windows and accumulate ``sum(pred * w)`` and ``sum(w)``.
 
-    ``image`` covers working pixels ``[origin_yw, origin_yw + H) x [origin_xw, origin_xw + W)``
+    ``image`` covers working pixels ``[origin_xw, origin_xw + W) x [origin_yw, origin_yw + H)``
     and must contain every kept window. Windows are visited row-major over the given starts:
     that order is part of the contract (it fixes each pixel's float32 summation order). Windows
     go to the predictor in chunks of ``spec.batch_size``, up to :func:`_queue_depth` windows
@@ -162,7 +162,7 @@ def accumulate(
     submit = _submitter(predict)
     num = np.zeros((h, w), np.float32)
     den = np.zeros((h, w), np.float32)
-    coords = _kept_windows(origin_yw, origin_xw, starts_y, starts_x, keep)
+    coords = _kept_windows(origin_xw, origin_yw, starts_y, starts_x, keep)
     queued: deque[tuple[list[tuple[int, int]], Future[np.ndarray]]] = deque()
     depth = _queue_depth(predict, spec)
     n_queued = 0
@@ -192,7 +192,7 @@ def accumulate(
     return num, den
 
 
-def _kept_windows(origin_yw: int, origin_xw: int, starts_y: np.ndarray, starts_x: np.ndarray,
+def _kept_windows(origin_xw: int, origin_yw: int, starts_y: np.ndarray, starts_x: np.ndarray,
                   keep: np.ndarray) -> list[tuple[int, int]]:
     """Image-relative top-left corners ``(y, x)`` of the kept windows, row-major (the order
     that fixes every pixel's summation order)."""
@@ -267,13 +267,13 @@ def sliding_window_inference(
     padded = np.pad(image, ((pad_y0, pad_y1), (pad_x0, pad_x1), (0, 0)),
                     constant_values=PAD_VALUE)
     spec = BlendSpec(roi_px, step, mode, sigma_scale, batch_size)
-    num, den = accumulate(padded, -pad_y0, -pad_x0, sy, sx, keep, predict, spec)
+    num, den = accumulate(padded, -pad_x0, -pad_y0, sy, sx, keep, predict, spec)
     return normalise(num, den)[pad_y0 : pad_y0 + h, pad_x0 : pad_x0 + w]
 
 
 def kept_extent(starts_y: np.ndarray, starts_x: np.ndarray, keep: np.ndarray, roi_px: int
                 ) -> tuple[int, int, int, int]:
-    """Bounding box ``(yw, xw, h_px, w_px)`` of the kept windows (working pixels).
+    """Bounding box ``(xw, yw, w_px, h_px)`` of the kept windows (working pixels).
 
     Reading only this box instead of the whole halo gives the same blend (pixels are
     position-exact and only kept windows are predicted) for less I/O at tissue borders.
@@ -282,15 +282,16 @@ def kept_extent(starts_y: np.ndarray, starts_x: np.ndarray, keep: np.ndarray, ro
     cols = np.flatnonzero(keep.any(axis=0))
     if not len(rows):
         raise ValueError("no kept window")
-    y0, x0 = int(starts_y[rows[0]]), int(starts_x[cols[0]])
-    y1, x1 = int(starts_y[rows[-1]]) + roi_px, int(starts_x[cols[-1]]) + roi_px
-    return y0, x0, y1 - y0, x1 - x0
+    top_yw, left_xw = int(starts_y[rows[0]]), int(starts_x[cols[0]])
+    bottom_yw = int(starts_y[rows[-1]]) + roi_px
+    right_xw = int(starts_x[cols[-1]]) + roi_px
+    return left_xw, top_yw, right_xw - left_xw, bottom_yw - top_yw
 
 
 def blend_block(
     image: np.ndarray,
-    image_yw: int,
     image_xw: int,
+    image_yw: int,
     block: Block,
     starts_y: np.ndarray,
     starts_x: np.ndarray,
@@ -302,24 +303,26 @@ def blend_block(
 ) -> np.ndarray:
     """Probabilities of the region a block owns.
 
-    ``image`` holds working pixels ``[image_yw, ...) x [image_xw, ...)`` and must contain
+    ``image`` holds working pixels ``[image_xw, ...) x [image_yw, ...)`` and must contain
     every kept window (the block's halo, or just :func:`kept_extent`); ``starts_y``,
     ``starts_x`` and ``keep`` are the plan's window grid restricted to the block's window
     ranges (:meth:`BlockPlan.windows_of`). Owned pixels outside the image are covered by no
     kept window and are 0. ``ready``: see :func:`accumulate`. Returns float32
     ``(block.h_px, block.w_px)``.
     """
-    num, den = accumulate(image, image_yw, image_xw, starts_y, starts_x, keep, predict, spec,
+    num, den = accumulate(image, image_xw, image_yw, starts_y, starts_x, keep, predict, spec,
                           times, ready)
     t = time.perf_counter()
     prob = np.zeros((block.h_px, block.w_px), np.float32)
     # Intersection of the owned region with the image, in both frames.
-    y0, x0 = max(block.yw, image_yw), max(block.xw, image_xw)
-    y1 = min(block.yw + block.h_px, image_yw + image.shape[0])
-    x1 = min(block.xw + block.w_px, image_xw + image.shape[1])
-    if y1 > y0 and x1 > x0:
-        iy, ix = y0 - image_yw, x0 - image_xw
-        prob[y0 - block.yw : y1 - block.yw, x0 - block.xw : x1 - block.xw] = normalise(
-            num[iy : iy + y1 - y0, ix : ix + x1 - x0], den[iy : iy + y1 - y0, ix : ix + x1 - x0])
+    top_yw, left_xw = max(block.yw, image_yw), max(block.xw, image_xw)
+    bottom_yw = min(block.yw + block.h_px, image_yw + image.shape[0])
+    right_xw = min(block.xw + block.w_px, image_xw + image.shape[1])
+    if bottom_yw > top_yw and right_xw > left_xw:
+        iy, ix = top_yw - image_yw, left_xw - image_xw
+        h_px, w_px = bottom_yw - top_yw, right_xw - left_xw
+        prob[top_yw - block.yw : bottom_yw - block.yw,
+             left_xw - block.xw : right_xw - block.xw] = normalise(
+            num[iy : iy + h_px, ix : ix + w_px], den[iy : iy + h_px, ix : ix + w_px])
     _tick(times, "blend", t)
     return prob

@@ -57,7 +57,7 @@ def read_block(slide_path: str, mpp: float, task: Any, roi_px: int) -> float:
     from wsi_seg.orchestration.pipeline import slide_handles
     from wsi_seg.stages.blend import kept_extent
 
-    yw, xw, h_px, w_px = kept_extent(task.starts_y, task.starts_x, task.keep, roi_px)
+    xw, yw, w_px, h_px = kept_extent(task.starts_y, task.starts_x, task.keep, roi_px)
     with slide_handles.hold(Path(slide_path), None) as slide:
         t = time.perf_counter()
         slide.read_w(xw, yw, w_px, h_px, mpp)
