@@ -74,7 +74,7 @@ def build_unet(
     _check_unet(input_size_px, depth, input_downsample)
 
     def conv_block(x: Any, filters: int, name: str) -> Any:
-        return _unet_conv_block(layers, x, filters, name, kernel_size, batch_norm)
+        return _conv_block(layers, x, filters, name, kernel_size, batch_norm)
 
     inputs = keras.Input((input_size_px, input_size_px, channels), name="image")
     x = inputs
@@ -114,11 +114,11 @@ def _check_unet(input_size_px: int, depth: int, input_downsample: int) -> None:
         )
 
 
-def _unet_conv_block(layers: Any, x: Any, filters: int, name: str, kernel_size: int,
-                     batch_norm: bool) -> Any:
-    """Two (conv, batch norm, ReLU) stages; without batch norm the convolutions get biases
-    (with it a bias would only duplicate the norm's offset). Layer names are part of saved
-    models: ``<name>_conv1``, ``<name>_bn1``, ``<name>_relu1``, then 2."""
+def _conv_block(layers: Any, x: Any, filters: int, name: str, kernel_size: int,
+                batch_norm: bool) -> Any:
+    """Two (conv, batch norm, ReLU) stages, as both builders use them; without batch norm the
+    convolutions get biases (with it a bias would only duplicate the norm's offset). Layer
+    names are part of saved models: ``<name>_conv1``, ``<name>_bn1``, ``<name>_relu1``, then 2."""
     for i in (1, 2):
         x = layers.Conv2D(
             filters, kernel_size, padding="same", use_bias=not batch_norm,
@@ -158,14 +158,7 @@ def build_patch_cnn(
     inputs = keras.Input((input_size_px, input_size_px, channels), name="patch")
     x = inputs
     for b, f in enumerate(filters):
-        for i in (1, 2):
-            x = layers.Conv2D(
-                f, kernel_size, padding="same", use_bias=not batch_norm,
-                kernel_initializer="he_normal", name=f"block{b}_conv{i}",
-            )(x)
-            if batch_norm:
-                x = layers.BatchNormalization(name=f"block{b}_bn{i}")(x)
-            x = layers.Activation("relu", name=f"block{b}_relu{i}")(x)
+        x = _conv_block(layers, x, f, f"block{b}", kernel_size, batch_norm)
         x = layers.MaxPooling2D(2, name=f"block{b}_pool")(x)
         if dropout > 0:
             x = layers.Dropout(dropout, name=f"block{b}_dropout")(x)

@@ -142,6 +142,32 @@ class BlockPlan:
 KeepFn = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 
+def _block(row: int, col: int, xw: int, yw: int, w_px: int, h_px: int, sx: np.ndarray,
+           sy: np.ndarray, roi_px: int, kc: np.ndarray) -> Block | None:
+    """The block owning ``[xw, xw + w_px) x [yw, yw + h_px)``, or None when no kept window
+    touches it (``kc``: prefix sums of the kept-window grid)."""
+
+    def kept(i0: int, i1: int, j0: int, j1: int) -> int:
+        return int(kc[i1, j1] - kc[i0, j1] - kc[i1, j0] + kc[i0, j0])
+
+    # Windows touching [yw, yw + h): start < yw + h and start + roi > yw.
+    i0 = int(np.searchsorted(sy + roi_px, yw, side="right"))
+    i1 = int(np.searchsorted(sy, yw + h_px, side="left"))
+    j0 = int(np.searchsorted(sx + roi_px, xw, side="right"))
+    j1 = int(np.searchsorted(sx, xw + w_px, side="left"))
+    n = kept(i0, i1, j0, j1)
+    if n == 0:
+        return None
+    halo_xw, halo_yw = int(sx[j0]), int(sy[i0])
+    halo_w_px = int(sx[j1 - 1]) + roi_px - halo_xw
+    halo_h_px = int(sy[i1 - 1]) + roi_px - halo_yw
+    # A window belongs to the block holding its start (clamped: short axes start below 0).
+    o_i0, o_i1 = np.searchsorted(np.maximum(sy, 0), [yw, yw + h_px], side="left")
+    o_j0, o_j1 = np.searchsorted(np.maximum(sx, 0), [xw, xw + w_px], side="left")
+    return Block(row, col, xw, yw, w_px, h_px, halo_xw, halo_yw, halo_w_px, halo_h_px,
+                 (i0, i1), (j0, j1), n, kept(int(o_i0), int(o_i1), int(o_j0), int(o_j1)))
+
+
 def plan_blocks(
     width_px: int,
     height_px: int,
@@ -179,32 +205,18 @@ def plan_blocks(
         keep = np.asarray(
             keep_fn(sy[:, None], sy[:, None] + roi_px, sx[None, :], sx[None, :] + roi_px), bool
         )
-    # Prefix sums make "any kept window in this index range" O(1) per block.
+    # Prefix sums make "how many kept windows in this index range" O(1) per block.
     kc = np.zeros((len(sy) + 1, len(sx) + 1), dtype=np.int64)
     kc[1:, 1:] = keep.cumsum(0).cumsum(1)
-    # A window belongs to the block holding its start (clamped: short axes start below 0).
-    own_y, own_x = np.maximum(sy, 0), np.maximum(sx, 0)
-    blocks = []
     n_rows = -(-height_px // block_px)
     n_cols = -(-width_px // block_px)
+    blocks = []
     for row in range(n_rows):
         yw, h = row * block_px, min(block_px, height_px - row * block_px)
-        # Windows touching [yw, yw + h): start < yw + h and start + roi > yw.
-        i0 = int(np.searchsorted(sy + roi_px, yw, side="right"))
-        i1 = int(np.searchsorted(sy, yw + h, side="left"))
         for col in range(n_cols):
             xw, w = col * block_px, min(block_px, width_px - col * block_px)
-            j0 = int(np.searchsorted(sx + roi_px, xw, side="right"))
-            j1 = int(np.searchsorted(sx, xw + w, side="left"))
-            n = int(kc[i1, j1] - kc[i0, j1] - kc[i1, j0] + kc[i0, j0])
-            if n == 0:
-                continue
-            hy0, hx0 = int(sy[i0]), int(sx[j0])
-            hy1, hx1 = int(sy[i1 - 1]) + roi_px, int(sx[j1 - 1]) + roi_px
-            o_i0, o_i1 = np.searchsorted(own_y, [yw, yw + h], side="left")
-            o_j0, o_j1 = np.searchsorted(own_x, [xw, xw + w], side="left")
-            owned = int(kc[o_i1, o_j1] - kc[o_i0, o_j1] - kc[o_i1, o_j0] + kc[o_i0, o_j0])
-            blocks.append(Block(row, col, xw, yw, w, h, hx0, hy0, hx1 - hx0, hy1 - hy0,
-                                (i0, i1), (j0, j1), n, owned))
+            block = _block(row, col, xw, yw, w, h, sx, sy, roi_px, kc)
+            if block is not None:
+                blocks.append(block)
     return BlockPlan(width_px, height_px, roi_px, step_px, block_px, chunk_px, sy, sx, keep,
                      tuple(blocks), n_rows * n_cols)
