@@ -106,6 +106,25 @@ def test_a_folder_holding_another_slides_results_is_not_overwritten(
     assert _mosaic(out / "x").shape == (500, 400)
 
 
+def test_resume_drops_chunk_temporaries_a_killed_run_left(model: Path, tmp_path: Path
+                                                          ) -> None:
+    """Zarr writes a chunk to ``<key>.<uuid>.partial`` and renames it: a kill in between leaves
+    the temporary, which resuming removes (else it would be published inside mask.zarr)."""
+    slide = tmp_path / "s" / "x.svs"
+    write_synthetic_slide(slide, (1200, 1200), seed=1)
+    cfg = RunConfig(out_dir=tmp_path / "out", model_path=model, block_px=256, chunk_px=128,
+                    infer=InferConfig(batch_size=4))
+    job = prepare_slide(slide, cfg)
+    run_block(job.context(None), job.tasks[0], cfg.infer)
+    chunk_dir = job.work_dir / "mask.zarr" / "0" / "c" / "0"
+    stray = chunk_dir / "1.0123456789abcdef0123456789abcdef.partial"
+    stray.write_bytes(b"half a chunk")
+    kept = sorted(p.name for p in chunk_dir.iterdir() if p != stray)
+    assert prepare_slide(slide, cfg).n_blocks_done == 1
+    assert not stray.exists()
+    assert sorted(p.name for p in chunk_dir.iterdir()) == kept  # real chunks untouched
+
+
 def test_a_replaced_slide_is_redone_not_resumed(model: Path, tmp_path: Path) -> None:
     slide = tmp_path / "s" / "x.svs"
     write_synthetic_slide(slide, (1200, 1200), seed=1)

@@ -343,6 +343,19 @@ def prepare_slide(slide_path: Path, config: RunConfig, name: str | None = None) 
     )
 
 
+def _drop_stray_temporaries(store: Path) -> None:
+    """Remove chunk files a killed run left half-written.
+
+    Zarr writes each chunk to ``<key>.<uuid>.partial`` and renames it into place; a process
+    killed in between leaves the temporary behind. Its block has no marker and is redone
+    (rewriting that chunk whole), so the temporary is garbage that would otherwise be
+    published inside ``mask.zarr``.
+    """
+    for tmp in store.rglob(f"*{PARTIAL_SUFFIX}"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+
+
 def _open_work_dir(work_dir: Path, digest: str, geom: MosaicGeometry,
                    provenance: dict[str, Any]) -> set[str]:
     """Reuse a matching work directory (returning its finished blocks) or start a fresh one."""
@@ -353,6 +366,7 @@ def _open_work_dir(work_dir: Path, digest: str, geom: MosaicGeometry,
         except (OSError, WsiSegError, AttributeError):
             same = False
         if same and (work_dir / "mask.zarr" / "zarr.json").is_file():
+            _drop_stray_temporaries(work_dir / "mask.zarr")
             markers = work_dir / MARKERS
             return {p.stem for p in markers.glob("*.json")} if markers.is_dir() else set()
     if work_dir.exists():
