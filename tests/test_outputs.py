@@ -109,7 +109,8 @@ def test_a_folder_holding_another_slides_results_is_not_overwritten(
 def test_resume_drops_chunk_temporaries_a_killed_run_left(model: Path, tmp_path: Path
                                                           ) -> None:
     """Zarr writes a chunk to ``<key>.<uuid>.partial`` and renames it: a kill in between leaves
-    the temporary, which resuming removes (else it would be published inside mask.zarr)."""
+    the temporary, which resuming removes (else it would be published inside mask.zarr); a
+    block marker's temporary is removed too and never counts as a finished block."""
     slide = tmp_path / "s" / "x.svs"
     write_synthetic_slide(slide, (1200, 1200), seed=1)
     cfg = RunConfig(out_dir=tmp_path / "out", model_path=model, block_px=256, chunk_px=128,
@@ -120,8 +121,11 @@ def test_resume_drops_chunk_temporaries_a_killed_run_left(model: Path, tmp_path:
     stray = chunk_dir / "1.0123456789abcdef0123456789abcdef.partial"
     stray.write_bytes(b"half a chunk")
     kept = sorted(p.name for p in chunk_dir.iterdir() if p != stray)
+    # A marker caught mid-write: the hidden temporary of core.files' atomic writes.
+    marker_tmp = job.work_dir / "blocks" / f".{job.tasks[1].block.key}.1.2.tmp.json"
+    marker_tmp.write_text("{")
     assert prepare_slide(slide, cfg).n_blocks_done == 1
-    assert not stray.exists()
+    assert not stray.exists() and not marker_tmp.exists()
     assert sorted(p.name for p in chunk_dir.iterdir()) == kept  # real chunks untouched
 
 

@@ -368,7 +368,13 @@ def _open_work_dir(work_dir: Path, digest: str, geom: MosaicGeometry,
         if same and (work_dir / "mask.zarr" / "zarr.json").is_file():
             _drop_stray_temporaries(work_dir / "mask.zarr")
             markers = work_dir / MARKERS
-            return {p.stem for p in markers.glob("*.json")} if markers.is_dir() else set()
+            if not markers.is_dir():
+                return set()
+            # A marker being written when the run was killed is a hidden temporary
+            # (core.files): not a finished block.
+            for tmp in markers.glob(".*"):
+                tmp.unlink(missing_ok=True)
+            return {p.stem for p in markers.glob("*.json")}
     if work_dir.exists():
         shutil.rmtree(work_dir)
     work_dir.mkdir(parents=True)
