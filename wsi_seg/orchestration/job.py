@@ -343,17 +343,25 @@ def prepare_slide(slide_path: Path, config: RunConfig, name: str | None = None) 
     )
 
 
-def _drop_stray_temporaries(store: Path) -> None:
-    """Remove chunk files a killed run left half-written.
+#: Suffix of the temporary zarr's LocalStore writes each chunk to before renaming it
+#: (``<key>.<uuid>.partial``); not to be confused with the work folder's own suffix.
+ZARR_TEMP_SUFFIX = ".partial"
 
-    Zarr writes each chunk to ``<key>.<uuid>.partial`` and renames it into place; a process
-    killed in between leaves the temporary behind. Its block has no marker and is redone
-    (rewriting that chunk whole), so the temporary is garbage that would otherwise be
-    published inside ``mask.zarr``.
+
+def _drop_stray_temporaries(work_dir: Path) -> None:
+    """Remove what a run killed mid-write left half-written in a work folder it resumes.
+
+    Zarr writes each chunk to a temporary and renames it into place; a block marker is written
+    through a hidden temporary (:mod:`wsi_seg.core.files`). A kill in between leaves the
+    temporary behind. Its block has no marker and is redone (rewriting its chunks whole), so the
+    temporary is garbage: a chunk one would be published inside ``mask.zarr``, a marker one
+    must not count as a finished block.
     """
-    for tmp in store.rglob(f"*{PARTIAL_SUFFIX}"):
+    for tmp in (work_dir / "mask.zarr").rglob(f"*{ZARR_TEMP_SUFFIX}"):
         if tmp.is_file():
             tmp.unlink(missing_ok=True)
+    for tmp in (work_dir / MARKERS).glob(".*"):
+        tmp.unlink(missing_ok=True)
 
 
 def _open_work_dir(work_dir: Path, digest: str, geom: MosaicGeometry,
@@ -366,15 +374,9 @@ def _open_work_dir(work_dir: Path, digest: str, geom: MosaicGeometry,
         except (OSError, WsiSegError, AttributeError):
             same = False
         if same and (work_dir / "mask.zarr" / "zarr.json").is_file():
-            _drop_stray_temporaries(work_dir / "mask.zarr")
+            _drop_stray_temporaries(work_dir)
             markers = work_dir / MARKERS
-            if not markers.is_dir():
-                return set()
-            # A marker being written when the run was killed is a hidden temporary
-            # (core.files): not a finished block.
-            for tmp in markers.glob(".*"):
-                tmp.unlink(missing_ok=True)
-            return {p.stem for p in markers.glob("*.json")}
+            return {p.stem for p in markers.glob("*.json")} if markers.is_dir() else set()
     if work_dir.exists():
         shutil.rmtree(work_dir)
     work_dir.mkdir(parents=True)
