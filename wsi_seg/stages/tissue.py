@@ -98,7 +98,9 @@ class TissueMask:
         return found
 
     @cached_property
-    def _integral(self) -> np.ndarray:
+    def integral(self) -> np.ndarray:
+        """Summed-area table of the mask, ``(rows + 1, cols + 1)``: tissue pixels in
+        ``[r0, r1) x [c0, c1)`` are ``ii[r1, c1] - ii[r0, c1] - ii[r1, c0] + ii[r0, c0]``."""
         return cv2.integral(self.mask.astype(np.uint8))
 
     def any_in_x0(self, x0: float, y0: float, w0: float, h0: float) -> bool:
@@ -110,7 +112,7 @@ class TissueMask:
         c1, r1 = min(cols, math.ceil(x_hi)), min(rows, math.ceil(y_hi))
         if c1 <= c0 or r1 <= r0:
             return False
-        ii = self._integral
+        ii = self.integral
         return bool(ii[r1, c1] - ii[r0, c1] - ii[r1, c0] + ii[r0, c0] > 0)
 
     def keep_windows(self, level0_px_per_px: float) -> KeepFn:
@@ -121,7 +123,7 @@ class TissueMask:
         """
         r = level0_px_per_px / self.level0_px_per_px  # view pixels per working pixel
         rows, cols = self.mask.shape
-        ii = self._integral
+        ii = self.integral
 
         def keep(y_lo: np.ndarray, y_hi: np.ndarray, x_lo: np.ndarray, x_hi: np.ndarray
                  ) -> np.ndarray:

@@ -117,10 +117,9 @@ def _tissue_fractions(tissue: TissueMask, corners_x0: np.ndarray, side0: float) 
     """Tissue fraction of level-0 squares (``(n, 2)`` top-left corners ``(x, y)``, side
     ``side0``) in the tissue view: the share of the view pixels they touch that are tissue
     (summed-area table, vectorised)."""
-    mask = tissue.mask
     frame = tissue.frame
-    ii = cv2.integral(mask.astype(np.uint8)).astype(np.float64)
-    rows, cols = mask.shape
+    ii = tissue.integral
+    rows, cols = tissue.mask.shape
     lo = np.floor(frame.points_from_level0(corners_x0))
     hi = np.ceil(frame.points_from_level0(corners_x0 + side0))
     c0, c1 = (np.clip(v[:, 0], 0, cols).astype(int) for v in (lo, hi))
