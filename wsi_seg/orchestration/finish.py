@@ -12,7 +12,6 @@ import contextlib
 import os
 import shutil
 import time
-from collections.abc import MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +20,7 @@ from wsi_seg import __version__
 from wsi_seg.core.errors import WsiSegError
 from wsi_seg.core.files import write_json_atomic
 from wsi_seg.core.naming import TRUTH_PATTERNS, truth_candidates
+from wsi_seg.core.stopwatch import lap
 from wsi_seg.orchestration.handles import slide_handles
 from wsi_seg.orchestration.job import MARKERS, RunConfig, SlideJob
 from wsi_seg.orchestration.report import REPORT, ModelRecord, SlideReport
@@ -51,12 +51,6 @@ class Scored:
     truth_geometry: Any = None
     truth_path: Path | None = None
     error: str | None = None
-
-
-def _lap(times: MutableMapping[str, float], key: str, since: float) -> float:
-    now = time.perf_counter()
-    times[key] = times.get(key, 0.0) + now - since
-    return now
 
 
 def _vectorize(job: SlideJob, config: RunConfig, mosaic: Any) -> Polygons:
@@ -173,17 +167,17 @@ def finish_slide(job: SlideJob, config: RunConfig, block_times: dict[str, float]
     mosaic = open_mosaic(job.mosaic_path, mode="r+")
     build_pyramid(mosaic, start_level=block_levels(mosaic.geom, mosaic.n_levels,
                                                    config.block_px) + 1)
-    t = _lap(times, "pyramid", t)
+    t = lap(times, "pyramid", t)
     polygons = _vectorize(job, config, mosaic)
-    t = _lap(times, "vectorize", t)
+    t = lap(times, "vectorize", t)
     write_geojson(polygons.regions, job.work_dir / "tumor.geojson")
-    t = _lap(times, "geojson", t)
+    t = lap(times, "geojson", t)
     scored = Scored()
     if config.truth is not None:
         scored = _score(job, config, mosaic, polygons)
-        t = _lap(times, "score", t)
+        t = lap(times, "score", t)
     _overlay(job, config, polygons, scored)
-    t = _lap(times, "overlay", t)
+    t = lap(times, "overlay", t)
     report = _report(job, polygons, scored, _notes(job, config, polygons), times,
                      blocks_wall_s, t - t_finish)
     write_json_atomic(job.work_dir / REPORT, report.to_json())

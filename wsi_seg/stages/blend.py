@@ -19,6 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
+from wsi_seg.core.stopwatch import lap
 from wsi_seg.stages.slide import BACKGROUND_RGB as PAD_VALUE
 from wsi_seg.stages.tiling import Block, step_for, window_starts
 
@@ -88,13 +89,6 @@ class BlendSpec:
 
     def weights(self) -> np.ndarray:
         return importance_map(self.roi_px, self.mode, self.sigma_scale)
-
-
-def _tick(times: MutableMapping[str, float] | None, key: str, since: float) -> float:
-    now = time.perf_counter()
-    if times is not None:
-        times[key] = times.get(key, 0.0) + now - since
-    return now
 
 
 class Submitter(Protocol):
@@ -173,9 +167,9 @@ def accumulate(
         chunk, fut = queued.popleft()
         n_queued -= len(chunk)
         probs = fut.result()
-        t = _tick(times, "predict", t)
+        t = lap(times, "predict", t)
         _blend_into(num, den, chunk, probs, weight, roi)
-        return _tick(times, "blend", t)
+        return lap(times, "blend", t)
 
     for b0 in range(0, len(coords), spec.batch_size):
         chunk = coords[b0 : b0 + spec.batch_size]
@@ -184,7 +178,7 @@ def accumulate(
             t = time.perf_counter()  # reading is timed by the reader, not as cutting
         queued.append((chunk, submit(_cut_windows(image, chunk, roi))))
         n_queued += len(chunk)
-        t = _tick(times, "cut", t)
+        t = lap(times, "cut", t)
         while n_queued - len(queued[0][0]) >= depth:  # the rest still fill the queue
             t = blend_oldest(t)
     while queued:
@@ -324,5 +318,5 @@ def blend_block(
         prob[top_yw - block.yw : bottom_yw - block.yw,
              left_xw - block.xw : right_xw - block.xw] = normalise(
             num[iy : iy + h_px, ix : ix + w_px], den[iy : iy + h_px, ix : ix + w_px])
-    _tick(times, "blend", t)
+    lap(times, "blend", t)
     return prob
