@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     failed = 0
     for path in slides:
         try:
-            info = describe_path(path, args.mpp, plan, args.thumbnail, len(slides) > 1)
+            info = describe_path(path, plan, args.mpp, args.thumbnail, len(slides) > 1)
         except WsiSegError as exc:
             failed += 1
             print(f"wsi-seg: error: {exc}", file=sys.stderr)

@@ -26,13 +26,14 @@ from wsi_seg.stages.tissue import TissueMask, find_tissue
 @dataclass(frozen=True)
 class PlanSettings:
     """The run a description plans: working µm/px (the model's), window edge, overlap
-    fraction, block and mosaic chunk edges (working px)."""
+    fraction, block and mosaic chunk edges (working px). No defaults here: the callers take
+    them from the model card and the option table, the one place run's defaults live."""
 
-    target_mpp: float = 1.0
-    tile_px: int = 256
-    overlap: float = 0.25
-    block_px: int = 4096
-    chunk_px: int = 1024
+    target_mpp: float
+    tile_px: int
+    overlap: float
+    block_px: int
+    chunk_px: int
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ def thumbnail_path(thumbnail: Path, slide_path: Path, one_of_many: bool) -> Path
     return thumbnail / f"{slide_stem(slide_path)}.png"
 
 
-def describe_path(path: Path, mpp: float | None = None, plan: PlanSettings | None = None,
+def describe_path(path: Path, plan: PlanSettings, mpp: float | None = None,
                   thumbnail: Path | None = None, one_of_many: bool = False) -> SlideInfo:
     """Describe the slide at ``path`` (``mpp``: level-0 µm/px override) and the run ``plan``;
     write its tissue thumbnail to :func:`thumbnail_path` when ``thumbnail`` is given.
@@ -70,7 +71,6 @@ def describe_path(path: Path, mpp: float | None = None, plan: PlanSettings | Non
     Raises WsiSegError (one line) for a file that cannot be described at all; a slide without
     µm/px or without tissue is described, with the reason in :attr:`SlideInfo.error`.
     """
-    plan = plan or PlanSettings()
     try:
         with open_slide(path, mpp=mpp) as slide:
             tissue = find_tissue(slide)
