@@ -271,7 +271,3 @@ def preprocess_ops(tiles: Any, channels: int, normalisation: str) -> Any:
     if normalisation == "minus1_1":
         return x / np.float32(127.5) - np.float32(1.0)
     raise ModelError(f"unknown input normalisation {normalisation!r}")
-
-
-def count_params(model: keras.Model) -> int:
-    return int(sum(int(np.prod(w.shape)) for w in model.weights if w.trainable))

@@ -164,13 +164,6 @@ def finish_unets(paths: list[Path], proc: subprocess.Popen[str] | None, timeout_
     return paths
 
 
-def ensure_unets(cache_dir: Path, specs: Sequence[UNetSpec], timeout_s: float = 300.0,
-                 seed: int = 0) -> list[Path]:
-    """The random-weight UNets ``specs`` with their cards in the cache (built if missing)."""
-    paths, proc = start_unets(cache_dir, specs, seed)
-    return finish_unets(paths, proc, timeout_s)
-
-
 def _build_unets(todo: list[dict[str, Any]]) -> None:
     from wsi_seg.stages.backends import import_tensorflow_quietly, keras_backend
 
