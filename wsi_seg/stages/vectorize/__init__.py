@@ -17,8 +17,8 @@ own module, in the order the data flows through them:
    Douglas-Peucker; ring by ring for giant many-hole polygons), snap to QuPath's 0.01 px grid
    where needed so the polygons stay valid there, drop what became too small.
 
-:mod:`.frame` holds the types shared by all of them (:class:`PixelFrame`,
-:class:`RegionPolygon`) and :func:`threshold_u8`.
+:mod:`.frame` holds what they share (:class:`RegionPolygon`, :func:`threshold_u8`); where
+a raster lies on the slide is :class:`wsi_seg.core.geometry.PixelFrame` (re-exported here).
 """
 
 from wsi_seg.core.geometry import QUPATH_GRID_PX, PixelFrame

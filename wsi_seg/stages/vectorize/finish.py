@@ -1,6 +1,6 @@
 """Finishing regions: area filtering, level-0 mapping, simplification, grid snapping.
 
-Each region is mapped to level 0 (:meth:`.frame.PixelFrame.to_level0`), simplified
+Each region is mapped to level 0 (:meth:`wsi_seg.core.geometry.PixelFrame.to_level0`), simplified
 (``simplify_um``, topology-preserving Douglas-Peucker; ring by ring for a polygon with very
 many holes and vertices, see :func:`.simplify.simplify_polygons`), snapped to QuPath's 0.01 px
 grid with ``shapely.set_precision`` (which keeps it valid) unless the corners already lie on it
