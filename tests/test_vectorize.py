@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import shapely
@@ -167,6 +168,43 @@ def test_min_area_drops_small_regions_and_fills_small_holes(
     assert len(kept) == len(all_regions) - 1
     filled = vectorize_mosaic(mosaic, 0, min_area_um2=hole_um2 * 1.1)  # type: ignore[arg-type]
     assert not any(r.polygon.interiors for r in filled)
+
+
+def _saddles_by_rounds(fg: np.ndarray, v: np.ndarray, fg_min: int,
+                       max_rounds: int = 4) -> np.ndarray:
+    """The saddle rule written plainly (every window, every round): the reference."""
+    fg = fg.copy()
+    rounds = 0
+    while True:
+        a, b, c, d = fg[:-1, :-1], fg[:-1, 1:], fg[1:, :-1], fg[1:, 1:]
+        main, anti = a & d & ~b & ~c, b & c & ~a & ~d
+        r, q = np.nonzero(main | anti)
+        if not r.size:
+            return fg
+        m = main[r, q]
+        f1, f2 = (r, np.where(m, q, q + 1)), (r + 1, np.where(m, q + 1, q))
+        b1, b2 = (r, np.where(m, q + 1, q)), (r + 1, np.where(m, q, q + 1))
+        vf1, vf2, vb1, vb2 = (v[p].astype(int) for p in (f1, f2, b1, b2))
+        connect = (vf1 + vf2 + vb1 + vb2 >= 4 * fg_min) | (rounds >= max_rounds)
+        fg[tuple(np.where(vb1 >= vb2, b1[k], b2[k])[connect] for k in (0, 1))] = True
+        fg[tuple(np.where(vf1 <= vf2, f1[k], f2[k])[~connect] for k in (0, 1))] = False
+        rounds += 1
+
+
+def test_saddles_decided_as_by_plain_rounds_dense_or_sparse() -> None:
+    # resolve_saddles decides a round with whole-array operations when saddles are many and
+    # looks only near the last changes otherwise; both must give the plain rule's pixels.
+    rng = np.random.default_rng(5)
+    for trial in range(60):
+        shape = (int(rng.integers(1, 80)), int(rng.integers(1, 80)))
+        values = rng.integers(0, 256, shape).astype(np.uint8)
+        if trial % 3 == 1:  # sparse: a smooth field with few saddles
+            values = cv2.GaussianBlur(values, (0, 0), 3)
+        for fg_min in (1, 120, 128, 255):
+            for max_rounds in (0, 1, 4):
+                got = resolve_saddles(values >= fg_min, values, fg_min, max_rounds)
+                want = _saddles_by_rounds(values >= fg_min, values, fg_min, max_rounds)
+                assert np.array_equal(got, want), (trial, fg_min, max_rounds)
 
 
 def test_saddle_decided_by_mean_of_four_values() -> None:

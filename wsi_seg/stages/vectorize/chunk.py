@@ -237,7 +237,6 @@ def _chunk_pieces(block: np.ndarray, fg: np.ndarray, row0: int, col0: int, frame
     values = block[r0:r1, c0:c1]
     fg = fg[r0:r1, c0:c1]
     n, labels, cc, _ = cv2.connectedComponentsWithStats(fg.view(np.uint8), connectivity=8)
-    stats = np.stack(_component_stats(labels, values, fg, n), axis=1).astype(np.int64)
     is_open = _open_components(cc, r0 + row0, c0 + col0, (row0, col0, rows, cols), frame)
     # A closed component whose bounding box is below min_px can never reach it, not even
     # with its holes filled: dropped before any contour is traced. (Not by its pixel count:
@@ -248,6 +247,7 @@ def _chunk_pieces(block: np.ndarray, fg: np.ndarray, row0: int, col0: int, frame
     keep[0] = False
     if not keep.any():
         return _Batch.empty(), [], strips
+    stats = _component_stats(labels, values, fg, keep)
     if not keep[1:].all():
         fg = keep[labels]
     local_id = np.full(n, -1, dtype=np.int64)

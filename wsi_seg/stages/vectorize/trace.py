@@ -3,10 +3,10 @@
 The chunk is thresholded (``value >= threshold_u8(threshold)``), each ambiguous 2x2 saddle
 (two pixels touching only at a corner) is decided by the mean of its four values, as marching
 squares does (:func:`resolve_saddles`: one pixel changes per saddle), and the 8-connected
-components are labelled (OpenCV): each component's pixel count, probability sum and maximum
-come from one ``bincount`` (:func:`_component_stats`). Holes whose bounding box is too small
-to ever reach ``min_area_um2`` are filled before tracing (:func:`_fill_small_holes`: a noisy
-map has tens of thousands of pinholes).
+components are labelled (OpenCV): the pixel count, probability sum and maximum of each
+component that may be kept come from one ``bincount`` (:func:`_component_stats`). Holes whose
+bounding box is too small to ever reach ``min_area_um2`` are filled before tracing
+(:func:`_fill_small_holes`: a noisy map has tens of thousands of pinholes).
 
 All rings are traced with ``cv2.findContours(RETR_LIST)`` on the mask **upsampled 2x** (and
 padded by one zero pixel) (:func:`_trace`). In the 2x mask every boundary sub-pixel sits in the
@@ -34,6 +34,9 @@ import shapely
 #: could still be decided differently).
 SADDLE_HALO_PX = 16
 
+#: Above one saddle in this many 2x2 windows, a round is decided with whole-array operations.
+_DENSE_SADDLE_SHARE = 64
+
 
 def resolve_saddles(fg: np.ndarray, values: np.ndarray, fg_min: int,
                     max_rounds: int = 4) -> np.ndarray:
@@ -43,8 +46,9 @@ def resolve_saddles(fg: np.ndarray, values: np.ndarray, fg_min: int,
     marching squares' asymptotic decider, the corner is connected when the mean of the four
     values is at least the threshold: then the higher-valued background pixel is filled;
     otherwise the lower-valued foreground pixel is cleared. Only saddle pixels change. A change
-    can create a new saddle next door, so this repeats; after ``max_rounds`` rounds remaining
-    saddles are filled (monotone, so it ends).
+    can create a new saddle next door, so this repeats, each round deciding all the saddles
+    of the mask as it was when the round began; after ``max_rounds`` rounds remaining saddles
+    are filled (monotone, so it ends).
 
     Args:
         fg: 2-D foreground mask (``values >= fg_min``).
@@ -55,51 +59,134 @@ def resolve_saddles(fg: np.ndarray, values: np.ndarray, fg_min: int,
     Returns a new boolean mask without 2x2 checkerboards.
     """
     fg = fg.astype(bool, copy=True)
-    v = values  # read only at saddles, cast there (a full-chunk cast costs more than it saves)
+    if fg.shape[0] < 2 or fg.shape[1] < 2:
+        return fg
+    # A noise map has a saddle in a third of its 2x2 windows: such rounds are decided with
+    # whole-array operations. Once few pixels change, a round looks only at the windows that
+    # hold a pixel the round before touched (any other window is as it was: no saddle).
+    touched: tuple[np.ndarray, np.ndarray] | None = None
+    windows = (fg.shape[0] - 1) * (fg.shape[1] - 1)
     rounds = 0
     while True:
-        a, b, c, d = fg[:-1, :-1], fg[:-1, 1:], fg[1:, :-1], fg[1:, 1:]
-        main = a & d & ~b & ~c  # foreground on the main diagonal
-        anti = b & c & ~a & ~d  # foreground on the anti-diagonal
-        if not (main.any() or anti.any()):
+        fill_all = rounds >= max_rounds
+        if touched is None or touched[0].size * _DENSE_SADDLE_SHARE >= windows:
+            a, b, c, d = fg[:-1, :-1], fg[:-1, 1:], fg[1:, :-1], fg[1:, 1:]
+            main = a & d & ~b & ~c  # foreground on the main diagonal
+            anti = b & c & ~a & ~d  # foreground on the anti-diagonal
+            n = int(np.count_nonzero(main)) + int(np.count_nonzero(anti))
+            if n * _DENSE_SADDLE_SHARE >= windows:
+                _decide_dense(fg, values, fg_min, main, anti, fill_all)
+                touched = None  # so many: the next round looks at every window again
+                rounds += 1
+                continue
+            r, q = np.nonzero(main | anti)
+        else:
+            r, q = _saddles_near(fg, touched)
+        if not r.size:
             return fg
-        r, q = np.nonzero(main | anti)  # top-left corner of each saddle
-        is_main = main[r, q]
-        # (row, col) of the two foreground and the two background pixels of each saddle
-        f1 = (r, np.where(is_main, q, q + 1))
-        f2 = (r + 1, np.where(is_main, q + 1, q))
-        b1 = (r, np.where(is_main, q + 1, q))
-        b2 = (r + 1, np.where(is_main, q, q + 1))
-        vf1, vf2, vb1, vb2 = (v[p].astype(np.int32) for p in (f1, f2, b1, b2))
-        connect = (vf1 + vf2 + vb1 + vb2 >= 4 * fg_min) | (rounds >= max_rounds)
-        fill = tuple(np.where(vb1 >= vb2, b1[k], b2[k])[connect] for k in (0, 1))
-        clear = tuple(np.where(vf1 <= vf2, f1[k], f2[k])[~connect] for k in (0, 1))
-        fg[fill] = True
-        fg[clear] = False
+        touched = _decide_sparse(fg, values, fg_min, r, q, fill_all)
         rounds += 1
 
 
+def _decide_sparse(fg: np.ndarray, values: np.ndarray, fg_min: int, r: np.ndarray,
+                   q: np.ndarray, fill_all: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Decide the saddles whose top-left pixels are ``(r, q)`` in ``fg`` (in place): fill
+    the higher background pixel of each connected one, then clear the lower foreground pixel
+    of each other one. Returns the ``(rows, cols)`` of the pixels decided on."""
+    is_main = fg[r, q]
+    # (row, col) of the two foreground and the two background pixels of each saddle
+    f1 = (r, np.where(is_main, q, q + 1))
+    f2 = (r + 1, np.where(is_main, q + 1, q))
+    b1 = (r, np.where(is_main, q + 1, q))
+    b2 = (r + 1, np.where(is_main, q, q + 1))
+    vf1, vf2, vb1, vb2 = (values[p].astype(np.int32) for p in (f1, f2, b1, b2))
+    connect = (vf1 + vf2 + vb1 + vb2 >= 4 * fg_min) | fill_all
+    fill = tuple(np.where(vb1 >= vb2, b1[k], b2[k])[connect] for k in (0, 1))
+    clear = tuple(np.where(vf1 <= vf2, f1[k], f2[k])[~connect] for k in (0, 1))
+    fg[fill] = True
+    fg[clear] = False
+    return np.concatenate([fill[0], clear[0]]), np.concatenate([fill[1], clear[1]])
+
+
+def _decide_dense(fg: np.ndarray, values: np.ndarray, fg_min: int, main: np.ndarray,
+                  anti: np.ndarray, fill_all: bool) -> None:
+    """:func:`_decide_sparse` of every saddle (``main``/``anti``: per 2x2 window, whether it
+    is one, by its diagonal) with whole-array operations; the same pixels change."""
+    v = values.astype(np.int16)
+    va, vb, vc, vd = v[:-1, :-1], v[:-1, 1:], v[1:, :-1], v[1:, 1:]
+    connect = np.ones(main.shape, bool) if fill_all else (va + vb + vc + vd >= 4 * fg_min)
+    fill = np.zeros(fg.shape, bool)
+    clear = np.zeros(fg.shape, bool)
+    fills, clears = main & connect, main & ~connect  # main: background b and c, fg a and d
+    higher = vb >= vc
+    fill[:-1, 1:] |= fills & higher
+    fill[1:, :-1] |= fills & ~higher
+    lower = va <= vd
+    clear[:-1, :-1] |= clears & lower
+    clear[1:, 1:] |= clears & ~lower
+    fills, clears = anti & connect, anti & ~connect  # anti: background a and d, fg b and c
+    higher = va >= vd
+    fill[:-1, :-1] |= fills & higher
+    fill[1:, 1:] |= fills & ~higher
+    lower = vb <= vc
+    clear[:-1, 1:] |= clears & lower
+    clear[1:, :-1] |= clears & ~lower
+    fg |= fill
+    fg &= ~clear
+
+
+def _saddles_near(fg: np.ndarray, touched: tuple[np.ndarray, np.ndarray]
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Top-left ``(rows, cols)`` of the saddles among the 2x2 windows holding a touched
+    pixel, in row-major order."""
+    h, w = fg.shape
+    rows, cols = touched
+    r = np.concatenate([rows, rows, rows - 1, rows - 1])
+    q = np.concatenate([cols, cols - 1, cols, cols - 1])
+    ok = (r >= 0) & (q >= 0) & (r < h - 1) & (q < w - 1)
+    flat = np.unique(r[ok] * (w - 1) + q[ok])
+    r, q = flat // (w - 1), flat % (w - 1)
+    a, b, c, d = fg[r, q], fg[r, q + 1], fg[r + 1, q], fg[r + 1, q + 1]
+    saddle = (a & d & ~b & ~c) | (b & c & ~a & ~d)
+    return r[saddle], q[saddle]
+
+
 def _component_stats(labels: np.ndarray, values: np.ndarray, fg: np.ndarray,
-                     n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per label: pixel count, value sum and value max over foreground pixels."""
-    lab = labels[fg]  # int32 from OpenCV
+                     wanted: np.ndarray) -> np.ndarray:
+    """Per label, ``(pixel count, value sum, value max)`` over its foreground pixels, as an
+    ``(n_labels, 3)`` int64 array; rows of labels not ``wanted`` (a boolean per label) are 0.
+
+    Only the wanted labels are counted: a noise map has 10^5 components a chunk, nearly all
+    too small to keep, and one histogram row per wanted label (count, sum and maximum in a
+    single ``bincount``) is far cheaper than sorting every pixel by its label.
+    """
+    n = wanted.size
+    out = np.zeros((n, 3), dtype=np.int64)
+    ids = np.nonzero(wanted)[0]
+    if not ids.size:
+        return out
+    compact = np.full(n, -1, dtype=np.int64)
+    compact[ids] = np.arange(ids.size)
+    key = compact[labels[fg]]
     val = values[fg]
-    if n * 256 <= 1 << 22:  # one histogram per label: count, sum and max in a single pass
-        key = lab * 256  # int32 suffices: n * 256 < 2**31 here
+    inside = key >= 0
+    key, val = key[inside], val[inside]
+    if ids.size * 256 <= 1 << 22:  # one histogram row per label
+        key *= 256
         key += val
-        hist = np.bincount(key, minlength=n * 256).reshape(n, 256)
-        counts = hist.sum(axis=1)
-        sums = hist @ np.arange(256, dtype=np.int64)
-        vmax = 255 - np.argmax(hist[:, ::-1] > 0, axis=1)
-        return counts, sums, vmax
-    lab64 = lab.astype(np.int64)
-    counts = np.bincount(lab64, minlength=n)
-    sums = np.bincount(lab64, weights=val, minlength=n).astype(np.int64)
-    key = np.sort(lab64 * 256 + val)  # many labels (noise): sort instead of a huge histogram
+        hist = np.bincount(key, minlength=ids.size * 256).reshape(ids.size, 256)
+        out[ids, 0] = hist.sum(axis=1)
+        out[ids, 1] = hist @ np.arange(256, dtype=np.int64)
+        out[ids, 2] = 255 - np.argmax(hist[:, ::-1] > 0, axis=1)
+        return out
+    out[ids, 0] = np.bincount(key, minlength=ids.size)
+    out[ids, 1] = np.bincount(key, weights=val, minlength=ids.size).astype(np.int64)
+    key = np.sort(key * 256 + val)  # many labels: sort instead of a huge histogram
     last = np.r_[np.nonzero(np.diff(key >> 8))[0], key.size - 1]
-    vmax = np.zeros(n, dtype=np.int64)
+    vmax = np.zeros(ids.size, dtype=np.int64)
     vmax[key[last] >> 8] = key[last] & 255
-    return counts, sums, vmax
+    out[ids, 2] = vmax
+    return out
 
 
 def _fill_small_holes(fg: np.ndarray, min_px: float) -> np.ndarray:
