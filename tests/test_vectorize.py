@@ -429,8 +429,8 @@ def test_many_hole_polygon_is_simplified_ring_by_ring_and_stays_valid(
     monkeypatch.setattr(vec, "_RINGWISE_WORK", 1000)  # every polygon ring by ring
     real = vec._ring_conflicts
 
-    def conflicts(rings: np.ndarray) -> np.ndarray:
-        pairs = real(rings)
+    def conflicts(rings: np.ndarray, moved: np.ndarray | None) -> np.ndarray:
+        pairs = real(rings, moved)
         found.append(len(pairs))
         return pairs
 

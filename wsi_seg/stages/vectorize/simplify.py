@@ -69,8 +69,9 @@ def _simplify_ringwise(poly: Polygon, tolerance: float, workers: int) -> Polygon
     simple = _simplify_rings(rings, tolerance, workers)
     exact = np.zeros(rings.size, dtype=bool)  # holes given their exact ring back
     near = np.zeros(rings.size, dtype=bool)  # holes the shell is exact next to
+    moved = None  # rings changed since the last test (None: all, the first time)
     for _ in range(8):
-        pairs = _ring_conflicts(simple)
+        pairs = _ring_conflicts(simple, moved)
         # Rings that touch at a point in the exact polygon (valid) still do: no conflict.
         a, b = pairs[:, 0], pairs[:, 1]
         pairs = pairs[~np.where(a == 0, exact[b] & near[b], exact[a] & exact[b])]
@@ -81,8 +82,11 @@ def _simplify_ringwise(poly: Polygon, tolerance: float, workers: int) -> Polygon
         holes = np.unique(pairs[pairs > 0])
         simple[holes] = rings[holes]
         exact[holes] = True
+        moved = np.zeros(rings.size, dtype=bool)
+        moved[holes] = True
         by_shell = pairs[pairs[:, 0] == 0, 1]
         if by_shell.size:
+            moved[0] = True
             # GEOS strays up to ~1.55 tolerances from a ring, so 3 leave a margin.
             simple[0] = _restore_near(rings[0], simple[0], rings[by_shell], 3 * tolerance)
             # Exact stretches of the shell can meet its other shortcuts (Douglas-Peucker
@@ -198,12 +202,17 @@ def _mend_crossings(exact: np.ndarray, simple: np.ndarray) -> np.ndarray:
     return out
 
 
-def _ring_conflicts(rings: np.ndarray) -> np.ndarray:
+def _ring_conflicts(rings: np.ndarray, moved: np.ndarray | None = None) -> np.ndarray:
     """Pairs of rings (0: the shell, 1...: holes) that keep the polygon from being valid.
 
     A pair conflicts when its rings touch or cross, or when the hole lies outside the shell or
     inside the other hole. Each test prepares the one large geometry or queries a tree, never
     a large ring against every hole.
+
+    Args:
+        rings: the shell, then the holes (LinearRings).
+        moved: which rings changed since the last call (None: all). Holes that did not are
+            not tested against each other again (the costliest test: large ragged rings).
 
     Returns:
         ``(k, 2)`` int64 ring indices, each pair once, the lower index first.
@@ -215,8 +224,10 @@ def _ring_conflicts(rings: np.ndarray) -> np.ndarray:
     pairs = []
     hit = tree.query(rings[0], predicate="intersects")  # the shell is prepared once
     pairs.append(np.c_[np.zeros_like(hit), 1 + hit])
-    a, b = tree.query(holes, predicate="intersects")
-    pairs.append(np.c_[1 + a[a < b], 1 + b[a < b]])
+    ids = np.arange(holes.size) if moved is None else np.nonzero(moved[1:])[0]
+    a, b = tree.query(holes[ids], predicate="intersects")
+    a = ids[a]
+    pairs.append(np.sort(np.c_[1 + a[a != b], 1 + b[a != b]], axis=1))
     # No crossings: a hole lies inside the shell (or another hole) when its first vertex does.
     first = shapely.get_point(holes, 0)
     shell = shapely.polygons(rings[0])
