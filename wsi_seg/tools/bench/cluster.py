@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,19 +94,15 @@ def cluster_session(workers: int | None = None, threads_per_worker: int | None =
 
 def start_device_cluster(workers: int | None, threads_per_worker: int | None) -> Bench:
     """A local cluster exactly as :func:`wsi_seg.orchestration.cluster.connect` starts one for
-    ``wsi-seg run`` (worker processes on localhost, GPU workers pinned to their card): the
-    device profiles' cluster."""
-    from distributed import Scheduler, SpecCluster
-
-    from wsi_seg.orchestration.cluster import worker_specs
+    ``wsi-seg run`` (:func:`~wsi_seg.orchestration.cluster.start_local_cluster`: worker
+    processes on localhost, GPU workers pinned to their card, the same allocator settings):
+    the device profiles' cluster."""
+    from wsi_seg.orchestration.cluster import ClusterConfig, start_local_cluster
 
     plan = _plan(workers, threads_per_worker)
-    silence = logging.DEBUG if os.environ.get("WSI_SEG_DEBUG") else logging.CRITICAL
-    cluster = SpecCluster(workers=worker_specs(plan, silence),
-                          scheduler={"cls": Scheduler, "options": {
-                              "host": "127.0.0.1", "dashboard_address": None}},
-                          silence_logs=silence)
-    return _connect(cluster, plan)
+    config = ClusterConfig(workers=workers, threads_per_worker=threads_per_worker,
+                           dashboard=False)
+    return _connect(start_local_cluster(config, plan), plan)
 
 
 def warm(bench: Bench, model_path: Path, infer: Any) -> list[dict[str, Any]]:
