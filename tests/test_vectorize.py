@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import shapely
 from shapely.geometry import Polygon
+from shapely.geometry.base import BaseGeometry
 
 from wsi_seg.evaluation.metrics import rasterize_window
 from wsi_seg.stages.mosaic import MosaicGeometry, build_pyramid, create_mosaic, open_mosaic
@@ -446,3 +447,34 @@ def test_many_hole_polygon_is_simplified_ring_by_ring_and_stays_valid(
             assert shapely.hausdorff_distance(before, after) <= tolerance * 2
     # some rings conflicted once simplified apart, and were given back their exact vertices
     assert max(found) > 0
+
+
+def test_pieces_dissolve_into_the_coverage_union(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Pieces of a region are joined by dropping the chunk-border edges they share; the result
+    # must be GEOS's coverage union of them, and the fast way must be the one taken.
+    import wsi_seg.stages.vectorize.driver as drv
+    from wsi_seg.stages.vectorize.join import _dissolved, _merge_group, _Piece
+
+    groups: list[tuple[list[BaseGeometry], int]] = []
+
+    def merge(live: list[_Piece], min_hole_px: float, spacing: int) -> object:
+        if len(live) > 1:
+            groups.append(([p.shell for p in live], spacing))
+        return _merge_group(live, min_hole_px, spacing)
+
+    monkeypatch.setattr(drv, "_merge_group", merge)
+    rng = np.random.default_rng(7)
+    for trial in range(6):
+        values = rng.integers(0, 256, (150, 150)).astype(np.uint8)
+        if trial % 2:
+            values = cv2.GaussianBlur(values, (0, 0), 1.5)
+        frame = PixelFrame(150, 150, 0, 0, 1.0, 1.0, chunk_px=16 + 8 * trial)
+        vectorize_array(values, frame, fg_min=int(np.median(values)), workers=1)
+    assert len(groups) > 20
+    fast = 0
+    for shells, spacing in groups:
+        got = _dissolved(shells, spacing)
+        if got is not None:
+            fast += 1
+            assert got.is_valid and got.equals(shapely.coverage_union_all(shells))
+    assert fast >= 0.9 * len(groups)

@@ -105,7 +105,7 @@ def _submit(pool: ThreadPoolExecutor | None, fn: Callable[..., _R], *args: Any) 
 def _finish_groups(groups: list[list[_Piece]], frame: PixelFrame, min_px: float,
                    simplify_um: float, workers: int) -> list[RegionPolygon]:
     """Regions of complete groups of open pieces: merged, then finished like closed ones."""
-    batch = _Batch.concat([_merge_group(group, min_px) for group in groups])
+    batch = _Batch.concat([_merge_group(group, min_px, frame.chunk_px) for group in groups])
     return _finish(batch, frame, min_px, simplify_um, workers)
 
 
