@@ -58,6 +58,29 @@ def test_model_is_loaded_once_per_process(unet: Path) -> None:
         cached_predictor(unet, cfg)
 
 
+def test_warming_freezes_the_heap_once(unet: Path) -> None:
+    # A warmed worker moves the framework's objects out of the collector's sight, so full
+    # collections stop scanning them (with the GIL held) during blocks and polygons.
+    import subprocess
+    import sys
+
+    code = (
+        "import gc, sys\n"
+        "calls = []\n"
+        "freeze = gc.freeze\n"
+        "gc.freeze = lambda: (calls.append(1), freeze())[1]\n"
+        "from wsi_seg.stages.infer import InferConfig, warm_predictor\n"
+        "assert gc.get_freeze_count() == 0\n"
+        "for _ in range(2):\n"
+        "    warm_predictor(sys.argv[1], InferConfig(batch_size=2, device='cpu'))\n"
+        "print(len(calls), gc.get_freeze_count())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(unet)], capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert int(out[-2]) == 1  # once per process
+    assert int(out[-1]) > 10_000  # the framework's and the model's objects
+
+
 def test_device_choice(unet: Path) -> None:
     from wsi_seg.stages.infer import _sees_gpu
 
