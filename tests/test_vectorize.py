@@ -478,3 +478,13 @@ def test_pieces_dissolve_into_the_coverage_union(monkeypatch: pytest.MonkeyPatch
             fast += 1
             assert got.is_valid and got.equals(shapely.coverage_union_all(shells))
     assert fast >= 0.9 * len(groups)
+
+
+def test_a_pixel_edge_ring_pinches_only_where_it_turns_at_a_corner_twice() -> None:
+    from wsi_seg.stages.vectorize.chunk import _pinches
+
+    square = np.array([[0, 0], [2, 0], [2, 2], [0, 2]])
+    assert not _pinches(square) and not _pinches(np.vstack([square, square[:1]]))
+    assert not _pinches(np.array([[0, 0], [1, 0], [1, 0], [1, 1], [0, 1]]))  # doubled corner
+    eight = np.array([[0, 0], [1, 0], [1, 1], [2, 1], [2, 2], [1, 2], [1, 1], [0, 1]])
+    assert _pinches(eight)  # two squares touching at (1, 1)
