@@ -234,11 +234,12 @@ def _stream(pool: ThreadPoolExecutor | None,
         if col0 + cols == frame.width_px:  # end of a chunk row: finish what cannot grow
             bottoms = np.concatenate([v.bottom for k, v in strips.items() if k[0] == i])
             groups = list(open_regions.pop_complete(bottoms[bottoms >= 0]))
-            # Merged and simplified in the pool as the next rows are traced (one thread
-            # each: the pool is busy); final already, so no staircase is held for long.
+            # Merged and simplified in the pool as the next rows are traced; final already,
+            # so no staircase is held for long. A giant region (a noise map's) may spread its
+            # rings over every core: the rows still traced share them.
             for k in range(0, len(groups), _BATCH):
                 merging.append(_submit(pool, _finish_groups, groups[k : k + _BATCH], frame,
-                                       min_px, simplify_um, 1))
+                                       min_px, simplify_um, n_workers))
     # What is left (regions reaching the last chunk row) has the whole pool to itself.
     last = list(open_regions.pop_complete(None))
     merging.append(_submit(None, _finish_groups, last, frame, min_px, simplify_um, n_workers))
