@@ -111,7 +111,16 @@ def _noisy(noisy: dict[str, Any]) -> list[str]:
             f"{noisy['speckle']['components']} "
             f"({pct(noisy['speckle']['foreground_share'])}) | "
             f"{noisy['wall_s']} | {noisy['vectorize_s']:.2f} | "
-            f"{pct(noisy['vectorize_share'])} | {noisy['tumour_regions']} |", ""]
+            f"{pct(noisy['vectorize_share'])}{_spread(noisy)} | {noisy['tumour_regions']} |",
+            "", "The run with the median share of "
+            f"{len(noisy.get('runs') or [noisy])} (range in brackets).", ""]
+
+
+def _spread(noisy: dict[str, Any]) -> str:
+    """`` (lo–hi)`` of the runs' vectorize shares, when there were several."""
+    shares = [r["vectorize_share"] for r in noisy.get("runs") or []
+              if r.get("vectorize_share") is not None]
+    return f" ({pct(min(shares))}–{pct(max(shares))})" if len(shares) > 1 else ""
 
 
 def _simulated(sim: dict[str, Any]) -> list[str]:

@@ -183,25 +183,31 @@ def entry_figures(plan: dict[str, Any], got: dict[str, list[dict[str, Any]]]
 
 
 def _noisy(bm: DeviceBenchmark, model: Path, slide: Path) -> dict[str, Any]:
-    """Vectorizing seconds / run seconds of a random-weight UNet's speckled map."""
+    """Vectorizing seconds / run seconds of a random-weight UNet's speckled map, over
+    ``repeats`` runs (this figure swings with the machine's load): the run with the median
+    share is reported, every run's figures under ``runs``."""
     bench = bm.bench()
     infer = bm.infer()
     t = time.perf_counter()
     warm(bench, model, infer)
     warm_s = time.perf_counter() - t
     rc = run_config(bm.runs_dir / "noisy", model, infer)
-    rec = run_once(bench, [slide], rc)
+    runs = []
+    for _ in range(max(1, bm.cfg.repeats)):
+        rec = run_once(bench, [slide], rc)
+        vec = rec["stage_s"].get("vectorize", 0.0)
+        runs.append({"wall_s": rec["wall_s"], "blocks_wall_s": rec["blocks_wall_s"],
+                     "tiles": rec["tiles"], "vectorize_s": vec,
+                     "vectorize_share": round(vec / rec["wall_s"], 4) if rec["wall_s"] else None,
+                     "stage_s": rec["stage_s"], "load_avg": rec["load_avg"]})
+    median = sorted(runs, key=lambda r: r["vectorize_share"] or 0.0)[(len(runs) - 1) // 2]
     report = next(rc.out_dir.glob("*/report.json"))
     rep = json.loads(report.read_text())
-    vec = rec["stage_s"].get("vectorize", 0.0)
-    out = {"slide": str(slide), "model": model.name, "warm_s": round(warm_s, 2),
-           "wall_s": rec["wall_s"], "blocks_wall_s": rec["blocks_wall_s"],
-           "tiles": rec["tiles"], "vectorize_s": vec,
-           "vectorize_share": round(vec / rec["wall_s"], 4) if rec["wall_s"] else None,
+    out = {"slide": str(slide), "model": model.name, "warm_s": round(warm_s, 2), **median,
            "tumour_regions": rep.get("tumour_regions"),
-           "tumour_mm2": rep.get("tumour_mm2"), "stage_s": rec["stage_s"],
+           "tumour_mm2": rep.get("tumour_mm2"),
            "speckle": speckle(report.parent / "mask.zarr", rep.get("threshold", 0.5)),
-           "goal": "vectorize_share < 0.10"}
+           "runs": runs, "goal": "vectorize_share < 0.10"}
     bm.record["noisy"] = out
     return out
 
