@@ -112,27 +112,34 @@ def _decide_dense(fg: np.ndarray, values: np.ndarray, fg_min: int, main: np.ndar
                   anti: np.ndarray, fill_all: bool) -> None:
     """:func:`_decide_sparse` of every saddle (``main``/``anti``: per 2x2 window, whether it
     is one, by its diagonal) with whole-array operations; the same pixels change."""
-    v = values.astype(np.int16)
-    va, vb, vc, vd = v[:-1, :-1], v[:-1, 1:], v[1:, :-1], v[1:, 1:]
-    connect = np.ones(main.shape, bool) if fill_all else (va + vb + vc + vd >= 4 * fg_min)
+    va, vb, vc, vd = values[:-1, :-1], values[:-1, 1:], values[1:, :-1], values[1:, 1:]
+    if fill_all:
+        connect = np.ones(main.shape, bool)
+    else:
+        total = va.astype(np.int16)  # stored values are 0..255
+        total += vb
+        total += vc
+        total += vd
+        connect = total >= 4 * fg_min
     fill = np.zeros(fg.shape, bool)
     clear = np.zeros(fg.shape, bool)
-    fills, clears = main & connect, main & ~connect  # main: background b and c, fg a and d
-    higher = vb >= vc
-    fill[:-1, 1:] |= fills & higher
-    fill[1:, :-1] |= fills & ~higher
-    lower = va <= vd
-    clear[:-1, :-1] |= clears & lower
-    clear[1:, 1:] |= clears & ~lower
-    fills, clears = anti & connect, anti & ~connect  # anti: background a and d, fg b and c
-    higher = va >= vd
-    fill[:-1, :-1] |= fills & higher
-    fill[1:, 1:] |= fills & ~higher
-    lower = vb <= vc
-    clear[:-1, 1:] |= clears & lower
-    clear[1:, :-1] |= clears & ~lower
+    # main: background b and c, foreground a and d
+    _either(main & connect, vb >= vc, fill[:-1, 1:], fill[1:, :-1])
+    _either(main & ~connect, va <= vd, clear[:-1, :-1], clear[1:, 1:])
+    # anti: background a and d, foreground b and c
+    _either(anti & connect, va >= vd, fill[:-1, :-1], fill[1:, 1:])
+    _either(anti & ~connect, vb <= vc, clear[:-1, 1:], clear[1:, :-1])
     fg |= fill
     fg &= ~clear
+
+
+def _either(chosen: np.ndarray, first: np.ndarray, out_first: np.ndarray,
+            out_second: np.ndarray) -> None:
+    """Mark ``chosen`` windows in ``out_first`` where ``first`` holds, else in
+    ``out_second`` (views of one mask, offset to the pixel each names)."""
+    both = chosen & first
+    out_first |= both
+    out_second |= chosen ^ both
 
 
 def _saddles_near(fg: np.ndarray, touched: tuple[np.ndarray, np.ndarray]
@@ -144,7 +151,8 @@ def _saddles_near(fg: np.ndarray, touched: tuple[np.ndarray, np.ndarray]
     r = np.concatenate([rows, rows, rows - 1, rows - 1])
     q = np.concatenate([cols, cols - 1, cols, cols - 1])
     ok = (r >= 0) & (q >= 0) & (r < h - 1) & (q < w - 1)
-    flat = np.unique(r[ok] * (w - 1) + q[ok])
+    flat = np.sort(r[ok] * (w - 1) + q[ok])  # (np.unique hashes: several times slower)
+    flat = flat[np.r_[True, flat[1:] != flat[:-1]]]
     r, q = flat // (w - 1), flat % (w - 1)
     a, b, c, d = fg[r, q], fg[r, q + 1], fg[r + 1, q], fg[r + 1, q + 1]
     saddle = (a & d & ~b & ~c) | (b & c & ~a & ~d)
