@@ -225,9 +225,16 @@ def _ring_conflicts(rings: np.ndarray, moved: np.ndarray | None = None) -> np.nd
     hit = tree.query(rings[0], predicate="intersects")  # the shell is prepared once
     pairs.append(np.c_[np.zeros_like(hit), 1 + hit])
     ids = np.arange(holes.size) if moved is None else np.nonzero(moved[1:])[0]
-    a, b = tree.query(holes[ids], predicate="intersects")
+    # Boxes first, then each pair once (a tree query with the predicate tests every pair
+    # both ways and each hole against itself: 2.4x slower on a noise map's giant region).
+    a, b = tree.query(holes[ids])
     a = ids[a]
-    pairs.append(np.sort(np.c_[1 + a[a != b], 1 + b[a != b]], axis=1))
+    keep = (a < b) if moved is None else (a != b)  # all queried: each pair came both ways
+    a, b = np.minimum(a, b)[keep], np.maximum(a, b)[keep]
+    if moved is not None and a.size:  # two moved holes meet twice in the query
+        a, b = np.unique(np.c_[a, b], axis=0).T
+    hit = shapely.intersects(holes[a], holes[b])
+    pairs.append(np.c_[1 + a[hit], 1 + b[hit]])
     # No crossings: a hole lies inside the shell (or another hole) when its first vertex does.
     first = shapely.get_point(holes, 0)
     shell = shapely.polygons(rings[0])
