@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,24 +67,11 @@ def _connect(cluster: Any, plan: Any) -> Bench:
                  plan.gpus)
 
 
-def start_cluster(workers: int | None = None, threads_per_worker: int | None = None) -> Bench:
-    """A ``LocalCluster`` of the plan :func:`wsi_seg.orchestration.cluster.connect` makes for
-    ``wsi-seg run`` (the standard profile's cluster)."""
-    from distributed import LocalCluster
-
-    plan = _plan(workers, threads_per_worker)
-    cluster = LocalCluster(n_workers=plan.workers, threads_per_worker=plan.threads_per_worker,
-                           processes=True, dashboard_address="127.0.0.1:0", host="127.0.0.1",
-                           resources={"GPU": 1} if plan.gpus else None,
-                           silence_logs=logging.ERROR)
-    return _connect(cluster, plan)
-
-
 @contextlib.contextmanager
 def cluster_session(workers: int | None = None, threads_per_worker: int | None = None
                     ) -> Iterator[Bench]:
-    """:func:`start_cluster`, closed on leaving."""
-    bench = start_cluster(workers, threads_per_worker)
+    """:func:`start_device_cluster`, closed on leaving (the standard profile's cluster)."""
+    bench = start_device_cluster(workers, threads_per_worker)
     try:
         yield bench
     finally:
@@ -96,7 +82,7 @@ def start_device_cluster(workers: int | None, threads_per_worker: int | None) ->
     """A local cluster exactly as :func:`wsi_seg.orchestration.cluster.connect` starts one for
     ``wsi-seg run`` (:func:`~wsi_seg.orchestration.cluster.start_local_cluster`: worker
     processes on localhost, GPU workers pinned to their card, the same allocator settings):
-    the device profiles' cluster."""
+    every profile's cluster."""
     from wsi_seg.orchestration.cluster import ClusterConfig, start_local_cluster
 
     plan = _plan(workers, threads_per_worker)
