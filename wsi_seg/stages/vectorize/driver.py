@@ -77,10 +77,10 @@ def _chunk_work(item: tuple[tuple[int, int, int, int], _Band], frame: PixelFrame
     (row0, col0, rows, cols), band = item
     # Saddles are decided over a halo around the chunk, so a saddle on a chunk border is
     # decided as it would be in one whole-raster pass, by both chunks that share it alike.
-    r_lo, c_lo = max(0, row0 - SADDLE_HALO_PX), max(0, col0 - SADDLE_HALO_PX)
-    r_hi = min(frame.height_px, row0 + rows + SADDLE_HALO_PX)
+    # The band holds the rows of it (:func:`_bands`); the columns are cut here.
+    r_lo, c_lo = band.row0, max(0, col0 - SADDLE_HALO_PX)
     c_hi = min(frame.width_px, col0 + cols + SADDLE_HALO_PX)
-    wide = band.pixels[r_lo - band.row0:r_hi - band.row0, c_lo:c_hi]
+    wide = band.pixels[:, c_lo:c_hi]
     if wide.dtype == bool:
         wide = wide.view(np.uint8)
     inner = (slice(row0 - r_lo, row0 - r_lo + rows), slice(col0 - c_lo, col0 - c_lo + cols))

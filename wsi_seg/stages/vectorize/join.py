@@ -186,7 +186,7 @@ def _unshared(p: np.ndarray, q: np.ndarray, spacing: int) -> np.ndarray | None:
     unit_y = (d[:, 0] == 0) & (np.abs(d[:, 1]) == 1) & (p[:, 0] % spacing == 0)
     cand = np.nonzero(unit_x | unit_y)[0]
     lo = np.minimum(p[cand], q[cand])
-    key = ((lo[:, 0] << 26) | lo[:, 1]) << 1 | unit_y[cand]
+    key = _corner_key(lo) << 1 | unit_y[cand]
     order = np.argsort(key, kind="stable")
     sorted_key = key[order]
     twin = np.nonzero(sorted_key[1:] == sorted_key[:-1])[0]
@@ -211,7 +211,7 @@ def _linked(xy: np.ndarray, seg: np.ndarray, ring: np.ndarray) -> Polygon | None
     run_first = np.nonzero(~cont)[0]
     run_last = np.r_[run_first[1:], seg.size] - 1
     head, tail = xy[seg[run_first]], xy[seg[run_last] + 1]
-    head_key, tail_key = (head[:, 0] << 26) | head[:, 1], (tail[:, 0] << 26) | tail[:, 1]
+    head_key, tail_key = _corner_key(head), _corner_key(tail)
     order = np.argsort(head_key)
     sorted_key = head_key[order]
     if (sorted_key[1:] == sorted_key[:-1]).any():
@@ -232,6 +232,11 @@ def _linked(xy: np.ndarray, seg: np.ndarray, ring: np.ndarray) -> Polygon | None
     if shell.sum() != 1:
         return None
     return shapely.polygons(rings[shell][0], holes=rings[~shell])
+
+
+def _corner_key(xy: np.ndarray) -> np.ndarray:
+    """One int64 per integer pixel corner ``(x, y)`` (each below 2**26: 67 M px)."""
+    return (xy[:, 0] << 26) | xy[:, 1]
 
 
 def _cycles(nxt: np.ndarray) -> list[list[int]] | None:

@@ -70,9 +70,7 @@ def resolve_saddles(fg: np.ndarray, values: np.ndarray, fg_min: int,
     while True:
         fill_all = rounds >= max_rounds
         if touched is None or touched[0].size * _DENSE_SADDLE_SHARE >= windows:
-            a, b, c, d = fg[:-1, :-1], fg[:-1, 1:], fg[1:, :-1], fg[1:, 1:]
-            main = a & d & ~b & ~c  # foreground on the main diagonal
-            anti = b & c & ~a & ~d  # foreground on the anti-diagonal
+            main, anti = _checkerboards(fg[:-1, :-1], fg[:-1, 1:], fg[1:, :-1], fg[1:, 1:])
             n = int(np.count_nonzero(main)) + int(np.count_nonzero(anti))
             if n * _DENSE_SADDLE_SHARE >= windows:
                 _decide_dense(fg, values, fg_min, main, anti, fill_all)
@@ -154,9 +152,16 @@ def _saddles_near(fg: np.ndarray, touched: tuple[np.ndarray, np.ndarray]
     flat = np.sort(r[ok] * (w - 1) + q[ok])  # (np.unique hashes: several times slower)
     flat = flat[np.r_[True, flat[1:] != flat[:-1]]]
     r, q = flat // (w - 1), flat % (w - 1)
-    a, b, c, d = fg[r, q], fg[r, q + 1], fg[r + 1, q], fg[r + 1, q + 1]
-    saddle = (a & d & ~b & ~c) | (b & c & ~a & ~d)
+    main, anti = _checkerboards(fg[r, q], fg[r, q + 1], fg[r + 1, q], fg[r + 1, q + 1])
+    saddle = main | anti
     return r[saddle], q[saddle]
+
+
+def _checkerboards(a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Of 2x2 windows given by their pixels (``a b`` over ``c d``), those with foreground
+    only on the main diagonal (a, d) and those with it only on the anti-diagonal (b, c)."""
+    return a & d & ~b & ~c, b & c & ~a & ~d
 
 
 def _component_stats(labels: np.ndarray, values: np.ndarray, fg: np.ndarray,
