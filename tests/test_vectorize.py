@@ -488,3 +488,46 @@ def test_a_pixel_edge_ring_pinches_only_where_it_turns_at_a_corner_twice() -> No
     assert not _pinches(np.array([[0, 0], [1, 0], [1, 0], [1, 1], [0, 1]]))  # doubled corner
     eight = np.array([[0, 0], [1, 0], [1, 1], [2, 1], [2, 2], [1, 2], [1, 1], [0, 1]])
     assert _pinches(eight)  # two squares touching at (1, 1)
+    # Many rings at once give each ring's own answer, packed into one key or not.
+    from wsi_seg.stages.vectorize.chunk import _pinched
+
+    rings = [square, eight, np.vstack([eight, eight[:1]]), square + 5]
+    points, ring_of = np.concatenate(rings), np.repeat(np.arange(4), [len(r) for r in rings])
+    assert _pinched(points, ring_of, 4).tolist() == [False, True, True, False]
+    far = points.copy()
+    far[ring_of == 3] += 1 << 40  # coordinates too far apart for one int64 key
+    assert _pinched(far, ring_of, 4).tolist() == [False, True, True, False]
+
+
+@pytest.mark.parametrize("n_wanted", [40, 20_000])  # one histogram row per label / sorting
+def test_component_statistics_of_wanted_labels_only(n_wanted: int) -> None:
+    from wsi_seg.stages.vectorize.trace import _component_stats
+
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 30_000, (300, 300)).astype(np.int32)  # 0: background
+    values = rng.integers(0, 256, (300, 300)).astype(np.uint8)
+    wanted = np.zeros(30_000, dtype=bool)
+    wanted[rng.choice(np.arange(1, 30_000), n_wanted, replace=False)] = True
+    got = _component_stats(labels, values, wanted)
+    for label in [*np.nonzero(wanted)[0][:50], *np.nonzero(~wanted)[0][:50]]:
+        own = values[labels == label].astype(np.int64)
+        expected = [own.size, own.sum(), own.max(initial=0)] if wanted[label] else [0, 0, 0]
+        assert got[label].tolist() == expected
+
+
+def test_holes_are_the_same_labelled_8_or_4_connected_without_checkerboards() -> None:
+    # _fill_small_holes labels the background 8-connected (faster); with the saddles decided
+    # no two background pixels touch only at a corner, so the holes are the 4-connected ones.
+    from wsi_seg.stages.vectorize.trace import _fill_small_holes
+
+    rng = np.random.default_rng(5)
+    for _ in range(10):
+        values = (rng.random((120, 150)) * 255).astype(np.uint8)
+        fg = resolve_saddles(values >= 128, values, 128)
+        n, labels, cc, _ = cv2.connectedComponentsWithStats((~fg).view(np.uint8),
+                                                            connectivity=4)
+        x, y, w, h = (cc[:, k] for k in range(4))
+        inside = (x > 0) & (y > 0) & (x + w < 150) & (y + h < 120)
+        small = inside & (w * h < 12)
+        small[0] = False
+        assert np.array_equal(_fill_small_holes(fg, 12), fg | small[labels])

@@ -17,7 +17,6 @@ their shells get a vertex at every pixel corner on a chunk border
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 import cv2
@@ -101,68 +100,123 @@ class _Strips:
 
 def densify_on_grid_lines(ring: np.ndarray, spacing: int) -> np.ndarray:
     """Put a vertex at every integer point of the ring's segments that lie on a grid line
-    (``x`` or ``y`` a multiple of ``spacing``: the chunk borders).
+    (``x`` or ``y`` a multiple of ``spacing``: the chunk borders); returns the closed ring.
 
     Two pieces that meet across a chunk border then share identical unit segments there, which
-    makes them a valid polygon *coverage*, and ``shapely.coverage_union_all`` merges them
-    several times faster than a general overlay union.
+    makes them a valid polygon *coverage* that :mod:`.join` dissolves by dropping the edges
+    they share.
 
     Args:
         ring: ring of integer (x, y) vertices, shape (n, 2), closed or not.
         spacing: grid spacing (chunk edge) in pixels.
     """
     p = np.asarray(ring, dtype=np.int64)
-    if not np.array_equal(p[0], p[-1]):
-        p = np.vstack([p, p[:1]])  # OpenCV rings are open; the closing segment counts too
-    d = p[1:] - p[:-1]
-    on_line = (((d[:, 0] == 0) & (p[:-1, 0] % spacing == 0))
-               | ((d[:, 1] == 0) & (p[:-1, 1] % spacing == 0)))
+    if len(p) > 1 and np.array_equal(p[0], p[-1]):
+        p = p[:-1]
+    points, _ = _densified(p, np.zeros(len(p), dtype=np.int64), spacing)
+    return np.vstack([points, points[:1]])
+
+
+def _densified(points: np.ndarray, ring_of: np.ndarray, spacing: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`densify_on_grid_lines` of many open rings at once (``points``: their integer
+    corners one ring after another, ``ring_of``: each corner's ring, ascending); repeated
+    corners are dropped. Returns the new corners (still open) and their rings."""
+    n = len(points)
+    first = np.r_[True, ring_of[1:] != ring_of[:-1]]
+    nxt = np.arange(1, n + 1)
+    nxt[np.r_[first[1:], True]] = np.nonzero(first)[0]  # each ring's last corner: its first
+    d = points[nxt] - points
+    on_line = (((d[:, 0] == 0) & (points[:, 0] % spacing == 0))
+               | ((d[:, 1] == 0) & (points[:, 1] % spacing == 0)))
     steps = np.where(on_line, np.abs(d).sum(axis=1), 1)
-    steps[(d == 0).all(axis=1)] = 0  # repeated vertices: drop
-    if (steps == 1).all():
-        return p
-    seg = np.repeat(np.arange(len(d)), steps)
+    steps[(d == 0).all(axis=1)] = 0
+    seg = np.repeat(np.arange(n), steps)
     k = np.arange(seg.size) - np.repeat(np.cumsum(steps) - steps, steps)
-    points = p[:-1][seg] + np.sign(d)[seg] * k[:, None]
-    return np.vstack([points, p[:1]])
+    return points[seg] + np.sign(d)[seg] * k[:, None], ring_of[seg]
+
+
+def _pinches(ring: np.ndarray) -> bool:
+    """Whether a ring of integer pixel corners ``(n, 2)`` (open or closed) visits a corner
+    twice, other than by repeating it at once (OpenCV doubles some corners)."""
+    return bool(_pinched(np.asarray(ring), np.zeros(len(ring), dtype=np.int64), 1)[0])
+
+
+def _pinched(points: np.ndarray, ring_of: np.ndarray, n_rings: int) -> np.ndarray:
+    """Per ring, :func:`_pinches` of many rings at once (``points``: integer corners ring
+    after ring, ``ring_of``: each corner's ring, ascending, ``0 .. n_rings - 1``).
+
+    On pixel edges two stretches of a ring can only meet at a corner where both turn (four
+    boundary edges meet only at a checkerboard), so a ring without such a corner is simple.
+    """
+    x = points[:, 0].astype(np.int64) - int(points[:, 0].min(initial=0))
+    y = points[:, 1].astype(np.int64) - int(points[:, 1].min(initial=0))
+    ring = ring_of.astype(np.int64)
+    bx, by = int(x.max(initial=0)).bit_length(), int(y.max(initial=0)).bit_length()
+    if bx + by + max(n_rings, 1).bit_length() > 62:  # does not pack into one int64 key
+        return _pinched_by_rows(x, y, ring, n_rings)
+    key = (ring << (bx + by)) | (x << by) | y
+    key = key[np.r_[True, key[1:] != key[:-1]]]  # a corner repeated at once is one visit
+    ring = key >> (bx + by)
+    first = np.r_[True, ring[1:] != ring[:-1]]
+    last = np.r_[first[1:], True]
+    closing = last & ~first  # a closed ring's last corner repeats its first
+    closing[last] &= key[last] == key[first]
+    key = np.sort(key[~closing])
+    out = np.zeros(n_rings, dtype=bool)
+    out[key[1:][key[1:] == key[:-1]] >> (bx + by)] = True
+    return out
+
+
+def _pinched_by_rows(x: np.ndarray, y: np.ndarray, ring: np.ndarray, n_rings: int
+                     ) -> np.ndarray:
+    """:func:`_pinched` for coordinates too large to pack into one integer key."""
+    out = np.zeros(n_rings, dtype=bool)
+    for k in range(n_rings):
+        own = ring == k
+        xy = np.c_[x[own], y[own]]
+        xy = xy[np.r_[True, (xy[1:] != xy[:-1]).any(axis=1)]]
+        if len(xy) > 1 and (xy[0] == xy[-1]).all():
+            xy = xy[:-1]
+        out[k] = len(np.unique(xy, axis=0)) < len(xy)
+    return out
 
 
 def _areal(geom: BaseGeometry) -> list[Polygon]:
     return [p for p in shapely.get_parts(geom) if isinstance(p, Polygon) and not p.is_empty]
 
 
-def _piece(shell: np.ndarray, holes: np.ndarray, count: int, total: int, vmax: int,
-           spacing: int) -> _Piece:
-    """An open component (one cut by a chunk border) as a piece.
+def _pieces(shells: np.ndarray, shell_of: np.ndarray, holes: list[np.ndarray],
+            stats: np.ndarray, spacing: int) -> list[_Piece]:
+    """Open components (cut by a chunk border) as pieces, all at once.
 
     Without saddles (:func:`.trace.resolve_saddles`) every ring is simple and no hole touches
-    another ring, so the polygon is valid by construction. The shell is still checked: a
-    pixel-edge ring can only meet itself at a corner it turns at twice (:func:`_pinches`, far
-    cheaper than GEOS's validity test on a ragged shell); should it, the shell is repaired and
-    the piece marked ``suspect`` so its final polygons get the full validity check. The shell
-    is densified on the chunk borders (``spacing``) for the coverage union.
+    another ring, so the polygon is valid by construction. The shells are still checked: a
+    pixel-edge ring can only meet itself at a corner it turns at twice (:func:`_pinched`, far
+    cheaper than GEOS's validity test on a ragged shell); should one, it is repaired and the
+    piece marked ``suspect`` so its final polygons get the full validity check. The shells are
+    densified on the chunk borders (``spacing``) for the join.
+
+    Args:
+        shells: integer ``(x, y)`` corners of the pieces' shells (open rings, level pixel
+            edges), one after another; ``shell_of``: each corner's piece, ascending.
+        holes: per piece, its hole LinearRings; ``stats``: per piece, count, value sum and
+            value maximum (``(n, 3)``).
     """
-    shell_poly = Polygon(densify_on_grid_lines(shell, spacing))
-    if not _pinches(shell) or shell_poly.is_valid:
-        return _Piece(shell_poly, holes, count, total, vmax)
-    repaired = shapely.make_valid(shapely.polygons(shapely.linearrings(shell), holes=holes))
-    return _Piece(shapely.MultiPolygon(_areal(repaired)), np.empty(0, dtype=object),
-                  count, total, vmax, True)
-
-
-def _pinches(ring: np.ndarray) -> bool:
-    """Whether a ring of integer pixel corners ``(n, 2)`` (open or closed) visits a corner
-    twice, other than by repeating it at once (OpenCV doubles some corners).
-
-    On pixel edges two stretches of a ring can only meet at a corner where both turn (four
-    boundary edges meet only at a checkerboard), so a ring without such a corner is simple.
-    """
-    key = (ring[:, 0].astype(np.int64) << 32) | ring[:, 1].astype(np.int64)
-    key = key[np.r_[True, key[1:] != key[:-1]]]
-    if key.size > 1 and key[0] == key[-1]:
-        key = key[:-1]
-    key.sort()
-    return bool((key[1:] == key[:-1]).any())
+    n = len(holes)
+    dense, dense_of = _densified(shells, shell_of, spacing)
+    polys = shapely.polygons(shapely.linearrings(dense.astype(np.float64), indices=dense_of))
+    pinched = _pinched(shells, shell_of, n)
+    pieces = []
+    for k, ((count, total, vmax), own) in enumerate(zip(stats.tolist(), holes, strict=True)):
+        if not pinched[k] or polys[k].is_valid:
+            pieces.append(_Piece(polys[k], own, count, total, vmax))
+            continue
+        ring = shapely.linearrings(shells[shell_of == k].astype(np.float64))
+        repaired = shapely.make_valid(shapely.polygons(ring, holes=own))
+        pieces.append(_Piece(shapely.MultiPolygon(_areal(repaired)),
+                             np.empty(0, dtype=object), count, total, vmax, True))
+    return pieces
 
 
 def _ring_order(rings: _Rings, chosen: np.ndarray, key: np.ndarray) -> np.ndarray:
@@ -220,12 +274,14 @@ def _open_pieces(rings: _Rings, ring_label: np.ndarray, chosen: np.ndarray,
         holes = rings.linearrings(idx[is_hole], offset)
     hole_at = np.cumsum(is_hole) - is_hole  # position in `holes` of ring k, if a hole
     bounds = np.r_[np.nonzero(np.r_[True, ids[1:] != ids[:-1]])[0], idx.size]
-    for lo, hi in itertools.pairwise(bounds.tolist()):
-        r = idx[lo]
-        shell = rings.coords[rings.starts[r]:rings.starts[r + 1]] + offset
-        own = holes[hole_at[lo + 1]:hole_at[lo + 1] + hi - lo - 1] if hi > lo + 1 else holes[:0]
-        count, total, vmax = (int(v) for v in stats[ring_label[r]])
-        pieces[int(ids[lo])] = _piece(shell, own, count, total, vmax, spacing)
+    lo, hi = bounds[:-1], bounds[1:]
+    shells, shell_of = rings.points(idx[lo])  # each component's first ring: its shell
+    own = [holes[hole_at[a + 1]:hole_at[a + 1] + b - a - 1] if b > a + 1 else holes[:0]
+           for a, b in zip(lo.tolist(), hi.tolist(), strict=True)]
+    for k, piece in zip(ids[lo].tolist(), _pieces(shells + offset, shell_of, own,
+                                                 stats[ring_label[idx[lo]]], spacing),
+                        strict=True):
+        pieces[k] = piece
     return pieces
 
 
@@ -263,7 +319,7 @@ def _chunk_pieces(block: np.ndarray, fg: np.ndarray, row0: int, col0: int, frame
     keep[0] = False
     if not keep.any():
         return _Batch.empty(), [], strips
-    stats = _component_stats(labels, values, fg, keep)
+    stats = _component_stats(labels, values, keep)
     if not keep[1:].all():
         fg = keep[labels]
     local_id = np.full(n, -1, dtype=np.int64)
@@ -296,8 +352,8 @@ def _full_chunk(block: np.ndarray, row0: int, col0: int, frame: PixelFrame,
     if not any(touches):
         return (_Batch(np.array([Polygon(corners)], dtype=object), stats,
                        np.zeros(1, dtype=bool)), [], strips)
-    count, total, vmax = (int(v) for v in stats[0])
-    box = _piece(corners, np.empty(0, dtype=object), count, total, vmax, frame.chunk_px)
+    [box] = _pieces(corners[:-1], np.zeros(4, dtype=np.int64), [np.empty(0, dtype=object)],
+                    stats, frame.chunk_px)
     for strip in (strips.top, strips.bottom, strips.left, strips.right):
         strip[:] = 0
     return _Batch.empty(), [box], strips
