@@ -524,7 +524,7 @@ def test_holes_are_the_same_labelled_8_or_4_connected_without_checkerboards() ->
     for _ in range(10):
         values = (rng.random((120, 150)) * 255).astype(np.uint8)
         fg = resolve_saddles(values >= 128, values, 128)
-        n, labels, cc, _ = cv2.connectedComponentsWithStats((~fg).view(np.uint8),
+        _, labels, cc, _ = cv2.connectedComponentsWithStats((~fg).view(np.uint8),
                                                             connectivity=4)
         x, y, w, h = (cc[:, k] for k in range(4))
         inside = (x > 0) & (y > 0) & (x + w < 150) & (y + h < 120)
