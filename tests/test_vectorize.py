@@ -531,3 +531,15 @@ def test_holes_are_the_same_labelled_8_or_4_connected_without_checkerboards() ->
         small = inside & (w * h < 12)
         small[0] = False
         assert np.array_equal(_fill_small_holes(fg, 12), fg | small[labels])
+
+
+def test_a_vertex_exactly_at_the_tolerance_is_kept() -> None:
+    # A 1 px bump on a pixel-edge outline lies exactly 1 px (the tolerance) from the shortcut
+    # that would cut it off; ties are kept, so 1 px inlets and spurs are not folded flat.
+    from wsi_seg.stages.vectorize import simplify_polygons
+
+    bump = Polygon([(0, 0), (10, 0), (10, 10), (6, 10), (6, 11), (5, 11), (5, 10), (0, 10)])
+    [kept] = simplify_polygons(np.array([bump], dtype=object), 1.0)
+    assert kept.bounds[3] == 11  # the bump's tip stays
+    [cut] = simplify_polygons(np.array([bump], dtype=object), 1.01)
+    assert cut.bounds[3] == 10
