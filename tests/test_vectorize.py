@@ -508,7 +508,8 @@ def test_component_statistics_of_wanted_labels_only(n_wanted: int) -> None:
     values = rng.integers(0, 256, (300, 300)).astype(np.uint8)
     wanted = np.zeros(30_000, dtype=bool)
     wanted[rng.choice(np.arange(1, 30_000), n_wanted, replace=False)] = True
-    got = _component_stats(labels, values, wanted)
+    got, kept = _component_stats(labels, values, wanted)
+    assert np.array_equal(kept, wanted[labels])
     for label in [*np.nonzero(wanted)[0][:50], *np.nonzero(~wanted)[0][:50]]:
         own = values[labels == label].astype(np.int64)
         expected = [own.size, own.sum(), own.max(initial=0)] if wanted[label] else [0, 0, 0]

@@ -319,9 +319,7 @@ def _chunk_pieces(block: np.ndarray, fg: np.ndarray, row0: int, col0: int, frame
     keep[0] = False
     if not keep.any():
         return _Batch.empty(), [], strips
-    stats = _component_stats(labels, values, keep)
-    if not keep[1:].all():
-        fg = keep[labels]
+    stats, fg = _component_stats(labels, values, keep)
     local_id = np.full(n, -1, dtype=np.int64)
     local_id[is_open] = np.arange(int(is_open.sum()))
     _write_strips(strips, local_id, labels, (r0, r1, c0, c1))

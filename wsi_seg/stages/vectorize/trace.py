@@ -164,10 +164,11 @@ def _checkerboards(a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray
     return a & d & ~b & ~c, b & c & ~a & ~d
 
 
-def _component_stats(labels: np.ndarray, values: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+def _component_stats(labels: np.ndarray, values: np.ndarray, wanted: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray]:
     """Per label, ``(pixel count, value sum, value max)`` over its pixels, as an
-    ``(n_labels, 3)`` int64 array; rows of labels not ``wanted`` (a boolean per label; label 0,
-    the background, never is) are 0.
+    ``(n_labels, 3)`` int64 array whose rows of labels not ``wanted`` (a boolean per label;
+    label 0, the background, never is) are 0; and the mask of the wanted labels' pixels.
 
     Only the wanted labels are counted: a noise map has 10^5 components a chunk, nearly all
     too small to keep. Each pixel's label goes through one lookup table (unwanted labels and
@@ -179,10 +180,11 @@ def _component_stats(labels: np.ndarray, values: np.ndarray, wanted: np.ndarray)
     out = np.zeros((n, 3), dtype=np.int64)
     ids = np.nonzero(wanted)[0]
     if not ids.size:
-        return out
+        return out, np.zeros(labels.shape, dtype=bool)
     row = np.full(n, ids.size, dtype=np.int32)
     row[ids] = np.arange(ids.size, dtype=np.int32)
     key = row[labels]
+    kept = key < ids.size
     if (ids.size + 1) * 256 <= 1 << 22:  # one histogram row per label
         key <<= 8
         np.bitwise_or(key, values, out=key, casting="unsafe")  # values are 0..255
@@ -192,10 +194,9 @@ def _component_stats(labels: np.ndarray, values: np.ndarray, wanted: np.ndarray)
         out[ids, 0] = count
         out[ids, 1] = hist @ np.arange(256, dtype=np.int64)
         out[ids, 2] = np.where(count > 0, 255 - np.argmax(hist[:, ::-1] > 0, axis=1), 0)
-        return out
-    key = key.ravel()
-    inside = key < ids.size
-    key, val = key[inside].astype(np.int64), values.ravel()[inside]
+        return out, kept
+    inside = kept.ravel()
+    key, val = key.ravel()[inside].astype(np.int64), values.ravel()[inside]
     out[ids, 0] = np.bincount(key, minlength=ids.size)
     out[ids, 1] = np.bincount(key, weights=val, minlength=ids.size).astype(np.int64)
     key = np.sort(key * 256 + val)  # many labels: sort instead of a huge histogram
@@ -203,7 +204,7 @@ def _component_stats(labels: np.ndarray, values: np.ndarray, wanted: np.ndarray)
     vmax = np.zeros(ids.size, dtype=np.int64)
     vmax[key[last] >> 8] = key[last] & 255
     out[ids, 2] = vmax
-    return out
+    return out, kept
 
 
 def _fill_small_holes(fg: np.ndarray, min_px: float) -> np.ndarray:
