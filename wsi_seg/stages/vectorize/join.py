@@ -116,8 +116,7 @@ def _merge_group(live: list[_Piece], min_hole_px: float, spacing: int) -> _Batch
             shell = shapely.coverage_union_all(shells)
     parts = _areal(shell)
     if min_hole_px > 0 and any(p.interiors for p in parts):
-        parts = [Polygon(p.exterior, [r for r in p.interiors if Polygon(r).area >= min_hole_px])
-                 for p in parts]
+        parts = [_without_small_holes(p, min_hole_px) for p in parts]
     owned: list[list[np.ndarray]] = [[] for _ in parts]
     for piece in live:
         if piece.holes.size:
@@ -129,6 +128,13 @@ def _merge_group(live: list[_Piece], min_hole_px: float, spacing: int) -> _Batch
                       max(p.vmax for p in live)], dtype=np.int64)
     return _Batch(np.array(polys, dtype=object), np.tile(stats, (len(polys), 1)),
                   np.full(len(polys), suspect))
+
+
+def _without_small_holes(poly: Polygon, min_hole_px: float) -> Polygon:
+    """``poly`` with its holes under ``min_hole_px`` (area, raster pixels) filled."""
+    holes = shapely.get_interior_ring(poly, np.arange(shapely.get_num_interior_rings(poly)))
+    big = shapely.area(shapely.polygons(holes)) >= min_hole_px
+    return poly if big.all() else shapely.polygons(poly.exterior, holes=holes[big])
 
 
 def _part_of(piece: _Piece, parts: list[Polygon]) -> int:
