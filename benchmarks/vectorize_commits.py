@@ -55,8 +55,11 @@ def measure(tree: Path, mosaic: Path, workers: int, repeats: int) -> list[float]
     """Wall seconds of ``repeats`` calls in one fresh process running ``tree``'s code."""
     out = subprocess.run([sys.executable, "-c", CHILD, str(mosaic), str(workers), str(repeats),
                           str(tree)],
-                         check=True, capture_output=True, text=True,
+                         capture_output=True, text=True,
                          env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin"}, cwd=tree)
+    if out.returncode:
+        last = (out.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise SystemExit(f"vectorize_commits: {tree.name} on {mosaic}: {last}")
     return [float(line) for line in out.stdout.split()]
 
 
