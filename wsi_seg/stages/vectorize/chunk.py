@@ -243,7 +243,7 @@ def _closed_batch(rings: _Rings, ring_label: np.ndarray, chosen: np.ndarray,
     ring_geoms = rings.linearrings(idx, offset)
     first = np.r_[True, lab[1:] != lab[:-1]]  # the shell of each component comes first
     polys = shapely.polygons(ring_geoms, indices=np.cumsum(first) - 1)
-    # Valid by construction (see _piece); a cheap check of the shells catches the unexpected
+    # Valid by construction (see _pieces); a cheap check of the shells catches the unexpected
     # (a pinch, or a component with no or two outer borders), which _finish then repairs.
     shell_count = np.add.reduceat((~rings.is_hole[idx]).astype(np.int64), np.nonzero(first)[0])
     suspect = (shell_count != 1) | rings.is_hole[idx[first]]
