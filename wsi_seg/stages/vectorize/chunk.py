@@ -149,10 +149,12 @@ def _pinched(points: np.ndarray, ring_of: np.ndarray, n_rings: int) -> np.ndarra
     On pixel edges two stretches of a ring can only meet at a corner where both turn (four
     boundary edges meet only at a checkerboard), so a ring without such a corner is simple.
     """
-    x = points[:, 0].astype(np.int64) - int(points[:, 0].min(initial=0))
-    y = points[:, 1].astype(np.int64) - int(points[:, 1].min(initial=0))
+    if not len(points):
+        return np.zeros(n_rings, dtype=bool)
+    x = points[:, 0].astype(np.int64) - int(points[:, 0].min())
+    y = points[:, 1].astype(np.int64) - int(points[:, 1].min())
     ring = ring_of.astype(np.int64)
-    bx, by = int(x.max(initial=0)).bit_length(), int(y.max(initial=0)).bit_length()
+    bx, by = int(x.max()).bit_length(), int(y.max()).bit_length()
     if bx + by + max(n_rings, 1).bit_length() > 62:  # does not pack into one int64 key
         return _pinched_by_rows(x, y, ring, n_rings)
     key = (ring << (bx + by)) | (x << by) | y
