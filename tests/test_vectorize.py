@@ -481,7 +481,10 @@ def test_pieces_dissolve_into_the_coverage_union(monkeypatch: pytest.MonkeyPatch
 
 
 def test_a_pixel_edge_ring_pinches_only_where_it_turns_at_a_corner_twice() -> None:
-    from wsi_seg.stages.vectorize.chunk import _pinches
+    from wsi_seg.stages.vectorize.chunk import _pinched
+
+    def _pinches(ring: np.ndarray) -> bool:
+        return bool(_pinched(ring, np.zeros(len(ring), dtype=np.int64), 1)[0])
 
     square = np.array([[0, 0], [2, 0], [2, 2], [0, 2]])
     assert not _pinches(square) and not _pinches(np.vstack([square, square[:1]]))
@@ -489,8 +492,6 @@ def test_a_pixel_edge_ring_pinches_only_where_it_turns_at_a_corner_twice() -> No
     eight = np.array([[0, 0], [1, 0], [1, 1], [2, 1], [2, 2], [1, 2], [1, 1], [0, 1]])
     assert _pinches(eight)  # two squares touching at (1, 1)
     # Many rings at once give each ring's own answer, packed into one key or not.
-    from wsi_seg.stages.vectorize.chunk import _pinched
-
     rings = [square, eight, np.vstack([eight, eight[:1]]), square + 5]
     points, ring_of = np.concatenate(rings), np.repeat(np.arange(4), [len(r) for r in rings])
     assert _pinched(points, ring_of, 4).tolist() == [False, True, True, False]

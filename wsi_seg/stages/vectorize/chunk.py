@@ -136,15 +136,10 @@ def _densified(points: np.ndarray, ring_of: np.ndarray, spacing: int
     return points[seg] + np.sign(d)[seg] * k[:, None], ring_of[seg]
 
 
-def _pinches(ring: np.ndarray) -> bool:
-    """Whether a ring of integer pixel corners ``(n, 2)`` (open or closed) visits a corner
-    twice, other than by repeating it at once (OpenCV doubles some corners)."""
-    return bool(_pinched(np.asarray(ring), np.zeros(len(ring), dtype=np.int64), 1)[0])
-
-
 def _pinched(points: np.ndarray, ring_of: np.ndarray, n_rings: int) -> np.ndarray:
-    """Per ring, :func:`_pinches` of many rings at once (``points``: integer corners ring
-    after ring, ``ring_of``: each corner's ring, ascending, ``0 .. n_rings - 1``).
+    """Per ring, whether it visits a pixel corner twice, other than by repeating it at once
+    (OpenCV doubles some corners). ``points``: integer corners ring after ring, each ring
+    open or closed; ``ring_of``: each corner's ring, ascending, ``0 .. n_rings - 1``.
 
     On pixel edges two stretches of a ring can only meet at a corner where both turn (four
     boundary edges meet only at a checkerboard), so a ring without such a corner is simple.
