@@ -25,7 +25,7 @@ from wsi_seg.stages.card import (
     unsafe_parts,
     verify_model_file,
 )
-from wsi_seg.stages.models import build_patch_cnn, build_unet, preprocess, preprocess_tf
+from wsi_seg.stages.models import build_patch_cnn, build_unet, preprocess
 
 
 def _unet_card(size: int = 32, channels: int = 3) -> ModelCard:
@@ -77,25 +77,7 @@ def test_outputs_stay_float32_under_mixed_precision() -> None:
     assert patch.outputs[0].dtype == "float32"
 
 
-# -- preprocessing ------------------------------------------------------------------------------
-@pytest.mark.parametrize("channels", [1, 3])
-@pytest.mark.parametrize("norm", ["divide_255", "minus1_1"])
-def test_preprocess_numpy_and_tf_agree(channels: int, norm: str) -> None:
-    rng = np.random.default_rng(1)
-    tiles = rng.integers(0, 256, (3, 17, 19, 3), dtype=np.uint8)
-    card = ModelCard(kind="unet", input_size_px=16, channels=channels, mpp=1.0,
-                     normalisation=norm)
-    a = preprocess(tiles, card)
-    b = np.asarray(preprocess_tf(tiles, channels, norm))
-    assert a.dtype == np.float32 and a.shape == (3, 17, 19, channels)
-    np.testing.assert_array_equal(a, b)  # bit-identical, not merely close
-    # float input (colour-jittered tiles in training) takes the same path
-    jittered = tiles.astype(np.float32) * 0.9
-    np.testing.assert_array_equal(
-        preprocess(jittered, card), np.asarray(preprocess_tf(jittered, channels, norm))
-    )
-
-
+# -- preprocessing (the one rule across libraries: tests/test_preprocess.py) ---------------------
 def test_preprocess_values() -> None:
     white = np.full((1, 2, 2, 3), 255, np.uint8)
     grey_card = ModelCard(kind="patch", input_size_px=50, channels=1, mpp=4.0)

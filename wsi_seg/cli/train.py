@@ -60,8 +60,10 @@ def _common(p: argparse.ArgumentParser, default_loss: str, default_batch: int) -
     m = p.add_argument_group("model")
     m.add_argument("--channels", type=int, choices=(1, 3), default=3,
                    help="1: greyscale input (converted from RGB), 3: RGB (default)")
-    m.add_argument("--normalisation", choices=("divide_255", "minus1_1"), default="divide_255",
-                   help="input scaling after greyscale conversion (default divide_255: 0..1)")
+    m.add_argument("--normalisation", choices=("divide_255", "minus1_1", "imagenet"),
+                   default="divide_255",
+                   help="input scaling after greyscale conversion (default divide_255: 0..1; "
+                        "imagenet: per-channel ImageNet mean and std, RGB only)")
     m.add_argument("--threshold", type=float, default=0.5,
                    help="probability at or above which the card calls tumour (default 0.5)")
     m.add_argument("--kernel-size", type=int, default=3, help="convolution kernel, px (3)")

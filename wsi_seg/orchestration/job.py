@@ -24,8 +24,8 @@ from wsi_seg.core.files import decode_json, write_json_atomic
 from wsi_seg.core.naming import REPORT, TRUTH_PATTERNS, slide_identity, slide_stem
 from wsi_seg.stages.blend import BlendSpec, blend_mode
 from wsi_seg.stages.card import ModelCard, bundled_model_path, read_card, sha256_file
-from wsi_seg.stages.infer import InferConfig
-from wsi_seg.stages.mosaic import MosaicGeometry, create_mosaic
+from wsi_seg.stages.infer import InferConfig, served_card
+from wsi_seg.stages.mosaic import MosaicClass, MosaicGeometry, create_mosaic
 from wsi_seg.stages.slide import Slide, open_slide
 from wsi_seg.stages.tiling import Block, BlockPlan, plan_blocks, step_for
 from wsi_seg.stages.tissue import TissueConfig, TissueMask, find_tissue
@@ -260,14 +260,14 @@ def _layout(slide: Slide, tissue: TissueMask, model: _Model, config: RunConfig) 
     card, mpp = model.card, model.card.mpp
     w_px, h_px = slide.size_w(mpp)
     f = slide.level0_px_per_px(mpp)
-    roi = card.input_size_px
+    roi = card.window_px
     step = config.stride_px or step_for(roi, config.overlap)
     try:
         blend = blend_mode(card.kind, config.blend)
     except ValueError as exc:
         raise WsiSegError(str(exc)) from None
     spec = BlendSpec(roi, step, blend, config.sigma_scale,
-                     config.infer.batch_size or CHUNK_WINDOWS)
+                     config.infer.batch_size or CHUNK_WINDOWS, card.n_maps)
     plan = plan_blocks(w_px, h_px, roi, step, config.block_px, config.chunk_px,
                        tissue.keep_windows(f))
     geom = MosaicGeometry(h_px, w_px, mpp, float(slide.origin_x0), float(slide.origin_y0),
@@ -312,7 +312,8 @@ def prepare_slide(slide_path: Path, config: RunConfig, name: str | None = None) 
     """
     identity = slide_identity(slide_path)
     model_path = config.resolved_model()
-    model = _Model(model_path, read_card(model_path), sha256_file(model_path))
+    model = _Model(model_path, served_card(read_card(model_path), config.infer, model_path),
+                   sha256_file(model_path))
     with open_slide(slide_path, mpp=config.slide_mpp) as slide:
         slide.choose_level(model.card.mpp)  # a model the slide cannot serve fails here
         tissue = find_tissue(slide, config.tissue)
@@ -326,7 +327,8 @@ def prepare_slide(slide_path: Path, config: RunConfig, name: str | None = None) 
                       "slide_identity": identity})
     stem = name or slide_stem(slide_path)
     work_dir = config.out_dir / f".{stem}{PARTIAL_SUFFIX}"
-    done = _open_work_dir(work_dir, digest, layout.geom, layout.provenance)
+    done = _open_work_dir(work_dir, digest, layout.geom, layout.provenance,
+                          mosaic_classes(model.card))
     plan = layout.plan
     tasks = tuple(BlockTask(b, *plan.windows_of(b)) for b in plan.blocks if b.key not in done)
     return SlideJob(
@@ -364,8 +366,16 @@ def _drop_stray_temporaries(work_dir: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def mosaic_classes(card: ModelCard) -> tuple[MosaicClass, ...]:
+    """The class image's channels for a model that keeps class maps (none otherwise)."""
+    if not card.class_maps:
+        return ()
+    return tuple(MosaicClass(card.class_names[i], card.color_of(i))
+                 for i in range(card.n_outputs))
+
+
 def _open_work_dir(work_dir: Path, digest: str, geom: MosaicGeometry,
-                   provenance: dict[str, Any]) -> set[str]:
+                   provenance: dict[str, Any], classes: tuple[MosaicClass, ...]) -> set[str]:
     """Reuse a matching work directory (returning its finished blocks) or start a fresh one."""
     stamp = work_dir / "config.json"
     if stamp.is_file():
@@ -381,6 +391,6 @@ def _open_work_dir(work_dir: Path, digest: str, geom: MosaicGeometry,
         shutil.rmtree(work_dir)
     work_dir.mkdir(parents=True)
     (work_dir / MARKERS).mkdir()
-    create_mosaic(work_dir / "mask.zarr", geom, provenance=provenance)
+    create_mosaic(work_dir / "mask.zarr", geom, provenance=provenance, classes=classes)
     write_json_atomic(stamp, {"digest": digest})
     return set()

@@ -1,10 +1,12 @@
 """One compiled, fixed-shape forward pass per Keras backend, on the device it was asked for.
 
 An :class:`Engine` turns a ``(batch, roi, roi, 3)`` **uint8** batch into float32 probabilities:
-``(batch, roi, roi)`` for a UNet, ``(batch,)`` for a patch classifier. The cast to float,
-greyscale conversion and normalisation happen inside the compiled graph
-(:func:`wsi_seg.stages.models.preprocess_ops`), so only bytes cross to the device, and the output is
-sliced to the one channel we keep before it comes back.
+``(batch, roi, roi)`` for a UNet, ``(batch,)`` for a patch classifier, with a last axis of the
+tumour probability and each class's for a model whose card keeps class maps. The cast to
+float, greyscale conversion and normalisation happen inside the compiled graph
+(:func:`wsi_seg.stages.models.preprocess_ops`), and so do the card's activation for a logits
+head and the tumour probability of several tumour classes (:func:`_head`): only bytes cross to
+the device, and only what is kept comes back.
 
 Work is split in two calls so the caller can overlap them: :meth:`Engine.launch` sends a batch
 and starts the computation without waiting for it (JAX and TensorFlow on a GPU dispatch
@@ -162,14 +164,33 @@ def mixed_precision_clone(model: Any) -> Any:
     return fp16
 
 
-def _head(y: Any, kind: str) -> Any:
-    """The one value kept per output: channel 0 of a UNet, the first score of a patch model."""
+def _head(y: Any, card: ModelCard) -> Any:
+    """What is kept of the model's output (float32): the tumour probability per pixel
+    (``(n, h, w)``; ``(n,)`` for a patch model), and, when the card keeps class maps, every
+    class's probability after it (``(n, h, w, 1 + C)``; ``(n, 1 + C)``).
+
+    Logits get the card's activation here, inside the compiled pass. The tumour probability is
+    the sum of the tumour classes' probabilities when classes are exclusive (softmax), the
+    largest of them when they are not (independent sigmoids). A one-channel model keeps
+    channel 0 as it is: the same operations as before classes existed, the same bytes.
+    """
     import keras
 
-    y = keras.ops.cast(y, "float32")
-    if kind == "unet":
-        return y[..., 0]
-    return keras.ops.reshape(y, (y.shape[0], -1))[:, 0]
+    ops = keras.ops
+    y = ops.cast(y, "float32")
+    if card.kind != "unet":
+        y = ops.reshape(y, (y.shape[0], -1))
+    if card.activation == "sigmoid":
+        y = ops.sigmoid(y)
+    elif card.activation == "softmax":
+        y = ops.softmax(y, axis=-1)
+    first, *rest = card.tumour_indices
+    tumour = y[..., first]
+    for i in rest:
+        tumour = tumour + y[..., i] if card.exclusive else ops.maximum(tumour, y[..., i])
+    if not card.class_maps:
+        return tumour
+    return ops.concatenate([ops.expand_dims(tumour, -1), y], axis=-1)
 
 
 def _want_gpu(device: str, found: int, backend: str) -> bool:
@@ -180,8 +201,12 @@ def _want_gpu(device: str, found: int, backend: str) -> bool:
     return device != "cpu" and found > 0
 
 
-def _maybe_mixed(model: Any, mixed: bool, on_gpu: bool) -> Any:
+def _maybe_mixed(model: Any, mixed: bool, on_gpu: bool, card: ModelCard) -> Any:
     if not mixed:
+        return model
+    if card.precision == "float32":
+        log.warning("the model card says %s runs in float32 only; mixed precision not used",
+                    card.name or "this model")
         return model
     if on_gpu:
         return mixed_precision_clone(model)
@@ -210,14 +235,13 @@ class TensorFlowEngine:
             except RuntimeError:
                 log.debug("GPU visibility already fixed in this process")
         self.device = "/GPU:0" if on_gpu else "/CPU:0"
-        model = _maybe_mixed(model, mixed_precision, on_gpu)
-        roi, kind = card.input_size_px, card.kind
+        model = _maybe_mixed(model, mixed_precision, on_gpu, card)
+        roi, norm = card.window_px, card.input_norm
         shape = (batch_size, roi, roi, 3)
 
         @tf.function(input_signature=[tf.TensorSpec(shape, tf.uint8)])
         def forward(x: Any) -> Any:
-            return _head(model(preprocess_ops(x, card.channels, card.normalisation),
-                               training=False), kind)
+            return _head(model(preprocess_ops(x, norm), training=False), card)
 
         self._forward = forward
 
@@ -248,19 +272,18 @@ class JaxEngine:
         on_gpu = _want_gpu(device, len(gpus), "JAX")
         self._device = gpus[0] if on_gpu else jax.devices("cpu")[0]
         self.device = f"{self._device.platform}:{self._device.id}"
-        model = _maybe_mixed(model, mixed_precision, on_gpu)
+        model = _maybe_mixed(model, mixed_precision, on_gpu, card)
         self._tv = [jax.device_put(v.value, self._device) for v in model.trainable_variables]
         self._ntv = [jax.device_put(v.value, self._device)
                      for v in model.non_trainable_variables]
-        kind, channels, norm = card.kind, card.channels, card.normalisation
+        norm = card.input_norm
 
         def forward(tv: Any, ntv: Any, x: Any) -> Any:
-            y, _ = model.stateless_call(tv, ntv, preprocess_ops(x, channels, norm),
-                                        training=False)
-            return _head(y, kind)
+            y, _ = model.stateless_call(tv, ntv, preprocess_ops(x, norm), training=False)
+            return _head(y, card)
 
         self._forward = jax.jit(forward)
-        self._shape = (batch_size, card.input_size_px, card.input_size_px, 3)
+        self._shape = (batch_size, card.window_px, card.window_px, 3)
 
     def launch(self, batch_u8: np.ndarray) -> Any:
         import jax
@@ -284,7 +307,7 @@ class TorchEngine:
         on_gpu = _want_gpu(device, int(torch.cuda.is_available()), "PyTorch")
         self._device = torch.device("cuda:0" if on_gpu else "cpu")
         self.device = str(self._device)
-        model = _maybe_mixed(model, mixed_precision, on_gpu)
+        model = _maybe_mixed(model, mixed_precision, on_gpu, card)
         model.to(self._device)
         self._model, self._card = model, card
         self._pin = on_gpu
@@ -299,8 +322,8 @@ class TorchEngine:
         with torch.inference_mode():
             x = x.to(self._device, non_blocking=True)
             c = self._card
-            y = self._model(self._preprocess(x, c.channels, c.normalisation), training=False)
-            return _head(y, c.kind)
+            y = self._model(self._preprocess(x, c.input_norm), training=False)
+            return _head(y, c)
 
     def fetch(self, handle: Any) -> np.ndarray:
         return np.asarray(handle.detach().cpu().numpy(), dtype=np.float32)
@@ -321,7 +344,7 @@ class SimulatedEngine:
     def __init__(self, card: ModelCard, batch_size: int, seconds_per_batch: float) -> None:
         if seconds_per_batch <= 0:
             raise ModelError("the simulated device needs a positive time per batch")
-        self._roi, self._kind = card.input_size_px, card.kind
+        self._roi, self._kind, self._maps = card.window_px, card.kind, card.n_maps
         self._s = seconds_per_batch
         self._stream = ThreadPoolExecutor(1, thread_name_prefix="wsi-seg-simulated-device")
         self._lock = threading.Lock()
@@ -332,8 +355,8 @@ class SimulatedEngine:
             t = time.perf_counter()
             time.sleep(self._s)
             n = len(batch_u8)
-            out = (np.zeros((n, self._roi, self._roi), np.float32) if self._kind == "unet"
-                   else np.zeros((n,), np.float32))
+            shape: tuple[int, ...] = (n, self._roi, self._roi) if self._kind == "unet" else (n,)
+            out = np.zeros(shape + ((self._maps,) if self._maps > 1 else ()), np.float32)
             self._busy_s += time.perf_counter() - t
         return out
 

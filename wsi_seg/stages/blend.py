@@ -24,7 +24,8 @@ from wsi_seg.stages.slide import BACKGROUND_RGB as PAD_VALUE
 from wsi_seg.stages.tiling import Block, step_for, window_starts
 
 #: ``predict(tiles)`` maps ``(n, roi, roi, 3)`` uint8 RGB tiles to ``(n, roi, roi)`` float32
-#: probabilities (a patch classifier broadcasts its score over the patch).
+#: probabilities (a patch classifier broadcasts its score over the patch), or to
+#: ``(n, roi, roi, M)`` for M maps (the tumour probability, then each class's).
 PredictFn = Callable[[np.ndarray], np.ndarray]
 
 BLEND_MODES = ("gaussian", "hann", "constant")
@@ -79,6 +80,8 @@ class BlendSpec:
         sigma_scale: Gaussian sigma as a fraction of ``roi_px``.
         batch_size: windows a block hands the predictor at a time (the predictor's own
             batch is fixed and independent of this; it does not change any value).
+        n_maps: values per pixel the predictor returns: 1 (tumour probability) or 1 + C
+            (then each class's); each is blended on its own, by the same rule.
     """
 
     roi_px: int
@@ -86,6 +89,11 @@ class BlendSpec:
     mode: str = "gaussian"
     sigma_scale: float = 0.125
     batch_size: int = 8
+    n_maps: int = 1
+
+    def map_shape(self, h_px: int, w_px: int) -> tuple[int, ...]:
+        """Shape of a blended ``h_px x w_px`` region: ``(h, w)``, or ``(h, w, n_maps)``."""
+        return (h_px, w_px) if self.n_maps == 1 else (h_px, w_px, self.n_maps)
 
     def weights(self) -> np.ndarray:
         return importance_map(self.roi_px, self.mode, self.sigma_scale)
@@ -148,13 +156,14 @@ def accumulate(
     cut and must return once image rows ``[0, rows_px)`` are there (a read streamed in bands,
     so the first windows reach the device before the block is read).
 
-    Returns ``(num, den)``, float32 arrays of the image's height and width.
+    Returns ``(num, den)``, float32 arrays of the image's height and width (``num`` with a last
+    axis of ``spec.n_maps`` when there are several maps: C maps cost C times a block).
     """
     h, w = image.shape[:2]
     roi = spec.roi_px
     weight = spec.weights()
     submit = _submitter(predict)
-    num = np.zeros((h, w), np.float32)
+    num = np.zeros(spec.map_shape(h, w), np.float32)
     den = np.zeros((h, w), np.float32)
     coords = _kept_windows(origin_xw, origin_yw, starts_y, starts_x, keep)
     queued: deque[tuple[list[tuple[int, int]], Future[np.ndarray]]] = deque()
@@ -204,14 +213,19 @@ def _cut_windows(image: np.ndarray, chunk: list[tuple[int, int]], roi: int) -> n
 
 def _blend_into(num: np.ndarray, den: np.ndarray, chunk: list[tuple[int, int]],
                 probs: np.ndarray, weight: np.ndarray, roi: int) -> None:
-    """Add each window's weighted prediction and its weight, in ``chunk``'s order."""
+    """Add each window's weighted prediction and its weight, in ``chunk``'s order (each map
+    of a multi-map prediction by the same float32 operations as a single map)."""
+    pw = weight if num.ndim == 2 else weight[..., None]
     for k, (y, x) in enumerate(chunk):
-        num[y : y + roi, x : x + roi] += probs[k] * weight
+        num[y : y + roi, x : x + roi] += probs[k] * pw
         den[y : y + roi, x : x + roi] += weight
 
 
 def normalise(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    """``num / den`` where any window covered the pixel, 0 elsewhere (float32)."""
+    """``num / den`` where any window covered the pixel, 0 elsewhere (float32); ``num`` may
+    carry a last axis of maps."""
+    if num.ndim == den.ndim + 1:
+        den = den[..., None]
     out = np.zeros_like(num)
     np.divide(num, den, out=out, where=den > 0)
     return out
@@ -232,6 +246,7 @@ def sliding_window_inference(
     batch_size: int = 8,
     step_px: int | None = None,
     keep: np.ndarray | None = None,
+    n_maps: int = 1,
 ) -> np.ndarray:
     """Blend a model over a whole in-memory working-resolution image (the specification).
 
@@ -245,9 +260,10 @@ def sliding_window_inference(
         step_px: explicit step in pixels (overrides ``overlap``).
         keep: optional bool ``(n_rows, n_cols)`` mask over the window grid; windows left out
             contribute nothing (pixels covered by none are 0).
+        n_maps: values per pixel ``predict`` returns (its results then ``(n, roi, roi, n_maps)``).
 
     Returns:
-        ``(H, W)`` float32 probabilities.
+        ``(H, W)`` float32 probabilities (``(H, W, n_maps)`` for several maps).
     """
     h, w = image.shape[:2]
     step = step_px or step_for(roi_px, overlap)
@@ -260,7 +276,7 @@ def sliding_window_inference(
     pad_x1 = max(0, int(sx[-1]) + roi_px - w)
     padded = np.pad(image, ((pad_y0, pad_y1), (pad_x0, pad_x1), (0, 0)),
                     constant_values=PAD_VALUE)
-    spec = BlendSpec(roi_px, step, mode, sigma_scale, batch_size)
+    spec = BlendSpec(roi_px, step, mode, sigma_scale, batch_size, n_maps)
     num, den = accumulate(padded, -pad_x0, -pad_y0, sy, sx, keep, predict, spec)
     return normalise(num, den)[pad_y0 : pad_y0 + h, pad_x0 : pad_x0 + w]
 
@@ -302,12 +318,12 @@ def blend_block(
     ``starts_x`` and ``keep`` are the plan's window grid restricted to the block's window
     ranges (:meth:`BlockPlan.windows_of`). Owned pixels outside the image are covered by no
     kept window and are 0. ``ready``: see :func:`accumulate`. Returns float32
-    ``(block.h_px, block.w_px)``.
+    ``(block.h_px, block.w_px)`` (with a last axis of ``spec.n_maps`` for several maps).
     """
     num, den = accumulate(image, image_xw, image_yw, starts_y, starts_x, keep, predict, spec,
                           times, ready)
     t = time.perf_counter()
-    prob = np.zeros((block.h_px, block.w_px), np.float32)
+    prob = np.zeros(spec.map_shape(block.h_px, block.w_px), np.float32)
     # Intersection of the owned region with the image, in both frames.
     top_yw, left_xw = max(block.yw, image_yw), max(block.xw, image_xw)
     bottom_yw = min(block.yw + block.h_px, image_yw + image.shape[0])

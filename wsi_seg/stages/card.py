@@ -3,8 +3,15 @@
 A model is two files side by side::
 
     MODEL.keras   Keras 3 archive (architecture + weights, no custom code)
-    MODEL.json    the card: kind, input size/channels, µm per pixel, normalisation, threshold,
+    MODEL.json    the card: kind, input size/channels, µm per pixel, normalisation, what the
+                  output is (activation, classes, which classes are tumour), threshold,
                   training data, validation scores, versions and the archive's sha256
+
+Cards of format 1 (every card written before classes existed) mean what they meant: one
+sigmoid output channel, the tumour probability. A card states format 2 only when it uses
+something format 1 cannot say, and writes only the fields it uses, so the card (and the mosaic
+metadata that quotes it) of a format-1 model stays byte for byte what it was. The fields are
+documented for users in ``docs/model-card.md``.
 
 :func:`load_model` refuses anything it cannot vouch for, each with one line naming the file:
 a file that is not a Keras archive, a missing or malformed card, a card that does not match the
@@ -42,8 +49,40 @@ from wsi_seg.core.files import (
 )
 
 CARD_FORMAT = "wsi-seg-model-card/1"
+CARD_FORMAT_2 = "wsi-seg-model-card/2"
+CARD_FORMATS = (CARD_FORMAT, CARD_FORMAT_2)
 KINDS = ("unet", "patch")
-NORMALISATIONS = ("divide_255", "minus1_1")
+NORMALISATIONS = ("divide_255", "minus1_1", "imagenet", "mean_std")
+#: Per-channel mean and std (of ``x / 255``, RGB order) of the ``imagenet`` preset: the values
+#: torchvision and keras-hub backbones were trained with.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+#: What the model's last layer emits: probabilities through a sigmoid (each channel on its
+#: own) or a softmax (over channels), or raw scores (logits) to which the compiled forward
+#: pass applies a sigmoid (one channel) or a softmax (several).
+OUTPUTS = ("sigmoid", "softmax", "logits")
+#: Window used for a model whose input size is undefined when neither its card nor the run
+#: names one (pixels; rounded up to the model's size multiple).
+DEFAULT_TILE_PX = 256
+MAX_CLASSES = 64
+#: QuPath's own colours for its built-in classes (``PathClassFactory``), matched by name
+#: without case; other classes take :data:`PALETTE` in order.
+QUPATH_COLORS: dict[str, tuple[int, int, int]] = {
+    "tumor": (200, 0, 0), "tumour": (200, 0, 0), "stroma": (150, 200, 150),
+    "immune cells": (160, 90, 160), "necrosis": (50, 50, 50), "other": (255, 200, 0),
+    "region*": (0, 0, 180), "ignore*": (180, 180, 180), "positive": (200, 50, 50),
+    "negative": (112, 112, 225),
+}
+PALETTE: tuple[tuple[int, int, int], ...] = (
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+)
+#: Fields a format-1 card cannot hold, with their defaults (which mean what format 1 meant).
+_FORMAT_2_DEFAULTS: dict[str, Any] = {
+    "mean": None, "std": None, "output": "sigmoid", "classes": (), "tumour_classes": (),
+    "background_classes": (), "class_colors": (), "size_multiple_px": 1, "tile_px": None,
+    "precision": None,
+}
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"  # wsi_seg/weights
 BUNDLED = {"unet": "unet_demo.keras", "patch": "patch_demo.keras"}
 
@@ -62,19 +101,77 @@ INFLATION_FLOOR = 64 * MiB
 
 
 @dataclass(frozen=True)
+class InputNorm:
+    """How RGB tiles become model input: greyscale or not, then the scaling (one rule for
+    training and inference, :func:`wsi_seg.stages.models.scale_input`).
+
+    Attributes:
+        channels: 1 (greyscale, BT.601 luma) or 3 (RGB).
+        normalisation: ``divide_255`` (to [0, 1]), ``minus1_1`` (to [-1, 1]), ``imagenet``
+            (``(x / 255 - mean) / std`` with :data:`IMAGENET_MEAN` and :data:`IMAGENET_STD`) or
+            ``mean_std`` (the same with ``mean`` and ``std`` given).
+        mean, std: per-channel mean and standard deviation of ``x / 255`` (``mean_std`` only;
+            one value per channel).
+    """
+
+    channels: int = 3
+    normalisation: str = "divide_255"
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        problems = _norm_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+        """``(mean, std)`` of ``x / 255`` per channel, or None for a plain scaling."""
+        if self.normalisation == "imagenet":
+            return IMAGENET_MEAN, IMAGENET_STD
+        if self.normalisation == "mean_std":
+            assert self.mean is not None and self.std is not None  # checked on creation
+            return self.mean, self.std
+        return None
+
+
+def _norm_problems(n: InputNorm) -> list[str]:
+    p: list[str] = []
+    if n.channels not in (1, 3):
+        p.append(f"channels must be 1 or 3, not {n.channels!r}")
+    if n.normalisation not in NORMALISATIONS:
+        p.append(f"normalisation must be one of {NORMALISATIONS}, not {n.normalisation!r}")
+    if n.normalisation == "imagenet" and n.channels != 3:
+        p.append("normalisation 'imagenet' needs 3 channels (use mean_std for greyscale)")
+    given = (n.mean is not None, n.std is not None)
+    if n.normalisation == "mean_std":
+        for what, values in (("mean", n.mean), ("std", n.std)):
+            if values is None or len(values) != n.channels or not all(
+                    isinstance(v, int | float) and math.isfinite(v) for v in values):
+                p.append(f"normalisation 'mean_std' needs {what} as {n.channels} finite "
+                         f"number(s) (one per channel, of x / 255), not {values!r}")
+        if n.std is not None and any(isinstance(v, int | float) and v <= 0 for v in n.std):
+            p.append(f"std must be positive, not {n.std!r}")
+    elif any(given):
+        p.append(f"mean and std belong to normalisation 'mean_std', not {n.normalisation!r}")
+    return p
+
+
+@dataclass(frozen=True)
 class ModelCard:
     """What a model is and how to feed it.
 
     Attributes:
-        kind: ``"unet"`` (dense probability, output ``(n, h, w, 1)``) or ``"patch"`` (one
-            probability per patch, output ``(n, 1)``).
-        input_size_px: side of the square input tile, pixels.
+        kind: ``"unet"`` (dense output ``(n, h, w, C)``) or ``"patch"`` (one output per patch,
+            ``(n, C)``).
+        input_size_px: side of the square input tile, pixels; None for a fully convolutional
+            model that takes any multiple of ``size_multiple_px`` (the run's window is then
+            ``tile_px``, or the run's ``--tile``).
         channels: 1 (greyscale, converted from RGB by :func:`wsi_seg.stages.models.preprocess`) or
-        3.
+            3.
         mpp: resolution the model was trained at, micrometres per pixel.
-        normalisation: input scaling applied after greyscale conversion: ``"divide_255"``
-            (to [0, 1]) or ``"minus1_1"`` (to [-1, 1]).
-        threshold: probability at or above which a pixel/patch counts as tumour.
+        normalisation: input scaling applied after greyscale conversion (:class:`InputNorm`).
+        threshold: probability at or above which a pixel/patch counts as tumour (and as any
+            class, for the per-class polygons).
         trained_on: free text saying exactly which data trained the model.
         validation: held-out scores, metric name -> value (e.g. ``{"dice": 0.87}``).
         versions: ``{"wsi_seg": ..., "tensorflow": ..., "keras": ...}`` at save time.
@@ -83,6 +180,23 @@ class ModelCard:
         training: hyper-parameters, epochs run, seconds per epoch, ...
         created: UTC time the card was written, ISO 8601.
         name: short model name.
+        mean, std: per-channel mean and std of ``x / 255`` (normalisation ``mean_std``).
+        output: ``sigmoid``, ``softmax`` or ``logits`` (:data:`OUTPUTS`): what the last layer
+            emits.
+        classes: names of the output channels, in order (QuPath class names); empty: one
+            channel, the tumour probability.
+        tumour_classes: the classes whose probabilities, summed (softmax) or the largest
+            (sigmoid), make the tumour probability that drives the mosaic, polygons and
+            scores.
+        background_classes: classes that get no polygons or areas of their own (they are the
+            rest of the slide).
+        class_colors: ``[r, g, b]`` per class (0..255); empty: QuPath's colour for its own
+            class names, then a fixed palette.
+        size_multiple_px: an undefined input's side must be a multiple of this (the model's
+            total downsampling); 1 for a fixed input.
+        tile_px: the window for an undefined input when the run names none.
+        precision: ``"float32"`` when the model must never run in reduced precision; None
+            when any precision the run asks for is fine.
         extra: keys from newer card versions, kept on round trip.
     """
 
@@ -100,6 +214,16 @@ class ModelCard:
     training: dict[str, Any] = field(default_factory=dict)
     created: str = ""
     name: str = ""
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    output: str = "sigmoid"
+    classes: tuple[str, ...] = ()
+    tumour_classes: tuple[str, ...] = ()
+    background_classes: tuple[str, ...] = ()
+    class_colors: tuple[tuple[int, int, int], ...] = ()
+    size_multiple_px: int = 1
+    tile_px: int | None = None
+    precision: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -107,15 +231,111 @@ class ModelCard:
         if problems:
             raise ValueError("; ".join(problems))
 
+    # -- input ------------------------------------------------------------------------------
+    @property
+    def input_norm(self) -> InputNorm:
+        return InputNorm(self.channels, self.normalisation, self.mean, self.std)
+
+    @property
+    def window_px(self) -> int:
+        """The side of the window the model is run on (pixels): its fixed input size, else
+        ``tile_px``, else :data:`DEFAULT_TILE_PX` rounded up to ``size_multiple_px``."""
+        if self.input_size_px is not None:
+            return self.input_size_px
+        if self.tile_px is not None:
+            return self.tile_px
+        m = self.size_multiple_px
+        return -(-DEFAULT_TILE_PX // m) * m
+
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        """``(h, w, c)`` of one model input."""
-        return (self.input_size_px, self.input_size_px, self.channels)
+        """``(h, w, c)`` of one model input as it is run."""
+        return (self.window_px, self.window_px, self.channels)
 
+    def at_tile(self, tile_px: int | None) -> ModelCard:
+        """The card with the run's window: ``tile_px`` (None keeps the card's). ValueError
+        when the model cannot take it (a fixed input of another size, or a side that is not
+        a multiple of ``size_multiple_px``)."""
+        if tile_px is None or tile_px == self.window_px:
+            return self
+        if self.input_size_px is not None:
+            raise ValueError(f"the model takes {self.input_size_px} px tiles only (its input "
+                             f"is fixed); drop --tile {tile_px} or use --tile "
+                             f"{self.input_size_px}")
+        m = self.size_multiple_px
+        if tile_px % m or tile_px < 8:
+            near = max(1, round(tile_px / m), -(-8 // m)) * m
+            raise ValueError(f"--tile {tile_px} is not a multiple of {m} px (the model's total "
+                             f"downsampling) of at least 8; use e.g. --tile {near}")
+        return dataclasses.replace(self, tile_px=tile_px)
+
+    # -- output -----------------------------------------------------------------------------
+    @property
+    def n_outputs(self) -> int:
+        """Channels of the model's output (1 for a card without classes)."""
+        return max(1, len(self.classes))
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """Names of the output channels (``("Tumor",)`` for a card without classes)."""
+        return self.classes or ("Tumor",)
+
+    @property
+    def tumour_indices(self) -> tuple[int, ...]:
+        """Output channels that make the tumour probability."""
+        if not self.classes:
+            return (0,)
+        return tuple(self.classes.index(c) for c in self.tumour_classes)
+
+    @property
+    def activation(self) -> str:
+        """The activation that turns the output into probabilities: ``sigmoid`` (each channel
+        on its own) or ``softmax`` (over channels); ``none`` when the model applies it."""
+        if self.output != "logits":
+            return "none"
+        return "sigmoid" if self.n_outputs == 1 else "softmax"
+
+    @property
+    def exclusive(self) -> bool:
+        """Whether the classes are exclusive (probabilities sum to 1: a softmax)."""
+        return self.output == "softmax" or (self.output == "logits" and self.n_outputs > 1)
+
+    @property
+    def class_maps(self) -> bool:
+        """Whether runs also store, trace and score each class: when the tumour probability
+        does not already say everything (three or more exclusive classes, or two or more
+        independent ones)."""
+        return self.n_outputs > (2 if self.exclusive else 1)
+
+    @property
+    def n_maps(self) -> int:
+        """Values a run keeps per pixel: the tumour probability, then (with
+        :attr:`class_maps`) every class's probability in output order."""
+        return 1 + self.n_outputs if self.class_maps else 1
+
+    @property
+    def mapped_classes(self) -> tuple[int, ...]:
+        """Channels that get polygons and areas of their own (all but the background)."""
+        return tuple(i for i, c in enumerate(self.classes) if c not in self.background_classes)
+
+    def color_of(self, index: int) -> tuple[int, int, int]:
+        """``(r, g, b)`` of output channel ``index``."""
+        if self.class_colors:
+            r, g, b = self.class_colors[index]
+            return (int(r), int(g), int(b))
+        return default_color(self.class_names[index], index)
+
+    # -- JSON ---------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         extra = d.pop("extra")
-        return _finite({"format": CARD_FORMAT, **d, **extra})
+        new = {k: v for k, v in d.items()
+               if k in _FORMAT_2_DEFAULTS and v != _FORMAT_2_DEFAULTS[k]
+               and not (isinstance(v, list) and not v)}
+        # A format-1 card is written exactly as format 1 wrote it (same keys, same order).
+        d = {k: v for k, v in d.items() if k not in _FORMAT_2_DEFAULTS}
+        fmt = CARD_FORMAT_2 if new or self.input_size_px is None else CARD_FORMAT
+        return _finite({"format": fmt, **d, **new, **extra})
 
     def to_json(self) -> str:
         """Strict JSON (undefined scores such as an empty-vs-empty IoU become ``null``)."""
@@ -127,12 +347,16 @@ class ModelCard:
         if not isinstance(d, dict):
             raise ValueError("card is not a JSON object")
         d = dict(d)
-        d.pop("format", None)
+        fmt = d.pop("format", CARD_FORMAT)
+        if fmt not in CARD_FORMATS:
+            raise ValueError(f"card format {fmt!r} is not one this wsi-seg reads "
+                             f"({', '.join(CARD_FORMATS)}); upgrade wsi-seg")
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         missing = [k for k in ("kind", "input_size_px", "channels", "mpp") if k not in d]
         if missing:
             raise ValueError(f"card lacks {', '.join(missing)}")
-        known = {k: v for k, v in d.items() if k in names}
+        known = {k: _tuples(v) if k in _FORMAT_2_DEFAULTS else v
+                 for k, v in d.items() if k in names}
         extra = {k: v for k, v in d.items() if k not in names}
         return cls(**known, extra=extra)
 
@@ -144,6 +368,20 @@ class ModelCard:
             raise ValueError(f"card is not valid JSON ({exc.msg} at line {exc.lineno})") from None
         except RecursionError:  # json.loads on input nested deeper than the recursion limit
             raise ValueError("card is not valid JSON (nested too deeply)") from None
+
+
+def _tuples(value: Any) -> Any:
+    """JSON lists as tuples, nested (the card's sequence fields are tuples)."""
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    return value
+
+
+def default_color(name: str, index: int) -> tuple[int, int, int]:
+    """QuPath's colour for one of its own class names, else the palette's ``index``-th."""
+    key = name.casefold()
+    return QUPATH_COLORS.get(key, QUPATH_COLORS.get(f"{key}*",
+                                                    PALETTE[index % len(PALETTE)]))
 
 
 def _finite(node: Any) -> Any:
@@ -162,16 +400,80 @@ def card_problems(card: ModelCard) -> list[str]:
     p: list[str] = []
     if card.kind not in KINDS:
         p.append(f"kind must be one of {KINDS}, not {card.kind!r}")
-    if not isinstance(card.input_size_px, int) or card.input_size_px < 8:
-        p.append(f"input_size_px must be an integer >= 8, not {card.input_size_px!r}")
-    if card.channels not in (1, 3):
-        p.append(f"channels must be 1 or 3, not {card.channels!r}")
+    if card.input_size_px is not None and (not isinstance(card.input_size_px, int)
+                                           or card.input_size_px < 8):
+        p.append(f"input_size_px must be an integer >= 8 (or null: any size), "
+                 f"not {card.input_size_px!r}")
     if not isinstance(card.mpp, int | float) or not 0.01 <= float(card.mpp) <= 100:
         p.append(f"mpp must be a resolution in µm/px (0.01-100), not {card.mpp!r}")
-    if card.normalisation not in NORMALISATIONS:
-        p.append(f"normalisation must be one of {NORMALISATIONS}, not {card.normalisation!r}")
+    p += _norm_problems(_loose_norm(card))
     if not isinstance(card.threshold, int | float) or not 0.0 < float(card.threshold) < 1.0:
         p.append(f"threshold must lie in (0, 1), not {card.threshold!r}")
+    p += _size_problems(card)
+    p += _output_problems(card)
+    if card.precision not in (None, "float32"):
+        p.append(f"precision must be null or 'float32', not {card.precision!r}")
+    return p
+
+
+def _loose_norm(card: ModelCard) -> InputNorm:
+    """The card's input rule, unchecked (its problems are reported with the card's)."""
+    n = object.__new__(InputNorm)
+    for k, v in (("channels", card.channels), ("normalisation", card.normalisation),
+                 ("mean", card.mean), ("std", card.std)):
+        object.__setattr__(n, k, v)
+    return n
+
+
+def _size_problems(card: ModelCard) -> list[str]:
+    p: list[str] = []
+    m = card.size_multiple_px
+    if not isinstance(m, int) or not 1 <= m <= 4096:
+        return [f"size_multiple_px must be an integer in 1..4096, not {m!r}"]
+    if card.input_size_px is not None and m != 1 and card.input_size_px % m:
+        p.append(f"input_size_px {card.input_size_px} is not a multiple of size_multiple_px {m}")
+    t = card.tile_px
+    if t is not None:
+        if not isinstance(t, int) or t < 8 or t % m:
+            p.append(f"tile_px must be an integer >= 8 and a multiple of {m}, not {t!r}")
+        elif card.input_size_px is not None and t != card.input_size_px:
+            p.append(f"tile_px {t} differs from the fixed input size {card.input_size_px}")
+    return p
+
+
+def _output_problems(card: ModelCard) -> list[str]:
+    """The output fields: activation, classes, tumour and background classes, colours."""
+    p: list[str] = []
+    if card.output not in OUTPUTS:
+        p.append(f"output must be one of {OUTPUTS}, not {card.output!r}")
+    classes = card.classes
+    if not isinstance(classes, tuple) or not all(isinstance(c, str) and c.strip()
+                                                 for c in classes):
+        return [*p, f"classes must be a list of non-empty names, not {classes!r}"]
+    if len(classes) > MAX_CLASSES:
+        p.append(f"{len(classes)} classes; at most {MAX_CLASSES}")
+    if len({c.casefold() for c in classes}) != len(classes):
+        p.append(f"class names must be distinct (case aside): {list(classes)}")
+    if len(classes) == 1:
+        p.append("one class needs no name list: leave classes empty (the output is the "
+                 "tumour probability)")
+    if card.output == "softmax" and len(classes) < 2:
+        p.append("a softmax output needs at least 2 classes (name them, e.g. "
+                 "background,tumour)")
+    for what, names in (("tumour_classes", card.tumour_classes),
+                        ("background_classes", card.background_classes)):
+        unknown = [c for c in names if c not in classes]
+        if unknown:
+            p.append(f"{what} {unknown} are not among the classes {list(classes)}")
+    if classes and not card.tumour_classes:
+        p.append(f"tumour_classes must name which of {list(classes)} are tumour")
+    if set(card.tumour_classes) & set(card.background_classes):
+        p.append("a class cannot be both tumour and background")
+    colors = card.class_colors
+    if colors and (len(colors) != len(card.class_names) or not all(
+            isinstance(c, tuple) and len(c) == 3
+            and all(isinstance(v, int) and 0 <= v <= 255 for v in c) for c in colors)):
+        p.append(f"class_colors must be one [r, g, b] (0..255) per class, not {colors!r}")
     return p
 
 
@@ -365,10 +667,12 @@ def declared_input_shape(config: dict[str, Any]) -> tuple[Any, ...] | None:
 
 def _input_problem(in_shape: tuple[Any, ...], card: ModelCard) -> str | None:
     """Why a model input of ``in_shape`` (batch first) does not fit the card, or None."""
-    if in_shape == (None, card.input_size_px, card.input_size_px, card.channels):
+    size = card.input_size_px
+    if in_shape == (None, size, size, card.channels):
         return None
+    want = "any" if size is None else f"{size}x{size}"
     return (f"model input {_shape(in_shape)} does not match the card "
-            f"({card.input_size_px}x{card.input_size_px}x{card.channels})")
+            f"({want}x{card.channels})")
 
 
 def unsafe_parts(config: Any) -> list[str]:
@@ -411,9 +715,8 @@ def check_model_matches_card(model: Any, card: ModelCard, path: str | os.PathLik
         problem = f"model has {len(model.inputs)} inputs; wsi-seg feeds one"
     if problem:
         raise ModelError(problem, path)
-    want_out = (
-        (None, card.input_size_px, card.input_size_px, 1) if card.kind == "unet" else (None, 1)
-    )
+    size, c = card.input_size_px, card.n_outputs
+    want_out = (None, size, size, c) if card.kind == "unet" else (None, c)
     if len(model.outputs) != 1 or out_shape != want_out:
         raise ModelError(
             f"model output {_shape(out_shape)} does not fit a {card.kind!r} model "
@@ -423,7 +726,9 @@ def check_model_matches_card(model: Any, card: ModelCard, path: str | os.PathLik
 
 
 def _shape(shape: tuple[Any, ...]) -> str:
-    return "(" + ", ".join("n" if s is None else str(s) for s in shape) + ")"
+    """``(n, 64, 64, 3)``: the batch axis as n, undefined sizes as ?."""
+    dims = ["?" if d is None else str(d) for d in shape]
+    return "(" + ", ".join(["n", *dims[1:]] if dims else []) + ")"
 
 
 def verify_model_file(path: str | os.PathLike[str]) -> ModelCard:

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from wsi_seg.core.errors import ModelError
 from wsi_seg.stages.backends import (
     Engine,
     SimulatedEngine,
@@ -68,6 +69,9 @@ class InferConfig:
         threads: TensorFlow intra-op threads per process (None: TensorFlow's default).
         simulate_batch_s: when > 0, no model runs: a simulated accelerator takes this many
             seconds per batch (tests and benchmarks of the CPU side; outputs are zeros).
+        tile_px: the window, pixels, for a model whose input size is undefined (None: its
+            card's); a fixed-input model takes only its own size
+            (:meth:`~wsi_seg.stages.card.ModelCard.at_tile`).
     """
 
     batch_size: int | None = None
@@ -75,6 +79,7 @@ class InferConfig:
     device: str = "auto"
     threads: int | None = None
     simulate_batch_s: float = 0.0
+    tile_px: int | None = None
 
 
 @dataclass
@@ -137,13 +142,14 @@ class Predictor:
         compile its forward pass for this process's backend and device."""
         p = Path(path) if path is not None else bundled_model_path("unet")
         if config.simulate_batch_s > 0:
-            card = verify_model_file(p)
+            card = served_card(verify_model_file(p), config, p)
             batch = config.batch_size or GPU_BATCH
             return cls(SimulatedEngine(card, batch, config.simulate_batch_s), card, batch, p)
         if keras_backend() == "tensorflow":
             import_tensorflow_quietly(config.device)
             configure_cpu_threads(config.threads)
         model, card = load_model(p)
+        card = served_card(card, config, p)
         batch = config.batch_size or _default_batch(config.device)
         engine = make_engine(model, card, batch, config.device, config.mixed_precision)
         return cls(engine, card, batch, p)
@@ -151,7 +157,13 @@ class Predictor:
     # -- the contract ---------------------------------------------------------------------------
     @property
     def roi_px(self) -> int:
-        return self.card.input_size_px
+        return self.card.window_px
+
+    @property
+    def n_maps(self) -> int:
+        """Values per pixel in results: 1 (the tumour probability, results ``(n, roi, roi)``)
+        or 1 + C with class maps (``(n, roi, roi, 1 + C)``)."""
+        return self.card.n_maps
 
     @property
     def batch_size(self) -> int:
@@ -162,13 +174,16 @@ class Predictor:
         return self.engine.device
 
     def submit(self, tiles: np.ndarray) -> Future[np.ndarray]:
-        """Queue ``(n, roi, roi, 3)`` uint8 tiles; the future holds ``(n, roi, roi)`` float32."""
+        """Queue ``(n, roi, roi, 3)`` uint8 tiles; the future holds ``(n, roi, roi)`` float32
+        (``(n, roi, roi, 1 + C)`` with class maps)."""
         roi = self.roi_px
         if tiles.ndim != 4 or tiles.shape[1:] != (roi, roi, 3):
             raise ValueError(f"tiles must be (n, {roi}, {roi}, 3), not {tiles.shape}")
         n = len(tiles)
         fut: Future[np.ndarray] = Future()
-        shape = (n, roi, roi) if self.card.kind == "unet" else (n,)
+        shape: tuple[int, ...] = (n, roi, roi) if self.card.kind == "unet" else (n,)
+        if self.n_maps > 1:
+            shape += (self.n_maps,)
         req = _Request(np.ascontiguousarray(tiles, np.uint8), np.empty(shape, np.float32), fut,
                        n)
         if n == 0:
@@ -284,9 +299,19 @@ class Predictor:
     def _result(self, req: _Request) -> np.ndarray:
         if self.card.kind == "unet":
             return req.out
-        # Patch classifier: one score painted over the patch's footprint.
+        # Patch classifier: one score (or one per map) painted over the patch's footprint.
         roi = self.roi_px
-        return np.broadcast_to(req.out[:, None, None], (len(req.out), roi, roi))
+        return np.broadcast_to(req.out[:, None, None], (len(req.out), roi, roi,
+                                                        *req.out.shape[1:]))
+
+
+def served_card(card: ModelCard, config: InferConfig, path: Path) -> ModelCard:
+    """The card as this run serves it: with the run's window (``config.tile_px``) checked
+    against the model; ModelError naming the file otherwise."""
+    try:
+        return card.at_tile(config.tile_px)
+    except ValueError as exc:
+        raise ModelError(str(exc), path) from None
 
 
 def _default_batch(device: str) -> int:

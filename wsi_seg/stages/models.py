@@ -10,9 +10,11 @@ Two kinds of model, both from standard Keras layers only (so files load in safe 
 The last layer of both is a float32 sigmoid ``Activation``: under mixed precision everything
 else computes in float16 but the probabilities (and the loss on them) stay float32.
 
-:func:`preprocess` (NumPy, used at inference) and :func:`preprocess_tf` (TensorFlow, used inside
-``tf.data`` at training) implement the same arithmetic in the same order, so the model never sees
-inputs scaled differently from how it was trained; a test holds them equal.
+:func:`scale_input` is the one input rule (greyscale, then the card's scaling), written once
+for every array library: :func:`preprocess` (NumPy), :func:`preprocess_tf` (``tf.data`` at
+training) and :func:`preprocess_ops` (inside the compiled forward pass at inference, on any
+Keras backend) only cast and call it, so the model never sees inputs scaled differently from how
+it was trained; tests hold the three equal on TensorFlow and JAX.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from wsi_seg.core.errors import ModelError
+from wsi_seg.stages.card import InputNorm
 
 if TYPE_CHECKING:
     import keras
@@ -196,78 +199,80 @@ def build_model(kind: str, **kwargs: Any) -> keras.Model:
 
 
 # -- preprocessing -------------------------------------------------------------------------------
-def preprocess(tiles_uint8_nhwc_rgb: np.ndarray, card: ModelCard) -> np.ndarray:
-    """Model input from RGB tiles: greyscale if ``card.channels == 1``, then normalisation.
+def scale_input(x: Any, norm: InputNorm, const: Any = None) -> Any:
+    """THE input rule, for training and inference alike: greyscale (BT.601 luma, when the model
+    takes one channel), then the card's scaling.
+
+    ``x`` is a float32 ``(..., h, w, 3)`` (or ``(..., h, w, 1)``) array of 0..255 values of any
+    array library whose arrays take Python operators and NumPy float32 constants (NumPy,
+    TensorFlow, ``keras.ops`` tensors of every backend): this is the one place where the
+    arithmetic is written, and each caller only casts. The order of operations is part of the
+    rule (it fixes float32 rounding). ``const`` turns the per-channel mean and std (float32
+    NumPy vectors) into the library's arrays where its operators do not take NumPy's.
+    """
+    if norm.channels == 1 and x.shape[-1] == 3:
+        r, g, b = (np.float32(w) for w in GREY_WEIGHTS)
+        x = (x[..., 0:1] * r + x[..., 1:2] * g) + x[..., 2:3] * b
+    if norm.normalisation == "divide_255":
+        return x / np.float32(255.0)
+    if norm.normalisation == "minus1_1":
+        return x / np.float32(127.5) - np.float32(1.0)
+    mean_std = norm.mean_std()
+    if mean_std is None:
+        raise ModelError(f"unknown input normalisation {norm.normalisation!r}")
+    mean, std = (np.asarray(v, np.float32) for v in mean_std)
+    if const is not None:
+        mean, std = const(mean), const(std)
+    return (x / np.float32(255.0) - mean) / std
+
+
+def _norm(card_or_norm: ModelCard | InputNorm) -> InputNorm:
+    return card_or_norm if isinstance(card_or_norm, InputNorm) else card_or_norm.input_norm
+
+
+def preprocess(tiles_uint8_nhwc_rgb: np.ndarray, card: ModelCard | InputNorm) -> np.ndarray:
+    """Model input from RGB tiles, in NumPy (:func:`scale_input`).
 
     Args:
         tiles_uint8_nhwc_rgb: ``(n, h, w, 3)`` (or one ``(h, w, 3)`` tile) RGB values 0..255,
             uint8 (float values in 0..255 are accepted too, e.g. after colour jitter).
             Greyscale input ``(..., 1)`` is accepted for a 1-channel model.
-        card: the model's card (channels, normalisation).
+        card: the model's card, or its :class:`~wsi_seg.stages.card.InputNorm`.
 
     Returns:
-        float32 array of the same leading shape with ``card.channels`` channels.
+        float32 array of the same leading shape with the model's channels.
     """
+    norm = _norm(card)
     x = np.asarray(tiles_uint8_nhwc_rgb)
     if x.ndim not in (3, 4) or x.shape[-1] not in (1, 3):
         raise ModelError(f"tiles must be (n, h, w, 3) RGB, not shape {x.shape}")
-    x = x.astype(np.float32, copy=False)
-    if card.channels == 1 and x.shape[-1] == 3:
-        r, g, b = (np.float32(w) for w in GREY_WEIGHTS)
-        # Same operation order as preprocess_tf, so float32 rounding is identical.
-        x = (x[..., 0:1] * r + x[..., 1:2] * g) + x[..., 2:3] * b
-    elif card.channels == 3 and x.shape[-1] == 1:
+    if norm.channels == 3 and x.shape[-1] == 1:
         raise ModelError("model expects RGB tiles but got greyscale ones")
-    return _normalise_np(x, card.normalisation)
+    out = scale_input(x.astype(np.float32, copy=False), norm)
+    return np.asarray(out, dtype=np.float32)
 
 
-def _normalise_np(x: np.ndarray, normalisation: str) -> np.ndarray:
-    if normalisation == "divide_255":
-        return (x / np.float32(255.0)).astype(np.float32, copy=False)
-    if normalisation == "minus1_1":
-        return (x / np.float32(127.5) - np.float32(1.0)).astype(np.float32, copy=False)
-    raise ModelError(f"unknown input normalisation {normalisation!r}")
-
-
-def preprocess_tf(tiles: tf.Tensor, channels: int, normalisation: str) -> tf.Tensor:
-    """TensorFlow twin of :func:`preprocess` for ``tf.data`` pipelines (same arithmetic).
+def preprocess_tf(tiles: tf.Tensor, norm: InputNorm) -> tf.Tensor:
+    """:func:`scale_input` on TensorFlow tensors, for ``tf.data`` pipelines.
 
     Args:
         tiles: ``(..., h, w, 3)`` RGB, any numeric dtype, values 0..255.
-        channels: 1 or 3, as in the card.
-        normalisation: as in the card.
+        norm: the model's input rule.
     """
     import tensorflow as tf
 
-    x = tf.cast(tiles, tf.float32)
-    if channels == 1 and x.shape[-1] == 3:
-        r, g, b = (tf.constant(w, tf.float32) for w in GREY_WEIGHTS)
-        x = (x[..., 0:1] * r + x[..., 1:2] * g) + x[..., 2:3] * b
-    if normalisation == "divide_255":
-        return x / tf.constant(255.0, tf.float32)
-    if normalisation == "minus1_1":
-        return x / tf.constant(127.5, tf.float32) - tf.constant(1.0, tf.float32)
-    raise ModelError(f"unknown input normalisation {normalisation!r}")
+    return scale_input(tf.cast(tiles, tf.float32), norm, tf.constant)
 
 
-def preprocess_ops(tiles: Any, channels: int, normalisation: str) -> Any:
-    """Backend-neutral twin of :func:`preprocess` (``keras.ops``), run inside a compiled
-    forward pass so uint8 tiles go to the device and are normalised there (same arithmetic,
-    same order as the NumPy and TensorFlow versions).
+def preprocess_ops(tiles: Any, norm: InputNorm) -> Any:
+    """:func:`scale_input` on ``keras.ops`` tensors of the active backend, run inside a
+    compiled forward pass so uint8 tiles go to the device and are normalised there.
 
     Args:
         tiles: ``(..., h, w, 3)`` RGB tensor of the active backend, any numeric dtype, 0..255.
-        channels: 1 or 3, as in the card.
-        normalisation: as in the card.
+        norm: the model's input rule.
     """
     from keras import ops
 
-    x = ops.cast(tiles, "float32")
-    if channels == 1 and x.shape[-1] == 3:
-        r, g, b = (np.float32(w) for w in GREY_WEIGHTS)
-        x = (x[..., 0:1] * r + x[..., 1:2] * g) + x[..., 2:3] * b
-    if normalisation == "divide_255":
-        return x / np.float32(255.0)
-    if normalisation == "minus1_1":
-        return x / np.float32(127.5) - np.float32(1.0)
-    raise ModelError(f"unknown input normalisation {normalisation!r}")
+    return scale_input(ops.cast(tiles, "float32"), norm,
+                       lambda v: ops.convert_to_tensor(v, "float32"))

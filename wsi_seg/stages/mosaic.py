@@ -5,6 +5,13 @@ Layout of ``mask.zarr``::
     zarr.json            group; attributes ``ome`` (NGFF 0.5 multiscales) and ``wsi_seg``
     0/                   working resolution (the model's MPP), probability * 255, chunked
     1/, 2/, ...          each a 2x mean of the level above, computed chunk by chunk
+    classes/             only for a model with class maps: an OME-Zarr image of its own,
+      zarr.json          axes (c, y, x), channel labels and colours in ``omero``
+      0/, 1/, ...        (C, rows, cols) class probability * 255, the same levels and chunks
+
+The tumour image stays 2-D whatever the model, so every reader of a binary mosaic reads a
+multi-class one the same way; the classes are a second image in the same store (open
+``mask.zarr/classes`` in napari or any OME-Zarr reader).
 
 Frames. Mosaic pixel ``(row, col)`` of level ``L`` covers the level-0 rectangle whose top-left
 corner is ``(origin_x0 + col * s, origin_y0 + row * s)`` with ``s = level0_px_per_px * 2**L``
@@ -76,34 +83,65 @@ def n_levels_for(geom: MosaicGeometry, min_size_px: int = 256) -> int:
     return n
 
 
-def _ome_attrs(geom: MosaicGeometry, n_levels: int, name: str) -> dict[str, Any]:
+#: The class image's sub-group inside ``mask.zarr``.
+CLASSES = "classes"
+
+
+@dataclass(frozen=True)
+class MosaicClass:
+    """One channel of the class image: its name (QuPath class) and colour ``(r, g, b)``."""
+
+    name: str
+    color: tuple[int, int, int]
+
+
+def _ome_attrs(geom: MosaicGeometry, n_levels: int, name: str, channels: bool = False
+               ) -> dict[str, Any]:
+    """NGFF 0.5 multiscales of a ``(y, x)`` image, or of a ``(c, y, x)`` one (the channel
+    axis takes scale 1 and no shift)."""
     datasets = []
     for level in range(n_levels):
         scale_um = geom.mpp * 2**level
         shift_um = (2**level - 1) / 2 * geom.mpp  # centre of a 2^L block of level-0 pixels
+        scale, shift = [scale_um, scale_um], [shift_um, shift_um]
+        if channels:
+            scale, shift = [1.0, *scale], [0.0, *shift]
         datasets.append(
             {
                 "path": str(level),
                 "coordinateTransformations": [
-                    {"type": "scale", "scale": [scale_um, scale_um]},
-                    {"type": "translation", "translation": [shift_um, shift_um]},
+                    {"type": "scale", "scale": scale},
+                    {"type": "translation", "translation": shift},
                 ],
             }
         )
+    axes: list[dict[str, str]] = [
+        {"name": "y", "type": "space", "unit": "micrometer"},
+        {"name": "x", "type": "space", "unit": "micrometer"},
+    ]
+    if channels:
+        axes.insert(0, {"name": "c", "type": "channel"})
     return {
         "version": NGFF_VERSION,
         "multiscales": [
             {
                 "name": name,
-                "axes": [
-                    {"name": "y", "type": "space", "unit": "micrometer"},
-                    {"name": "x", "type": "space", "unit": "micrometer"},
-                ],
+                "axes": axes,
                 "datasets": datasets,
                 "type": "mean",
             }
         ],
     }
+
+
+def _omero(classes: tuple[MosaicClass, ...]) -> dict[str, Any]:
+    """The transitional ``omero`` block: what napari-ome-zarr and other viewers read for
+    channel labels and colours (NGFF has no core field for them)."""
+    return {"channels": [
+        {"label": c.name, "color": "{:02X}{:02X}{:02X}".format(*c.color), "active": True,
+         "coefficient": 1.0, "family": "linear", "inverted": False,
+         "window": {"min": 0.0, "max": 255.0, "start": 0.0, "end": 255.0}}
+        for c in classes]}
 
 
 def create_mosaic(
@@ -113,10 +151,12 @@ def create_mosaic(
     provenance: dict[str, Any] | None = None,
     name: str = "tumour probability",
     n_levels: int | None = None,
+    classes: tuple[MosaicClass, ...] = (),
 ) -> zarr.Group:
     """Create an empty mosaic store (all levels, fill value 0) and return its group.
 
-    ``provenance`` is stored under the ``wsi_seg`` attribute beside the geometry.
+    ``provenance`` is stored under the ``wsi_seg`` attribute beside the geometry. With
+    ``classes``, the store also holds the class image (``classes/``, one channel each).
     Overwrites whatever was at ``path``.
     """
     n = n_levels or n_levels_for(geom)
@@ -130,13 +170,28 @@ def create_mosaic(
             fill_value=0,
             dimension_names=("y", "x"),
         )
-    group.attrs.update(
-        {
-            "ome": _ome_attrs(geom, n, name),
-            "wsi_seg": {"geometry": asdict(geom), "n_levels": n, **(provenance or {})},
-        }
-    )
+    meta: dict[str, Any] = {"geometry": asdict(geom), "n_levels": n, **(provenance or {})}
+    if classes:
+        meta["classes"] = [asdict(c) for c in classes]
+        _create_class_image(group, geom, n, classes)
+    group.attrs.update({"ome": _ome_attrs(geom, n, name), "wsi_seg": meta})
     return group
+
+
+def _create_class_image(group: zarr.Group, geom: MosaicGeometry, n: int,
+                        classes: tuple[MosaicClass, ...]) -> None:
+    sub = group.create_group(CLASSES)
+    for level in range(n):
+        sub.create_array(
+            name=str(level),
+            shape=(len(classes), *geom.level_shape(level)),
+            chunks=(1, geom.chunk_px, geom.chunk_px),
+            dtype="uint8",
+            fill_value=0,
+            dimension_names=("c", "y", "x"),
+        )
+    ome = _ome_attrs(geom, n, "class probability", channels=True)
+    sub.attrs.update({"ome": {**ome, "omero": _omero(classes)}})
 
 
 @dataclass(frozen=True)
@@ -148,12 +203,24 @@ class Mosaic:
     geom: MosaicGeometry
     n_levels: int
     provenance: dict[str, Any]
+    classes: tuple[MosaicClass, ...] = ()
 
     def level(self, level: int) -> zarr.Array:
         """The uint8 probability array of pyramid level ``level`` (0 = working resolution)."""
         arr = self.group[str(level)]
         assert isinstance(arr, zarr.Array)
         return arr
+
+    def class_level(self, level: int) -> zarr.Array:
+        """The ``(C, rows, cols)`` uint8 class probabilities of pyramid level ``level``."""
+        arr = self.group[f"{CLASSES}/{level}"]
+        assert isinstance(arr, zarr.Array)
+        return arr
+
+    def class_map(self, level: int, index: int) -> ChannelView:
+        """Class ``index``'s probabilities at ``level`` as a 2-D array-like (for tracing
+        and scoring, which read it in bands)."""
+        return ChannelView(self.class_level(level), index)
 
     def chunks(self, level: int) -> Iterator[tuple[int, int, int, int]]:
         """Chunk windows ``(row0, col0, rows, cols)`` of a level, in mosaic pixels."""
@@ -164,6 +231,24 @@ class Mosaic:
                 yield row0, col0, min(c, rows - row0), min(c, cols - col0)
 
 
+@dataclass(frozen=True)
+class ChannelView:
+    """One channel of a ``(C, rows, cols)`` array, read as a 2-D array (a zarr array has no
+    views): ``view[rows, cols]`` reads only that channel's chunks."""
+
+    array: Any
+    index: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        _, rows, cols = self.array.shape
+        return int(rows), int(cols)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        rows, cols = key
+        return np.asarray(self.array[self.index, rows, cols])
+
+
 def open_mosaic(path: str | Path, mode: Literal["r", "r+"] = "r") -> Mosaic:
     """Open a mosaic written by :func:`create_mosaic`."""
     group = zarr.open_group(store=zarr.storage.LocalStore(str(path), read_only=mode == "r"),
@@ -171,7 +256,10 @@ def open_mosaic(path: str | Path, mode: Literal["r", "r+"] = "r") -> Mosaic:
     meta: dict[str, Any] = dict(group.attrs["wsi_seg"])  # type: ignore[arg-type]
     geom = MosaicGeometry(**meta.pop("geometry"))
     n = int(meta.pop("n_levels"))
-    return Mosaic(Path(path), group, geom, n, meta)
+    classes = tuple(MosaicClass(str(c["name"]), (int(c["color"][0]), int(c["color"][1]),
+                                                 int(c["color"][2])))
+                    for c in meta.get("classes", ()))
+    return Mosaic(Path(path), group, geom, n, meta, classes)
 
 
 def downsample2_mean(block: np.ndarray) -> np.ndarray:
@@ -203,12 +291,30 @@ def build_level(mosaic: Mosaic, level: int) -> None:
     Memory is one 2x2-chunk window of the finer level. Output chunks whose source is all zero
     are skipped (they stay at the fill value), which keeps sparse slides cheap.
     """
-    src, dst = mosaic.level(level - 1), mosaic.level(level)
-    for row0, col0, rows, cols in mosaic.chunks(level):
-        window = np.asarray(src[2 * row0 : 2 * (row0 + rows), 2 * col0 : 2 * (col0 + cols)])
-        if not window.any():
-            continue
-        dst[row0 : row0 + rows, col0 : col0 + cols] = downsample2_mean(window)
+    pairs: list[tuple[Any, Any]] = [(mosaic.level(level - 1), mosaic.level(level))]
+    if mosaic.classes:
+        src, dst = mosaic.class_level(level - 1), mosaic.class_level(level)
+        pairs += [(ChannelView(src, c), _ChannelWriter(dst, c))
+                  for c in range(len(mosaic.classes))]
+    for src, dst in pairs:
+        for row0, col0, rows, cols in mosaic.chunks(level):
+            window = np.asarray(src[2 * row0 : 2 * (row0 + rows),
+                                    2 * col0 : 2 * (col0 + cols)])
+            if not window.any():
+                continue
+            dst[row0 : row0 + rows, col0 : col0 + cols] = downsample2_mean(window)
+
+
+@dataclass(frozen=True)
+class _ChannelWriter:
+    """Writes one channel of a ``(C, rows, cols)`` zarr array through 2-D indices."""
+
+    array: Any
+    index: int
+
+    def __setitem__(self, key: Any, values: np.ndarray) -> None:
+        rows, cols = key
+        self.array[self.index, rows, cols] = values
 
 
 def block_levels(geom: MosaicGeometry, n_levels: int, block_px: int) -> int:
@@ -227,14 +333,32 @@ def block_levels(geom: MosaicGeometry, n_levels: int, block_px: int) -> int:
 def write_block(mosaic: Mosaic, yw: int, xw: int, values: np.ndarray, levels: int) -> None:
     """Write a chunk-aligned block to level 0 and its own part of levels 1..``levels``.
 
-    Uses the pyramid rule (:func:`downsample2_mean`) on the block alone, which equals what
-    :func:`build_level` computes, because the block's 2x2 groups never straddle its border.
+    ``values`` is ``(h, w)`` uint8 tumour probability, or ``(h, w, 1 + C)`` with the class
+    probabilities after it (a mosaic with classes). Uses the pyramid rule
+    (:func:`downsample2_mean`) on the block alone, which equals what :func:`build_level`
+    computes, because the block's 2x2 groups never straddle its border.
     """
-    mosaic.level(0)[yw : yw + values.shape[0], xw : xw + values.shape[1]] = values
-    for level in range(1, levels + 1):
-        values = downsample2_mean(values)
+    if values.ndim == 3:
+        if values.shape[2] != 1 + len(mosaic.classes):
+            raise ValueError(f"{values.shape[2]} maps for a mosaic of "
+                             f"{len(mosaic.classes)} classes")
+        _write_levels(mosaic.class_level, yw, xw, np.moveaxis(values[..., 1:], -1, 0), levels)
+        values = values[..., 0]
+    _write_levels(mosaic.level, yw, xw, values, levels)
+
+
+def _write_levels(array_of: Any, yw: int, xw: int, values: np.ndarray, levels: int) -> None:
+    """``values`` (``(h, w)``, or ``(C, h, w)``) into level 0 and levels 1..``levels``."""
+    for level in range(levels + 1):
+        if level:
+            values = (downsample2_mean(values) if values.ndim == 2 else
+                      np.stack([downsample2_mean(v) for v in values]))
         y, x = yw >> level, xw >> level
-        mosaic.level(level)[y : y + values.shape[0], x : x + values.shape[1]] = values
+        h, w = values.shape[-2:]
+        if values.ndim == 2:
+            array_of(level)[y : y + h, x : x + w] = values
+        else:
+            array_of(level)[:, y : y + h, x : x + w] = values
 
 
 def build_pyramid(mosaic: Mosaic, start_level: int = 1) -> None:

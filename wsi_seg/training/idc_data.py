@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from wsi_seg.core.errors import WsiSegError
+from wsi_seg.stages.card import InputNorm
 from wsi_seg.stages.models import preprocess_tf
 from wsi_seg.stages.slide import BACKGROUND_RGB
 from wsi_seg.training.augment import Augment, augment_tf
@@ -223,7 +224,7 @@ def patch_dataset(
         img = load_patch_tf(path, size)
         if aug is not None:
             img, _ = augment_tf(img, None, aug)
-        return preprocess_tf(img, channels, normalisation), label
+        return preprocess_tf(img, InputNorm(channels, normalisation)), label
 
     return (
         ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)

@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from wsi_seg.core.errors import WsiSegError
+from wsi_seg.stages.card import InputNorm
 from wsi_seg.stages.models import preprocess_tf
 from wsi_seg.stages.slide import BACKGROUND_RGB
 from wsi_seg.stages.tiling import window_starts
@@ -226,7 +227,7 @@ def unet_train_dataset(
 
     def prepare(img: tf.Tensor, mask: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         img, mask = augment_tf(tf.cast(img, tf.float32), mask, aug)
-        return preprocess_tf(img, channels, normalisation), tf.cast(mask, tf.float32)
+        return preprocess_tf(img, InputNorm(channels, normalisation)), tf.cast(mask, tf.float32)
 
     return (
         ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
@@ -242,8 +243,9 @@ def fixed_dataset(
     import tensorflow as tf
 
     ds = tf.data.Dataset.from_tensor_slices((x_rgb, y.astype(np.float32)))
+    norm = InputNorm(channels, normalisation)
     return (
-        ds.map(lambda a, b: (preprocess_tf(a, channels, normalisation), b))
+        ds.map(lambda a, b: (preprocess_tf(a, norm), b))
         .batch(batch_size)
         .prefetch(tf.data.AUTOTUNE)
     )
