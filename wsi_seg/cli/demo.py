@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
               f"({time.perf_counter() - t:.1f} s)")
     card = read_card(args.model or bundled_model_path("unet"))
     d = options.DEFAULTS
-    print(describe_path(slide_path, plan=PlanSettings(card.mpp, card.input_size_px,
+    print(describe_path(slide_path, plan=PlanSettings(card.mpp, card.window_px,
                                                        d["overlap"], d["block"],
                                                        d["chunk"])).text())
     results = out / "results"

@@ -100,20 +100,17 @@ def build_configs(opts: options.Resolved) -> tuple[RunConfig, ClusterConfig]:
     return config, ClusterConfig(**parts["cluster"])
 
 
-def check_model_fit(config: RunConfig, tile: int | None) -> None:
-    """--tile must equal the model's input (it is fixed), and --stride must not exceed it
-    (pixels between windows would never be predicted). Reads only the model's card."""
-    if tile is None and config.stride_px is None:
+def check_model_fit(config: RunConfig) -> None:
+    """--tile must fit the model (its fixed input, or a multiple of its downsampling), and
+    --stride must not exceed the window (pixels between windows would never be predicted).
+    Reads only the model's card."""
+    if config.infer.tile_px is None and config.stride_px is None:
         return
     from wsi_seg.stages.card import read_card
+    from wsi_seg.stages.infer import served_card
 
     model = config.resolved_model()
-    size = read_card(model).input_size_px
-    if tile is not None and tile != size:
-        raise WsiSegError(
-            f"--tile {tile} does not match the model's input of {size} px; "
-            "tiles are the model's input (use --overlap or --stride to change the spacing)",
-            model)
+    size = served_card(read_card(model), config.infer, model).window_px
     if config.stride_px is not None and config.stride_px > size:
         raise WsiSegError(
             f"--stride {config.stride_px} is larger than the model's {size} px window: the "
@@ -163,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
     select_backend(opts["backend"])
     config, cluster = build_configs(opts)
     check_device(opts, cluster)
-    check_model_fit(config, opts["tile"])
+    check_model_fit(config)
     if config.truth is not None and not config.truth.exists():
         raise WsiSegError("ground truth file or folder not found", config.truth)
     slides = find_slides(args.slides)

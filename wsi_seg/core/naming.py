@@ -71,3 +71,12 @@ def slide_identity(path: Path) -> dict[str, object]:
     with open(path, "rb") as f:
         h.update(f.read(IDENTITY_HEAD_BYTES))
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "head_sha256": h.hexdigest()[:32]}
+
+
+def class_map_entry(text: str) -> tuple[str, str]:
+    """``"Tumour epithelium=Tumor"`` as ``(truth class, model class)``, stripped; ValueError
+    naming the entry when it is not ``TRUTH_CLASS=MODEL_CLASS``."""
+    truth_name, sep, model_name = text.partition("=")
+    if not sep or not truth_name.strip() or not model_name.strip():
+        raise ValueError(f"class map entry {text!r} must read TRUTH_CLASS=MODEL_CLASS")
+    return truth_name.strip(), model_name.strip()

@@ -42,14 +42,16 @@ decompression bomb is refused without being inflated in memory).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import shapely
 from shapely.geometry import MultiPolygon
 from shapely.geometry.base import BaseGeometry
 
 from wsi_seg.core.errors import AnnotationError
+from wsi_seg.core.naming import class_map_entry
 from wsi_seg.evaluation.truth import (
     ALL_CLASSES,
     CAMELYON_EXCLUSION_GROUP,
@@ -75,8 +77,8 @@ from wsi_seg.evaluation.truth_xml import parse_xml
 __all__ = [
     "ALL_CLASSES", "CAMELYON_EXCLUSION_GROUP", "MASK_SUFFIXES", "MAX_MASK_PIXELS",
     "MAX_TRUTH_BYTES", "NEGATING_WORDS", "TUMOUR_STEMS", "TUMOUR_WORDS", "Truth",
-    "check_truth_fits", "is_tumour_class", "polygons_of", "read_mask_truth",
-    "read_prediction_geojson", "read_truth",
+    "check_truth_fits", "is_tumour_class", "parse_class_map", "polygons_of",
+    "read_class_truths", "read_mask_truth", "read_prediction_geojson", "read_truth",
 ]
 
 
@@ -139,6 +141,63 @@ def read_truth(path: str | Path, classes: Sequence[str] | None = None, *,
         geom = geom.difference(shapely.union_all(negatives))
     return Truth(path, polys, geom, tuple(sorted({a.class_name for a in kept})),
                  tuple(all_classes))
+
+
+def parse_class_map(pairs: Sequence[str]) -> dict[str, str]:
+    """``["Tumour epithelium=Tumor", ...]`` as a map from truth class names to model class
+    names (matched without case); ValueError naming the bad entry."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        truth_name, model_name = class_map_entry(pair)
+        out[truth_name.casefold()] = model_name
+    return out
+
+
+def read_class_truths(path: str | Path, model_classes: Sequence[str],
+                      class_map: Mapping[str, str] | None = None) -> dict[str, BaseGeometry]:
+    """Ground truth per model class (level-0 px), for per-class scores.
+
+    An annotation counts for the model class its class name equals (without case), after
+    ``class_map`` (truth name, case-folded -> model class name: :func:`parse_class_map`)
+    renamed it; QuPath derived classes (``"Tumor: Positive"``) count for their first name.
+    Areas to subtract (ImageScope's negative regions) are subtracted from their own class.
+    A model class nothing was drawn of gets an empty geometry: it is scored as "no such
+    tissue here".
+
+    Raises:
+        AnnotationError: unreadable file (as :func:`read_truth`), a mask (it has no
+            classes), or annotations none of which names a model class (the message lists
+            the classes found and how to map them).
+    """
+    path = Path(path)
+    if path.is_dir() or path.suffix.casefold() in MASK_SUFFIXES:
+        raise AnnotationError("a mask holds no class names: per-class scores need GeoJSON "
+                              "or XML truth", path)
+    annotations = _parse(path)
+    by_fold = {c.casefold(): c for c in model_classes}
+    mapping = {k.casefold(): v for k, v in (class_map or {}).items()}
+    polys: dict[str, list[Any]] = {c: [] for c in model_classes}
+    negatives: dict[str, list[Any]] = {c: [] for c in model_classes}
+    for a in annotations:
+        name = mapping.get(a.class_name.casefold(), a.class_name)
+        target = by_fold.get(name.casefold()) or by_fold.get(name.split(":")[0].strip()
+                                                             .casefold())
+        if target is not None:
+            polys[target] += a.polygons
+            negatives[target] += a.negative
+    if annotations and not any(polys.values()):
+        found = ", ".join(sorted({repr(a.class_name) if a.class_name else "unclassified"
+                                  for a in annotations}))
+        raise AnnotationError(f"no annotation of the model's classes ({', '.join(model_classes)}"
+                              f"); classes found: {found}; map them with --class-map "
+                              "TRUTH_CLASS=MODEL_CLASS", path)
+    out: dict[str, BaseGeometry] = {}
+    for c in model_classes:
+        geom = shapely.union_all(polys[c]) if polys[c] else MultiPolygon()
+        if negatives[c]:
+            geom = geom.difference(shapely.union_all(negatives[c]))
+        out[c] = geom
+    return out
 
 
 def read_prediction_geojson(path: str | Path) -> BaseGeometry:

@@ -190,7 +190,8 @@ class SummaryRow:
 
 
 SUMMARY_COLUMNS = tuple(f.name for f in fields(SummaryRow))
-_DIGITS = {"tissue_mm2": 3, "tumour_mm2": 3, "iou": 4, "dice": 4, "tiles_per_s": 1}
+_DIGITS = {"tissue_mm2": 3, "tumour_mm2": 3, "iou": 4, "dice": 4, "tiles_per_s": 1,
+           "area_mm2": 3}
 
 
 def _cell(name: str, value: object) -> str:
@@ -212,18 +213,62 @@ def write_summary_csv(rows: Sequence[SummaryRow], path: str | Path) -> Path:
     return Path(path)
 
 
-def summary_markdown(rows: Sequence[SummaryRow], footer: Sequence[str] = ()) -> str:
-    """The ``summary.md`` text: a Markdown table plus free footer lines (e.g. run means)."""
-    head = ("slide", "tissue mm²", "tumour mm²", "IoU", "Dice", "tiles/s", "status")
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * 5 + ["---"]) + "|"]
+@dataclass(frozen=True)
+class ClassRow:
+    """One class of one slide (a multi-class model's) in ``summary_classes.csv`` and the
+    class table of ``summary.md``: area in mm², polygon count, scores (None: not drawn in
+    the truth, or no truth)."""
+
+    slide: str
+    name: str
+    area_mm2: float
+    regions: int
+    iou: float | None = None
+    dice: float | None = None
+
+
+CLASS_COLUMNS = tuple(f.name for f in fields(ClassRow))
+#: The run's per-class table, beside ``summary.csv`` (written only for multi-class models).
+CLASS_SUMMARY = "summary_classes.csv"
+
+
+def write_class_summary_csv(rows: Sequence[ClassRow], path: str | Path) -> Path:
+    """``summary_classes.csv``: one row per slide and class (long format, for analysis)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(CLASS_COLUMNS)
     for row in rows:
-        cells = [_cell(c, getattr(row, c)).replace("|", "\\|") for c in SUMMARY_COLUMNS]
-        lines.append("| " + " | ".join(cell or "-" for cell in cells) + " |")
-    return "\n".join(["# wsi-seg summary", "", *lines, "", *footer]).rstrip() + "\n"
+        writer.writerow([_cell(c, getattr(row, c)) for c in CLASS_COLUMNS])
+    write_atomic(Path(path), buf.getvalue().encode("utf-8"))
+    return Path(path)
+
+
+def _table(head: Sequence[str], align: str, rows: Sequence[Sequence[str]]) -> list[str]:
+    """Markdown table lines; ``align`` one character per column, ``l`` or ``r``."""
+    rule = "|" + "|".join("---" if a == "l" else "---:" for a in align) + "|"
+    lines = ["| " + " | ".join(head) + " |", rule]
+    for cells in rows:
+        lines.append("| " + " | ".join(c.replace("|", "\\|") or "-" for c in cells) + " |")
+    return lines
+
+
+def summary_markdown(rows: Sequence[SummaryRow], footer: Sequence[str] = (),
+                     classes: Sequence[ClassRow] = ()) -> str:
+    """The ``summary.md`` text: a Markdown table plus free footer lines (e.g. run means),
+    then, for a multi-class model, a table of each slide's classes."""
+    head = ("slide", "tissue mm²", "tumour mm²", "IoU", "Dice", "tiles/s", "status")
+    lines = _table(head, "lrrrrrl", [[_cell(c, getattr(row, c)) for c in SUMMARY_COLUMNS]
+                                     for row in rows])
+    extra: list[str] = []
+    if classes:
+        extra = ["", "## Classes", "", *_table(
+            ("slide", "class", "area mm²", "regions", "IoU", "Dice"), "llrrrr",
+            [[_cell(c, getattr(row, c)) for c in CLASS_COLUMNS] for row in classes])]
+    return "\n".join(["# wsi-seg summary", "", *lines, "", *footer, *extra]).rstrip() + "\n"
 
 
 def write_summary_md(rows: Sequence[SummaryRow], path: str | Path,
-                     footer: Sequence[str] = ()) -> Path:
+                     footer: Sequence[str] = (), classes: Sequence[ClassRow] = ()) -> Path:
     """Write ``summary.md`` (see :func:`summary_markdown`)."""
-    write_atomic(Path(path), summary_markdown(rows, footer).encode("utf-8"))
+    write_atomic(Path(path), summary_markdown(rows, footer, classes).encode("utf-8"))
     return Path(path)

@@ -12,7 +12,7 @@ import contextlib
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,12 +23,15 @@ from wsi_seg.core.naming import TRUTH_PATTERNS, truth_candidates
 from wsi_seg.core.stopwatch import lap
 from wsi_seg.orchestration.handles import slide_handles
 from wsi_seg.orchestration.job import MARKERS, RunConfig, SlideJob
-from wsi_seg.orchestration.report import REPORT, ModelRecord, SlideReport
+from wsi_seg.orchestration.report import REPORT, ClassRecord, ModelRecord, SlideReport
 from wsi_seg.stages.mosaic import block_levels, build_pyramid, open_mosaic
 from wsi_seg.stages.tissue import MIN_AREA_SLIDE_FRACTION, scaled_minimum
 
 if TYPE_CHECKING:
     from wsi_seg.evaluation.metrics import OverlapScore
+
+#: A multi-class model's per-class polygons, beside ``tumor.geojson``.
+CLASSES_GEOJSON = "classes.geojson"
 
 
 @dataclass(frozen=True)
@@ -43,14 +46,27 @@ class Polygons:
 
 
 @dataclass(frozen=True)
+class ClassPolygons:
+    """One class's regions (a multi-class model's), traced like the tumour's: output channel
+    ``index``, QuPath name and colour."""
+
+    index: int
+    name: str
+    color: tuple[int, int, int]
+    regions: list[Any]
+
+
+@dataclass(frozen=True)
 class Scored:
     """The outcome of scoring: the score, the truth's geometry (for the overlay), the truth
-    file, or why no true score could be made (``error``)."""
+    file, or why no true score could be made (``error``); per class (by name) the scores of
+    the classes the truth draws."""
 
     score: OverlapScore | None = None
     truth_geometry: Any = None
     truth_path: Path | None = None
     error: str | None = None
+    class_scores: dict[str, OverlapScore] = field(default_factory=dict)
 
 
 def _vectorize(job: SlideJob, config: RunConfig, mosaic: Any) -> Polygons:
@@ -64,6 +80,26 @@ def _vectorize(job: SlideJob, config: RunConfig, mosaic: Any) -> Polygons:
     regions = vectorize_mosaic(mosaic, level, threshold=threshold,
                                min_area_um2=min_area_um2, simplify_um=config.simplify_um)
     return Polygons(regions, threshold, min_area_um2, level)
+
+
+def _vectorize_classes(job: SlideJob, config: RunConfig, mosaic: Any, polygons: Polygons
+                       ) -> tuple[ClassPolygons, ...]:
+    """Each non-background class's polygons (a multi-class mosaic's), at the tumour's level,
+    threshold and minimum area: a pixel belongs to class c where ``p_c >= threshold``."""
+    from wsi_seg.stages.vectorize import threshold_u8, vectorize_array
+
+    if not mosaic.classes:
+        return ()
+    frame = mosaic.geom.frame(polygons.level)
+    out = []
+    for i in job.card.mapped_classes:
+        c = mosaic.classes[i]
+        regions = vectorize_array(mosaic.class_map(polygons.level, i), frame,
+                                  fg_min=threshold_u8(polygons.threshold),
+                                  min_area_um2=polygons.min_area_um2,
+                                  simplify_um=config.simplify_um)
+        out.append(ClassPolygons(i, c.name, c.color, regions))
+    return tuple(out)
 
 
 def _notes(job: SlideJob, config: RunConfig, polygons: Polygons) -> tuple[str, ...]:
@@ -109,7 +145,40 @@ def _score(job: SlideJob, config: RunConfig, mosaic: Any, polygons: Polygons) ->
     except WsiSegError as exc:
         return Scored(truth_path=truth_path, error=f"truth not usable: {exc}")
     score = score_slide(mosaic, truth.geometry, polygons.level, threshold=polygons.threshold)
-    return Scored(score, truth.geometry, truth_path)
+    scored = Scored(score, truth.geometry, truth_path)
+    if mosaic.classes:
+        scored = _score_classes(job, config, mosaic, polygons, scored)
+    return scored
+
+
+def _score_classes(job: SlideJob, config: RunConfig, mosaic: Any, polygons: Polygons,
+                   scored: Scored) -> Scored:
+    """Per-class IoU/Dice of a multi-class mosaic, for the classes the truth draws (a class
+    the truth never names is not scored: undrawn is not "absent")."""
+    import shapely
+
+    from wsi_seg.evaluation.annotations import parse_class_map, read_class_truths
+    from wsi_seg.evaluation.metrics import score_array
+    from wsi_seg.stages.vectorize import threshold_u8
+
+    assert scored.truth_path is not None
+    names = [mosaic.classes[i].name for i in job.card.mapped_classes]
+    try:
+        truths = read_class_truths(scored.truth_path, names,
+                                   parse_class_map(config.class_map or ()))
+    except WsiSegError as exc:
+        return replace(scored, error=f"per-class truth not usable: {exc}")
+    w, h = job.slide_size_x0
+    frame = mosaic.geom.frame(polygons.level)
+    out = {}
+    for i in job.card.mapped_classes:
+        name = mosaic.classes[i].name
+        if truths[name].is_empty:
+            continue
+        truth_x0 = shapely.clip_by_rect(truths[name], 0, 0, w, h)
+        out[name] = score_array(mosaic.class_map(polygons.level, i), truth_x0, frame,
+                                fg_min=threshold_u8(polygons.threshold))
+    return replace(scored, class_scores=out)
 
 
 def _overlay(job: SlideJob, config: RunConfig, polygons: Polygons, scored: Scored) -> None:
@@ -127,8 +196,17 @@ def _rate(count: int, seconds: float) -> float | None:
     return round(count / seconds, 2) if seconds > 0 else None
 
 
+def _class_records(classes: tuple[ClassPolygons, ...], scored: Scored
+                   ) -> tuple[ClassRecord, ...]:
+    return tuple(ClassRecord(c.name, c.color,
+                             round(sum(r.area_um2 for r in c.regions) / 1e6, 4),
+                             len(c.regions), scored.class_scores.get(c.name))
+                 for c in classes)
+
+
 def _report(job: SlideJob, polygons: Polygons, scored: Scored, notes: tuple[str, ...],
-            times: dict[str, float], blocks_wall_s: float, finish_s: float) -> SlideReport:
+            times: dict[str, float], blocks_wall_s: float, finish_s: float,
+            classes: tuple[ClassPolygons, ...] = ()) -> SlideReport:
     """The slide's report, its figures rounded as ``report.json`` records them."""
     wall_s = blocks_wall_s + finish_s
     return SlideReport(
@@ -149,6 +227,7 @@ def _report(job: SlideJob, polygons: Polygons, scored: Scored, notes: tuple[str,
         stage_s={k: round(v, 4) for k, v in sorted(times.items())},
         truth=str(scored.truth_path) if scored.truth_path else None,
         score=scored.score, score_error=scored.error, notes=notes,
+        classes=_class_records(classes, scored),
     )
 
 
@@ -160,7 +239,7 @@ def finish_slide(job: SlideJob, config: RunConfig, block_times: dict[str, float]
     the slide's blocks phase (its first block submitted to its last done); the report's
     ``wall_s`` and ``tiles_per_s`` add this finishing to it.
     """
-    from wsi_seg.stages.geojson import write_geojson
+    from wsi_seg.stages.geojson import write_class_geojson, write_geojson
 
     times = dict(block_times)
     t = t_finish = time.perf_counter()
@@ -172,6 +251,12 @@ def finish_slide(job: SlideJob, config: RunConfig, block_times: dict[str, float]
     t = lap(times, "vectorize", t)
     write_geojson(polygons.regions, job.work_dir / "tumor.geojson")
     t = lap(times, "geojson", t)
+    classes = _vectorize_classes(job, config, mosaic, polygons)
+    if classes:
+        t = lap(times, "vectorize_classes", t)
+        write_class_geojson([(c.name, c.color, c.regions) for c in classes],
+                            job.work_dir / CLASSES_GEOJSON)
+        t = lap(times, "geojson_classes", t)
     scored = Scored()
     if config.truth is not None:
         scored = _score(job, config, mosaic, polygons)
@@ -179,7 +264,7 @@ def finish_slide(job: SlideJob, config: RunConfig, block_times: dict[str, float]
     _overlay(job, config, polygons, scored)
     t = lap(times, "overlay", t)
     report = _report(job, polygons, scored, _notes(job, config, polygons), times,
-                     blocks_wall_s, t - t_finish)
+                     blocks_wall_s, t - t_finish, classes)
     write_json_atomic(job.work_dir / REPORT, report.to_json())
     _publish(job)
     return report

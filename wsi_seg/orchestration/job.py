@@ -61,6 +61,8 @@ class RunConfig:
             slide's output name, then its stem (:func:`naming.truth_candidates`), ``{name}`` its
             file name.
         truth_classes: class names counted as tumour (None: the reader's default set).
+        class_map: ``TRUTH_CLASS=MODEL_CLASS`` renamings of truth classes for a multi-class
+            model's per-class scores (:func:`~wsi_seg.evaluation.annotations.read_class_truths`).
         tissue: tissue detection settings.
         overwrite: redo finished slides.
     """
@@ -82,6 +84,7 @@ class RunConfig:
     truth: Path | None = None
     truth_patterns: tuple[str, ...] = TRUTH_PATTERNS
     truth_classes: tuple[str, ...] | None = None
+    class_map: tuple[str, ...] | None = None
     tissue: TissueConfig = field(default_factory=TissueConfig)
     overwrite: bool = False
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from wsi_seg.core.errors import WsiSegError
-from wsi_seg.core.naming import TRUTH_PATTERNS
+from wsi_seg.core.naming import TRUTH_PATTERNS, class_map_entry
 from wsi_seg.stages.backends import BACKENDS
 from wsi_seg.stages.blend import BLEND_MODES
 from wsi_seg.stages.card import BUNDLED
@@ -94,6 +94,14 @@ POSITIVE = Limits(lo=0, lo_open=True)
 def _model_spec(value: str) -> str | None:
     if value.startswith("bundled:") and value.split(":", 1)[1] not in BUNDLED:
         return f"must be a model file or one of {', '.join(f'bundled:{k}' for k in BUNDLED)}"
+    return None
+
+
+def _class_map(value: str) -> str | None:
+    try:
+        class_map_entry(value)
+    except ValueError:
+        return "must read TRUTH_CLASS=MODEL_CLASS"
     return None
 
 
@@ -260,8 +268,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("mpp", "float", None, "model", "level-0 µm/px of the slides, overriding (or "
            "supplying) their metadata", "run.slide_mpp",
            Limits(*MPP_RANGE_UM), default_text="the slide's metadata", metavar="UM_PER_PX"),
-    Option("tile", "int", None, "model", "window edge in working pixels; must equal the "
-           "model's input size", limits=AT_LEAST_1, default_text="the model's", metavar="PX"),
+    Option("tile", "int", None, "model", "window edge in working pixels: for a model of "
+           "undefined input size (fully convolutional), any multiple of its downsampling; "
+           "otherwise it must equal the model's input size", "infer.tile_px",
+           limits=AT_LEAST_1, default_text="the model's", metavar="PX"),
     Option("overlap", "float", 0.25, "model", "window overlap, a fraction of the window",
            "run.overlap", Limits(0, 1, hi_open=True), metavar="FRACTION"),
     Option("stride", "int", None, "model", "window step in working pixels, overriding "
@@ -325,6 +335,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("truth_class", "strs", None, "scores", "annotation class counted as tumour "
            "(repeatable)", "run.truth_classes", check=_not_blank,
            default_text="tumor, tumour, carcinoma, metastasis, ...", metavar="NAME"),
+    Option("class_map", "strs", None, "scores", "for per-class scores of a multi-class "
+           "model: a truth class name and the model class it means (repeatable), e.g. "
+           "'Tumour epithelium=Tumor'; names equal without case need no entry",
+           "run.class_map", check=_class_map, default_text="none", metavar="TRUTH=MODEL"),
     Option("truth_pattern", "strs", None, "scores", "file name of a slide's truth in a "
            "--truth folder, tried in order (repeatable); {stem} is the slide's output name, "
            "then its stem, {name} its file name, e.g. '{stem}.truth.geojson'",

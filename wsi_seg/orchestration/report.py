@@ -11,7 +11,8 @@ the fields below, in this order (:data:`REPORT_KEYS`):
 ``tumour_regions``, ``threshold``, ``min_area_um2``, ``wall_s``, ``tiles_per_s``,
 ``blocks_wall_s``, ``blocks_tiles_per_s``, ``finish_s``, ``predict_tiles_per_thread_s``,
 ``stage_s`` (seconds per stage, summed over task threads), ``truth``, ``score`` (tp, fp, fn,
-resolution_um, iou, dice, empty_both), ``score_error``, ``notes``.
+resolution_um, iou, dice, empty_both), ``score_error``, ``notes``, ``classes`` (a multi-class
+model's classes: name, color, area_mm2, regions, score; empty otherwise).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from wsi_seg.core.naming import REPORT
 if TYPE_CHECKING:  # metrics imports the geometry stack: the client reads reports without it
     from wsi_seg.evaluation.metrics import OverlapScore
 
-__all__ = ["REPORT", "REPORT_KEYS", "ModelRecord", "SlideReport"]
+__all__ = ["REPORT", "REPORT_KEYS", "ClassRecord", "ModelRecord", "SlideReport"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,23 @@ class ModelRecord:
     sha256: str
     kind: str
     name: str
+
+
+@dataclass(frozen=True)
+class ClassRecord:
+    """One class of a multi-class model on one slide: its QuPath name and colour, the area
+    and number of its polygons (mm², as traced), and its score where the truth draws it."""
+
+    name: str
+    color: tuple[int, int, int]
+    area_mm2: float
+    regions: int
+    score: OverlapScore | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["score"] = self.score.as_dict() if self.score is not None else None
+        return data
 
 
 @dataclass(frozen=True)
@@ -77,11 +95,13 @@ class SlideReport:
     # reports the slide as failed (its outputs are still published).
     score_error: str | None
     notes: tuple[str, ...]
+    classes: tuple[ClassRecord, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """The ``report.json`` object (keys in :data:`REPORT_KEYS` order)."""
         data = asdict(self)
         data["score"] = self.score.as_dict() if self.score is not None else None
+        data["classes"] = [c.to_json() for c in self.classes]
         return data
 
 

@@ -167,6 +167,23 @@ def write_geojson(regions: Sequence[RegionPolygon], path: str | Path, *,
                                      color=color), path)
 
 
+def write_class_geojson(groups: Sequence[tuple[str, tuple[int, int, int],
+                                               Sequence[RegionPolygon]]],
+                        path: str | Path) -> Path:
+    """Write the regions of several classes into one FeatureCollection, each Feature
+    classified by its class's QuPath name and colour (``groups``: ``(name, (r, g, b),
+    regions)``, in output order), with the same measurements as :func:`write_geojson`. QuPath
+    imports them as annotations of those classes. Written atomically; ``.gz`` writes gzip.
+    """
+    path = Path(path)
+    features: list[dict[str, Any]] = []
+    for name, color, regions in groups:
+        doc = feature_collection(regions, name=f"{_id_seed(path)}#{name}", class_name=name,
+                                 color=color)
+        features += doc["features"]
+    return _write({"type": "FeatureCollection", "features": features}, path)
+
+
 def write_polygons(geoms: Sequence[BaseGeometry], path: str | Path, *,
                    class_name: str = TUMOR_CLASS, color: tuple[int, int, int] = TUMOR_COLOR,
                    properties: dict[str, Any] | None = None) -> Path:

@@ -85,7 +85,7 @@ class WindowOptions:
 
     def spec(self, card: ModelCard) -> BlendSpec:
         """The blend specification ``run`` uses for this model (see ``pipeline.prepare_slide``)."""
-        roi = card.input_size_px
+        roi = card.window_px
         self.check(roi)
         step = self.stride_px or step_for(roi, self.overlap)
         return BlendSpec(roi, step, blend_mode(card.kind, self.blend), self.sigma_scale,

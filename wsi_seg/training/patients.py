@@ -46,7 +46,7 @@ def evaluate_patients(
     for p in patches:
         by_patient.setdefault(p.patient, []).append(p)
     engine = tile_engine(model, card, PATCH_BATCH)
-    s = card.input_size_px
+    s = card.window_px
     scores = []
     for patient, ps in sorted(by_patient.items()):
         rgb = np.stack([read_patch(p.path, s) for p in ps])

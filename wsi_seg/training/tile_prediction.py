@@ -24,7 +24,7 @@ def predict_with(engine: Engine, card: ModelCard, rgb: np.ndarray, batch_size: i
                  ) -> np.ndarray:
     """Probabilities for RGB uint8 tiles ``(n, s, s, 3)`` through ``engine`` (compiled for
     ``batch_size``): ``(n, s, s)`` float32 for a UNet, ``(n,)`` for a patch model."""
-    s = card.input_size_px
+    s = card.window_px
     outs = []
     for i in range(0, len(rgb), batch_size):
         x = np.ascontiguousarray(rgb[i : i + batch_size], np.uint8)

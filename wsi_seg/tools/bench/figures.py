@@ -102,7 +102,7 @@ def throughput_entry(kind: str, model_path: str, slide: dict[str, Any], job: Any
         "budget": time_budget(job, p.batch_size, e2e, model),
         "model": kind, "model_path": model_path,
         "size_px": slide["size_px"], "batch_size": p.batch_size,
-        "tile_px": job.card.input_size_px, "step_px": job.spec.step_px, "mpp": job.mpp,
+        "tile_px": job.card.window_px, "step_px": job.spec.step_px, "mpp": job.mpp,
         "block_px": p.block_px, "blocks": job.n_blocks, "tiles": job.n_tiles,
         "tile_predictions": job.n_tile_predictions, "halo_factor": round(dup, 4),
         "tissue_fraction": round(job.tissue_fraction, 4),

@@ -103,7 +103,7 @@ def _plan_and_warm(bm: DeviceBenchmark, entry: dict[str, Any], model: Path,
     entry["plan"] = {"slides": len(jobs), "blocks": sum(j.n_blocks for j in jobs),
                      "tiles": sum(j.n_tiles for j in jobs),
                      "tile_predictions": sum(j.n_tile_predictions for j in jobs),
-                     "tile_px": jobs[0].card.input_size_px if jobs else None}
+                     "tile_px": jobs[0].card.window_px if jobs else None}
     t = time.perf_counter()
     got = warm(bench, model, infer)
     entry["warm"] = {"seconds": round(time.perf_counter() - t, 2), "workers": got}

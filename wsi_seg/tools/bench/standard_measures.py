@@ -105,7 +105,7 @@ def seeds_way(slide: dict[str, Any], model_path: Path, job: Any, max_s: float
     from wsi_seg.stages.models import preprocess
 
     model, card = load_model(model_path)
-    roi = card.input_size_px
+    roi = card.window_px
     osr = openslide.OpenSlide(slide["path"])
     try:
         slide_mpp = float(osr.properties.get(openslide.PROPERTY_NAME_MPP_X, 0) or 0.5)

@@ -199,7 +199,7 @@ def _centre_output(model: Any, card: Any, seed: int) -> None:
     from wsi_seg.stages.models import preprocess
     from wsi_seg.tools.synth import Renderer, SynthSpec, make_layout
 
-    tile_px, mpp = card.input_size_px, card.mpp
+    tile_px, mpp = card.window_px, card.mpp
 
     spec = SynthSpec(8000, 8000, seed=seed, mpp=0.25)
     layout = make_layout(spec)
@@ -221,5 +221,5 @@ def model_record(path: Path) -> dict[str, Any]:
     from wsi_seg.stages.card import read_card
 
     card = read_card(path)
-    return {"path": str(path), "name": card.name, "tile_px": card.input_size_px,
+    return {"path": str(path), "name": card.name, "tile_px": card.window_px,
             "mpp": card.mpp, "architecture": card.architecture}
