@@ -168,7 +168,7 @@ def test_lambda_refused_even_when_config_scan_misses_it(tmp_path: Path) -> None:
     path = tmp_path / "lam.keras"
     save_model(_lambda_model(), _unet_card(), path)
     config = json.loads(zipfile.ZipFile(path).read("config.json"))
-    assert unsafe_parts(config) == ["a Lambda layer"]
+    assert "a Lambda layer" in unsafe_parts(config)
     with pytest.raises(ValueError, match="Lambda"):
         keras.saving.load_model(path, safe_mode=True, compile=False)
 

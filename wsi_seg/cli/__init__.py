@@ -18,7 +18,8 @@ from wsi_seg import __version__
 from wsi_seg.core.errors import WsiSegError, printable
 
 # Order is the order shown by --help.
-_COMMANDS = ("run", "info", "synth", "extract", "train", "evaluate", "score", "bench", "demo")
+_COMMANDS = ("run", "info", "model", "synth", "extract", "train", "evaluate", "score", "bench",
+             "demo")
 
 EPILOG = """\
 examples:

@@ -676,30 +676,14 @@ def _input_problem(in_shape: tuple[Any, ...], card: ModelCard) -> str | None:
 
 
 def unsafe_parts(config: Any) -> list[str]:
-    """Lambda layers and non-Keras classes in a model config (the compile config excluded).
-
-    Such objects run arbitrary Python on load; a model file that needs them is refused
-    rather than trusted. Returns human-readable descriptions, empty when the config is clean.
+    """Everything in a model config that would run code on load (the compile config
+    excluded): Lambda layers and classes outside the allow-list of standard Keras classes and
+    keras-hub's registered ones. The one rule is :func:`wsi_seg.stages.model_files.unsafe_parts`
+    (the same for imported Keras 2 files); empty when the config is clean.
     """
-    found: list[str] = []
-    # A stack, not recursion: a config nested almost as deep as json.loads allows would
-    # overflow a recursive walk.
-    stack = [config]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            cls = node.get("class_name")
-            module = node.get("module")
-            if cls == "Lambda":
-                found.append("a Lambda layer")
-            elif isinstance(module, str) and cls is not None and not (
-                module == "keras" or module.startswith("keras.")
-            ):
-                found.append(f"custom class {cls!r} from module {module!r}")
-            stack.extend(v for k, v in node.items() if k != "compile_config")
-        elif isinstance(node, list):
-            stack.extend(node)
-    return sorted(set(found))
+    from wsi_seg.stages import model_files
+
+    return model_files.unsafe_parts(config)
 
 
 def check_model_matches_card(model: Any, card: ModelCard, path: str | os.PathLike[str]) -> None:
@@ -759,7 +743,7 @@ def verify_model_file(path: str | os.PathLike[str]) -> ModelCard:
     if unsafe:
         raise ModelError(
             f"refused: the model holds {', '.join(unsafe)}, which would run arbitrary code "
-            "on load; rebuild it from standard Keras layers",
+            "on load; rebuild it from standard Keras layers (or keras-hub's)",
             p,
         )
     declared = declared_input_shape(config)
