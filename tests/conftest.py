@@ -35,3 +35,17 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def real_slides(shared_data: Path) -> Path:
     return shared_data / "slides"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """The backend asked for is the one the tests run on: ``KERAS_BACKEND=jax pytest`` that
+    silently ran TensorFlow (Keras imported before the variable applied, or JAX missing and a
+    fallback taken) would pass every JAX check without running JAX."""
+    wanted = os.environ.get("KERAS_BACKEND")
+    if not wanted:
+        return
+    import keras
+
+    got = keras.backend.backend()
+    if got != wanted:
+        raise pytest.UsageError(f"KERAS_BACKEND={wanted} was asked for but Keras runs on {got}")

@@ -117,7 +117,7 @@ def test_the_window_of_an_undefined_input() -> None:
     odd = ModelCard("unet", None, 3, 1.0, size_multiple_px=48)
     assert odd.window_px == 288  # 256 rounded up to the multiple
     assert fcn.at_tile(512).window_px == 512 and fcn.at_tile(None) is fcn
-    with pytest.raises(ValueError, match="multiple of 16 .*use e.g. --tile 496"):
+    with pytest.raises(ValueError, match=r"multiple of 16 .*use e\.g\. --tile 496"):
         fcn.at_tile(500)
     fixed = ModelCard("unet", 64, 3, 1.0)
     assert fixed.at_tile(64) is fixed

@@ -675,15 +675,16 @@ def _input_problem(in_shape: tuple[Any, ...], card: ModelCard) -> str | None:
             f"({want}x{card.channels})")
 
 
-def unsafe_parts(config: Any) -> list[str]:
+def unsafe_parts(config: Any, *, resolve: bool = True) -> list[str]:
     """Everything in a model config that would run code on load (the compile config
     excluded): Lambda layers and classes outside the allow-list of standard Keras classes and
     keras-hub's registered ones. The one rule is :func:`wsi_seg.stages.model_files.unsafe_parts`
-    (the same for imported Keras 2 files); empty when the config is clean.
+    (the same for imported Keras 2 files; ``resolve=False`` checks names without importing
+    Keras); empty when the config is clean.
     """
     from wsi_seg.stages import model_files
 
-    return model_files.unsafe_parts(config)
+    return model_files.unsafe_parts(config, resolve=resolve)
 
 
 def check_model_matches_card(model: Any, card: ModelCard, path: str | os.PathLike[str]) -> None:
@@ -720,7 +721,8 @@ def verify_model_file(path: str | os.PathLike[str]) -> ModelCard:
 
     The file exists and is a Keras 3 archive whose members stay within their size ceilings;
     the card exists and parses; the card's sha256 matches the file; the architecture holds no
-    Lambda layer or custom classes; the input it declares matches the card. Cheap enough for
+    Lambda layer or custom classes (names checked without importing Keras: :func:`load_model`
+    looks them up); the input it declares matches the card. Cheap enough for
     a client to run before starting any worker (milliseconds plus hashing the file).
     """
     p = Path(path)
@@ -739,13 +741,7 @@ def verify_model_file(path: str | os.PathLike[str]) -> ModelCard:
         )
     if not card.sha256:
         raise ModelError("model card has no sha256 of the weights", card_path(p))
-    unsafe = unsafe_parts(config)
-    if unsafe:
-        raise ModelError(
-            f"refused: the model holds {', '.join(unsafe)}, which would run arbitrary code "
-            "on load; rebuild it from standard Keras layers (or keras-hub's)",
-            p,
-        )
+    _refuse_unsafe(unsafe_parts(config, resolve=False), p)
     declared = declared_input_shape(config)
     problem = None if declared is None else _input_problem(declared, card)
     if problem:
@@ -753,15 +749,27 @@ def verify_model_file(path: str | os.PathLike[str]) -> ModelCard:
     return card
 
 
+def _refuse_unsafe(unsafe: list[str], path: Path) -> None:
+    if unsafe:
+        raise ModelError(
+            f"refused: the model holds {', '.join(unsafe)}, which would run arbitrary code "
+            "on load; rebuild it from standard Keras layers (or keras-hub's)",
+            path,
+        )
+
+
 def load_model(path: str | os.PathLike[str]) -> tuple[Any, ModelCard]:
     """Load ``MODEL.keras`` with its card, refusing anything unsafe or inconsistent.
 
     Checks, in order, each failing with a one-line :class:`ModelError`: those of
-    :func:`verify_model_file`; Keras loads it with ``safe_mode=True, compile=False``; its input
-    and output shapes match the card.
+    :func:`verify_model_file`; the allow-list with every class name looked up in Keras; Keras
+    loads it with ``safe_mode=True, compile=False``; its input and output shapes match the
+    card.
     """
     p = Path(path)
     card = verify_model_file(p)
+    # The whole allow-list, with names looked up in Keras (imported here anyway).
+    _refuse_unsafe(unsafe_parts(_archive_config(p)), p)
     import keras
 
     try:

@@ -14,10 +14,13 @@ its card. This module does the two steps before that, each refusing bad input wi
   channels, dense mask or one score per tile, the final activation, and the multiple of which
   an undefined (``None x None``) input side must be.
 
-Keras 2 files need two repairs before Keras 3 can rebuild them (:func:`_keras2_compat`): some
-layers carry Keras 2-only arguments (``groups=1`` on transposed and depthwise convolutions,
-keras-team/keras#19441), and tf-keras' ``to_json`` tags layers with a ``module``, which sends
-them past the Keras 2 fix-ups of Keras 3's legacy loader (``axis=[3]`` lists, for one).
+Keras 2 files need three repairs before Keras 3 can rebuild them (:func:`_keras2_compat`),
+each of which makes ``keras.saving.load_model`` fail on files real tf-keras writes: some layers
+carry Keras 2-only arguments (``groups=1`` on every transposed and depthwise convolution,
+keras-team/keras#19441); tf-keras' ``to_json`` tags layers with a ``module``, which sends them
+past the Keras 2 fix-ups of Keras 3's legacy loader (``axis=[3]`` lists, for one); and Keras 2
+numbers the calls of a nested model (a pretrained encoder used as a layer) from 1, Keras 3
+from 0.
 """
 
 from __future__ import annotations
@@ -82,6 +85,7 @@ _CODE_LAYERS = {
 }
 # Model classes of a config that are not exported from keras.layers.
 _MODEL_CLASSES = frozenset({"Functional", "Sequential", "Model", "InputLayer"})
+_NESTED_MODELS = frozenset({"Functional", "Sequential", "Model"})
 # Public Keras modules whose classes a model config may name.
 _CLASS_MODULES = ("layers", "initializers", "regularizers", "constraints", "dtype_policies")
 _ACTIVATION_NOT_FUNCTIONS = frozenset({"get", "serialize", "deserialize"})
@@ -155,10 +159,10 @@ def _read_keras2_h5(src: Path) -> keras.Model:
     given the weights in its ``model_weights`` group.
 
     ``keras.saving.load_model`` reads Keras 2 ``.h5`` files, but it deserialises the config
-    straight from the file, so it fails on any Keras 2 argument Keras 3 dropped (every
-    ``Conv2DTranspose`` tf-keras writes carries ``groups=1``). We take its two steps ourselves,
-    on the repaired config: rebuild (Keras 3's legacy deserialiser, the one it uses), load the
-    weights (the legacy reader it uses).
+    straight from the file, so it fails on what :func:`_keras2_compat` repairs (every
+    ``Conv2DTranspose`` tf-keras writes carries ``groups=1``; every nested model is numbered
+    from 1). We take its two steps ourselves, on the repaired config: rebuild with Keras 3's
+    legacy deserialiser and load the weights with its legacy reader, the two it uses.
     """
     with _open_h5(src, MAX_H5_BYTES, "Keras 2 model saved with model.save('m.h5')") as f:
         config = _h5_model_config(f, src)
@@ -178,6 +182,9 @@ def _read_keras2_json(src: Path, weights: Path) -> keras.Model:
     raw = read_capped(src, MAX_CONFIG_BYTES, ModelError, "architecture JSON")
     config = decode_json(raw, src, ModelError, "architecture JSON")
     _check_config_object(config, src)
+    if "module" in config:  # Keras 3's to_json tags the model itself; Keras 2's does not
+        raise ModelError("this is a Keras 3 architecture JSON: bring the model as a .keras "
+                         "archive instead (model.save('m.keras'))", src)
     _refuse_unsafe(config, src)
     model = _build_keras2(config, src)
     with _open_h5(weights, MAX_H5_BYTES, "Keras 2 weights file saved with "
@@ -263,11 +270,14 @@ def _refuse_unsafe(config: Any, path: Path) -> None:
 def _keras2_compat(config: dict[str, Any]) -> dict[str, Any]:
     """Repair a Keras 2 config, in place, so Keras 3's legacy deserialiser can rebuild it.
 
-    * Arguments of :data:`_KERAS2_ONLY_ARGS` are dropped (Keras 2 wrote and ignored them).
-    * Layer entries lose ``module`` and ``registered_name``: tf-keras' ``to_json`` writes them
+    Every model config in it (the top one and nested ones) gets three repairs:
+
+    * arguments of :data:`_KERAS2_ONLY_ARGS` are dropped (Keras 2 wrote and ignored them);
+    * layer entries lose ``module`` and ``registered_name``: tf-keras' ``to_json`` writes them
       (its ``.h5`` does not), and Keras 3 sends a layer that has a ``module`` to its Keras 3
       deserialiser, which lacks the legacy path's Keras 2 fix-ups (``axis=[3]`` becomes 3,
-      ``batch_input_shape`` becomes ``batch_shape``). Both Keras 2 formats then take one path.
+      ``batch_input_shape`` becomes ``batch_shape``), so both Keras 2 formats take one path;
+    * calls of nested models are renumbered (:func:`_renumber_nested_calls`).
 
     Runs after :func:`unsafe_parts`, which sees the config as the file wrote it.
     """
@@ -285,10 +295,46 @@ def _keras2_compat(config: dict[str, Any]) -> dict[str, Any]:
                         if isinstance(layer, dict):
                             layer.pop("module", None)
                             layer.pop("registered_name", None)
+                    _renumber_nested_calls(inner, layers)
             stack.extend(node.values())
         elif isinstance(node, list):
             stack.extend(node)
     return config
+
+
+def _renumber_nested_calls(inner: dict[str, Any], layers: list[Any]) -> None:
+    """Shift references to calls of nested models down by one, in place.
+
+    Keras 2 numbers a nested model's calls from 1 (node 0 was the model's own construction on
+    its Input), Keras 3 from 0, and its legacy loader does not convert: any Keras 2 model that
+    calls another (a pretrained encoder used as a layer) fails there with "the graph ... has
+    loops or disconnected nodes". ``output_layers`` / ``input_layers`` entries that name a
+    nested ``Functional`` are left alone, since Keras 3 shifts those itself (its Sequential is
+    no Functional, so those are shifted here).
+    """
+    kinds = {layer.get("name"): layer.get("class_name") for layer in layers
+             if isinstance(layer, dict)}
+    nested = {name for name, kind in kinds.items() if kind in _NESTED_MODELS}
+    if not nested:
+        return
+    for layer in layers:
+        nodes = layer.get("inbound_nodes") if isinstance(layer, dict) else None
+        for node in nodes if isinstance(nodes, list) else ():
+            for ref in node if isinstance(node, list) else ():
+                _shift_ref(ref, nested)
+    sequential = {name for name in nested if kinds[name] == "Sequential"}
+    for key in ("input_layers", "output_layers"):
+        refs = inner.get(key)
+        for ref in refs if isinstance(refs, list) else ():
+            _shift_ref(ref, sequential)
+
+
+def _shift_ref(ref: Any, names: set[Any]) -> None:
+    """``[layer_name, node_index, tensor_index, ...]`` with node_index one lower, when it names
+    one of ``names`` and is not already 0."""
+    if (isinstance(ref, list) and len(ref) >= 3 and ref[0] in names
+            and isinstance(ref[1], int) and ref[1] > 0):
+        ref[1] -= 1
 
 
 def _build_keras2(config: dict[str, Any], path: Path) -> keras.Model:
@@ -369,13 +415,19 @@ def _check_weight_sizes(group: h5py.Group, model: keras.Model, path: Path) -> No
 
 # ------------------------------------------------------------------------------- safety scan
 
-def unsafe_parts(config: Any) -> list[str]:
+def unsafe_parts(config: Any, *, resolve: bool = True) -> list[str]:
     """Everything in a model config (its compile config excluded) that is not allowed.
 
     Every serialised object (a dict with a ``class_name``) must name a class
     :func:`allowed_class` accepts, a Keras activation function, or a Keras data tag (a tensor
     in the graph, an array). Anything else would make Keras import a module or run code the
     file names: custom classes, ``Lambda`` layers (Python bytecode), wrappers of outside code.
+
+    ``resolve=False`` is the same rule without looking class and function names up in Keras
+    (which imports Keras, and so TensorFlow: seconds): objects of Keras' own modules, and
+    ``keras_hub>`` registrations from keras-hub's, pass on their names alone. A client checks
+    a model file that way before any worker starts; the process that loads the model runs the
+    whole rule first (:func:`wsi_seg.stages.card.load_model`).
 
     Returns:
         Human-readable descriptions, sorted and without repeats; empty when the config is clean.
@@ -386,7 +438,7 @@ def unsafe_parts(config: Any) -> list[str]:
         node = stack.pop()
         if isinstance(node, dict):
             if "class_name" in node:
-                problem = _object_problem(node)
+                problem = _object_problem(node, resolve)
                 if problem:
                     found.add(problem)
             stack.extend(v for k, v in node.items() if k != "compile_config")
@@ -395,8 +447,9 @@ def unsafe_parts(config: Any) -> list[str]:
     return sorted(found)
 
 
-def _object_problem(node: dict[str, Any]) -> str | None:
-    """Why one serialised object is not allowed, or None."""
+def _object_problem(node: dict[str, Any], resolve: bool = True) -> str | None:
+    """Why one serialised object is not allowed, or None (``resolve``: see
+    :func:`unsafe_parts`)."""
     cls, module, registered = (node.get("class_name"), node.get("module"),
                                node.get("registered_name"))
     if not isinstance(cls, str) or not isinstance(module, str | None):
@@ -408,9 +461,13 @@ def _object_problem(node: dict[str, Any]) -> str | None:
     if cls in _CODE_LAYERS:
         return _CODE_LAYERS[cls]
     if cls == "function":
+        if not resolve and _is_keras_module(module) and isinstance(node.get("config"), str):
+            return None
         return _function_problem(node.get("config"), module)
     if not isinstance(registered, str | None):
         return f"a malformed object entry (registered_name {registered!r})"
+    if not resolve and _plausible_class(cls, module, registered):
+        return None
     if allowed_class(cls, module, registered):
         return None
     if registered and registered.startswith(_HUB_PREFIX) and not _keras_hub_available():
@@ -426,6 +483,15 @@ def _function_problem(name: Any, module: str | None) -> str | None:
         return None
     where = f" from module {module!r}" if module else ""
     return f"custom function {name!r}{where}"
+
+
+def _plausible_class(class_name: str, module: str | None, registered_name: str | None) -> bool:
+    """:func:`allowed_class` on names alone (no import): Keras' own module and no other
+    registration, or a ``keras_hub>`` registration of keras-hub's module."""
+    if registered_name not in (None, class_name):
+        return (str(registered_name).startswith(_HUB_PREFIX) and module is not None
+                and (module == "keras_hub" or module.startswith("keras_hub.")))
+    return _is_keras_module(module)
 
 
 def allowed_class(class_name: str, module: str | None, registered_name: str | None) -> bool:
@@ -560,8 +626,7 @@ def inspect_model(model: keras.Model, path: Path | None = None) -> ModelShape:
     if side is None:
         multiple = _size_multiple(model, channels, spatial, path)
     else:
-        if spatial and tuple(out_shape[1:3]) != (side, side):
-            raise ModelError(_size_mismatch(out_shape[1], out_shape[2], side), path)
+        _check_fixed_size(model, side, channels, spatial, path)
         multiple = 1
     return ModelShape(input_size_px=side, channels=channels, out_channels=out_channels,
                       spatial=spatial, activation=_final_activation(model),
@@ -630,6 +695,18 @@ def _size_mismatch(out_h: Any, out_w: Any, side: int) -> str:
             "needs a same-size mask")
 
 
+def _check_fixed_size(model: keras.Model, side: int, channels: int, spatial: bool,
+                      path: Path | None) -> None:
+    """ModelError unless the model really runs on its own ``side x side`` input (traced, see
+    :func:`_symbolic_output`) and a mask comes out at that same size."""
+    out, why = _symbolic_output(model, side, channels)
+    if out is None:
+        raise ModelError(f"model cannot run on its declared {side}x{side} input ({why}); "
+                         "rebuild it so that it predicts at that size", path)
+    if spatial and tuple(out[1:3]) != (side, side):
+        raise ModelError(_size_mismatch(out[1], out[2], side), path)
+
+
 def _size_multiple(model: keras.Model, channels: int, spatial: bool, path: Path | None) -> int:
     """Smallest power of two m (1..256, pixels) such that sides m*5 and m*7 both give an
     output (of the same side, for a mask), computed symbolically."""
@@ -639,7 +716,7 @@ def _size_multiple(model: keras.Model, channels: int, spatial: bool, path: Path 
         fits = True
         for factor in _PROBE_FACTORS:
             side = multiple * factor
-            out = _symbolic_output(model, side, channels)
+            out, _ = _symbolic_output(model, side, channels)
             if out is None:
                 fits = False
             elif spatial and tuple(out[1:3]) != (side, side):
@@ -655,18 +732,29 @@ def _size_multiple(model: keras.Model, channels: int, spatial: bool, path: Path 
                      "input size", path)
 
 
-def _symbolic_output(model: keras.Model, side: int, channels: int) -> tuple[Any, ...] | None:
-    """The output shape for one ``side x side`` tile, or None where the graph refuses it."""
+def _symbolic_output(model: keras.Model, side: int,
+                     channels: int) -> tuple[tuple[Any, ...] | None, str]:
+    """The output shape for one ``side x side`` tile, or None and why the graph refuses it.
+
+    Traced with the backend's symbolic shape computation (a TensorFlow graph or
+    ``jax.eval_shape``: shapes only, no values computed). ``model.compute_output_spec`` is not
+    enough: it chains the layers' own shape rules, and ``Concatenate``'s does not compare the
+    non-concatenated sides, so a UNet whose skip sides differ (5 px pooled to 2 and upsampled to
+    4, beside 5) would pass there and fail on the first real tile.
+    """
     import keras
+    from keras.src import backend
 
     try:
-        spec = model.compute_output_spec(keras.KerasTensor((1, side, side, channels)))
-    except Exception:  # any layer's shape error (ValueError, TypeError, TF's own errors)
-        return None
+        spec = backend.compute_output_spec(model, keras.KerasTensor((1, side, side, channels)))
+    except Exception as exc:  # any layer's shape error (ValueError, TypeError, TF's own errors)
+        return None, _first_line(exc)
     if isinstance(spec, list | tuple) and len(spec) == 1:
         spec = spec[0]
     shape = getattr(spec, "shape", None)
-    return None if shape is None else tuple(shape)
+    if shape is None:
+        return None, f"output is a {type(spec).__name__}, not one tensor"
+    return tuple(shape), ""
 
 
 def _final_activation(model: keras.Model) -> str | None:
