@@ -109,7 +109,8 @@ keras.Model(inp, L.Conv2D(1, 1, activation="sigmoid")(inp)).save(out / "non_squa
 @pytest.fixture(scope="module")
 def k2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder of Keras 2 files written by tf-keras (see :data:`KERAS2_WRITER`)."""
-    pytest.importorskip("tf_keras", reason="tf-keras (the dev extra) writes the Keras 2 files")
+    # tf-keras is in the dev extra: without it the writer fails, and the tests with it (a
+    # skip would hide that the Keras 2 path went untested).
     out = tmp_path_factory.mktemp("keras2")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
     done = subprocess.run([sys.executable, "-c", KERAS2_WRITER, str(out)], env=env,
@@ -240,7 +241,7 @@ class FakeHubLayer(Doubler):
 def test_registered_custom_class_in_a_keras_archive_is_refused(tmp_path: Path,
                                                                layer: type) -> None:
     if layer is FakeHubLayer:  # a spoof of keras-hub's registrations needs keras-hub present
-        pytest.importorskip("keras_hub", reason="keras-hub is not installed")
+        import keras_hub  # noqa: F401  (the dev extra installs it: missing fails, never skips)
     path = tmp_path / "custom.keras"
     inp = keras.Input((16, 16, 3))
     keras.Model(inp, keras.layers.Conv2D(1, 1)(layer()(inp))).save(path)
@@ -326,7 +327,8 @@ def test_unknown_suffix_is_refused(tmp_path: Path) -> None:
 
 # -- keras-hub ----------------------------------------------------------------------------------
 def test_keras_hub_segmenter_loads_in_safe_mode(tmp_path: Path) -> None:
-    keras_hub = pytest.importorskip("keras_hub", reason="keras-hub is not installed")
+    import keras_hub  # the dev extra installs it: missing fails, never skips
+
     keras.utils.set_random_seed(0)
     # Random weights and a tiny config: nothing is downloaded. ResNet insists on 64 filters in
     # its stem and first stack; the rest stays small (about 0.4 M parameters in all).

@@ -237,7 +237,7 @@ def import_model(src: str | Path, out: str | Path, spec: ImportSpec, *,
     if out.resolve() == src.resolve():
         raise ModelError("--out would overwrite the file being imported; choose another "
                          "name", out)
-    model = read_model(src, None if weights is None else Path(weights))
+    model = _single_tensor_io(read_model(src, None if weights is None else Path(weights)))
     shape = inspect_model(model, src)
     card = build_card(shape, spec, src)
     _check_probabilities(_raw_output(model, card), card, src)
@@ -247,6 +247,23 @@ def import_model(src: str | Path, out: str | Path, spec: ImportSpec, *,
     tumour = probe[..., 0] if final.class_maps else probe
     return Imported(out, final, src, tuple(probe.shape),
                     (float(np.min(tumour)), float(np.max(tumour))))
+
+
+def _single_tensor_io(model: Any) -> Any:
+    """The same layers and weights, called on a tensor rather than a one-element list.
+
+    Keras 2 files declare a model's input and output as lists of one; Keras 3 keeps that
+    structure and warns ("the structure of `inputs` doesn't match") every time the model is
+    traced with a plain tensor, in every worker. Rebuilt on the tensors themselves, nothing
+    else changes (the layers are shared, the outputs equal).
+    """
+    import keras
+
+    inputs, outputs = getattr(model, "_inputs_struct", None), getattr(model, "_outputs_struct",
+                                                                       None)
+    if not (isinstance(inputs, list | tuple) or isinstance(outputs, list | tuple)):
+        return model
+    return keras.Model(model.inputs[0], model.outputs[0], name=model.name)
 
 
 def _raw_output(model: Any, card: ModelCard) -> np.ndarray:
