@@ -161,8 +161,8 @@ def read_class_truths(path: str | Path, model_classes: Sequence[str],
     ``class_map`` (truth name, case-folded -> model class name: :func:`parse_class_map`)
     renamed it; QuPath derived classes (``"Tumor: Positive"``) count for their first name.
     Areas to subtract (ImageScope's negative regions) are subtracted from their own class.
-    A model class nothing was drawn of gets an empty geometry: it is scored as "no such
-    tissue here".
+    A model class nothing was drawn of gets an empty geometry; a run does not score such a
+    class (undrawn is not "absent": the annotator may not have drawn that class at all).
 
     Raises:
         AnnotationError: unreadable file (as :func:`read_truth`), a mask (it has no

@@ -74,6 +74,9 @@ class SlideState:
     # (None: not yet); ``taken`` is why its output folder cannot be used, if it cannot.
     done: bool | None = None
     taken: WsiSegError | None = None
+    # A skipped slide's figures for the summaries, from its finished report.json (only what
+    # the summaries show, so a long run does not hold every report).
+    earlier: dict[str, Any] | None = None
 
     def record(self) -> dict[str, Any]:
         """The slide's entry in ``run.json``."""
@@ -204,7 +207,11 @@ class Runner:
         if report is None:
             return False
         # A slide that could not be scored before is redone (the truth may be fixed now).
-        return self.config.truth is None or not report.get("score_error")
+        if self.config.truth is not None and report.get("score_error"):
+            return False
+        state.earlier = {k: report.get(k) for k in ("tissue_mm2", "tumour_mm2", "score",
+                                                     "tiles_per_s", "classes")}
+        return True
 
     def prepare(self) -> None:
         """Skip finished slides; prepare the others (a slide that cannot be fails alone)."""
@@ -425,27 +432,39 @@ class Runner:
             write_summary_md,
         )
 
-        rows = []
+        rows, class_rows = [], []
         for s in self.states:
-            rep, score = s.report, s.report.score if s.report else None
             status = s.status if s.status != "failed" else f"failed: {s.error}"
+            name = s.path.name if s.name == slide_stem(s.path) else s.name
+            fig = _summary_figures(s)
             rows.append(SummaryRow(
-                slide=s.path.name if s.name == slide_stem(s.path) else s.name,
-                tissue_mm2=rep.tissue_mm2 if rep else None,
-                tumour_mm2=rep.tumour_mm2 if rep else None,
-                iou=score.iou if score else None, dice=score.dice if score else None,
-                tiles_per_s=rep.tiles_per_s if rep else None, status=status))
+                slide=name, tissue_mm2=fig.get("tissue_mm2"), tumour_mm2=fig.get("tumour_mm2"),
+                iou=(fig.get("score") or {}).get("iou"),
+                dice=(fig.get("score") or {}).get("dice"),
+                tiles_per_s=fig.get("tiles_per_s"), status=status))
+            class_rows += [ClassRow(name, c["name"], c["area_mm2"], c["regions"],
+                                    (c.get("score") or {}).get("iou"),
+                                    (c.get("score") or {}).get("dice"))
+                           for c in fig.get("classes") or ()]
         footer = run_score_lines([s.report for s in self.states if s.report])
-        class_rows = [ClassRow(row.slide, c.name, c.area_mm2, c.regions,
-                               c.score.iou if c.score else None,
-                               c.score.dice if c.score else None)
-                      for row, s in zip(rows, self.states, strict=True) if s.report
-                      for c in s.report.classes]
         write_summary_csv(rows, self.config.out_dir / "summary.csv")
         write_summary_md(rows, self.config.out_dir / "summary.md", footer=footer,
                          classes=class_rows)
+        class_csv = self.config.out_dir / CLASS_SUMMARY
         if class_rows:
-            write_class_summary_csv(class_rows, self.config.out_dir / CLASS_SUMMARY)
+            write_class_summary_csv(class_rows, class_csv)
+        else:  # an earlier run's table would no longer match summary.md
+            class_csv.unlink(missing_ok=True)
+
+
+def _summary_figures(state: SlideState) -> dict[str, Any]:
+    """What the summaries show of a slide, as ``report.json`` holds it: from this run's report,
+    else (a skipped slide) from the finished one read at the start; empty when neither."""
+    if state.report is not None:
+        data = state.report.to_json()
+        return {k: data.get(k) for k in ("tissue_mm2", "tumour_mm2", "score", "tiles_per_s",
+                                         "classes")}
+    return state.earlier or {}
 
 
 def _classes_text(report: SlideReport) -> str:

@@ -172,6 +172,8 @@ def create_mosaic(
         )
     meta: dict[str, Any] = {"geometry": asdict(geom), "n_levels": n, **(provenance or {})}
     if classes:
+        # Where the class image is: NGFF links nothing but labels from an image.
+        meta["class_image"] = CLASSES
         meta["classes"] = [asdict(c) for c in classes]
         _create_class_image(group, geom, n, classes)
     group.attrs.update({"ome": _ome_attrs(geom, n, name), "wsi_seg": meta})
