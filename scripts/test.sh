@@ -29,7 +29,7 @@ step "pytest" pytest -q "$@"
 # The inference tests again on the other Keras backend CI can run (CPU JAX): the same .keras
 # models and the same guarantees (batch-independent predictions, block-size-independent mosaics).
 step "pytest (KERAS_BACKEND=jax)" env KERAS_BACKEND=jax pytest -q -p no:cacheprovider \
-    tests/test_preprocess.py tests/test_card_classes.py tests/test_infer.py tests/test_pipeline.py \
-    "$@"
+    tests/test_preprocess.py tests/test_card_classes.py tests/test_classes.py tests/test_infer.py \
+    tests/test_pipeline.py "$@"
 echo "==> total $(since "$T0"): $([[ $status == 0 ]] && echo PASSED || echo FAILED)"
 exit $status
