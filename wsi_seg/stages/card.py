@@ -120,7 +120,7 @@ class InputNorm:
     std: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
-        problems = _norm_problems(self)
+        problems = _norm_problems(self.channels, self.normalisation, self.mean, self.std)
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -134,25 +134,26 @@ class InputNorm:
         return None
 
 
-def _norm_problems(n: InputNorm) -> list[str]:
+def _norm_problems(channels: Any, normalisation: Any, mean: Any, std: Any) -> list[str]:
+    """Everything wrong with an input rule's fields (the card's too, where they live)."""
     p: list[str] = []
-    if n.channels not in (1, 3):
-        p.append(f"channels must be 1 or 3, not {n.channels!r}")
-    if n.normalisation not in NORMALISATIONS:
-        p.append(f"normalisation must be one of {NORMALISATIONS}, not {n.normalisation!r}")
-    if n.normalisation == "imagenet" and n.channels != 3:
+    if channels not in (1, 3):
+        p.append(f"channels must be 1 or 3, not {channels!r}")
+    if normalisation not in NORMALISATIONS:
+        p.append(f"normalisation must be one of {NORMALISATIONS}, not {normalisation!r}")
+    if normalisation == "imagenet" and channels != 3:
         p.append("normalisation 'imagenet' needs 3 channels (use mean_std for greyscale)")
-    given = (n.mean is not None, n.std is not None)
-    if n.normalisation == "mean_std":
-        for what, values in (("mean", n.mean), ("std", n.std)):
-            if values is None or len(values) != n.channels or not all(
+    if normalisation == "mean_std":
+        for what, values in (("mean", mean), ("std", std)):
+            if not isinstance(values, tuple | list) or len(values) != channels or not all(
                     isinstance(v, int | float) and math.isfinite(v) for v in values):
-                p.append(f"normalisation 'mean_std' needs {what} as {n.channels} finite "
+                p.append(f"normalisation 'mean_std' needs {what} as {channels} finite "
                          f"number(s) (one per channel, of x / 255), not {values!r}")
-        if n.std is not None and any(isinstance(v, int | float) and v <= 0 for v in n.std):
-            p.append(f"std must be positive, not {n.std!r}")
-    elif any(given):
-        p.append(f"mean and std belong to normalisation 'mean_std', not {n.normalisation!r}")
+        if isinstance(std, tuple | list) and any(isinstance(v, int | float) and v <= 0
+                                                 for v in std):
+            p.append(f"std must be positive, not {std!r}")
+    elif mean is not None or std is not None:
+        p.append(f"mean and std belong to normalisation 'mean_std', not {normalisation!r}")
     return p
 
 
@@ -330,8 +331,7 @@ class ModelCard:
         d = dataclasses.asdict(self)
         extra = d.pop("extra")
         new = {k: v for k, v in d.items()
-               if k in _FORMAT_2_DEFAULTS and v != _FORMAT_2_DEFAULTS[k]
-               and not (isinstance(v, list) and not v)}
+               if k in _FORMAT_2_DEFAULTS and v != _FORMAT_2_DEFAULTS[k]}
         # A format-1 card is written exactly as format 1 wrote it (same keys, same order).
         d = {k: v for k, v in d.items() if k not in _FORMAT_2_DEFAULTS}
         fmt = CARD_FORMAT_2 if new or self.input_size_px is None else CARD_FORMAT
@@ -406,7 +406,7 @@ def card_problems(card: ModelCard) -> list[str]:
                  f"not {card.input_size_px!r}")
     if not isinstance(card.mpp, int | float) or not 0.01 <= float(card.mpp) <= 100:
         p.append(f"mpp must be a resolution in µm/px (0.01-100), not {card.mpp!r}")
-    p += _norm_problems(_loose_norm(card))
+    p += _norm_problems(card.channels, card.normalisation, card.mean, card.std)
     if not isinstance(card.threshold, int | float) or not 0.0 < float(card.threshold) < 1.0:
         p.append(f"threshold must lie in (0, 1), not {card.threshold!r}")
     p += _size_problems(card)
@@ -414,15 +414,6 @@ def card_problems(card: ModelCard) -> list[str]:
     if card.precision not in (None, "float32"):
         p.append(f"precision must be null or 'float32', not {card.precision!r}")
     return p
-
-
-def _loose_norm(card: ModelCard) -> InputNorm:
-    """The card's input rule, unchecked (its problems are reported with the card's)."""
-    n = object.__new__(InputNorm)
-    for k, v in (("channels", card.channels), ("normalisation", card.normalisation),
-                 ("mean", card.mean), ("std", card.std)):
-        object.__setattr__(n, k, v)
-    return n
 
 
 def _size_problems(card: ModelCard) -> list[str]:
