@@ -65,3 +65,25 @@ def small_unet(path: Path, roi: int = 64, mpp: float = 1.0, seed: int = 0) -> Pa
     keras.utils.set_random_seed(seed)
     model = build_unet(input_size_px=roi, channels=3, depth=3, base_filters=4)
     return _save(model, path, "unet", roi, mpp)
+
+
+def tiny_keras_hub_segmenter(path: Path) -> Path:
+    """A keras-hub ``DeepLabV3ImageSegmenter`` (2 classes, logits, 64 px) over a tiny
+    ``ResNetBackbone``, random weights, nothing downloaded, saved as a Keras 3 archive (no
+    card). keras-hub is in the dev extra: missing, this fails rather than skips."""
+    import keras
+    import keras_hub
+
+    keras.utils.set_random_seed(0)
+    # ResNet insists on 64 filters in its stem and first stack; the rest stays small (about
+    # 0.4 M parameters in all).
+    encoder = keras_hub.models.ResNetBackbone(
+        input_conv_filters=[64], input_conv_kernel_sizes=[3],
+        stackwise_num_filters=[64, 16, 16], stackwise_num_blocks=[1, 1, 1],
+        stackwise_num_strides=[1, 2, 2], block_type="basic_block", image_shape=(64, 64, 3))
+    backbone = keras_hub.models.DeepLabV3Backbone(
+        image_encoder=encoder, spatial_pyramid_pooling_key="P4", upsampling_size=4,
+        dilation_rates=[2], low_level_feature_key="P2", projection_filters=8,
+        image_shape=(64, 64, 3))
+    keras_hub.models.DeepLabV3ImageSegmenter(backbone=backbone, num_classes=2).save(path)
+    return path

@@ -8,8 +8,6 @@ as ``.npy`` to compare against what Keras 3 computes from the files it read.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -19,6 +17,8 @@ import keras
 import numpy as np
 import pytest
 
+from tests.keras2_fixtures import keras2_files
+from tests.model_fixtures import tiny_keras_hub_segmenter
 from wsi_seg.core.errors import ModelError
 from wsi_seg.stages.model_files import (
     ModelShape,
@@ -28,95 +28,11 @@ from wsi_seg.stages.model_files import (
     unsafe_parts,
 )
 
-# Writes every Keras 2 file the tests read, with tf-keras, into argv[1].
-KERAS2_WRITER = r'''
-import sys
-from pathlib import Path
-
-import numpy as np
-import tf_keras as keras
-
-L = keras.layers
-out = Path(sys.argv[1])
-keras.utils.set_random_seed(0)
-
-
-def unet(classes=1, activation="sigmoid", side=64, padding="same"):
-    # BatchNormalization, SeparableConv2D, SpatialDropout2D and Conv2DTranspose each need a
-    # repair before Keras 3 rebuilds them from a Keras 2 config.
-    inp = keras.Input((side, side, 3))
-    c1 = L.Conv2D(4, 3, padding=padding, activation="relu")(inp)
-    c1 = L.BatchNormalization()(c1)
-    c1 = L.Conv2D(4, 3, padding=padding, activation="relu")(c1)
-    p = L.MaxPooling2D()(c1)
-    c2 = L.SeparableConv2D(8, 3, padding="same", activation="relu")(p)
-    c2 = L.SpatialDropout2D(0.1)(c2)
-    u = L.Conv2DTranspose(4, 2, strides=2)(c2)
-    x = L.Concatenate()([u, c1])
-    x = L.Conv2D(4, 3, padding="same", activation="relu")(x)
-    return keras.Model(inp, L.Conv2D(classes, 1, activation=activation)(x))
-
-
-class MyScale(L.Layer):
-    def call(self, x):
-        return x * 2.0
-
-
-m = unet()
-m.save(out / "unet.h5")
-(out / "unet.json").write_text(m.to_json())
-m.save_weights(out / "unet_w.h5")
-m.save_weights(out / "unet_w.weights.h5")  # tf-keras writes the Keras 3 layout here
-x = np.random.default_rng(0).random((2, 64, 64, 3)).astype("float32")
-np.save(out / "x.npy", x)
-np.save(out / "y.npy", m.predict(x, verbose=0))
-
-# A pretrained-encoder style model: a Functional encoder and a Sequential head used as layers.
-e_in = keras.Input((64, 64, 3))
-encoder = keras.Model(e_in, L.MaxPooling2D()(L.Conv2D(8, 3, padding="same")(e_in)), name="enc")
-head = keras.Sequential([keras.Input((64, 64, 8)), L.Conv2D(1, 1, activation="sigmoid")],
-                        name="head")
-inp = keras.Input((64, 64, 3))
-nested = keras.Model(inp, head(L.UpSampling2D()(encoder(inp))))
-nested.save(out / "nested.h5")
-np.save(out / "y_nested.npy", nested.predict(x, verbose=0))
-
-softmax = unet(classes=2, activation="softmax")
-softmax.save(out / "softmax_unet.h5")
-softmax.save_weights(out / "softmax_w.h5")
-unet(activation="linear").save(out / "logits_unet.h5")
-
-inp = keras.Input((50, 50, 3))
-x = L.Conv2D(8, 3, activation="relu")(inp)
-x = L.MaxPooling2D()(x)
-x = L.BatchNormalization()(x)
-x = L.GlobalAveragePooling2D()(x)
-keras.Model(inp, L.Dense(2, activation="softmax")(x)).save(out / "patch.h5")
-
-inp = keras.Input((16, 16, 3))
-keras.Model(inp, L.Lambda(lambda t: t * 2.0)(inp)).save(out / "lambda.h5")
-keras.Model(inp, MyScale()(inp)).save(out / "custom.h5")
-unet(padding="valid").save(out / "valid_unet.h5")  # output 60x60 from a 64x64 input
-
-a, b = keras.Input((32, 32, 3)), keras.Input((32, 32, 3))
-keras.Model([a, b], L.Conv2D(1, 1, activation="sigmoid")(L.Add()([a, b]))).save(
-    out / "two_inputs.h5")
-inp = keras.Input((64, 32, 3))
-keras.Model(inp, L.Conv2D(1, 1, activation="sigmoid")(inp)).save(out / "non_square.h5")
-'''
-
 
 @pytest.fixture(scope="module")
 def k2(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder of Keras 2 files written by tf-keras (see :data:`KERAS2_WRITER`)."""
-    # tf-keras is in the dev extra: without it the writer fails, and the tests with it (a
-    # skip would hide that the Keras 2 path went untested).
-    out = tmp_path_factory.mktemp("keras2")
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
-    done = subprocess.run([sys.executable, "-c", KERAS2_WRITER, str(out)], env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return out
+    """A folder of Keras 2 files written by tf-keras (:mod:`tests.keras2_fixtures`)."""
+    return keras2_files(tmp_path_factory)
 
 
 def _refusal(src: Path, weights: Path | None = None) -> str:
@@ -327,22 +243,7 @@ def test_unknown_suffix_is_refused(tmp_path: Path) -> None:
 
 # -- keras-hub ----------------------------------------------------------------------------------
 def test_keras_hub_segmenter_loads_in_safe_mode(tmp_path: Path) -> None:
-    import keras_hub  # the dev extra installs it: missing fails, never skips
-
-    keras.utils.set_random_seed(0)
-    # Random weights and a tiny config: nothing is downloaded. ResNet insists on 64 filters in
-    # its stem and first stack; the rest stays small (about 0.4 M parameters in all).
-    encoder = keras_hub.models.ResNetBackbone(
-        input_conv_filters=[64], input_conv_kernel_sizes=[3],
-        stackwise_num_filters=[64, 16, 16], stackwise_num_blocks=[1, 1, 1],
-        stackwise_num_strides=[1, 2, 2], block_type="basic_block", image_shape=(64, 64, 3))
-    backbone = keras_hub.models.DeepLabV3Backbone(
-        image_encoder=encoder, spatial_pyramid_pooling_key="P4", upsampling_size=4,
-        dilation_rates=[2], low_level_feature_key="P2", projection_filters=8,
-        image_shape=(64, 64, 3))
-    segmenter = keras_hub.models.DeepLabV3ImageSegmenter(backbone=backbone, num_classes=2)
-    path = tmp_path / "deeplab.keras"
-    segmenter.save(path)
+    path = tiny_keras_hub_segmenter(tmp_path / "deeplab.keras")
 
     model = read_model(path)
     assert type(model).__name__ == "DeepLabV3ImageSegmenter"

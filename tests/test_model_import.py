@@ -23,8 +23,9 @@ import pytest
 import shapely
 from shapely.geometry import shape
 
+from tests.keras2_fixtures import keras2_files
+from tests.model_fixtures import tiny_keras_hub_segmenter
 from tests.synth_fixtures import synthetic
-from tests.test_model_files import KERAS2_WRITER
 from wsi_seg.cli import main
 from wsi_seg.stages.card import read_card
 
@@ -33,13 +34,8 @@ FIVE = "Background,Tumor,Stroma,Immune cells,Necrosis"
 
 @pytest.fixture(scope="module")
 def k2(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Keras 2 files written by tf-keras in a subprocess (the dev extra installs it)."""
-    out = tmp_path_factory.mktemp("keras2-import")
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
-    done = subprocess.run([sys.executable, "-c", KERAS2_WRITER, str(out)], env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return out
+    """Keras 2 files written by tf-keras (:mod:`tests.keras2_fixtures`)."""
+    return keras2_files(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -243,19 +239,7 @@ def test_undefined_input_unet_runs_at_two_tile_sizes(slide: Path, tmp_path: Path
 
 def test_keras_hub_segmenter_imports_and_runs(slide: Path, tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
-    import keras_hub  # the dev extra installs it: a missing keras-hub fails, never skips
-
-    keras.utils.set_random_seed(0)
-    encoder = keras_hub.models.ResNetBackbone(
-        input_conv_filters=[64], input_conv_kernel_sizes=[3],
-        stackwise_num_filters=[64, 16, 16], stackwise_num_blocks=[1, 1, 1],
-        stackwise_num_strides=[1, 2, 2], block_type="basic_block", image_shape=(64, 64, 3))
-    backbone = keras_hub.models.DeepLabV3Backbone(
-        image_encoder=encoder, spatial_pyramid_pooling_key="P4", upsampling_size=4,
-        dilation_rates=[2], low_level_feature_key="P2", projection_filters=8,
-        image_shape=(64, 64, 3))
-    keras_hub.models.DeepLabV3ImageSegmenter(backbone=backbone, num_classes=2).save(
-        tmp_path / "deeplab.keras")
+    tiny_keras_hub_segmenter(tmp_path / "deeplab.keras")
     text = _import(tmp_path / "deeplab.keras", tmp_path / "d.keras", "--mpp", "2.0",
                    "--normalisation", "imagenet", "--classes", "Background,Tumor",
                    capsys=capsys)
