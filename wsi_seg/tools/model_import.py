@@ -263,6 +263,8 @@ def _single_tensor_io(model: Any) -> Any:
                                                                        None)
     if not (isinstance(inputs, list | tuple) or isinstance(outputs, list | tuple)):
         return model
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        return model  # refused by inspect_model, with its own words
     return keras.Model(model.inputs[0], model.outputs[0], name=model.name)
 
 
