@@ -221,19 +221,30 @@ def _blend_into(num: np.ndarray, den: np.ndarray, chunk: list[tuple[int, int]],
         den[y : y + roi, x : x + roi] += weight
 
 
-def normalise(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+def normalise(num: np.ndarray, den: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """``num / den`` where any window covered the pixel, 0 elsewhere (float32); ``num`` may
-    carry a last axis of maps."""
+    carry a last axis of maps. ``out``: where to write it (zeros of ``num``'s shape; a view
+    into a block's array saves a block-sized copy)."""
     if num.ndim == den.ndim + 1:
         den = den[..., None]
-    out = np.zeros_like(num)
+    if out is None:
+        out = np.zeros_like(num)
     np.divide(num, den, out=out, where=den > 0)
     return out
 
 
 def to_uint8(prob: np.ndarray) -> np.ndarray:
-    """Probability 0..1 to 0..255, rounding half up (the mosaic's storage)."""
-    return np.floor(np.clip(prob, 0.0, 1.0) * np.float32(255) + np.float32(0.5)).astype(np.uint8)
+    """Probability 0..1 to 0..255, rounding half up (the mosaic's storage).
+
+    ``floor(clip(p, 0, 1) * 255 + 0.5)`` in float32, computed in one temporary (the same
+    operations in the same order as one expression, so the same bytes; a block of C maps
+    would otherwise hold four float copies of itself).
+    """
+    x = np.clip(prob, 0.0, 1.0)
+    np.multiply(x, np.float32(255), out=x)
+    np.add(x, np.float32(0.5), out=x)
+    np.floor(x, out=x)
+    return x.astype(np.uint8)
 
 
 def sliding_window_inference(
@@ -331,8 +342,8 @@ def blend_block(
     if bottom_yw > top_yw and right_xw > left_xw:
         iy, ix = top_yw - image_yw, left_xw - image_xw
         h_px, w_px = bottom_yw - top_yw, right_xw - left_xw
-        prob[top_yw - block.yw : bottom_yw - block.yw,
-             left_xw - block.xw : right_xw - block.xw] = normalise(
-            num[iy : iy + h_px, ix : ix + w_px], den[iy : iy + h_px, ix : ix + w_px])
+        normalise(num[iy : iy + h_px, ix : ix + w_px], den[iy : iy + h_px, ix : ix + w_px],
+                  out=prob[top_yw - block.yw : bottom_yw - block.yw,
+                           left_xw - block.xw : right_xw - block.xw])
     lap(times, "blend", t)
     return prob
