@@ -64,10 +64,11 @@ _CHILD = ("import resource, sys; from wsi_seg.cli import main; rc = main(sys.arg
           ".ru_maxrss)); sys.exit(rc)")
 
 
-def run_once(slide: Path, model: Path, out: Path, scheduler: str | None) -> dict[str, object]:
+def run_once(slide: Path, model: Path, out: Path, scheduler: str | None,
+             extra: list[str]) -> dict[str, object]:
     peak_file = out.with_suffix(".peak")
     cmd = [sys.executable, "-c", _CHILD, "run", str(slide), "--out", str(out), "--model",
-           str(model), "--quiet", "--overwrite"]
+           str(model), "--quiet", "--overwrite", *extra]
     if scheduler:
         cmd += ["--scheduler", scheduler]
     t0 = time.perf_counter()
@@ -87,6 +88,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="6000,12000")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--modes", default="local,threads",
+                    help="local (default cluster, stage times) and/or threads (peak memory)")
+    ap.add_argument("--block", type=int, default=None,
+                    help="--block of the runs (e.g. 2048, so that both sizes keep every "
+                    "task thread on a full block and peaks compare like with like)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/wsi-seg-classes"))
     ap.add_argument("--out", type=Path,
                     default=Path("benchmarks/results") / f"{time.strftime('%Y-%m-%d')}-classes")
@@ -107,15 +113,16 @@ def main() -> None:
                             f"{size}x{size}", "--seed", "31"], check=True)
         slides[size] = slide
     runs = []
-    for mode in ("local", "threads"):
+    extra = [] if args.block is None else ["--block", str(args.block)]
+    for mode in args.modes.split(","):
         for size in (sizes if mode == "threads" else sizes[:1]):
             for rnd in range(args.rounds):
                 order = (5, 2) if rnd % 2 == 0 else (2, 5)
                 for n in order:
                     out = args.work / f"out-{mode}-{size}-{n}"
                     r = run_once(slides[size], models[n], out,
-                                 "threads" if mode == "threads" else None)
-                    r.update(mode=mode, size=size, n_classes=n, round=rnd,
+                                 "threads" if mode == "threads" else None, extra)
+                    r.update(mode=mode, size=size, n_classes=n, round=rnd, block=args.block,
                              load=os.getloadavg()[0])
                     runs.append(r)
                     print(json.dumps({k: r[k] for k in ("mode", "size", "n_classes", "round",
@@ -134,21 +141,25 @@ def _med(values: list[float]) -> float:
 
 
 def summary(runs: list[dict[str, object]], sizes: list[int]) -> str:
-    lines = [f"Local cluster, {sizes[0]} px slide (median of rounds; seconds; stage rows are "
-             "thread-seconds)", "", "| figure | 2-class head | 5-class (4 class maps) |",
-             "|---|---:|---:|"]
     local = [r for r in runs if r["mode"] == "local"]
+    lines = []
+    if local:
+        lines = [f"Local cluster, {sizes[0]} px slide (median of rounds; seconds; stage rows "
+                 "are thread-seconds)", "", "| figure | 2-class head | 5-class (4 class maps) |",
+                 "|---|---:|---:|"]
     keys = ["slide_s", "blocks_s", "finish_s"]
     stages = ["predict", "blend", "write", "pyramid", "vectorize", "vectorize_classes",
               "geojson", "geojson_classes", "overlay"]
-    for key in keys:
+    for key in keys if local else []:
         row = [_med([r[key] for r in local if r["n_classes"] == n]) for n in (2, 5)]
         lines.append(f"| {key} | {row[0]} | {row[1]} |")
-    for st in stages:
+    for st in stages if local else []:
         row = [_med([r["stage_s"].get(st, 0.0) for r in local if r["n_classes"] == n])
                for n in (2, 5)]
         lines.append(f"| stage {st} | {row[0]} | {row[1]} |")
-    lines += ["", "Peak RSS of the one process (`--scheduler threads`), MiB", "",
+    block = next((r["block"] for r in runs if r["mode"] == "threads"), None)
+    lines += ["", f"Peak RSS of the one process (`--scheduler threads`, block "
+              f"{block or 'default'}), MiB (the larger of the rounds)", "",
               "| slide px | 2-class | 5-class |", "|---:|---:|---:|"]
     for size in sizes:
         row = []
