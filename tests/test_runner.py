@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.dask_fixtures import BIN, DaskCluster
 from tests.model_fixtures import small_unet
 from wsi_seg.cli import main
 from wsi_seg.core.errors import WsiSegError
 from wsi_seg.tools.synth import write_synthetic_slide
 
-BIN = Path(sys.executable).parent
 RUN_OPTS = ["--block", "128", "--chunk", "128", "--batch-size", "4", "--quiet"]
 
 
@@ -65,44 +64,6 @@ def assert_same_stores(a: Path, b: Path, stems: tuple[str, ...] = ("s1", "s2")) 
         assert len(left) > 3
         for name in left:
             assert left[name] == right[name], f"{stem}/{name} differs"
-
-
-class DaskCluster:
-    """``dask scheduler`` + worker processes on localhost, killed at the end."""
-
-    def __init__(self, tmp: Path, n_workers: int = 2) -> None:
-        self.file = tmp / "scheduler.json"
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-        self.scheduler = subprocess.Popen(
-            [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0",
-             "--no-dashboard", "--scheduler-file", str(self.file)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-            start_new_session=True)
-        deadline = time.time() + 60
-        while True:  # the file appears before it is completely written
-            assert time.time() < deadline, "dask scheduler did not start"
-            try:
-                self.address = json.loads(self.file.read_text())["address"]
-                break
-            except (OSError, ValueError, KeyError):
-                time.sleep(0.1)
-        self.workers = [
-            subprocess.Popen(
-                [str(BIN / "dask"), "worker", self.address, "--nthreads", "1",
-                 "--no-nanny", "--no-dashboard", "--host", "127.0.0.1", "--name", f"w{i}"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-                start_new_session=True)
-            for i in range(n_workers)]
-        from distributed import Client
-
-        with Client(self.address, timeout="60s") as client:
-            client.wait_for_workers(n_workers, timeout=60)
-
-    def close(self) -> None:
-        for p in [*self.workers, self.scheduler]:
-            if p.poll() is None:
-                p.kill()
-            p.wait(timeout=30)
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -75,6 +76,10 @@ def run(args: argparse.Namespace) -> int:
     result = run_slides([slide_path], config,
                         ClusterConfig(scheduler=args.scheduler, workers=args.workers))
     slide_dir = final_dir_for(results, slide_path)
+    if not (slide_dir / REPORT).is_file():
+        # The run said why in its own error line; nothing to show.
+        print(f"demo: no results for {slide_path} (see the error above)", file=sys.stderr)
+        return 1
     report = json.loads((slide_dir / REPORT).read_text())
     score = report.get("score") or {}
     print()

@@ -28,6 +28,7 @@ from distributed.comm.core import CommClosedError
 from wsi_seg import __version__
 from wsi_seg.core.errors import WsiSegError, printable
 from wsi_seg.core.files import write_json_atomic
+from wsi_seg.core.locks import SlideLock, holder, try_lock
 from wsi_seg.core.naming import output_names, slide_stem
 from wsi_seg.orchestration import progress
 from wsi_seg.orchestration.cluster import BLOCK_GPU_SHARE, ClusterConfig, WorkerPlan, connect
@@ -51,6 +52,10 @@ from wsi_seg.orchestration.warmup import warm_worker_async, warm_workers
 from wsi_seg.stages.card import verify_model_file
 from wsi_seg.stages.infer import InferConfig
 
+#: Seconds between looks at slides other runs hold, and between lines saying the run waits.
+HELD_POLL_S = 2.0
+HELD_NOTICE_S = 60.0
+
 __all__ = ["RUN_JSON", "RunResult", "Runner", "SlideState", "one_line", "run_score",
            "run_score_lines", "run_slides", "versions", "warm_worker_async"]
 
@@ -61,7 +66,7 @@ class SlideState:
 
     path: Path
     name: str  # the output folder name, distinct within the run
-    status: str = "pending"  # pending | running | ok | skipped | failed
+    status: str = "pending"  # pending | running | ok | skipped | held | failed
     error: str | None = None
     job: SlideJob | None = None
     remaining: int = 0
@@ -77,6 +82,13 @@ class SlideState:
     # A skipped slide's figures for the summaries, from its finished report.json (only what
     # the summaries show, so a long run does not hold every report).
     earlier: dict[str, Any] | None = None
+    # This run's hold on the slide's outputs (another run's slide is "held" here).
+    lock: SlideLock | None = None
+
+    def unlock(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def record(self) -> dict[str, Any]:
         """The slide's entry in ``run.json``."""
@@ -214,22 +226,47 @@ class Runner:
         return True
 
     def prepare(self) -> None:
-        """Skip finished slides; prepare the others (a slide that cannot be fails alone)."""
+        """Skip finished slides; prepare the others (a slide that cannot be fails alone);
+        a slide another run holds waits (:meth:`_take_over_held`)."""
         for state in self.states:
-            if self.finished(state):
-                state.status = "skipped"
-                self.say(f"= {state.path.name}: already finished in "
-                         f"{final_dir_for(self.config.out_dir, state.path, state.name)}")
-                continue
-            try:
-                if state.taken is not None:
-                    raise state.taken
-                state.job = prepare_slide(state.path, self.config, state.name)
-            except Exception as exc:
-                self.fail(state, exc)
+            self._prepare_one(state)
+
+    def _prepare_one(self, state: SlideState) -> bool:
+        """Skip, hold or prepare one slide; whether it was prepared (has blocks to run)."""
+        if self.finished(state):
+            self._skip(state)
+            return False
+        lock = try_lock(self.config.out_dir, state.name)
+        if lock is None:
+            if state.status != "held":
+                self.say(f"~ {state.path.name}: {holder(self.config.out_dir, state.name)} "
+                         "is working on it; this run takes it over if that run stops")
+            state.status = "held"
+            return False
+        state.lock = lock
+        state.done = None  # asked again under the lock: another run may just have finished it
+        if self.finished(state):
+            self._skip(state)
+            return False
+        try:
+            if state.taken is not None:
+                raise state.taken
+            state.job = prepare_slide(state.path, self.config, state.name)
+        except Exception as exc:
+            self.fail(state, exc)
+            return False
+        state.status = "pending"
+        return True
+
+    def _skip(self, state: SlideState) -> None:
+        state.unlock()
+        state.status = "skipped"
+        self.say(f"= {state.path.name}: already finished in "
+                 f"{final_dir_for(self.config.out_dir, state.path, state.name)}")
 
     def fail(self, state: SlideState, exc: BaseException) -> None:
         self._close_bar(state)
+        state.unlock()
         state.status = "failed"
         state.error = one_line(exc)
         self.say(f"wsi-seg: error: {state.error}" if isinstance(exc, WsiSegError)
@@ -248,18 +285,47 @@ class Runner:
             self.prepare()
             self.write_run_json(finished=True)
             return self.result()
-        with connect(self.cluster) as (client, plan):
-            infer = self._started(client, plan)
-            # Workers import the framework and load the model while the client plans slides.
-            warm = warm_workers(client, self.config.resolved_model(), infer)
-            self.prepare()
-            self.write_run_json()
-            total_tiles = sum(s.job.tiles_todo for s in self.states if s.job)
-            self._await_warm(warm)  # a model that failed fails every slide
-            flight = self._submit_all(client, infer, self._resources(plan))
-            self._collect(flight, total_tiles)
+        try:
+            with connect(self.cluster) as (client, plan):
+                infer = self._started(client, plan)
+                # Workers import the framework and load the model while the client plans.
+                warm = warm_workers(client, self.config.resolved_model(), infer)
+                self.prepare()
+                self.write_run_json()
+                total_tiles = sum(s.job.tiles_todo for s in self.states if s.job)
+                self._await_warm(warm)  # a model that failed fails every slide
+                resources = self._resources(plan)
+                self._collect(self._submit_all(client, infer, resources), total_tiles)
+                self._take_over_held(client, infer, resources)
+        finally:
+            for state in self.states:
+                state.unlock()
         self.write_run_json(finished=True)
         return self.result()
+
+    def _take_over_held(self, client: Any, infer: InferConfig,
+                        resources: dict[str, float] | None) -> None:
+        """Wait for the slides other runs hold: each is done once its holder publishes it
+        (then skipped here), or is taken over and run here once its holder stops without
+        finishing it (killed: the lock died with it)."""
+        waiting = [s for s in self.states if s.status == "held"]
+        said = time.perf_counter()
+        while waiting:
+            ready = []
+            for state in waiting:
+                state.done = None
+                if self._prepare_one(state):
+                    ready.append(state)
+            if ready:
+                total = sum(s.job.tiles_todo for s in ready if s.job)
+                self.write_run_json()
+                self._collect(self._submit_all(client, infer, resources, ready), total)
+            waiting = [s for s in self.states if s.status == "held"]
+            if waiting and not ready:
+                if time.perf_counter() - said > HELD_NOTICE_S:
+                    said = time.perf_counter()
+                    self.say(f"~ waiting for {len(waiting)} slide(s) other runs hold")
+                time.sleep(HELD_POLL_S)
 
     def _started(self, client: Any, plan: WorkerPlan | None) -> InferConfig:
         """Record and announce the cluster; the model's threads per worker from its plan."""
@@ -282,12 +348,14 @@ class Runner:
         return {"GPU": BLOCK_GPU_SHARE} if use_gpu else None
 
     def _submit_all(self, client: Any, infer: InferConfig,
-                    resources: dict[str, float] | None) -> _InFlight:
-        """Every prepared slide's blocks (a slide with none left goes straight to finishing)."""
+                    resources: dict[str, float] | None,
+                    states: Sequence[SlideState] | None = None) -> _InFlight:
+        """Every prepared slide's blocks (a slide with none left goes straight to finishing);
+        ``states``: these slides only (default: all)."""
         from distributed import as_completed
 
         flight = _InFlight(client, as_completed())
-        for state in self.states:
+        for state in self.states if states is None else states:
             job = state.job
             if job is None:
                 continue
@@ -399,6 +467,7 @@ class Runner:
         flight.add(fut, state)
 
     def _finished(self, state: SlideState, report: SlideReport) -> None:
+        state.unlock()  # published: the next run that asks finds it finished
         state.status = "ok"
         state.slide_dir = final_dir_for(self.config.out_dir, state.path, state.name)
         state.report = report

@@ -240,11 +240,12 @@ def to_uint8(prob: np.ndarray) -> np.ndarray:
     operations in the same order as one expression, so the same bytes; a block of C maps
     would otherwise hold four float copies of itself).
     """
-    x = np.clip(prob, 0.0, 1.0)
+    p = np.asarray(prob)
+    x = np.clip(p, 0.0, 1.0, out=np.empty_like(p))  # an array even for one value
     np.multiply(x, np.float32(255), out=x)
     np.add(x, np.float32(0.5), out=x)
     np.floor(x, out=x)
-    return x.astype(np.uint8)
+    return x.astype(np.uint8)[()]  # [()]: a scalar in, a scalar out
 
 
 def sliding_window_inference(
