@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -96,22 +98,50 @@ def test_device_choice(unet: Path) -> None:
         assert auto.device.lower().startswith(("/cpu", "cpu"))
 
 
+class _Gate:
+    """A real engine whose next launch waits until the gate opens: the consumer is paused
+    there, holding one batch, while the test queues windows behind it."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine, self.device = engine, engine.device
+        self.entered, self.opened = threading.Event(), threading.Event()
+        self.opened.set()
+
+    def close(self) -> None:
+        self.entered.clear()
+        self.opened.clear()
+
+    def launch(self, batch: np.ndarray) -> Any:
+        self.entered.set()
+        assert self.opened.wait(60)
+        return self.engine.launch(batch)
+
+    def fetch(self, handle: Any) -> np.ndarray:
+        return self.engine.fetch(handle)
+
+
 def test_windows_from_many_threads_share_batches_and_keep_their_values(unet: Path) -> None:
-    """Twelve task threads submit small requests at once: the one consumer packs them into
-    full batches, and every window's prediction equals its prediction alone."""
-    pred = Predictor(Predictor.from_path(unet, InferConfig(batch_size=8, device="cpu")).engine,
-                     load_card(unet), 8, linger_s=0.05)
+    """Twelve task threads submit small requests while the consumer is busy: it then packs
+    them into full batches (36 windows: 4 of 8, then the last 4), and every window's
+    prediction equals its prediction alone. Deterministic: the consumer is paused, not
+    raced."""
+    gate = _Gate(Predictor.from_path(unet, InferConfig(batch_size=8, device="cpu")).engine)
+    pred = Predictor(gate, load_card(unet), 8, linger_s=0.05)
     t = tiles(36, 64, seed=4)
     alone = np.stack([pred(t[i : i + 1])[0] for i in range(len(t))])
+    gate.close()
+    held = pred.submit(tiles(8, 64, seed=5))  # one full batch: the consumer takes it ...
+    assert gate.entered.wait(60)  # ... and waits at the device
     before = pred.stats()
     with ThreadPoolExecutor(12) as pool:
-        futs = [pool.submit(pred.submit, t[i : i + 3]) for i in range(0, 36, 3)]
-        together = np.concatenate([f.result().result() for f in futs])
+        futs = list(pool.map(pred.submit, [t[i : i + 3] for i in range(0, 36, 3)]))
+    gate.opened.set()
+    together = np.concatenate([f.result() for f in futs])
+    held.result()
     after = pred.stats()
     assert np.array_equal(together, alone)
-    assert after.windows - before.windows == 36
-    # 36 windows fit in 5 batches of 8; one window per call would take 36.
-    assert after.batches - before.batches <= 6
+    assert after.windows - before.windows == 8 + 36
+    assert after.batches - before.batches == 1 + 5
 
 
 def test_a_failing_batch_fails_its_requests_and_the_predictor_goes_on() -> None:

@@ -66,9 +66,8 @@ def test_busy_pool_cannot_block_a_read() -> None:
     blockers = [pool.submit(release.wait, 30) for _ in range(workers)]
     try:
         jobs, ran = recorder(12)
-        t = time.perf_counter()
         run_jobs(jobs, threads=workers + 1)
-        assert time.perf_counter() - t < 10
+        # Waiting for the pool would have run them there, once the blockers let go (30 s).
         assert set(ran) == {threading.current_thread().name}
     finally:
         release.set()
