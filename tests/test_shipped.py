@@ -39,6 +39,12 @@ def test_demo_runs_end_to_end_and_the_bundled_unet_finds_the_tumour(
     assert report["score"]["iou"] >= DEMO_IOU_FLOOR, report["score"]
     assert f"IoU {report['score']['iou']:.3f}" in text
     assert report["tumour_regions"] >= 1
+    # Records name the program and the model, not where this machine installed them.
+    from wsi_seg.stages.card import WEIGHTS_DIR
+
+    assert report["model"]["path"] == "bundled:unet" and len(report["model"]["sha256"]) == 64
+    run_text = (out / "results" / "run.json").read_text()
+    assert str(WEIGHTS_DIR) not in run_text
 
 
 def test_demo_whose_run_fails_says_so_in_one_line(tmp_path: Path,
@@ -94,6 +100,7 @@ def test_cluster_pipeline_runs_on_a_real_scheduler(slide: Path, tmp_path: Path,
     assert run["cluster"]["scheduler"] == gpu_labelled_cluster.address
     assert [s["status"] for s in run["slides"]] == ["ok"]
     assert run["config"]["infer"]["batch_size"] == 256  # the file's settings were used
+    assert run["command"][0] == "wsi-seg"
 
 
 def test_gpu_workstation_pipeline(slide: Path, tmp_path: Path,

@@ -24,6 +24,7 @@ from wsi_seg.core.stopwatch import lap
 from wsi_seg.orchestration.handles import slide_handles
 from wsi_seg.orchestration.job import MARKERS, RunConfig, SlideJob
 from wsi_seg.orchestration.report import REPORT, ClassRecord, ModelRecord, SlideReport
+from wsi_seg.stages.card import model_label
 from wsi_seg.stages.mosaic import block_levels, build_pyramid, open_mosaic
 from wsi_seg.stages.tissue import MIN_AREA_SLIDE_FRACTION, scaled_minimum
 
@@ -212,7 +213,8 @@ def _report(job: SlideJob, polygons: Polygons, scored: Scored, notes: tuple[str,
     return SlideReport(
         slide=str(job.slide_path), slide_identity=job.slide_identity, output_name=job.stem,
         status="ok", wsi_seg_version=__version__,
-        model=ModelRecord(str(job.model_path), job.model_sha256, job.card.kind, job.card.name),
+        model=ModelRecord(model_label(job.model_path), job.model_sha256, job.card.kind,
+                          job.card.name),
         mpp=job.mpp, slide_mpp=job.slide_mpp,
         mosaic_shape_px=(job.geom.height_px, job.geom.width_px),
         blocks=job.n_blocks, tiles=job.n_tiles, tile_predictions=job.n_tile_predictions,

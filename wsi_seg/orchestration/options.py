@@ -296,7 +296,10 @@ OPTIONS: tuple[Option, ...] = (
            "visible), gpu (required) or cpu", "infer.device", choices=("auto", "gpu", "cpu")),
     Option("backend", "str", None, "device", "Keras backend of the local workers: the same "
            ".keras model runs on each; an existing cluster uses its workers' own "
-           "KERAS_BACKEND", choices=BACKENDS, default_text="$KERAS_BACKEND, else tensorflow"),
+           "KERAS_BACKEND. tensorflow and jax are tested; torch is NOT (no test runs it: "
+           "it is there for sites that have only PyTorch, and ran the bundled UNet ~15x "
+           "slower than tensorflow on a CPU)", choices=BACKENDS,
+           default_text="$KERAS_BACKEND, else tensorflow"),
     Option("tf_threads", "int", None, "device", "TensorFlow intra-op threads per worker",
            "infer.threads", AT_LEAST_1, default_text="cores / workers", metavar="N"),
     # -- tissue detection

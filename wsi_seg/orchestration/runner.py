@@ -49,7 +49,7 @@ from wsi_seg.orchestration.pipeline import (
 )
 from wsi_seg.orchestration.records import RUN_JSON, run_score, run_score_lines, versions
 from wsi_seg.orchestration.warmup import warm_worker_async, warm_workers
-from wsi_seg.stages.card import verify_model_file
+from wsi_seg.stages.card import model_label, verify_model_file
 from wsi_seg.stages.infer import InferConfig
 
 #: Seconds between looks at slides other runs hold, and between lines saying the run waits.
@@ -181,8 +181,10 @@ class Runner:
             "started": self.started_at,
             "finished": datetime.now(UTC).replace(microsecond=0).isoformat() if finished else None,
             "wall_s": round(time.perf_counter() - self.t0, 3),
-            "command": sys.argv,
-            "config": asdict(self.config),
+            # The program by its name, not where one machine installed it.
+            "command": ["wsi-seg", *sys.argv[1:]],
+            "config": {**asdict(self.config),
+                       "model_path": model_label(self.config.model_path)},
             "cluster": asdict(self.cluster),
             "workers": asdict(self.worker_plan) if self.worker_plan else None,
             "dashboard": self.dashboard,

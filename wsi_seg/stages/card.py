@@ -772,6 +772,19 @@ def load_model(path: str | os.PathLike[str]) -> tuple[Any, ModelCard]:
     return model, card
 
 
+def model_label(path: str | os.PathLike[str] | None) -> str:
+    """How records name a model: ``bundled:unet`` / ``bundled:patch`` for the bundled ones
+    (not where this installation keeps them), else the path as given. Its sha256 and card
+    name it exactly."""
+    if path is None:
+        return "bundled:unet"
+    p = Path(path)
+    for kind, name in BUNDLED.items():
+        if p.name == name and p.resolve().parent == WEIGHTS_DIR:
+            return f"bundled:{kind}"
+    return str(p)
+
+
 def bundled_model_path(kind: str) -> Path:
     """Path of the demo model shipped in the package: ``weights/unet_demo.keras`` or
     ``weights/patch_demo.keras``."""
