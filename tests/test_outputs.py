@@ -52,6 +52,24 @@ def test_names_rule() -> None:
                      Path("/d/y.svs"): "y.svs", Path("/d/Y.tif"): "Y.tif"}
 
 
+def test_names_that_differ_only_in_case_get_their_own_folders(model: Path, tmp_path: Path
+                                                              ) -> None:
+    """``A.svs`` and ``a.svs`` in one folder (a case-sensitive disk): no folder tells them
+    apart, so each name takes a hash of its exact spelling; both runs finish."""
+    names = output_names([Path("/d/A.svs"), Path("/d/a.svs"), Path("/d/b.svs")])
+    assert names[Path("/d/b.svs")] == "b"
+    a, b = names[Path("/d/A.svs")], names[Path("/d/a.svs")]
+    assert a.startswith("A.svs-") and b.startswith("a.svs-") and a.casefold() != b.casefold()
+    d = tmp_path / "d"
+    d.mkdir()
+    write_synthetic_slide(d / "A.svs", (600, 500), seed=1)
+    write_synthetic_slide(d / "a.svs", (600, 500), seed=2)
+    rc = main(["run", str(d), "--out", str(tmp_path / "out"), "--model", str(model),
+               "--scheduler", "threads", "--quiet"])
+    assert rc == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.is_dir()) == sorted([a, b])
+
+
 def test_slides_sharing_a_stem_get_their_own_outputs_and_truths(model: Path,
                                                                tmp_path: Path) -> None:
     d = tmp_path / "slides"

@@ -6,8 +6,10 @@
 * A slide's **output name** (its folder under ``OUT``) is its stem, unless another slide of the
   same run has the same stem: then it is the file name (``case1.svs``, ``case1.tif``), and if
   file names collide too (``a/x.svs``, ``b/x.svs``), the file name prefixed with as many parent
-  folders as it takes, joined by ``__`` (``a__x.svs``). So every slide of a run has its own
-  folder, and the same run always gets the same names.
+  folders as it takes, joined by ``__`` (``a__x.svs``). Names are compared without case (some
+  file systems ignore it), so ``A.svs`` and ``a.svs`` of one folder, which no folder tells
+  apart, each get a short hash of their exact file name (``A.svs-1f2a3b4c``). So every slide of
+  a run has its own folder, and the same run always gets the same names.
 * A slide's **identity** (size, modification time and a hash of its first 256 KiB, where every
   format keeps its header and directory) tells a resumed run whether the file it worked on is
   still the same file.
@@ -20,6 +22,8 @@ import os
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
+
+from wsi_seg.core.errors import WsiSegError
 
 #: Truth files looked for beside a slide name, in order (``{stem}`` and ``{name}`` expand).
 #: A slide's report in its output folder (written last: its presence means finished).
@@ -38,14 +42,22 @@ def slide_stem(path: str | os.PathLike[str]) -> str:
 def output_names(paths: Sequence[Path]) -> dict[Path, str]:
     """A distinct output folder name for each slide path (see the module docstring)."""
     names = {p: slide_stem(p) for p in paths}
-    for depth in range(64):
+    deepest = max((len(p.resolve().parts) for p in paths), default=0)
+    for depth in range(deepest):
         clashes = _clashing(names)
         if not clashes:
             return names
         for p in clashes:  # the file name, then with 1, 2, ... parent folders before it
             folders = list(p.resolve().parts[1:-1])
             names[p] = "__".join([*(folders[len(folders) - depth :] if depth else []), p.name])
-    raise ValueError("slide paths do not have distinct names")  # pragma: no cover
+    # Still equal without case, with every folder: names that differ in case alone.
+    for p in _clashing(names):
+        digest = hashlib.sha256(p.name.encode("utf-8", "surrogateescape")).hexdigest()
+        names[p] = f"{p.name}-{digest[:8]}"
+    twice = _clashing(names)
+    if twice:
+        raise WsiSegError("the same slide file is given more than once", twice[0])
+    return names
 
 
 def _clashing(names: dict[Path, str]) -> list[Path]:
