@@ -396,3 +396,54 @@ def test_mask_truth_bomb_is_refused_without_decoding(
     assert result["s"] < 10, result
     line = _one_error_line(err)
     assert "mask." in line and said in line
+
+
+# ------------------------------------------------------------------- options out of range
+@pytest.mark.parametrize(("flag", "value"), [
+    ("--batch-size", "1000000"), ("--tile", "100000"), ("--block", "1000000"),
+    ("--workers", "5000"), ("--vectorize-level", "99"), ("--simplify-um", "1e9"),
+])
+def test_options_have_upper_bounds(flag: str, value: str, slide: Path, tmp_path: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:  # argparse's exit, with its one line
+        main(["run", str(slide), "--out", str(tmp_path / "out"), flag, value])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and flag in err and "must be" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_batch_too_large_for_memory_is_refused_before_any_worker(
+        unet: Path, slide: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Within the option's range, but its buffers would not fit: one line, up front (the
+    predictor's thread once died allocating 180 GiB and the run waited for ever)."""
+    rc = main(["run", str(slide), "--out", str(tmp_path / "out"), "--model", "bundled:unet",
+               "--batch-size", "16384"])
+    line = _one_error_line(capsys.readouterr().err)  # 256 px windows: 7 GiB
+    assert rc == 2 and "GiB of buffers" in line and "--batch-size" in line
+    assert not (tmp_path / "out").exists()
+    from wsi_seg.stages.card import read_card
+    from wsi_seg.stages.infer import check_batch_bytes
+
+    check_batch_bytes(16384, read_card(unet))  # 64 px windows: 16384 fit
+
+
+def test_a_predictor_whose_consumer_dies_fails_its_slides_in_one_line(
+        unet: Path, slide: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Out of memory assembling a batch (outside the device call): every request waiting on
+    the consumer fails with the cause, the run ends (it does not wait for ever)."""
+    from wsi_seg.stages import infer
+
+    def no_memory(self: object, slots: object) -> None:
+        raise MemoryError("cannot allocate 180 GiB")
+
+    monkeypatch.setattr(infer.Predictor, "_launch", no_memory)
+    monkeypatch.setattr(infer, "_cache", {})
+    rc = main(["run", str(slide), "--out", str(tmp_path / "out"), "--model", str(unet),
+               *RUN_OPTS])
+    err = capsys.readouterr().err
+    assert rc == 1
+    lines = [line for line in err.splitlines() if "predictor failed" in line]
+    assert lines and all("MemoryError" in line and "180 GiB" in line for line in lines)
+    assert "Traceback" not in err

@@ -86,7 +86,9 @@ class Limits:
 
 _SMALL_SLIDE = f"{MIN_AREA_SLIDE_FRACTION:.0%}"  # minimum areas shrink to this share of a slide
 
-AT_LEAST_1 = Limits(lo=1)
+#: The largest --batch-size taken (the predictor also refuses a batch whose buffers would not
+#: fit, whatever the option: :data:`wsi_seg.stages.infer.MAX_BATCH_BYTES`).
+MAX_BATCH = 16384
 AT_LEAST_0 = Limits(lo=0)
 POSITIVE = Limits(lo=0, lo_open=True)
 
@@ -271,25 +273,27 @@ OPTIONS: tuple[Option, ...] = (
     Option("tile", "int", None, "model", "window edge in working pixels: for a model of "
            "undefined input size (fully convolutional), any multiple of its downsampling; "
            "otherwise it must equal the model's input size", "infer.tile_px",
-           limits=AT_LEAST_1, default_text="the model's", metavar="PX"),
+           limits=Limits(8, 16384), default_text="the model's", metavar="PX"),
     Option("overlap", "float", 0.25, "model", "window overlap, a fraction of the window",
            "run.overlap", Limits(0, 1, hi_open=True), metavar="FRACTION"),
     Option("stride", "int", None, "model", "window step in working pixels, overriding "
            "--overlap (e.g. 25 for 50 px patches); at most the window", "run.stride_px",
-           AT_LEAST_1, default_text="from --overlap", metavar="PX"),
+           Limits(1, 16384), default_text="from --overlap", metavar="PX"),
     Option("blend", "str", None, "model", "window weighting", "run.blend",
            choices=BLEND_MODES, default_text="gaussian for a UNet, constant for a patch model"),
     Option("sigma_scale", "float", 0.125, "model", "gaussian sigma as a fraction of the "
-           "window (MONAI)", "run.sigma_scale", POSITIVE, metavar="FRACTION"),
+           "window (MONAI)", "run.sigma_scale", Limits(0, 10, lo_open=True),
+           metavar="FRACTION"),
     # -- blocks and mosaic
     Option("block", "int", 4096, "blocks", "block edge in working pixels, a multiple of "
-           "--chunk", "run.block_px", AT_LEAST_1, metavar="PX"),
+           "--chunk", "run.block_px", Limits(16, 65536), metavar="PX"),
     Option("chunk", "int", 1024, "blocks", "mosaic chunk edge in pixels", "run.chunk_px",
-           AT_LEAST_1, metavar="PX"),
+           Limits(16, 16384), metavar="PX"),
     # -- device
     Option("batch_size", "int", None, "device", "tiles per model call; each worker's "
            "predictor packs tiles from many blocks into batches of this fixed size",
-           "infer.batch_size", AT_LEAST_1, default_text="16 on a CPU, 128 on a GPU", metavar="N"),
+           "infer.batch_size", Limits(1, MAX_BATCH), default_text="16 on a CPU, 128 on a GPU",
+           metavar="N"),
     Option("mixed_precision", "bool", False, "device",
            "float16 compute on a GPU (ignored on a CPU)", "infer.mixed_precision"),
     Option("device", "str", "auto", "device", "where the model runs: auto (a GPU when one is "
@@ -301,36 +305,38 @@ OPTIONS: tuple[Option, ...] = (
            "slower than tensorflow on a CPU)", choices=BACKENDS,
            default_text="$KERAS_BACKEND, else tensorflow"),
     Option("tf_threads", "int", None, "device", "TensorFlow intra-op threads per worker",
-           "infer.threads", AT_LEAST_1, default_text="cores / workers", metavar="N"),
+           "infer.threads", Limits(1, 1024), default_text="cores / workers", metavar="N"),
     # -- tissue detection
     Option("tissue_view_mpp", "float", 8.0, "tissue", "resolution of the view tissue is "
            "found on, µm/px (coarser for slides too big for --tissue-max-view-px)",
-           "tissue.view_mpp", POSITIVE, toml_key="view_mpp", metavar="UM_PER_PX"),
+           "tissue.view_mpp", Limits(0, 1000, lo_open=True), toml_key="view_mpp",
+           metavar="UM_PER_PX"),
     Option("tissue_max_view_px", "int", 2048, "tissue", "longest side of the tissue view, "
-           "pixels (bounds its memory)", "tissue.max_view_px", Limits(lo=16),
+           "pixels (bounds its memory)", "tissue.max_view_px", Limits(16, 65536),
            toml_key="max_view_px", metavar="PX"),
     Option("tissue_od_floor", "float", 0.04, "tissue", "lowest optical-density threshold "
-           "between glass and tissue", "tissue.od_floor", AT_LEAST_0, toml_key="od_floor",
+           "between glass and tissue", "tissue.od_floor", Limits(0, 5), toml_key="od_floor",
            metavar="OD"),
     Option("tissue_close_um", "float", 48.0, "tissue", "closing diameter joining nearby "
-           "tissue, µm", "tissue.close_um", AT_LEAST_0, toml_key="close_um", metavar="UM"),
+           "tissue, µm", "tissue.close_um", Limits(0, 10_000), toml_key="close_um",
+           metavar="UM"),
     Option("tissue_open_um", "float", 16.0, "tissue", "opening diameter removing specks, µm",
-           "tissue.open_um", AT_LEAST_0, toml_key="open_um", metavar="UM"),
+           "tissue.open_um", Limits(0, 10_000), toml_key="open_um", metavar="UM"),
     Option("tissue_min_area_um2", "float", 10_000.0, "tissue", "smallest tissue piece kept, "
            f"µm² (at most {_SMALL_SLIDE} of a small slide's area)", "tissue.min_area_um2",
-           AT_LEAST_0, toml_key="min_area_um2", metavar="UM2"),
+           Limits(0, 1e12), toml_key="min_area_um2", metavar="UM2"),
     # -- polygons
     Option("threshold", "float", None, "polygons", "tumour probability at or above which a "
            "pixel is tumour", "run.threshold", Limits(0, 1, lo_open=True),
            default_text="the model card's", metavar="P"),
     Option("min_area_um2", "float", 1000.0, "polygons", "smallest tumour region kept, µm² "
            f"(at most {_SMALL_SLIDE} of a small slide's area)",
-           "run.min_area_um2", AT_LEAST_0, metavar="UM2"),
+           "run.min_area_um2", Limits(0, 1e12), metavar="UM2"),
     Option("simplify_um", "float", 1.0, "polygons", "polygon simplification tolerance, µm",
-           "run.simplify_um", AT_LEAST_0, metavar="UM"),
+           "run.simplify_um", Limits(0, 10_000), metavar="UM"),
     Option("vectorize_level", "int", 0, "polygons", "mosaic pyramid level traced into "
            "polygons (0 = the model's µm/px, each level halves it)", "run.vectorize_level",
-           AT_LEAST_0, metavar="LEVEL"),
+           Limits(0, 32), metavar="LEVEL"),
     # -- scores
     Option("truth", "path", None, "scores", "ground-truth file, or a folder of truth files "
            "named by --truth-pattern, to score each slide against", "run.truth",
@@ -353,9 +359,9 @@ OPTIONS: tuple[Option, ...] = (
            check=_scheduler, default_text="a local cluster of worker processes",
            metavar="ADDRESS"),
     Option("workers", "int", None, "scheduling", "local worker processes", "cluster.workers",
-           AT_LEAST_1, default_text="one per GPU, else cores / 2", metavar="N"),
+           Limits(1, 1024), default_text="one per GPU, else cores / 2", metavar="N"),
     Option("threads_per_worker", "int", None, "scheduling", "task threads per worker",
-           "cluster.threads_per_worker", AT_LEAST_1,
+           "cluster.threads_per_worker", Limits(1, 1024),
            default_text="2; on a GPU, cores per GPU", metavar="N"),
     Option("gpu_resource", "bool", None, "scheduling", "run block tasks only on workers "
            "declaring the GPU resource", "cluster.gpu_resource",

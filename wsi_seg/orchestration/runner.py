@@ -50,7 +50,7 @@ from wsi_seg.orchestration.pipeline import (
 from wsi_seg.orchestration.records import RUN_JSON, run_score, run_score_lines, versions
 from wsi_seg.orchestration.warmup import warm_worker_async, warm_workers
 from wsi_seg.stages.card import model_label, verify_model_file
-from wsi_seg.stages.infer import InferConfig
+from wsi_seg.stages.infer import InferConfig, check_batch_bytes, served_card
 
 #: Seconds between looks at slides other runs hold, and between lines saying the run waits.
 HELD_POLL_S = 2.0
@@ -280,9 +280,13 @@ class Runner:
     def run(self) -> RunResult:
         """Check the output folder and model, then run every unfinished slide (see the
         module docstring); writes run.json and the summaries."""
+        # A bad model is the run's error, not every slide's: one line, before any worker starts
+        # (and before the output folder is made).
+        model = self.config.resolved_model()
+        card = served_card(verify_model_file(model), self.config.infer, model)
+        if self.config.infer.batch_size is not None:
+            check_batch_bytes(self.config.infer.batch_size, card, model)
         check_writable(self.config.out_dir)
-        # A bad model is the run's error, not every slide's: one line, before any worker starts.
-        verify_model_file(self.config.resolved_model())
         if all(self.finished(s) for s in self.states):
             self.prepare()
             self.write_run_json(finished=True)

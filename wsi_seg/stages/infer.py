@@ -55,6 +55,9 @@ log = logging.getLogger(__name__)
 
 CPU_BATCH = 16
 GPU_BATCH = 128
+#: The most host memory one batch's buffers may take (the uint8 input plus the float32
+#: results), bytes: a larger ``batch_size`` is refused before anything is allocated.
+MAX_BATCH_BYTES = 4 << 30
 
 
 @dataclass(frozen=True)
@@ -132,7 +135,9 @@ class Predictor:
         self._cv = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._broken: BaseException | None = None
         self._stats = PredictorStats()
+        check_batch_bytes(batch_size, card, model_path)
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
@@ -190,6 +195,8 @@ class Predictor:
             fut.set_result(self._result(req))
             return fut
         with self._cv:
+            if self._broken is not None:
+                raise PredictorFailed(self._broken)
             if self._closed:
                 raise RuntimeError("the predictor is closed")
             self._ensure_thread()
@@ -232,14 +239,32 @@ class Predictor:
 
     def _consume(self) -> None:
         launched: deque[_Launched] = deque()
-        while True:
-            slots = self._next_batch(bool(launched))
-            if slots is None:
-                return
-            if slots:
-                launched.append(self._launch(slots))
-            if launched and (len(launched) >= self._depth or not slots):
-                self._complete(launched.popleft())
+        in_hand: list[tuple[_Request, int]] = []  # taken from the queue, not yet launched
+        try:
+            while True:
+                slots = self._next_batch(bool(launched))
+                if slots is None:
+                    return
+                if slots:
+                    in_hand = slots
+                    launched.append(self._launch(slots))
+                    in_hand = []
+                if launched and (len(launched) >= self._depth or not slots):
+                    self._complete(launched.popleft())
+        except BaseException as exc:  # the consumer must not die silently: all would wait
+            self._fail_all(exc, [*in_hand, *(s for item in launched for s in item.slots)])
+
+    def _fail_all(self, exc: BaseException, in_hand: list[tuple[_Request, int]]) -> None:
+        """The consumer itself failed (out of memory assembling a batch, a dead device):
+        every request it held or that waits gets the cause, and so do later submissions."""
+        failed = PredictorFailed(exc)
+        with self._cv:
+            self._broken = exc
+            pending = [*in_hand, *self._waiting]
+            self._waiting.clear()
+        for req, _ in pending:
+            if not req.future.done():
+                req.future.set_exception(failed)
 
     def _next_batch(self, busy: bool) -> list[tuple[_Request, int]] | None:
         """Windows for the next launch: a full batch, or what there is once the queue has
@@ -303,6 +328,26 @@ class Predictor:
         roi = self.roi_px
         return np.broadcast_to(req.out[:, None, None], (len(req.out), roi, roi,
                                                         *req.out.shape[1:]))
+
+
+class PredictorFailed(ModelError):
+    """The predictor of this worker cannot run any more (its consumer failed)."""
+
+    def __init__(self, cause: BaseException) -> None:
+        text = str(cause).strip() or type(cause).__name__
+        super().__init__(f"the model's predictor failed: {type(cause).__name__}: {text}")
+
+
+def check_batch_bytes(batch_size: int, card: ModelCard, path: Path | None = None) -> None:
+    """ModelError (one line) when one batch's buffers would exceed :data:`MAX_BATCH_BYTES`."""
+    roi = card.window_px
+    per_window = roi * roi * (3 + 4 * card.n_maps)
+    need = batch_size * per_window
+    if need > MAX_BATCH_BYTES:
+        most = max(1, MAX_BATCH_BYTES // per_window)
+        raise ModelError(f"a batch of {batch_size} windows of {roi} px needs "
+                         f"{need / (1 << 30):.1f} GiB of buffers (at most "
+                         f"{MAX_BATCH_BYTES >> 30} GiB); use --batch-size {most} or less", path)
 
 
 def served_card(card: ModelCard, config: InferConfig, path: Path) -> ModelCard:
