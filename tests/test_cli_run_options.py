@@ -115,13 +115,13 @@ BAD_TOML = [
     ("[modle]\noverlap = 0.3\n", ["unknown section [modle]"]),
     ("[device]\nbatch_size = true\n", ["batch_size = true", "expected an integer", "boolean"]),
     ("[device]\nbatch_size = 2.5\n", ["batch_size = 2.5", "expected an integer"]),
-    ("[device]\ntf_threads = -3\n", ["tf_threads = -3", ">= 1"]),
-    ("[blocks]\nblock = -1024\n", ["[blocks] block = -1024", ">= 1"]),
+    ("[device]\ntf_threads = -3\n", ["tf_threads = -3", "1 <= x <= 1024"]),
+    ("[blocks]\nblock = -1024\n", ["[blocks] block = -1024", "16 <= x <= 65536"]),
     ("[blocks]\nblock = 1000\n", ["block = 1000", "--chunk 1024"]),
     ("[model]\noverlap = nan\n", ["overlap = nan", "0 <= x < 1"]),
     ('[scores]\ntruth_pattern = "truth.geojson"\n', ["truth_pattern", "{stem}"]),
     ('[scores]\ntruth_class = ["tumor", 3]\n', ["truth_class", "list of strings"]),
-    ("[tissue]\nmin_area_um2 = -1.0\n", ["[tissue] min_area_um2 = -1.0", ">= 0"]),
+    ("[tissue]\nmin_area_um2 = -1.0\n", ["[tissue] min_area_um2 = -1.0", "0 <= x <= 1e+12"]),
     ("out = 3\n", ["out = 3", "expected a path"]),
     ("[model]\noverlap = \n", ["not a valid TOML file"]),
 ]
@@ -192,7 +192,8 @@ def test_help_and_defaults_come_from_the_table(capsys: pytest.CaptureFixture[str
         assert option.flag in text
         if option.default is not None and option.kind != "bool":
             assert option.help_text().endswith(f"[{option.default}]"), option.name
-    assert "--block PX block edge in working pixels, a multiple of --chunk (>= 1) [4096]" in text
+    assert ("--block PX block edge in working pixels, a multiple of --chunk "
+            "(16 <= x <= 65536) [4096]") in text
     assert "blocks and mosaic ([blocks] in --config)" in text
 
 

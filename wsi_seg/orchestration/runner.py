@@ -84,6 +84,8 @@ class SlideState:
     earlier: dict[str, Any] | None = None
     # This run's hold on the slide's outputs (another run's slide is "held" here).
     lock: SlideLock | None = None
+    # (mtime_ns, size) of its report.json when ``done`` was decided (None: no report).
+    report_stamp: tuple[int, int] | None = None
 
     def unlock(self) -> None:
         if self.lock is not None:
@@ -213,6 +215,10 @@ class Runner:
     def _check_finished(self, state: SlideState) -> bool:
         if self.config.overwrite:
             return False
+        stamp = _report_stamp(self.config.out_dir, state)
+        if state.done is not None and stamp == state.report_stamp:
+            return state.done  # asked again (under the lock): the report has not changed
+        state.report_stamp = stamp
         try:
             report = finished_report(self.config.out_dir, state.path, state.name)
         except WsiSegError as exc:
@@ -246,8 +252,10 @@ class Runner:
             state.status = "held"
             return False
         state.lock = lock
-        state.done = None  # asked again under the lock: another run may just have finished it
-        if self.finished(state):
+        # Asked again under the lock (another run may just have published it); the report
+        # is read again only if it changed since.
+        state.done = self._check_finished(state)
+        if state.done:
             self._skip(state)
             return False
         try:
@@ -319,7 +327,6 @@ class Runner:
         while waiting:
             ready = []
             for state in waiting:
-                state.done = None
                 if self._prepare_one(state):
                     ready.append(state)
             if ready:
@@ -530,6 +537,14 @@ class Runner:
             write_class_summary_csv(class_rows, class_csv)
         else:  # an earlier run's table would no longer match summary.md
             class_csv.unlink(missing_ok=True)
+
+
+def _report_stamp(out_dir: Path, state: SlideState) -> tuple[int, int] | None:
+    try:
+        st = (final_dir_for(out_dir, state.path, state.name) / REPORT).stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
 
 
 def _summary_figures(state: SlideState) -> dict[str, Any]:
