@@ -56,6 +56,8 @@ def test_unscorable_slides_fail_and_the_others_finish(
         # The outputs themselves are complete and kept.
         assert (out / name / "mask.zarr" / "zarr.json").is_file()
     assert run["failed"] == 3
+    # Every slide was predicted and published: its tiles count (they were 0 for failed ones).
+    assert run["tiles"] == sum(s["tiles"] for s in run["slides"]) > 0
     # Rerun with the truth fixed: the unscored slides are done again and scored.
     shutil.copy(slides / "missing.tumor.geojson", truth / "missing.geojson")
     rc = main(["run", str(slides / "good.svs"), str(slides / "missing.svs"), "--out", str(out),
@@ -80,3 +82,18 @@ def test_a_tiny_slide_keeps_its_tissue_and_says_what_the_rules_did(
     assert not any("no tissue" in n for n in rep["notes"])
     assert rep["min_area_um2"] == pytest.approx(150.0)
     assert any("scaled to 1%" in n for n in rep["notes"])
+
+
+def test_a_slide_that_cannot_be_scored_is_no_tick(case: tuple[Path, Path, Path], tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """Its outputs are there but the score asked for is not: its line says so (``✗``), and
+    the closing line counts its tiles."""
+    slides, truth, model = case
+    rc = main(["run", str(slides / "garbled.svs"), "--out", str(tmp_path / "out"), "--model",
+               str(model), "--truth", str(truth), *[o for o in OPTS if o != "--quiet"]])
+    out = capsys.readouterr().out.splitlines()
+    assert rc == 1
+    assert any(line.startswith("✗ garbled.svs:") for line in out)
+    assert not any(line.startswith("✓") for line in out)
+    done = next(line for line in out if line.startswith("done:"))
+    assert "0 ok" in done and " 0 tiles" not in done and "1 failed" in done

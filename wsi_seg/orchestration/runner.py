@@ -198,7 +198,7 @@ class Runner:
             "versions": versions(),
             "slides": [s.record() for s in self.states],
             "failed": sum(s.status == "failed" for s in self.states),
-            "tiles": sum(s.job.n_tiles for s in self.states if s.job and s.status == "ok"),
+            "tiles": self._tiles_done(),
             "score": asdict(sc) if (sc := run_score(reports)) else None,
         }
         write_json_atomic(self.config.out_dir / RUN_JSON, record)
@@ -490,16 +490,22 @@ class Runner:
             state.status = "failed"
             state.error = f"{state.path}: cannot score: {report.score_error}"
             self.say(f"wsi-seg: error: {state.error}", err=True)
-        self.say(_done_line(state.path, report, state.slide_dir))
+        self.say(_done_line(state.path, report, state.slide_dir,
+                            mark="✗" if report.score_error else "✓"))
         if report.classes:
             self.say(f"  classes: {_classes_text(report)}")
         for note in report.notes:
             self.say(f"  note: {note}")
         self.write_run_json()
 
+    def _tiles_done(self) -> int:
+        """Tiles of the slides this run predicted and published (a slide whose score failed
+        was predicted and published too)."""
+        return sum(s.job.n_tiles for s in self.states if s.job and s.report is not None)
+
     def result(self) -> RunResult:
         self._write_summaries()
-        tiles = sum(s.job.n_tiles for s in self.states if s.job and s.status == "ok")
+        tiles = self._tiles_done()
         return RunResult(tuple(s.record() for s in self.states),
                          time.perf_counter() - self.t0, tiles,
                          sum(s.status == "failed" for s in self.states))
@@ -567,14 +573,15 @@ def _classes_text(report: SlideReport) -> str:
     return ", ".join(parts)
 
 
-def _done_line(path: Path, report: SlideReport, slide_dir: Path) -> str:
-    """``✓ NAME: tiles in s (tiles/s; blocks phase ...), tumour mm², IoU, Dice -> DIR``."""
+def _done_line(path: Path, report: SlideReport, slide_dir: Path, mark: str = "✓") -> str:
+    """``✓ NAME: tiles in s (tiles/s; blocks phase ...), tumour mm², IoU, Dice -> DIR``; ``✗``
+    when the outputs are there but the score asked for is not."""
     score = report.score
     extra = (f", IoU {score.iou:.3f}, Dice {score.dice:.3f}"
              if score is not None and score.iou is not None and score.dice is not None else "")
     blocks = (f"; blocks phase {report.blocks_wall_s:.1f} s, "
               f"{report.blocks_tiles_per_s or 0.0:.1f} tiles/s")
-    return (f"✓ {path.name}: {report.tiles} tiles in {report.wall_s:.1f} s "
+    return (f"{mark} {path.name}: {report.tiles} tiles in {report.wall_s:.1f} s "
             f"({report.tiles_per_s or 0.0:.1f} tiles/s{blocks}), tumour "
             f"{report.tumour_mm2:.3f} mm²{extra} -> {slide_dir}")
 
