@@ -151,6 +151,11 @@ def test_gzip_and_multipolygon_and_repair(tmp_path: Path) -> None:
     ("bad.xml", "<Annotations><Annotation><Regions><Region><Vertices><Vertex X='a' Y='1'/>"
                 "</Vertices></Region></Regions></Annotation></Annotations>"),
     ("other.xml", "<svg></svg>"),
+    *((f"order-{o}.xml", '<ASAP_Annotations><Annotations><Annotation Name="t" '
+       'PartOfGroup="Tumor" Type="Polygon"><Coordinates>'
+       f'<Coordinate Order="{o}" X="0" Y="0"/><Coordinate Order="1" X="9" Y="0"/>'
+       '<Coordinate Order="2" X="9" Y="9"/></Coordinates></Annotation></Annotations>'
+       '</ASAP_Annotations>') for o in ("first", "1e999", "nan")),
     ("text.txt", "hello"),
     ("nocoords.geojson", '{"type": "Feature", "geometry": {"type": "Polygon"}}'),
     ("nan.geojson", '{"type": "Polygon", "coordinates": [[[0, 0], [NaN, 0], [9, 9], [0, 0]]]}'),

@@ -97,3 +97,23 @@ def test_a_slide_that_cannot_be_scored_is_no_tick(case: tuple[Path, Path, Path],
     assert not any(line.startswith("✓") for line in out)
     done = next(line for line in out if line.startswith("done:"))
     assert "0 ok" in done and " 0 tiles" not in done and "1 failed" in done
+
+
+def test_a_truth_reader_that_breaks_costs_the_score_not_the_outputs(
+        case: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever goes wrong reading the truth (here a reader's own bug), the slide's finished
+    outputs are published and the slide fails with one line saying why."""
+    from wsi_seg.evaluation import annotations
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("reader bug\non two lines")
+
+    monkeypatch.setattr(annotations, "read_truth", broken)
+    slides, truth, model = case
+    out = tmp_path / "out"
+    rc = main(["run", str(slides / "good.svs"), "--out", str(out), "--model", str(model),
+               "--truth", str(truth), *OPTS])
+    assert rc == 1
+    [rec] = json.loads((out / "run.json").read_text())["slides"]
+    assert rec["status"] == "failed" and "RuntimeError: reader bug on two lines" in rec["error"]
+    assert (out / "good" / "report.json").is_file() and (out / "good" / "tumor.geojson").is_file()

@@ -57,6 +57,12 @@ def _float(value: str | None, path: Path, what: str) -> float:
     return out
 
 
+def _order(coordinate: ET.Element, path: Path) -> float:
+    """An ASAP ``Coordinate``'s ``Order`` (a finite number; absent counts as 0)."""
+    value = coordinate.get("Order")
+    return 0.0 if value is None else _float(value, path, "Coordinate Order")
+
+
 def _parse_asap(root: ET.Element, path: Path) -> list[Annotation]:
     out = []
     for ann in root.iter("Annotation"):
@@ -67,7 +73,7 @@ def _parse_asap(root: ET.Element, path: Path) -> list[Annotation]:
             # Not an area, but an annotation: a file of points is not an empty truth.
             out.append(Annotation(name, ()))
             continue
-        coords = sorted(ann.iter("Coordinate"), key=lambda c: int(float(c.get("Order") or 0)))
+        coords = sorted(ann.iter("Coordinate"), key=lambda c: _order(c, path))
         xy = [(_float(c.get("X"), path, "X"), _float(c.get("Y"), path, "Y")) for c in coords]
         polys = polygon_from_xy(xy)
         if group == CAMELYON_EXCLUSION_GROUP:

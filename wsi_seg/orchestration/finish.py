@@ -145,6 +145,9 @@ def _score(job: SlideJob, config: RunConfig, mosaic: Any, polygons: Polygons) ->
                                  job.slide_size_x0)
     except WsiSegError as exc:
         return Scored(truth_path=truth_path, error=f"truth not usable: {exc}")
+    except Exception as exc:  # a reader's own bug must not cost the slide its outputs
+        return Scored(truth_path=truth_path, error=f"truth not usable: {truth_path}: "
+                      f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
     score = score_slide(mosaic, truth.geometry, polygons.level, threshold=polygons.threshold)
     scored = Scored(score, truth.geometry, truth_path)
     if mosaic.classes:
