@@ -447,3 +447,20 @@ def test_a_predictor_whose_consumer_dies_fails_its_slides_in_one_line(
     lines = [line for line in err.splitlines() if "predictor failed" in line]
     assert lines and all("MemoryError" in line and "180 GiB" in line for line in lines)
     assert "Traceback" not in err
+
+
+# ------------------------------------------------------------- paths that are not files
+@pytest.mark.parametrize("role", ["slide", "config", "truth"])
+def test_a_fifo_is_refused_in_one_line_not_waited_on(role: str, slide: Path, empty_pred: Path,
+                                                     tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]
+                                                     ) -> None:
+    """Opening a FIFO for reading blocks until a writer comes: it would hang the command."""
+    fifo = tmp_path / {"slide": "x.svs", "config": "c.toml", "truth": "t.geojson"}[role]
+    os.mkfifo(fifo)
+    argv = {"slide": ["run", str(fifo), "--out", str(tmp_path / "out")],
+            "config": ["run", str(slide), "--out", str(tmp_path / "out"), "--config", str(fifo)],
+            "truth": ["score", str(empty_pred), str(fifo), "--slide", str(slide)]}[role]
+    assert main(argv) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert fifo.name in line and "FIFO" in line

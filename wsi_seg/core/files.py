@@ -17,6 +17,7 @@ import contextlib
 import gzip
 import json
 import os
+import stat
 import threading
 import zlib
 from collections.abc import Iterator
@@ -96,6 +97,27 @@ def size_text(n_bytes: int) -> str:
     return f"{n_bytes} bytes"
 
 
+def check_regular(path: str | os.PathLike[str], error: type[WsiSegError] = WsiSegError,
+                  what: str = "file") -> Path:
+    """``path`` if it is a regular file (or a link to one), else one line: a FIFO, socket or
+    device would block or never end when opened and read, a folder is not a file."""
+    p = Path(path)
+    try:
+        mode = os.stat(p).st_mode
+    except FileNotFoundError:
+        raise error(f"no such {what}", p) from None
+    except OSError as exc:
+        raise error(f"cannot read {what} ({exc.strerror or exc})", p) from None
+    if stat.S_ISDIR(mode):
+        raise error(f"{what} is a folder, not a file", p)
+    if not stat.S_ISREG(mode):
+        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket"
+                if stat.S_ISSOCK(mode) else "a device" if stat.S_ISCHR(mode) or
+                stat.S_ISBLK(mode) else "not a regular file")
+        raise error(f"{what} is {kind}, not a regular file", p)
+    return p
+
+
 def read_capped(path: str | os.PathLike[str], max_bytes: int,
                 error: type[WsiSegError] = WsiSegError, what: str = "file") -> bytes:
     """The bytes of ``path``, refusing a file of more than ``max_bytes`` bytes.
@@ -106,7 +128,7 @@ def read_capped(path: str | os.PathLike[str], max_bytes: int,
     Raises:
         error: the file is too large or cannot be read (one line naming the file).
     """
-    p = Path(path)
+    p = check_regular(path, error, what)
     try:
         with open(p, "rb") as fh:
             size = os.fstat(fh.fileno()).st_size

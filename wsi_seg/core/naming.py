@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from wsi_seg.core.errors import WsiSegError
+from wsi_seg.core.files import check_regular
 
 #: Truth files looked for beside a slide name, in order (``{stem}`` and ``{name}`` expand).
 #: A slide's report in its output folder (written last: its presence means finished).
@@ -78,7 +79,7 @@ def truth_candidates(folder: Path, slide_path: Path, output_name: str | None = N
 
 def slide_identity(path: Path) -> dict[str, object]:
     """Size, modification time and a hash of the head of a slide file."""
-    st = path.stat()
+    st = check_regular(path, WsiSegError, "slide").stat()
     h = hashlib.sha256()
     with open(path, "rb") as f:
         h.update(f.read(IDENTITY_HEAD_BYTES))

@@ -51,6 +51,7 @@ from shapely.geometry import MultiPolygon
 from shapely.geometry.base import BaseGeometry
 
 from wsi_seg.core.errors import AnnotationError
+from wsi_seg.core.files import check_regular
 from wsi_seg.core.naming import class_map_entry
 from wsi_seg.evaluation.truth import (
     ALL_CLASSES,
@@ -86,7 +87,8 @@ def _parse(path: Path) -> list[Annotation]:
     if not path.exists():
         raise AnnotationError("no such file", path)
     head = b""
-    if path.is_file():
+    if not path.is_dir():
+        check_regular(path, AnnotationError, "annotation file")
         with open(path, "rb") as fh:
             head = fh.read(512).removeprefix(b"\xef\xbb\xbf")  # a UTF-8 BOM (Windows tools)
     if head[:2] == b"\x1f\x8b" or head.lstrip()[:1] in (b"{", b"["):

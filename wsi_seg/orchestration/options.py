@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from wsi_seg.core.errors import WsiSegError
+from wsi_seg.core.files import check_regular
 from wsi_seg.core.naming import TRUTH_PATTERNS, class_map_entry
 from wsi_seg.stages.backends import BACKENDS
 from wsi_seg.stages.blend import BLEND_MODES
@@ -451,12 +452,13 @@ def load_toml(path: Path) -> dict[str, Any]:
     another section, an unknown key or section, or a value of the wrong type or range is a
     one-line WsiSegError naming the file, the key and what it must be.
     """
+    if not path.exists():
+        raise WsiSegError("config file not found", path)
+    check_regular(path, WsiSegError, "config file")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise WsiSegError("config file not found", path) from None
-    except IsADirectoryError:
-        raise WsiSegError("config file is a folder", path) from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise WsiSegError(f"not a valid TOML file ({exc})", path) from None
     out: dict[str, Any] = {}

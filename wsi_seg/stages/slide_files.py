@@ -14,6 +14,7 @@ import openslide
 import tifffile
 
 from wsi_seg.core.errors import SlideError
+from wsi_seg.core.files import check_regular
 
 #: Plausible microscope resolutions, micrometres per pixel (1000x oil to 0.5x overview).
 MPP_RANGE_UM = (0.05, 20.0)
@@ -139,7 +140,7 @@ def find_slides(paths: list[str | os.PathLike[str]] | tuple[str | os.PathLike[st
                     f"no slides found (looked for {', '.join(SLIDE_SUFFIXES)})", p)
             found.extend(inside)
         elif p.exists():
-            found.append(p)
+            found.append(check_regular(p, SlideError, "slide"))
         else:
             raise SlideError("no such file or directory", p)
     seen: set[Path] = set()
