@@ -46,8 +46,10 @@ def test_read_capped(tmp_path: Path) -> None:
     with pytest.raises(AnnotationError, match=r"a\.json: truth is 100 bytes, more than the 99 "
                                               r"bytes allowed"):
         read_capped(path, 99, AnnotationError, "truth")
-    with pytest.raises(WsiSegError, match="cannot read file"):
+    with pytest.raises(WsiSegError, match="missing: no such file"):
         read_capped(tmp_path / "missing", 10)
+    with pytest.raises(WsiSegError, match="is a folder, not a file"):
+        read_capped(tmp_path, 10)
 
 
 def test_gunzip_capped(tmp_path: Path) -> None:
