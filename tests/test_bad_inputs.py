@@ -464,3 +464,58 @@ def test_a_fifo_is_refused_in_one_line_not_waited_on(role: str, slide: Path, emp
     assert main(argv) == 2
     line = _one_error_line(capsys.readouterr().err)
     assert fifo.name in line and "FIFO" in line
+
+
+# ------------------------------------------------------- a scheduler address that is not one
+class _Server:
+    """A TCP server on 127.0.0.1 that, per connection, does ``behaviour``: ``silent``
+    (accepts, says nothing), ``garbage`` (sends bytes that are not Dask's), ``http`` (answers
+    the way an HTTP server answers a client that speaks first)."""
+
+    def __init__(self, behaviour: str) -> None:
+        import socket
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.port = self.sock.getsockname()[1]
+        self.behaviour = behaviour
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            if self.behaviour == "garbage":
+                conn.sendall(b"\xff" * 64)
+            elif self.behaviour == "http":
+                conn.sendall(b"HTTP/1.0 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+    def close(self) -> None:
+        for c in self.conns:
+            c.close()
+        self.sock.close()
+
+
+@pytest.mark.parametrize(("behaviour", "says"), [
+    ("silent", "said nothing"), ("garbage", "not in Dask's protocol"),
+    ("http", "not in Dask's protocol")])
+def test_a_scheduler_address_that_is_not_a_scheduler_is_one_line(
+        behaviour: str, says: str, slide: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from wsi_seg.orchestration import cluster
+
+    monkeypatch.setattr(cluster, "PROBE_TIMEOUT_S", 2.0)  # the silent one: wait 2 s, not 10
+    server = _Server(behaviour)
+    try:
+        rc = main(["run", str(slide), "--out", str(tmp_path / "out"), "--scheduler",
+                   f"tcp://127.0.0.1:{server.port}", "--quiet"])
+    finally:
+        server.close()
+    line = _one_error_line(capsys.readouterr().err)
+    assert rc == 2 and says in line and f"127.0.0.1:{server.port}" in line

@@ -222,6 +222,54 @@ def start_local_cluster(config: ClusterConfig, plan: WorkerPlan) -> Any:
     return cluster
 
 
+#: Seconds a scheduler's address may take to accept a connection and greet.
+PROBE_TIMEOUT_S = 10.0
+
+
+def probe_scheduler(address: str, timeout_s: float | None = None) -> None:
+    """WsiSegError in one line unless ``tcp://HOST:PORT`` greets like a Dask scheduler.
+
+    A Dask comm sends its handshake as soon as it accepts a connection: an 8-byte length,
+    an 8-byte frame count, then the frames. Reading those 16 bytes with a deadline, before
+    distributed's client does, tells apart what is not a scheduler without trusting it: a
+    server that accepts and stays silent (an HTTP server waits for a request) and one that
+    answers with other bytes. distributed's own client would wait, or take those bytes for a
+    frame length and try to allocate exabytes. Other schemes (``tls://``, ...) are left to the
+    client.
+    """
+    import socket
+    import struct
+    from urllib.parse import urlsplit
+
+    if not address.startswith("tcp://"):
+        return
+    timeout_s = PROBE_TIMEOUT_S if timeout_s is None else timeout_s
+    url = urlsplit(address)
+    if url.hostname is None or url.port is None:
+        raise WsiSegError("a scheduler address is tcp://HOST:PORT", address)
+    try:
+        with socket.create_connection((url.hostname, url.port), timeout=timeout_s) as sock:
+            sock.settimeout(timeout_s)
+            head = b""
+            while len(head) < 16:
+                data = sock.recv(16 - len(head))
+                if not data:
+                    raise WsiSegError("closed the connection without a word: not a Dask "
+                                      "scheduler", address)
+                head += data
+    except TimeoutError:
+        raise WsiSegError(f"accepts connections but said nothing in {timeout_s:g} s: not a "
+                          "Dask scheduler (an HTTP or other server?)", address) from None
+    except OSError as exc:
+        raise WsiSegError(f"cannot reach the Dask scheduler ({exc.strerror or exc})",
+                          address) from None
+    total, n_frames = struct.unpack("<QQ", head)
+    if not (0 < total < (1 << 20) and 0 < n_frames < 64):
+        shown = head[:12].decode("ascii", "replace")
+        raise WsiSegError(f"answers, but not in Dask's protocol (first bytes {shown!r}): not "
+                          "a Dask scheduler", address)
+
+
 @contextmanager
 def connect(config: ClusterConfig) -> Iterator[tuple[object, WorkerPlan | None]]:
     """Yield ``(client, plan)``: a dask.distributed Client and the local sizing (None remote).
@@ -231,10 +279,12 @@ def connect(config: ClusterConfig) -> Iterator[tuple[object, WorkerPlan | None]]
     from distributed import Client
 
     if config.scheduler and config.scheduler not in ("threads", "local"):
+        probe_scheduler(config.scheduler)
         try:
             client = Client(config.scheduler, timeout="20s")
-        except (OSError, TimeoutError) as exc:
-            raise WsiSegError(f"cannot reach the Dask scheduler ({exc})",
+        except Exception as exc:  # distributed's own errors are many kinds: one line each
+            cause = " ".join(str(exc).split())[:300] or type(exc).__name__
+            raise WsiSegError(f"cannot connect to the Dask scheduler ({cause})",
                               config.scheduler) from None
         try:
             yield client, None
