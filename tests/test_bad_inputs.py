@@ -519,3 +519,22 @@ def test_a_scheduler_address_that_is_not_a_scheduler_is_one_line(
         server.close()
     line = _one_error_line(capsys.readouterr().err)
     assert rc == 2 and says in line and f"127.0.0.1:{server.port}" in line
+
+
+def test_blocks_no_worker_can_take_fail_in_one_line(slide: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """--gpu-resource on a real cluster whose worker declares no GPU: the blocks would wait
+    for ever; the run waits a while for such a worker, then says so in one line."""
+    from tests.dask_fixtures import DaskCluster
+    from wsi_seg.orchestration import runner
+
+    monkeypatch.setattr(runner, "RESOURCE_WAIT_S", 2.0)
+    cluster = DaskCluster(tmp_path, n_workers=1)
+    try:
+        rc = main(["run", str(slide), "--out", str(tmp_path / "out"), "--scheduler",
+                   cluster.address, "--gpu-resource", "--quiet"])
+    finally:
+        cluster.close()
+    line = _one_error_line(capsys.readouterr().err)
+    assert rc == 2 and "no worker of the cluster declares" in line and "GPU=" in line

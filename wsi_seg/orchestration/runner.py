@@ -55,6 +55,8 @@ from wsi_seg.stages.infer import InferConfig, check_batch_bytes, served_card
 #: Seconds between looks at slides other runs hold, and between lines saying the run waits.
 HELD_POLL_S = 2.0
 HELD_NOTICE_S = 60.0
+#: Seconds to wait for a worker declaring the resource blocks ask for (--gpu-resource).
+RESOURCE_WAIT_S = 60.0
 
 __all__ = ["RUN_JSON", "RunResult", "Runner", "SlideState", "one_line", "run_score",
            "run_score_lines", "run_slides", "versions", "warm_worker_async"]
@@ -309,6 +311,7 @@ class Runner:
                 total_tiles = sum(s.job.tiles_todo for s in self.states if s.job)
                 self._await_warm(warm)  # a model that failed fails every slide
                 resources = self._resources(plan)
+                self._check_resources(client, resources)
                 self._collect(self._submit_all(client, infer, resources), total_tiles)
                 self._take_over_held(client, infer, resources)
         finally:
@@ -351,6 +354,31 @@ class Runner:
         if plan is not None and infer.threads is None:
             infer = replace(infer, threads=plan.tf_threads)
         return infer
+
+    def _check_resources(self, client: Any, resources: dict[str, float] | None) -> None:
+        """Blocks that ask for a resource no worker has would wait for ever: wait a while for
+        such a worker to join, then fail in one line."""
+        if not resources or self.cluster.scheduler == "threads":
+            return
+        deadline = time.perf_counter() + RESOURCE_WAIT_S
+        said = False
+        while True:
+            workers = client.scheduler_info().get("workers", {}).values()
+            if any(all(w.get("resources", {}).get(k, 0) >= v for k, v in resources.items())
+                   for w in workers):
+                return
+            if time.perf_counter() > deadline:
+                names = ", ".join(f"{k}={v:g}" for k, v in resources.items())
+                raise WsiSegError(
+                    f"no worker of the cluster declares the resource blocks ask for ({names}) "
+                    f"after {RESOURCE_WAIT_S:g} s; start workers with --resources GPU=1 "
+                    "(one per GPU), or run without --gpu-resource",
+                    self.cluster.scheduler or "the local cluster")
+            if not said:
+                self.say(f"waiting up to {RESOURCE_WAIT_S:g} s for a worker with the GPU "
+                         "resource (--gpu-resource)")
+                said = True
+            time.sleep(1.0)
 
     def _resources(self, plan: WorkerPlan | None) -> dict[str, float] | None:
         """Dask resources of a block task: a share of a GPU when blocks go to GPU workers."""
