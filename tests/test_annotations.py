@@ -255,3 +255,34 @@ def test_empty_files_of_every_format_are_no_tumour(tmp_path: Path) -> None:
                                  "</Annotation></Annotations>")):
         truth = read_truth(_write(tmp_path / name, text))
         assert truth.geometry.is_empty and truth.polygons == () and truth.classes == ()
+
+
+def test_class_truths_from_asap_groups_and_a_class_map(tmp_path: Path) -> None:
+    """Per-class truth: ASAP's groups are the classes; a map renames a truth's own names;
+    derived QuPath names count for their first class; what names no model class is ignored."""
+    from wsi_seg.evaluation.annotations import parse_class_map, read_class_truths
+
+    def ann(group: str, x0: int, size: int) -> str:
+        pts = [(x0, 0), (x0 + size, 0), (x0 + size, size), (x0, size)]
+        coords = "".join(f'<Coordinate Order="{i}" X="{x}" Y="{y}"/>'
+                         for i, (x, y) in enumerate(pts))
+        return (f'<Annotation Name="a" PartOfGroup="{group}" Type="Polygon">'
+                f"<Coordinates>{coords}</Coordinates></Annotation>")
+
+    xml = tmp_path / "t.xml"
+    xml.write_text("<ASAP_Annotations><Annotations>" + ann("tumor", 0, 10)
+                   + ann("Stroma tissue", 20, 10) + ann("Fat", 40, 10)
+                   + "</Annotations></ASAP_Annotations>")
+    model = ["Tumor", "Stroma", "Necrosis"]
+    out = read_class_truths(xml, model, parse_class_map(["Stroma tissue=Stroma"]))
+    assert out["Tumor"].area == 100 and out["Stroma"].area == 100
+    assert out["Necrosis"].is_empty  # not drawn: a run does not score it
+    gj = tmp_path / "t.geojson"
+    gj.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        _feature("Tumor: Positive")]}))
+    assert not read_class_truths(gj, model)["Tumor"].is_empty
+    with pytest.raises(AnnotationError, match="--class-map") as exc:
+        read_class_truths(xml, ["Necrosis"])
+    assert "'Fat'" in str(exc.value) and "\n" not in str(exc.value)
+    with pytest.raises(ValueError, match="TRUTH_CLASS=MODEL_CLASS"):
+        parse_class_map(["no equals sign"])
