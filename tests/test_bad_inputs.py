@@ -538,3 +538,22 @@ def test_blocks_no_worker_can_take_fail_in_one_line(slide: Path, tmp_path: Path,
         cluster.close()
     line = _one_error_line(capsys.readouterr().err)
     assert rc == 2 and "no worker of the cluster declares" in line and "GPU=" in line
+
+
+def test_a_run_of_only_unreadable_slides_starts_no_cluster(tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]
+                                                           ) -> None:
+    """Every slide fails to open: each gets its line and the run ends, without starting
+    workers or loading a model (that took ~20 s for nothing)."""
+    d = tmp_path / "slides"
+    d.mkdir()
+    for name in ("a.svs", "b.svs"):
+        (d / name).write_bytes(b"II*\x00" + b"\x00" * 64)
+    out = tmp_path / "out"
+    rc = main(["run", str(d), "--out", str(out)])
+    captured = capsys.readouterr()
+    assert rc == 1
+    assert sum("a.svs" in line or "b.svs" in line for line in captured.err.splitlines()) == 2
+    assert "dask:" not in captured.out and "start-up:" not in captured.out
+    run = json.loads((out / "run.json").read_text())
+    assert run["workers"] is None and run["startup_s"] is None and run["failed"] == 2

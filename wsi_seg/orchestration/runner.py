@@ -270,6 +270,13 @@ class Runner:
         state.status = "pending"
         return True
 
+    def _prepare_until_one_is_ready(self) -> list[SlideState]:
+        """Prepare slides in order until one has blocks to run; the slides not looked at."""
+        for i, state in enumerate(self.states):
+            if self._prepare_one(state):
+                return self.states[i + 1 :]
+        return []
+
     def _skip(self, state: SlideState) -> None:
         state.unlock()
         state.status = "skipped"
@@ -302,11 +309,18 @@ class Runner:
             self.write_run_json(finished=True)
             return self.result()
         try:
+            # Slides are prepared until one is ready before any worker starts, so a run whose
+            # slides all fail to open ends without starting a cluster or loading a model.
+            rest = self._prepare_until_one_is_ready()
+            if not any(s.job or s.status == "held" for s in self.states):
+                self.write_run_json(finished=True)
+                return self.result()
             with connect(self.cluster) as (client, plan):
                 infer = self._started(client, plan)
                 # Workers import the framework and load the model while the client plans.
                 warm = warm_workers(client, self.config.resolved_model(), infer)
-                self.prepare()
+                for state in rest:
+                    self._prepare_one(state)
                 self.write_run_json()
                 total_tiles = sum(s.job.tiles_todo for s in self.states if s.job)
                 self._await_warm(warm)  # a model that failed fails every slide
