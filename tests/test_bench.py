@@ -394,3 +394,19 @@ def test_cli_device_profiles(tmp_path: Path, capsys: pytest.CaptureFixture[str])
         assert capsys.readouterr().err
     assert main(["bench", "--profile", "simulated", "--out", str(tmp_path), "--steps",
                  "cold"]) == 2
+
+
+def test_bench_help_shows_the_defaults_each_profile_uses(capsys: pytest.CaptureFixture[str]
+                                                         ) -> None:
+    """The defaults in --help are the configurations' own, per profile (the text once said 3
+    and 20 s where the device profiles used 2 and 10 s)."""
+    from wsi_seg.cli import main
+    from wsi_seg.tools.bench.config import BenchConfig, DeviceBenchConfig
+
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    std = BenchConfig(out_dir=Path("."), cache_dir=Path("."))
+    gpu = DeviceBenchConfig(out_dir=Path("."), cache_dir=Path("."), profile="gpu")
+    assert f"interleaved rounds [{std.repeats}; --profile gpu {gpu.repeats}," in text
+    assert f"device profiles {gpu.model_seconds:g}]" in text

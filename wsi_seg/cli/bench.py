@@ -145,6 +145,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     S = argparse.SUPPRESS
+    # The defaults shown come from the configurations that hold them (one place each).
+    from wsi_seg.tools.bench.config import BenchConfig, DeviceBenchConfig, simulated_config
+
+    std = BenchConfig(out_dir=Path("."), cache_dir=Path("."))
+    gpu = DeviceBenchConfig(out_dir=Path("."), cache_dir=Path("."), profile="gpu")
+    sim = simulated_config(Path("."), Path("."))
     p.add_argument("--out", type=Path, default=Path("bench-out"),
                    help="folder for bench.json, bench.md and scratch runs [bench-out]")
     p.add_argument("--cache", type=Path, default=None,
@@ -159,7 +165,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="slide edge for the seeds' way [smallest of --sizes]")
     p.add_argument("--scaling-size", type=int, default=S,
                    help="slide edge for workers and batch size scaling [smallest of --sizes]")
-    p.add_argument("--repeats", type=int, default=S, help="interleaved rounds [3]")
+    p.add_argument("--repeats", type=int, default=S,
+                   help=f"interleaved rounds [{std.repeats}; --profile gpu "
+                   f"{gpu.repeats}, simulated {sim.repeats}]")
     p.add_argument("--models", default=S,
                    help="comma-separated model kinds to measure: unet, patch [unet,patch]")
     p.add_argument("--unet", type=Path, default=S,
@@ -171,7 +179,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="local worker processes [as wsi-seg run: one per GPU, else cores / 2]")
     p.add_argument("--threads-per-worker", type=int, default=S, help="[as wsi-seg run: 2]")
     p.add_argument("--model-seconds", type=float, default=S,
-                   help="cap on one model-only measurement, s [20]")
+                   help=f"cap on one model-only measurement, s [{std.model_seconds:g}; "
+                   f"device profiles {gpu.model_seconds:g}]")
     p.add_argument("--seeds-seconds", type=float, default=S,
                    help="cap on one seeds'-way measurement, s [20]")
     p.add_argument("--batch-sizes-unet", type=_ints, default=S,
