@@ -344,7 +344,7 @@ class SimulatedEngine:
     def __init__(self, card: ModelCard, batch_size: int, seconds_per_batch: float) -> None:
         if seconds_per_batch <= 0:
             raise ModelError("the simulated device needs a positive time per batch")
-        self._roi, self._kind, self._maps = card.window_px, card.kind, card.n_maps
+        self._card = card
         self._s = seconds_per_batch
         self._stream = ThreadPoolExecutor(1, thread_name_prefix="wsi-seg-simulated-device")
         self._lock = threading.Lock()
@@ -354,9 +354,7 @@ class SimulatedEngine:
         with self._lock:
             t = time.perf_counter()
             time.sleep(self._s)
-            n = len(batch_u8)
-            shape: tuple[int, ...] = (n, self._roi, self._roi) if self._kind == "unet" else (n,)
-            out = np.zeros(shape + ((self._maps,) if self._maps > 1 else ()), np.float32)
+            out = np.zeros(self._card.kept_shape(len(batch_u8)), np.float32)
             self._busy_s += time.perf_counter() - t
         return out
 

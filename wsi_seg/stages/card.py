@@ -314,6 +314,13 @@ class ModelCard:
         :attr:`class_maps`) every class's probability in output order."""
         return 1 + self.n_outputs if self.class_maps else 1
 
+    def kept_shape(self, n: int) -> tuple[int, ...]:
+        """Shape of what the compiled pass keeps for ``n`` windows: ``(n, roi, roi)`` for a
+        UNet, ``(n,)`` for a patch model, with a last axis of :attr:`n_maps` when above 1."""
+        shape: tuple[int, ...] = ((n, self.window_px, self.window_px) if self.kind == "unet"
+                                  else (n,))
+        return shape + ((self.n_maps,) if self.n_maps > 1 else ())
+
     @property
     def mapped_classes(self) -> tuple[int, ...]:
         """Channels that get polygons and areas of their own (all but the background)."""

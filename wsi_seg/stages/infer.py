@@ -186,11 +186,8 @@ class Predictor:
             raise ValueError(f"tiles must be (n, {roi}, {roi}, 3), not {tiles.shape}")
         n = len(tiles)
         fut: Future[np.ndarray] = Future()
-        shape: tuple[int, ...] = (n, roi, roi) if self.card.kind == "unet" else (n,)
-        if self.n_maps > 1:
-            shape += (self.n_maps,)
-        req = _Request(np.ascontiguousarray(tiles, np.uint8), np.empty(shape, np.float32), fut,
-                       n)
+        req = _Request(np.ascontiguousarray(tiles, np.uint8),
+                       np.empty(self.card.kept_shape(n), np.float32), fut, n)
         if n == 0:
             fut.set_result(self._result(req))
             return fut
