@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import cv2
@@ -12,6 +13,7 @@ from shapely.geometry import Polygon
 from shapely.geometry.base import BaseGeometry
 
 from wsi_seg.evaluation.metrics import rasterize_window
+from wsi_seg.stages.geojson import write_geojson
 from wsi_seg.stages.mosaic import MosaicGeometry, build_pyramid, create_mosaic, open_mosaic
 from wsi_seg.stages.vectorize import (
     QUPATH_GRID_PX,
@@ -406,6 +408,75 @@ def test_min_area_results_do_not_depend_on_chunk_size() -> None:
                            for r in regions for ring in r.polygon.interiors)
                 seen.append(shapely.union_all([r.polygon for r in regions]).normalize())
             assert all(g.equals(seen[0]) for g in seen), (trial, min_area)
+
+
+def test_canonical_polygons_write_one_shape_one_way() -> None:
+    from wsi_seg.stages.vectorize.simplify import canonical_polygons
+
+    shell = [(0, 0), (10, 0), (10, 8), (0, 8)]
+    holes = [[(1, 1), (1, 3), (3, 3), (3, 1)], [(5, 2), (5, 6), (8, 6), (8, 2)]]
+    plain = Polygon(shell, holes)
+    # the same shape: shell reversed, started elsewhere, with vertices on straight runs and a
+    # repeated one (as chunk borders leave them), holes the other way round and swapped
+    other = Polygon([(10, 4), (10, 0), (4, 0), (4, 0), (0, 0), (0, 8), (7, 8), (10, 8)],
+                    [[(8, 6), (8, 2), (5, 2), (5, 4), (5, 6)], [(3, 1), (1, 1), (1, 3), (3, 3)]])
+    a, b, box = canonical_polygons(np.array([plain, other, Polygon()], dtype=object))
+    assert a.equals(plain) and shapely.to_wkb(a) == shapely.to_wkb(b) and box.is_empty
+    assert list(a.exterior.coords) == [(0, 0), (10, 0), (10, 8), (0, 8), (0, 0)]
+    assert a.exterior.is_ccw and not any(ring.is_ccw for ring in a.interiors)
+    assert [ring.coords[0] for ring in a.interiors] == [(1, 1), (5, 2)]
+
+
+def _smooth_probabilities(h: int, w: int, seed: int) -> np.ndarray:
+    """Smoothed white noise as stored probabilities (uint8, mean 128): at 0.5 it thresholds
+    into blobs of many sizes and shapes, some with holes, many across chunk borders."""
+    noise = np.random.default_rng(seed).random((h, w)).astype(np.float32)
+    smooth = cv2.GaussianBlur(noise, (0, 0), 10)
+    smooth = (smooth - smooth.mean()) / smooth.std()
+    return np.clip(128 + 60 * smooth, 0, 255).astype(np.uint8)
+
+
+def test_simplified_geojson_does_not_depend_on_chunk_size(tmp_path: Path) -> None:
+    # One probability map stored as mosaics of 256, 512 and 1024 px chunks, traced with the
+    # run's defaults (simplify_um 1, min_area_um2 1000): tumor.geojson must be the same bytes,
+    # features and ids alike. Simplification sees a region written one way whatever chunk
+    # borders cut it (before: 15 of 41 polygons, and so all 41 ids, differed at 256 px).
+    h_px, w_px = 1280, 1536
+    values = _smooth_probabilities(h_px, w_px, seed=11)
+    written: dict[int, bytes] = {}
+    exact_vertices = 0
+    for chunk_px in (256, 512, 1024):
+        geom = MosaicGeometry(height_px=h_px, width_px=w_px, mpp=1.0, origin_x0=100.0,
+                              origin_y0=60.0, level0_px_per_px=2.0, chunk_px=chunk_px)
+        store = tmp_path / f"chunk{chunk_px}" / "mask.zarr"
+        create_mosaic(store, geom)
+        open_mosaic(store, mode="r+").level(0)[:] = values
+        mosaic = open_mosaic(store)
+        regions = vectorize_mosaic(mosaic, 0, min_area_um2=1000.0, simplify_um=1.0)
+        assert all(r.polygon.is_valid for r in regions)
+        # same folder and file name in every run: the ids' seed is the same
+        folder = tmp_path / f"chunk{chunk_px}" / "slide"
+        folder.mkdir()
+        written[chunk_px] = write_geojson(regions, folder / "tumor.geojson").read_bytes()
+        if chunk_px == 256:
+            polys = np.array([r.polygon for r in regions], dtype=object)
+            # the map is what the test needs: many regions, holes, regions across seams
+            assert len(regions) >= 30 and sum(len(p.interiors) for p in polys) >= 10
+            seams = shapely.MultiLineString(
+                [[(x0, 0), (x0, 3000)] for x0 in range(100 + 512, 100 + 2 * w_px, 512)]
+                + [[(0, y0), (4000, y0)] for y0 in range(60 + 512, 60 + 2 * h_px, 512)])
+            assert shapely.intersects(polys, seams).sum() >= 15
+            exact = vectorize_mosaic(mosaic, 0, min_area_um2=1000.0, simplify_um=0.0)
+            exact_vertices = sum(len(shapely.get_coordinates(r.polygon)) for r in exact)
+            # simplification was on and did something
+            assert shapely.get_num_coordinates(polys).sum() < 0.7 * exact_vertices
+    shapes = {c: [json.dumps(f["geometry"]) for f in json.loads(b)["features"]]
+              for c, b in written.items()}
+    for chunk_px in (256, 512):
+        differ = len(set(shapes[1024]) - set(shapes[chunk_px]))
+        assert written[chunk_px] == written[1024], (
+            f"chunk {chunk_px} px against 1024 px: {differ} of {len(shapes[1024])} polygons "
+            f"differ ({len(shapes[chunk_px])} features), so do the ids")
 
 
 def test_pinhole_riddled_region_is_traced_in_linear_time(

@@ -146,12 +146,16 @@ def default_workers() -> int:
 
 
 def _sorted(regions: list[RegionPolygon]) -> list[RegionPolygon]:
-    """Regions top to bottom, then left to right (by bounds; ties by extent and area)."""
+    """Regions top to bottom, then left to right (by bounds; ties by extent, area and the
+    shell's first vertex), an order of the polygons alone: not of the chunks they came from.
+    """
     if not regions:
         return regions
     polys = np.array([r.polygon for r in regions], dtype=object)
     minx, miny, maxx, maxy = shapely.bounds(polys).T
-    order = np.lexsort((shapely.area(polys), maxx, maxy, minx, miny))
+    first = shapely.get_point(shapely.get_exterior_ring(polys), 0)
+    order = np.lexsort((shapely.get_y(first), shapely.get_x(first), shapely.area(polys), maxx,
+                        maxy, minx, miny))
     return [regions[k] for k in order]
 
 

@@ -1,8 +1,10 @@
 """Finishing regions: area filtering, level-0 mapping, simplification, grid snapping.
 
-Each region is mapped to level 0 (:meth:`wsi_seg.core.geometry.PixelFrame.to_level0`), simplified
-(``simplify_um``, topology-preserving Douglas-Peucker; ring by ring for a polygon with very
-many holes and vertices, see :func:`.simplify.simplify_polygons`), snapped to QuPath's 0.01 px
+Each region is written one canonical way (:func:`.simplify.canonical_polygons`: the same
+coordinates whatever chunk borders cut it), mapped to level 0
+(:meth:`wsi_seg.core.geometry.PixelFrame.to_level0`), simplified (``simplify_um``,
+topology-preserving Douglas-Peucker; ring by ring for a polygon with very many holes and
+vertices, see :func:`.simplify.simplify_polygons`), snapped to QuPath's 0.01 px
 grid with ``shapely.set_precision`` (which keeps it valid) unless the corners already lie on it
 (pixel size ``px_x0`` and origin multiples of 0.01), and parts whose simplified area is below
 ``min_area_um2`` are dropped too (no reported area is below it).
@@ -16,7 +18,7 @@ import shapely
 from wsi_seg.core.geometry import QUPATH_GRID_PX, PixelFrame
 from wsi_seg.stages.vectorize.chunk import _Batch
 from wsi_seg.stages.vectorize.frame import RegionPolygon
-from wsi_seg.stages.vectorize.simplify import simplify_polygons
+from wsi_seg.stages.vectorize.simplify import canonical_polygons, simplify_polygons
 
 
 def _finish(batch: _Batch, frame: PixelFrame, min_px: float, simplify_um: float,
@@ -35,6 +37,10 @@ def _finish(batch: _Batch, frame: PixelFrame, min_px: float, simplify_um: float,
         polys, stats, suspect = polys[big], stats[big], suspect[big]
     if suspect.any():
         polys, stats = _repaired(polys, stats, suspect)
+    # Written one way whatever chunk borders cut the region (they leave extra vertices and
+    # other ring starts), on exact raster corners: so the simplified polygons, and the exact
+    # ones as written, depend on the raster alone, not on the chunk size.
+    polys = canonical_polygons(polys)
     geoms = frame.to_level0(polys)
     if simplify_um > 0:
         geoms = simplify_polygons(geoms, simplify_um / frame.mpp0, workers)
