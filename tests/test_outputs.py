@@ -134,7 +134,7 @@ def test_resume_drops_chunk_temporaries_a_killed_run_left(model: Path, tmp_path:
     cfg = RunConfig(out_dir=tmp_path / "out", model_path=model, block_px=256, chunk_px=128,
                     infer=InferConfig(batch_size=4))
     job = prepare_slide(slide, cfg)
-    run_block(job.context(None), job.tasks[0], cfg.infer)
+    run_block(job.context(), job.tasks[0], cfg.infer)
     chunk_dir = job.work_dir / "mask.zarr" / "0" / "c" / "0"
     stray = chunk_dir / "1.0123456789abcdef0123456789abcdef.partial"
     stray.write_bytes(b"half a chunk")
@@ -155,7 +155,7 @@ def test_a_replaced_slide_is_redone_not_resumed(model: Path, tmp_path: Path) -> 
     cfg = RunConfig(out_dir=out, model_path=model, block_px=256, chunk_px=128,
                     infer=InferConfig(batch_size=4))
     job = prepare_slide(slide, cfg)
-    run_block(job.context(None), job.tasks[0], cfg.infer)
+    run_block(job.context(), job.tasks[0], cfg.infer)
     assert prepare_slide(slide, cfg).n_blocks_done == 1
     # Another scan, same name and size.
     other = tmp_path / "other"

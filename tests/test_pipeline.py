@@ -219,7 +219,7 @@ def test_outputs_appear_complete_and_rerun_skips(slide: Path, models: dict[str, 
     # ...but a killed run's work directory is resumed: finished blocks are not redone.
     from wsi_seg.orchestration.pipeline import run_block
 
-    ctx = job.context(None)
+    ctx = job.context()
     run_block(ctx, job.tasks[0], cfg.infer)
     again = prepare_slide(slide, cfg)
     assert again.n_blocks_done == 1 and len(again.tasks) == job.n_blocks - 1

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from wsi_seg.core.errors import WsiSegError, printable
+from wsi_seg.core.params import ConfigError
 from wsi_seg.orchestration import options
 from wsi_seg.orchestration.cluster import ClusterConfig, local_gpu_count
-from wsi_seg.orchestration.pipeline import RunConfig
+from wsi_seg.orchestration.job import RunConfig
 from wsi_seg.orchestration.runner import RunResult, run_slides
 from wsi_seg.stages.infer import InferConfig
-from wsi_seg.stages.slide import find_slides
 from wsi_seg.stages.tissue import TissueConfig
+
+T = TypeVar("T")
 
 #: Built-in defaults (from the one option table, :mod:`wsi_seg.orchestration.options`).
 DEFAULTS: dict[str, Any] = options.DEFAULTS
@@ -88,33 +90,34 @@ def model_path(value: Any) -> Path | None:
 
 
 def build_configs(opts: options.Resolved) -> tuple[RunConfig, ClusterConfig]:
-    """The configurations, each field filled by the option whose ``target`` names it."""
+    """The configurations, each field filled by the option whose ``target`` names it. The
+    types check themselves; their one-line refusal is rewritten here in the options' words
+    (``--block 1000``, or ``[blocks] block = 1000 in FILE``)."""
     parts: dict[str, dict[str, Any]] = {"run": {}, "infer": {}, "cluster": {}, "tissue": {}}
     for option in options.OPTIONS:
         if option.target is not None:
             part, field = option.target.split(".")
             parts[part][field] = option.config_value(opts[option.name])
     parts["run"]["model_path"] = model_path(opts["model"])
-    config = RunConfig(**parts["run"], infer=InferConfig(**parts["infer"]),
-                       tissue=TissueConfig(**parts["tissue"]))
-    return config, ClusterConfig(**parts["cluster"])
+    infer = _build("infer", InferConfig, parts["infer"], opts)
+    tissue = _build("tissue", TissueConfig, parts["tissue"], opts)
+    config = _build("run", RunConfig, {**parts["run"], "infer": infer, "tissue": tissue}, opts)
+    return config, _build("cluster", ClusterConfig, parts["cluster"], opts)
 
 
-def check_model_fit(config: RunConfig) -> None:
-    """--tile must fit the model (its fixed input, or a multiple of its downsampling), and
-    --stride must not exceed the window (pixels between windows would never be predicted).
-    Reads only the model's card."""
-    if config.infer.tile_px is None and config.stride_px is None:
-        return
-    from wsi_seg.stages.card import read_card
-    from wsi_seg.stages.infer import served_card
+def in_option_words(exc: ConfigError, part: str, opts: options.Resolved) -> WsiSegError:
+    """A configuration type's refusal, each parameter named as the option that set it."""
+    by_target = {o.target: o.name for o in options.OPTIONS if o.target}
+    names = {k: opts.describe(by_target[f"{part}.{k}"]) for k in exc.values
+             if f"{part}.{k}" in by_target}
+    return WsiSegError(exc.render(names), exc.path)
 
-    model = config.resolved_model()
-    size = served_card(read_card(model), config.infer, model).window_px
-    if config.stride_px is not None and config.stride_px > size:
-        raise WsiSegError(
-            f"--stride {config.stride_px} is larger than the model's {size} px window: the "
-            "pixels between windows would never be predicted", model)
+
+def _build(part: str, cls: type[T], kwargs: dict[str, Any], opts: options.Resolved) -> T:
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:
+        raise in_option_words(exc, part, opts) from None
 
 
 def check_device(opts: options.Resolved, cluster: ClusterConfig) -> None:
@@ -160,12 +163,13 @@ def run(args: argparse.Namespace) -> int:
     select_backend(opts["backend"])
     config, cluster = build_configs(opts)
     check_device(opts, cluster)
-    check_model_fit(config)
     if config.truth is not None and not config.truth.exists():
         raise WsiSegError("ground truth file or folder not found", config.truth)
-    slides = find_slides(args.slides)
-    result = run_slides(slides, config, cluster, quiet=bool(opts["quiet"]),
-                        gpu_resource=opts["gpu_resource"])
+    try:
+        result = run_slides(args.slides, config, cluster, quiet=bool(opts["quiet"]),
+                            gpu_resource=opts["gpu_resource"])
+    except ConfigError as exc:  # the model's fit, checked first by the library
+        raise in_option_words(exc, "run", opts) from None
     print_summary(result, config.out_dir, bool(opts["quiet"]))
     return 0 if result.ok else 1
 
@@ -173,8 +177,7 @@ def run(args: argparse.Namespace) -> int:
 def print_summary(result: RunResult, out_dir: Path, quiet: bool) -> None:
     if quiet:
         return
-    ok = sum(s["status"] == "ok" for s in result.slides)
-    skipped = sum(s["status"] == "skipped" for s in result.slides)
+    ok, skipped = result.count("ok"), result.count("skipped")
     rate = result.tiles / result.wall_s if result.wall_s > 0 else 0.0
     print(f"done: {ok} ok, {skipped} skipped, {result.failed} failed; {result.tiles} tiles in "
           f"{result.wall_s:.1f} s ({rate:.1f} tiles/s overall); see "

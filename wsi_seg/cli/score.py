@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from wsi_seg.core.errors import WsiSegError, printable
+from wsi_seg.core.params import AT_LEAST_0, POSITIVE
 from wsi_seg.evaluation.score import MAX_SCORE_SIDE_PX, score_files
 from wsi_seg.orchestration import options
 
@@ -41,19 +42,20 @@ def register(subparsers: Any) -> None:
                    help="mask.zarr or tumor.geojson (or the slide's output folder)")
     p.add_argument("truth", type=Path, metavar="TRUTH", help="ground-truth file")
     p.add_argument("--slide", type=Path, required=True, help="the slide both belong to")
-    p.add_argument("--level", type=options.argument_type("int", options.AT_LEAST_0),
+    p.add_argument("--level", type=options.argument_type("int", AT_LEAST_0),
                    default=None, metavar="LEVEL",
                    help="resolution: mosaic level (mask.zarr) or level-0 downsample 2^L "
                    f"(GeoJSON); default: finest with a side <= {MAX_SCORE_SIDE_PX} px")
     p.add_argument("--truth-class", action="append", dest="truth_classes", metavar="NAME",
                    help="class that counts as tumour (repeatable; '*' = every area "
                    "annotation; default: tumor/tumour/carcinoma/metastasis/... names)")
-    p.add_argument("--threshold", type=options.BY_NAME["threshold"].parse, default=0.5,
+    p.add_argument("--threshold", type=options.BY_NAME["threshold"].parse, default=None,
                    metavar="P", help="probability at or above which a mosaic pixel is tumour "
-                   "(0 < P <= 1) [0.5]")
+                   "(0 < P <= 1) [the run's: the threshold its polygons were drawn at, "
+                   "recorded in the mosaic]")
     p.add_argument("--mpp", type=options.BY_NAME["mpp"].parse, default=None,
                    metavar="UM_PER_PX", help="slide level-0 µm/px override")
-    p.add_argument("--mask-mpp", type=options.argument_type("float", options.POSITIVE),
+    p.add_argument("--mask-mpp", type=options.argument_type("float", POSITIVE),
                    default=None, metavar="UM_PER_PX",
                    help="µm/px of a mask TRUTH (needed for mask images/Zarr)")
     p.add_argument("--skip-slide-check", action="store_true",
@@ -93,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"IoU {_fmt(result['iou'])}  Dice {_fmt(result['dice'])}{note}")
         print(f"  TP {result['tp']}  FP {result['fp']}  FN {result['fn']} px at "
               f"{result['resolution_um']:.3g} µm/px (level {result['level']}); truth classes: "
-              f"{printable(', '.join(c or 'unclassified' for c in result['truth_classes']))}")
+              f"{printable(', '.join(c or 'unclassified' for c in result['truth_classes']))}"
+              + (f"; threshold {result['threshold']:g}" if result["threshold"] else ""))
     if args.out is not None:
         from wsi_seg.core.files import write_json_atomic
 

@@ -86,6 +86,34 @@ def slide_identity(path: Path) -> dict[str, object]:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "head_sha256": h.hexdigest()[:32]}
 
 
+def truth_pattern_problem(value: str) -> str | None:
+    """What is wrong with a truth file pattern, or None: it names one file in the truth folder,
+    with a placeholder and no folders."""
+    if "{stem}" not in value and "{name}" not in value:
+        return "must contain {stem} or {name}"
+    if "/" in value or "\\" in value:
+        return "must be a file name, without folders"
+    try:
+        value.format(stem="s", name="s.svs")
+    except (KeyError, IndexError, ValueError):
+        return "may hold only the placeholders {stem} and {name} (write {{ and }} for braces)"
+    return None
+
+
+def class_map_problem(value: str) -> str | None:
+    """What is wrong with a ``TRUTH_CLASS=MODEL_CLASS`` entry, or None."""
+    try:
+        class_map_entry(value)
+    except ValueError:
+        return "must read TRUTH_CLASS=MODEL_CLASS"
+    return None
+
+
+def not_blank(value: str) -> str | None:
+    """A name that is not empty or only spaces."""
+    return "must not be empty" if not value.strip() else None
+
+
 def class_map_entry(text: str) -> tuple[str, str]:
     """``"Tumour epithelium=Tumor"`` as ``(truth class, model class)``, stripped; ValueError
     naming the entry when it is not ``TRUTH_CLASS=MODEL_CLASS``."""

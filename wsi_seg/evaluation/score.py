@@ -24,14 +24,16 @@ if TYPE_CHECKING:
     from wsi_seg.evaluation.metrics import OverlapScore
 
 MAX_SCORE_SIDE_PX = 16384  # default level: the finest level whose longer side fits this
-MAX_REPORT_BYTES = 16 << 20  # a run's report.json is a few KiB; anything huge is not one
+MAX_REPORT_BYTES = 16 << 20
+#: A mosaic's threshold when it records none (nor its model card).
+DEFAULT_THRESHOLD = 0.5  # a run's report.json is a few KiB; anything huge is not one
 
 
 @dataclass(frozen=True)
 class FileScore:
     """A prediction scored against truth: the files, the truth classes counted as tumour,
     the level scored at, pixel counts at ``resolution_um`` µm/px, IoU and Dice (None when
-    both are empty, ``empty_both``)."""
+    both are empty, ``empty_both``), and the probability threshold a mosaic was cut at."""
 
     pred: str
     truth: str
@@ -39,6 +41,7 @@ class FileScore:
     truth_classes: list[str]
     level: int
     score: OverlapScore
+    threshold: float | None = None  # a mosaic's; None for a GeoJSON prediction
 
     def to_json(self) -> dict[str, Any]:
         """Files, classes and level, then the score's counts, IoU, Dice and empty flag."""
@@ -164,14 +167,16 @@ def _score_geojson(pred: Path, truth: Any, level: int | None, size_x0: tuple[int
     return score_geometries(pred_geom, truth, frame), level
 
 
-def score_files(pred: Path, truth_path: Path, slide_path: Path, *, level: int | None = None,
-                truth_classes: list[str] | None = None, threshold: float = 0.5,
+def score_files(pred: str | Path, truth_path: str | Path, slide_path: str | Path, *,
+                level: int | None = None,
+                truth_classes: list[str] | None = None, threshold: float | None = None,
                 mpp: float | None = None, mask_mpp: float | None = None,
                 check_slide: bool = True) -> FileScore:
     """Score PRED against TRUTH on SLIDE at ``level`` (default: the finest whose longer side
     is at most :data:`MAX_SCORE_SIDE_PX`); ``threshold`` is the tumour probability of a mosaic
-    (0 < p <= 1), ``mpp`` the slide's level-0 µm/px override, ``mask_mpp`` the µm/px of a mask
-    truth.
+    (0 < p <= 1; default: the one its run drew the polygons at, recorded in the mosaic,
+    :func:`~wsi_seg.stages.mosaic.mosaic_threshold`, else :data:`DEFAULT_THRESHOLD`),
+    ``mpp`` the slide's level-0 µm/px override, ``mask_mpp`` the µm/px of a mask truth.
 
     Raises WsiSegError (one line) for a bad threshold or level, a missing or unreadable file,
     or a PRED made from another slide (see :func:`check_same_slide`, skipped when
@@ -181,11 +186,12 @@ def score_files(pred: Path, truth_path: Path, slide_path: Path, *, level: int | 
     from wsi_seg.stages.slide import open_slide
     from wsi_seg.stages.vectorize import threshold_u8
 
-    try:
-        threshold_u8(threshold)  # the rule lives where probabilities are thresholded
-    except ValueError as exc:
-        raise WsiSegError(f"--threshold {threshold}: {exc}") from None
-    pred = resolve_pred(pred)
+    if threshold is not None:
+        try:
+            threshold_u8(threshold)  # the rule lives where probabilities are thresholded
+        except ValueError as exc:
+            raise WsiSegError(f"threshold {threshold}: {exc}") from None
+    pred, truth_path, slide_path = resolve_pred(Path(pred)), Path(truth_path), Path(slide_path)
     with open_slide(slide_path, mpp=mpp) as slide:
         size, slide_mpp, bounds = slide.dimensions, slide.mpp, slide.bounds_x0
     mosaic = _open_pred_mosaic(pred, bounds, slide_path)
@@ -194,8 +200,13 @@ def score_files(pred: Path, truth_path: Path, slide_path: Path, *, level: int | 
     truth = read_truth(truth_path, truth_classes, mask_mpp=mask_mpp, slide_mpp=slide_mpp)
     truth = check_truth_fits(truth, size)
     if mosaic is not None:
+        from wsi_seg.stages.mosaic import mosaic_threshold
+
+        if threshold is None:
+            threshold = mosaic_threshold(mosaic) or DEFAULT_THRESHOLD
         score, level = _score_mosaic(mosaic, truth.geometry, level, threshold, pred)
     else:
+        threshold = None  # polygons are tumour as drawn
         score, level = _score_geojson(pred, truth.geometry, level, size, slide_mpp)
     return FileScore(str(pred), str(truth_path), str(slide_path), list(truth.classes), level,
-                     score)
+                     score, threshold)

@@ -37,8 +37,16 @@ from typing import Any
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from wsi_seg.core.errors import WsiSegError
+from wsi_seg.core.params import Limits, Rule, check_params, param
 
 log = logging.getLogger(__name__)
+
+
+def scheduler_problem(value: str) -> str | None:
+    """What is wrong with a scheduler address, or None (``threads``, or ``tcp://HOST:PORT``)."""
+    if not value.strip() or any(c.isspace() for c in value):
+        return "must be 'threads' or a scheduler address such as tcp://HOST:8786"
+    return None
 
 
 @dataclass(frozen=True)
@@ -54,11 +62,14 @@ class ClusterConfig:
         dashboard: serve the Dask dashboard (localhost only) for local clusters.
     """
 
-    scheduler: str | None = None
-    workers: int | None = None
-    threads_per_worker: int | None = None
-    gpu_resource: bool | None = None
-    dashboard: bool = True
+    scheduler: str | None = param(None, Rule("str", check=scheduler_problem))
+    workers: int | None = param(None, Rule("int", Limits(1, 1024)))
+    threads_per_worker: int | None = param(None, Rule("int", Limits(1, 1024)))
+    gpu_resource: bool | None = param(None, Rule("bool"))
+    dashboard: bool = param(True, Rule("bool"))
+
+    def __post_init__(self) -> None:
+        check_params(self)
 
 
 def cpu_count() -> int:

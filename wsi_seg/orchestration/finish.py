@@ -25,7 +25,7 @@ from wsi_seg.orchestration.handles import slide_handles
 from wsi_seg.orchestration.job import MARKERS, RunConfig, SlideJob
 from wsi_seg.orchestration.report import REPORT, ClassRecord, ModelRecord, SlideReport
 from wsi_seg.stages.card import model_label
-from wsi_seg.stages.mosaic import block_levels, build_pyramid, open_mosaic
+from wsi_seg.stages.mosaic import block_levels, build_pyramid, open_mosaic, record_threshold
 from wsi_seg.stages.tissue import MIN_AREA_SLIDE_FRACTION, scaled_minimum
 
 if TYPE_CHECKING:
@@ -191,7 +191,7 @@ def _overlay(job: SlideJob, config: RunConfig, polygons: Polygons, scored: Score
     from wsi_seg.evaluation.overlay import draw_overlay
 
     with contextlib.suppress(WsiSegError), \
-            slide_handles.hold(job.slide_path, config.slide_mpp) as slide:
+            slide_handles.hold(job.slide_path, job.mpp_override) as slide:
         draw_overlay(slide, list(job.tissue_polygons), polygons.regions,
                      scored.truth_geometry, job.work_dir / "overlay.png")
 
@@ -253,6 +253,7 @@ def finish_slide(job: SlideJob, config: RunConfig, block_times: dict[str, float]
                                                    config.block_px) + 1)
     t = lap(times, "pyramid", t)
     polygons = _vectorize(job, config, mosaic)
+    record_threshold(mosaic, polygons.threshold)  # `wsi-seg score` then uses the same
     t = lap(times, "vectorize", t)
     write_geojson(polygons.regions, job.work_dir / "tumor.geojson")
     t = lap(times, "geojson", t)

@@ -21,12 +21,29 @@ import numpy as np
 from wsi_seg import __version__
 from wsi_seg.core.errors import WsiSegError
 from wsi_seg.core.files import decode_json, write_json_atomic
-from wsi_seg.core.naming import REPORT, TRUTH_PATTERNS, slide_identity, slide_stem
-from wsi_seg.stages.blend import BlendSpec, blend_mode
+from wsi_seg.core.naming import (
+    REPORT,
+    TRUTH_PATTERNS,
+    class_map_problem,
+    not_blank,
+    slide_identity,
+    slide_stem,
+    truth_pattern_problem,
+)
+from wsi_seg.core.params import (
+    ConfigError,
+    Limits,
+    Rule,
+    check_params,
+    coerce_paths,
+    coerce_tuples,
+    param,
+)
+from wsi_seg.stages.blend import BLEND_MODES, BlendSpec, blend_mode
 from wsi_seg.stages.card import ModelCard, bundled_model_path, read_card, sha256_file
 from wsi_seg.stages.infer import InferConfig, served_card
 from wsi_seg.stages.mosaic import MosaicClass, MosaicGeometry, create_mosaic
-from wsi_seg.stages.slide import Slide, open_slide
+from wsi_seg.stages.slide import MPP_RANGE_UM, MissingMppError, Slide, open_slide
 from wsi_seg.stages.tiling import Block, BlockPlan, plan_blocks, step_for
 from wsi_seg.stages.tissue import TissueConfig, TissueMask, find_tissue
 
@@ -44,7 +61,9 @@ class RunConfig:
     Attributes:
         out_dir: output folder (``OUT``).
         model_path: ``MODEL.keras`` with its card; None for the bundled demo UNet.
-        slide_mpp: level-0 µm/px overriding slide metadata (needed when it is missing).
+        slide_mpp: level-0 µm/px overriding every slide's metadata.
+        missing_mpp: level-0 µm/px for the slides whose metadata has none (the others keep
+            theirs).
         overlap: window overlap fraction (MONAI's step rule).
         stride_px: window step in working pixels, overriding ``overlap`` (patch models).
         blend: ``gaussian``, ``hann`` or ``constant``; None: gaussian for a UNet, constant
@@ -67,29 +86,64 @@ class RunConfig:
         overwrite: redo finished slides.
     """
 
-    out_dir: Path
-    model_path: Path | None = None
-    slide_mpp: float | None = None
-    overlap: float = 0.25
-    stride_px: int | None = None
-    blend: str | None = None
-    sigma_scale: float = 0.125
-    block_px: int = 4096
-    chunk_px: int = 1024
+    out_dir: Path = param(rule=Rule("path"))  # noqa: RUF009 (a field())
+    model_path: Path | None = param(None, Rule("path"))  # noqa: RUF009
+    slide_mpp: float | None = param(None, Rule("float", Limits(*MPP_RANGE_UM)))
+    missing_mpp: float | None = param(None, Rule("float", Limits(*MPP_RANGE_UM)))
+    overlap: float = param(0.25, Rule("float", Limits(0, 1, hi_open=True)))
+    stride_px: int | None = param(None, Rule("int", Limits(1, 16384)))
+    blend: str | None = param(None, Rule("str", choices=BLEND_MODES))
+    sigma_scale: float = param(0.125, Rule("float", Limits(0, 10, lo_open=True)))
+    block_px: int = param(4096, Rule("int", Limits(16, 65536)))
+    chunk_px: int = param(1024, Rule("int", Limits(16, 16384)))
     infer: InferConfig = field(default_factory=InferConfig)
-    threshold: float | None = None
-    min_area_um2: float = 1000.0
-    simplify_um: float = 1.0
-    vectorize_level: int = 0
-    truth: Path | None = None
-    truth_patterns: tuple[str, ...] = TRUTH_PATTERNS
-    truth_classes: tuple[str, ...] | None = None
-    class_map: tuple[str, ...] | None = None
+    threshold: float | None = param(None, Rule("float", Limits(0, 1, lo_open=True)))
+    min_area_um2: float = param(1000.0, Rule("float", Limits(0, 1e12)))
+    simplify_um: float = param(1.0, Rule("float", Limits(0, 10_000)))
+    vectorize_level: int = param(0, Rule("int", Limits(0, 32)))
+    truth: Path | None = param(None, Rule("path"))  # noqa: RUF009
+    truth_patterns: tuple[str, ...] = param(TRUTH_PATTERNS,
+                                            Rule("strs", check=truth_pattern_problem))
+    truth_classes: tuple[str, ...] | None = param(None, Rule("strs", check=not_blank))
+    class_map: tuple[str, ...] | None = param(None, Rule("strs", check=class_map_problem))
     tissue: TissueConfig = field(default_factory=TissueConfig)
-    overwrite: bool = False
+    overwrite: bool = param(False, Rule("bool"))
+
+    def __post_init__(self) -> None:
+        coerce_paths(self, "out_dir", "model_path", "truth")
+        coerce_tuples(self, "truth_patterns", "truth_classes", "class_map")
+        check_params(self)
+        for name, kind in (("infer", InferConfig), ("tissue", TissueConfig)):
+            if not isinstance(getattr(self, name), kind):
+                raise ConfigError(f"{{{name}}}: must be of type {kind.__name__}",
+                                  {name: getattr(self, name)})
+        if self.block_px % self.chunk_px:
+            raise ConfigError("{block_px} must be a multiple of {chunk_px} (blocks write "
+                              "whole mosaic chunks)",
+                              {"block_px": self.block_px, "chunk_px": self.chunk_px})
+        if self.slide_mpp is not None and self.missing_mpp is not None:
+            raise ConfigError("{slide_mpp} and {missing_mpp} both say what a slide's µm/px "
+                              "is: give one (slide_mpp for every slide, missing_mpp only "
+                              "where the metadata has none)",
+                              {"slide_mpp": self.slide_mpp, "missing_mpp": self.missing_mpp})
 
     def resolved_model(self) -> Path:
         return self.model_path if self.model_path is not None else bundled_model_path("unet")
+
+
+def check_model_fit(config: RunConfig) -> None:
+    """``infer.tile_px`` must fit the model (its fixed input, or a multiple of its
+    downsampling), and ``stride_px`` must not exceed the window (the pixels between windows
+    would never be predicted). Reads only the model's card; raises ModelError or ConfigError.
+    """
+    if config.infer.tile_px is None and config.stride_px is None:
+        return
+    model = config.resolved_model()
+    size = served_card(read_card(model), config.infer, model).window_px
+    if config.stride_px is not None and config.stride_px > size:
+        raise ConfigError(f"{{stride_px}} is larger than the model's {size} px window: the "
+                          "pixels between windows would never be predicted",
+                          {"stride_px": config.stride_px})
 
 
 @dataclass(frozen=True)
@@ -171,6 +225,9 @@ class SlideJob:
     config_digest: str
     block_px: int
     slide_size_x0: tuple[int, int]
+    #: The level-0 µm/px every reader of this slide is told (None: its metadata's): the run's
+    #: ``slide_mpp``, or its ``missing_mpp`` for a slide whose metadata has none.
+    mpp_override: float | None = None
 
     @property
     def mosaic_path(self) -> Path:
@@ -181,8 +238,8 @@ class SlideJob:
         """Tiles the remaining blocks own (counted as the report counts tiles)."""
         return sum(t.block.n_owned for t in self.tasks)
 
-    def context(self, slide_mpp_override: float | None) -> BlockContext:
-        return BlockContext(self.slide_path, slide_mpp_override, self.stem, self.work_dir,
+    def context(self) -> BlockContext:
+        return BlockContext(self.slide_path, self.mpp_override, self.stem, self.work_dir,
                             self.mpp, self.spec, self.model_path, self.block_px)
 
 
@@ -317,7 +374,8 @@ def prepare_slide(slide_path: Path, config: RunConfig, name: str | None = None) 
     model_path = config.resolved_model()
     model = _Model(model_path, served_card(read_card(model_path), config.infer, model_path),
                    sha256_file(model_path))
-    with open_slide(slide_path, mpp=config.slide_mpp) as slide:
+    override = mpp_override(slide_path, config)
+    with open_slide(slide_path, mpp=override) as slide:
         slide.choose_level(model.card.mpp)  # a model the slide cannot serve fails here
         tissue = find_tissue(slide, config.tissue)
         layout = _layout(slide, tissue, model, config)
@@ -345,7 +403,20 @@ def prepare_slide(slide_path: Path, config: RunConfig, name: str | None = None) 
         tissue_polygons=facts.tissue_polygons, slide_identity=identity,
         tissue_note=facts.tissue_note, slide_area_um2=facts.slide_area_um2,
         config_digest=digest, block_px=config.block_px, slide_size_x0=facts.slide_size_x0,
+        mpp_override=override,
     )
+
+
+def mpp_override(slide_path: Path, config: RunConfig) -> float | None:
+    """The level-0 µm/px to open ``slide_path`` with: ``slide_mpp`` for every slide, else
+    ``missing_mpp`` where the slide's metadata has none (None: the metadata's own)."""
+    if config.slide_mpp is not None or config.missing_mpp is None:
+        return config.slide_mpp
+    try:
+        with open_slide(slide_path):
+            return None
+    except MissingMppError:
+        return config.missing_mpp
 
 
 #: Suffix of the temporary zarr's LocalStore writes each chunk to before renaming it

@@ -17,23 +17,19 @@ that names the option (the flag, or the TOML file, section and key) and what it 
 from __future__ import annotations
 
 import argparse
-import math
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from wsi_seg.core.errors import WsiSegError
 from wsi_seg.core.files import check_regular
-from wsi_seg.core.naming import TRUTH_PATTERNS, class_map_entry
+from wsi_seg.core.naming import TRUTH_PATTERNS
+from wsi_seg.core.params import Kind, Limits, Rule, field_of, rule_of
 from wsi_seg.stages.backends import BACKENDS
-from wsi_seg.stages.blend import BLEND_MODES
 from wsi_seg.stages.card import BUNDLED
-from wsi_seg.stages.slide import MPP_RANGE_UM
 from wsi_seg.stages.tissue import MIN_AREA_SLIDE_FRACTION
-
-Kind = Literal["int", "float", "str", "bool", "path", "strs"]
 
 #: TOML sections in the order ``--help`` shows their groups ("" is the top level of the file).
 SECTIONS: dict[str, str] = {
@@ -57,41 +53,8 @@ _EXPECTED: dict[Kind, str] = {
 }
 
 
-@dataclass(frozen=True)
-class Limits:
-    """The numbers an option admits: an interval whose ends may be open or absent."""
-
-    lo: float | None = None
-    hi: float | None = None
-    lo_open: bool = False
-    hi_open: bool = False
-
-    def admits(self, value: float) -> bool:
-        if not math.isfinite(value):
-            return False
-        if self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo):
-            return False
-        return not (self.hi is not None
-                    and (value >= self.hi if self.hi_open else value > self.hi))
-
-    def text(self) -> str:
-        """``>= 1``, ``> 0``, ``0 <= x < 1``, ``0.05 <= x <= 20``."""
-        lo = None if self.lo is None else f"{self.lo:g} {'<' if self.lo_open else '<='}"
-        hi = None if self.hi is None else f"{'<' if self.hi_open else '<='} {self.hi:g}"
-        if lo and hi:
-            return f"{lo} x {hi}"
-        if lo:
-            return f"{'>' if self.lo_open else '>='} {self.lo:g}"
-        return f"x {hi}" if hi else "finite"
-
-
 _SMALL_SLIDE = f"{MIN_AREA_SLIDE_FRACTION:.0%}"  # minimum areas shrink to this share of a slide
 
-#: The largest --batch-size taken (the predictor also refuses a batch whose buffers would not
-#: fit, whatever the option: :data:`wsi_seg.stages.infer.MAX_BATCH_BYTES`).
-MAX_BATCH = 16384
-AT_LEAST_0 = Limits(lo=0)
-POSITIVE = Limits(lo=0, lo_open=True)
 
 
 def _model_spec(value: str) -> str | None:
@@ -100,53 +63,39 @@ def _model_spec(value: str) -> str | None:
     return None
 
 
-def _class_map(value: str) -> str | None:
-    try:
-        class_map_entry(value)
-    except ValueError:
-        return "must read TRUTH_CLASS=MODEL_CLASS"
-    return None
+#: An option's default when it is the default of the configuration field it fills.
+FROM_FIELD: Any = object()
 
 
-def _truth_pattern(value: str) -> str | None:
-    """A pattern names one file in the truth folder: a placeholder, and no folders."""
-    if "{stem}" not in value and "{name}" not in value:
-        return "must contain {stem} or {name}"
-    if "/" in value or "\\" in value:
-        return "must be a file name, without folders"
-    try:
-        value.format(stem="s", name="s.svs")
-    except (KeyError, IndexError, ValueError):
-        return "may hold only the placeholders {stem} and {name} (write {{ and }} for braces)"
-    return None
+def _config_types() -> dict[str, type]:
+    """The configuration type of each ``target`` part."""
+    from wsi_seg.orchestration.cluster import ClusterConfig
+    from wsi_seg.orchestration.job import RunConfig
+    from wsi_seg.stages.infer import InferConfig
+    from wsi_seg.stages.tissue import TissueConfig
 
-
-def _not_blank(value: str) -> str | None:
-    return "must not be empty" if not value.strip() else None
-
-
-def _scheduler(value: str) -> str | None:
-    if not value.strip() or any(c.isspace() for c in value):
-        return "must be 'threads' or a scheduler address such as tcp://HOST:8786"
-    return None
+    return {"run": RunConfig, "infer": InferConfig, "cluster": ClusterConfig,
+            "tissue": TissueConfig}
 
 
 @dataclass(frozen=True)
 class Option:
     """One option of ``wsi-seg run``.
 
+    An option that fills a configuration field (``target``) takes that field's default and
+    rule (:func:`wsi_seg.core.params.param`): the library's types hold them, once.
+
     Attributes:
         name: the key in :data:`DEFAULTS` and resolved options; the flag is ``--name`` with
             dashes.
         kind: value type (``strs``: repeatable, a list in TOML).
-        default: built-in default (None: decided later, see ``default_text``).
         section: TOML section ("" for the top level).
         help: what the option does, with units.
         target: ``part.field`` it fills (``run``: RunConfig, ``infer``: InferConfig,
             ``cluster``: ClusterConfig, ``tissue``: TissueConfig), or None.
-        limits: numbers admitted (int and float options).
-        choices: strings admitted.
-        check: further rule for a (converted) value or list item; returns what is wrong.
+        default: built-in default (:data:`FROM_FIELD`: the target field's; None: decided
+            later, see ``default_text``).
+        rule: what a value (a list item for ``strs``) must be; the target field's unless given.
         default_text: how a None default is decided, for ``--help``.
         toml_key: key within ``section`` when not ``name``.
         metavar: placeholder in ``--help``.
@@ -155,17 +104,35 @@ class Option:
 
     name: str
     kind: Kind
-    default: Any
     section: str
     help: str
     target: str | None = None
-    limits: Limits | None = None
-    choices: tuple[str, ...] | None = None
-    check: Callable[[str], str | None] | None = None
+    default: Any = FROM_FIELD
+    rule: Rule | None = None
     default_text: str | None = None
     toml_key: str | None = None
     metavar: str | None = None
     unset: Any = None
+
+    def __post_init__(self) -> None:
+        if self.target is None:
+            if self.default is FROM_FIELD:
+                object.__setattr__(self, "default", None)
+            return
+        part, name = self.target.split(".")
+        f = field_of(_config_types()[part], name)
+        if self.default is FROM_FIELD:
+            object.__setattr__(self, "default", f.default)
+        if self.rule is None:
+            object.__setattr__(self, "rule", rule_of(f))
+
+    @property
+    def limits(self) -> Limits | None:
+        return self.rule.limits if self.rule is not None else None
+
+    @property
+    def choices(self) -> tuple[str, ...] | None:
+        return self.rule.choices if self.rule is not None else None
 
     @property
     def flag(self) -> str:
@@ -194,14 +161,10 @@ class Option:
 
     def problem(self, value: Any) -> str | None:
         """What is wrong with a value of the right type (a list item for ``strs``), or None."""
-        if self.limits is not None and not self.limits.admits(value):
-            return f"must be {self.limits.text()}"
-        if self.choices is not None and value not in self.choices:
-            return f"must be one of {', '.join(self.choices)}"
+        if self.rule is not None:
+            return self.rule.problem(value)
         if self.kind == "path" and not str(value).strip():
             return "must not be empty"
-        if self.check is not None:
-            return self.check(value)
         return None
 
     def parse(self, text: str) -> Any:
@@ -261,110 +224,107 @@ def _toml_type(value: Any) -> str:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("out", "path", None, "", "output folder (required)", "run.out_dir", metavar="OUT"),
-    Option("overwrite", "bool", False, "", "redo finished slides", "run.overwrite"),
-    Option("quiet", "bool", False, "", "no progress, errors only"),
+    Option("out", "path", "", "output folder (required)", "run.out_dir", default=None,
+           metavar="OUT"),
+    Option("overwrite", "bool", "", "redo finished slides", "run.overwrite"),
+    Option("quiet", "bool", "", "no progress, errors only", default=False),
     # -- model and resolution
-    Option("model", "str", None, "model", "MODEL.keras with its MODEL.json card, or "
-           "bundled:unet / bundled:patch", "run.model_path", check=_model_spec,
+    Option("model", "str", "model", "MODEL.keras with its MODEL.json card, or "
+           "bundled:unet / bundled:patch", "run.model_path", rule=Rule("str", check=_model_spec),
            default_text="bundled:unet", metavar="MODEL"),
-    Option("mpp", "float", None, "model", "level-0 µm/px of the slides, overriding (or "
-           "supplying) their metadata", "run.slide_mpp",
-           Limits(*MPP_RANGE_UM), default_text="the slide's metadata", metavar="UM_PER_PX"),
-    Option("tile", "int", None, "model", "window edge in working pixels: for a model of "
+    Option("mpp", "float", "model", "level-0 µm/px of every slide, overriding (or "
+           "supplying) its metadata", "run.slide_mpp", default_text="the slide's metadata",
+           metavar="UM_PER_PX"),
+    Option("missing_mpp", "float", "model", "level-0 µm/px of the slides whose metadata has "
+           "none (the others keep theirs)", "run.missing_mpp", default_text="none: such a "
+           "slide fails", metavar="UM_PER_PX"),
+    Option("tile", "int", "model", "window edge in working pixels: for a model of "
            "undefined input size (fully convolutional), any multiple of its downsampling; "
            "otherwise it must equal the model's input size", "infer.tile_px",
-           limits=Limits(8, 16384), default_text="the model's", metavar="PX"),
-    Option("overlap", "float", 0.25, "model", "window overlap, a fraction of the window",
-           "run.overlap", Limits(0, 1, hi_open=True), metavar="FRACTION"),
-    Option("stride", "int", None, "model", "window step in working pixels, overriding "
+           default_text="the model's", metavar="PX"),
+    Option("overlap", "float", "model", "window overlap, a fraction of the window",
+           "run.overlap", metavar="FRACTION"),
+    Option("stride", "int", "model", "window step in working pixels, overriding "
            "--overlap (e.g. 25 for 50 px patches); at most the window", "run.stride_px",
-           Limits(1, 16384), default_text="from --overlap", metavar="PX"),
-    Option("blend", "str", None, "model", "window weighting", "run.blend",
-           choices=BLEND_MODES, default_text="gaussian for a UNet, constant for a patch model"),
-    Option("sigma_scale", "float", 0.125, "model", "gaussian sigma as a fraction of the "
-           "window (MONAI)", "run.sigma_scale", Limits(0, 10, lo_open=True),
-           metavar="FRACTION"),
+           default_text="from --overlap", metavar="PX"),
+    Option("blend", "str", "model", "window weighting", "run.blend",
+           default_text="gaussian for a UNet, constant for a patch model"),
+    Option("sigma_scale", "float", "model", "gaussian sigma as a fraction of the "
+           "window (MONAI)", "run.sigma_scale", metavar="FRACTION"),
     # -- blocks and mosaic
-    Option("block", "int", 4096, "blocks", "block edge in working pixels, a multiple of "
-           "--chunk", "run.block_px", Limits(16, 65536), metavar="PX"),
-    Option("chunk", "int", 1024, "blocks", "mosaic chunk edge in pixels", "run.chunk_px",
-           Limits(16, 16384), metavar="PX"),
+    Option("block", "int", "blocks", "block edge in working pixels, a multiple of "
+           "--chunk", "run.block_px", metavar="PX"),
+    Option("chunk", "int", "blocks", "mosaic chunk edge in pixels", "run.chunk_px",
+           metavar="PX"),
     # -- device
-    Option("batch_size", "int", None, "device", "tiles per model call; each worker's "
+    Option("batch_size", "int", "device", "tiles per model call; each worker's "
            "predictor packs tiles from many blocks into batches of this fixed size",
-           "infer.batch_size", Limits(1, MAX_BATCH), default_text="16 on a CPU, 128 on a GPU",
-           metavar="N"),
-    Option("mixed_precision", "bool", False, "device",
+           "infer.batch_size", default_text="16 on a CPU, 128 on a GPU", metavar="N"),
+    Option("mixed_precision", "bool", "device",
            "float16 compute on a GPU (ignored on a CPU)", "infer.mixed_precision"),
-    Option("device", "str", "auto", "device", "where the model runs: auto (a GPU when one is "
-           "visible), gpu (required) or cpu", "infer.device", choices=("auto", "gpu", "cpu")),
-    Option("backend", "str", None, "device", "Keras backend of the local workers: the same "
+    Option("device", "str", "device", "where the model runs: auto (a GPU when one is "
+           "visible), gpu (required) or cpu", "infer.device"),
+    Option("backend", "str", "device", "Keras backend of the local workers: the same "
            ".keras model runs on each; an existing cluster uses its workers' own "
            "KERAS_BACKEND. tensorflow and jax are tested; torch is NOT (no test runs it: "
            "it is there for sites that have only PyTorch, and ran the bundled UNet ~15x "
-           "slower than tensorflow on a CPU)", choices=BACKENDS,
+           "slower than tensorflow on a CPU)", rule=Rule("str", choices=BACKENDS),
            default_text="$KERAS_BACKEND, else tensorflow"),
-    Option("tf_threads", "int", None, "device", "TensorFlow intra-op threads per worker",
-           "infer.threads", Limits(1, 1024), default_text="cores / workers", metavar="N"),
+    Option("tf_threads", "int", "device", "TensorFlow intra-op threads per worker",
+           "infer.threads", default_text="cores / workers", metavar="N"),
     # -- tissue detection
-    Option("tissue_view_mpp", "float", 8.0, "tissue", "resolution of the view tissue is "
+    Option("tissue_view_mpp", "float", "tissue", "resolution of the view tissue is "
            "found on, µm/px (coarser for slides too big for --tissue-max-view-px)",
-           "tissue.view_mpp", Limits(0, 1000, lo_open=True), toml_key="view_mpp",
-           metavar="UM_PER_PX"),
-    Option("tissue_max_view_px", "int", 2048, "tissue", "longest side of the tissue view, "
-           "pixels (bounds its memory)", "tissue.max_view_px", Limits(16, 65536),
-           toml_key="max_view_px", metavar="PX"),
-    Option("tissue_od_floor", "float", 0.04, "tissue", "lowest optical-density threshold "
-           "between glass and tissue", "tissue.od_floor", Limits(0, 5), toml_key="od_floor",
-           metavar="OD"),
-    Option("tissue_close_um", "float", 48.0, "tissue", "closing diameter joining nearby "
-           "tissue, µm", "tissue.close_um", Limits(0, 10_000), toml_key="close_um",
-           metavar="UM"),
-    Option("tissue_open_um", "float", 16.0, "tissue", "opening diameter removing specks, µm",
-           "tissue.open_um", Limits(0, 10_000), toml_key="open_um", metavar="UM"),
-    Option("tissue_min_area_um2", "float", 10_000.0, "tissue", "smallest tissue piece kept, "
+           "tissue.view_mpp", toml_key="view_mpp", metavar="UM_PER_PX"),
+    Option("tissue_max_view_px", "int", "tissue", "longest side of the tissue view, "
+           "pixels (bounds its memory)", "tissue.max_view_px", toml_key="max_view_px",
+           metavar="PX"),
+    Option("tissue_od_floor", "float", "tissue", "lowest optical-density threshold "
+           "between glass and tissue", "tissue.od_floor", toml_key="od_floor", metavar="OD"),
+    Option("tissue_close_um", "float", "tissue", "closing diameter joining nearby "
+           "tissue, µm", "tissue.close_um", toml_key="close_um", metavar="UM"),
+    Option("tissue_open_um", "float", "tissue", "opening diameter removing specks, µm",
+           "tissue.open_um", toml_key="open_um", metavar="UM"),
+    Option("tissue_min_area_um2", "float", "tissue", "smallest tissue piece kept, "
            f"µm² (at most {_SMALL_SLIDE} of a small slide's area)", "tissue.min_area_um2",
-           Limits(0, 1e12), toml_key="min_area_um2", metavar="UM2"),
+           toml_key="min_area_um2", metavar="UM2"),
     # -- polygons
-    Option("threshold", "float", None, "polygons", "tumour probability at or above which a "
-           "pixel is tumour", "run.threshold", Limits(0, 1, lo_open=True),
-           default_text="the model card's", metavar="P"),
-    Option("min_area_um2", "float", 1000.0, "polygons", "smallest tumour region kept, µm² "
-           f"(at most {_SMALL_SLIDE} of a small slide's area)",
-           "run.min_area_um2", Limits(0, 1e12), metavar="UM2"),
-    Option("simplify_um", "float", 1.0, "polygons", "polygon simplification tolerance, µm",
-           "run.simplify_um", Limits(0, 10_000), metavar="UM"),
-    Option("vectorize_level", "int", 0, "polygons", "mosaic pyramid level traced into "
+    Option("threshold", "float", "polygons", "tumour probability at or above which a "
+           "pixel is tumour", "run.threshold", default_text="the model card's", metavar="P"),
+    Option("min_area_um2", "float", "polygons", "smallest tumour region kept, µm² "
+           f"(at most {_SMALL_SLIDE} of a small slide's area)", "run.min_area_um2",
+           metavar="UM2"),
+    Option("simplify_um", "float", "polygons", "polygon simplification tolerance, µm",
+           "run.simplify_um", metavar="UM"),
+    Option("vectorize_level", "int", "polygons", "mosaic pyramid level traced into "
            "polygons (0 = the model's µm/px, each level halves it)", "run.vectorize_level",
-           Limits(0, 32), metavar="LEVEL"),
+           metavar="LEVEL"),
     # -- scores
-    Option("truth", "path", None, "scores", "ground-truth file, or a folder of truth files "
+    Option("truth", "path", "scores", "ground-truth file, or a folder of truth files "
            "named by --truth-pattern, to score each slide against", "run.truth",
            metavar="PATH"),
-    Option("truth_class", "strs", None, "scores", "annotation class counted as tumour "
-           "(repeatable)", "run.truth_classes", check=_not_blank,
+    Option("truth_class", "strs", "scores", "annotation class counted as tumour "
+           "(repeatable)", "run.truth_classes",
            default_text="tumor, tumour, carcinoma, metastasis, ...", metavar="NAME"),
-    Option("class_map", "strs", None, "scores", "for per-class scores of a multi-class "
+    Option("class_map", "strs", "scores", "for per-class scores of a multi-class "
            "model: a truth class name and the model class it means (repeatable), e.g. "
            "'Tumour epithelium=Tumor'; names equal without case need no entry",
-           "run.class_map", check=_class_map, default_text="none", metavar="TRUTH=MODEL"),
-    Option("truth_pattern", "strs", None, "scores", "file name of a slide's truth in a "
+           "run.class_map", default_text="none", metavar="TRUTH=MODEL"),
+    Option("truth_pattern", "strs", "scores", "file name of a slide's truth in a "
            "--truth folder, tried in order (repeatable); {stem} is the slide's output name, "
            "then its stem, {name} its file name, e.g. '{stem}.truth.geojson'",
-           "run.truth_patterns", check=_truth_pattern,
-           default_text=", ".join(TRUTH_PATTERNS), metavar="PATTERN", unset=TRUTH_PATTERNS),
+           "run.truth_patterns", default=None, default_text=", ".join(TRUTH_PATTERNS),
+           metavar="PATTERN", unset=TRUTH_PATTERNS),
     # -- scheduling
-    Option("scheduler", "str", None, "scheduling", "tcp://HOST:PORT of an existing Dask "
+    Option("scheduler", "str", "scheduling", "tcp://HOST:PORT of an existing Dask "
            "cluster, or 'threads' to run in this process", "cluster.scheduler",
-           check=_scheduler, default_text="a local cluster of worker processes",
-           metavar="ADDRESS"),
-    Option("workers", "int", None, "scheduling", "local worker processes", "cluster.workers",
-           Limits(1, 1024), default_text="one per GPU, else cores / 2", metavar="N"),
-    Option("threads_per_worker", "int", None, "scheduling", "task threads per worker",
-           "cluster.threads_per_worker", Limits(1, 1024),
-           default_text="2; on a GPU, cores per GPU", metavar="N"),
-    Option("gpu_resource", "bool", None, "scheduling", "run block tasks only on workers "
+           default_text="a local cluster of worker processes", metavar="ADDRESS"),
+    Option("workers", "int", "scheduling", "local worker processes", "cluster.workers",
+           default_text="one per GPU, else cores / 2", metavar="N"),
+    Option("threads_per_worker", "int", "scheduling", "task threads per worker",
+           "cluster.threads_per_worker", default_text="2; on a GPU, cores per GPU",
+           metavar="N"),
+    Option("gpu_resource", "bool", "scheduling", "run block tasks only on workers "
            "declaring the GPU resource", "cluster.gpu_resource",
            default_text="when this machine has GPUs"),
 )
@@ -380,7 +340,7 @@ DEFAULTS: dict[str, Any] = {o.name: o.default for o in OPTIONS}
 def argument_type(kind: Kind, limits: Limits | None = None) -> Callable[[str], Any]:
     """An argparse ``type`` converting and checking one value, for commands other than
     ``run`` (``score --level``), with the same messages as the run options."""
-    return Option("value", kind, None, "", "", limits=limits).parse
+    return Option("value", kind, "", "", rule=Rule(kind, limits)).parse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -518,8 +478,7 @@ def resolve(flags: Mapping[str, Any], config: Path | None) -> Resolved:
 
 def check_together(opts: Resolved) -> None:
     """Rules between options (each option was checked alone when it was read)."""
+    # The rules between configuration fields live in the types (RunConfig.__post_init__);
+    # the command line rewrites their refusal in its own words (cli.run.in_option_words).
     if opts["out"] is None:
         raise WsiSegError("--out is required (the output folder)")
-    if opts["block"] % opts["chunk"]:
-        raise WsiSegError(f"{opts.describe('block')} must be a multiple of "
-                          f"{opts.describe('chunk')} (blocks write whole mosaic chunks)")

@@ -62,7 +62,7 @@ def process_slide_inline(slide_path: Path, config: RunConfig,
     start = time.perf_counter()
     job = prepare_slide(slide_path, config)
     results = []
-    ctx = job.context(config.slide_mpp)
+    ctx = job.context()
     for task in job.tasks:
         r = run_block(ctx, task, config.infer)
         results.append(r)

@@ -21,7 +21,7 @@ from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from distributed.comm.core import CommClosedError
 
@@ -52,13 +52,16 @@ from wsi_seg.orchestration.warmup import warm_worker_async, warm_workers
 from wsi_seg.stages.card import model_label, verify_model_file
 from wsi_seg.stages.infer import InferConfig, check_batch_bytes, served_card
 
+if TYPE_CHECKING:  # metrics imports the geometry stack; the client needs only the type
+    from wsi_seg.evaluation.metrics import OverlapScore
+
 #: Seconds between looks at slides other runs hold, and between lines saying the run waits.
 HELD_POLL_S = 2.0
 HELD_NOTICE_S = 60.0
 #: Seconds to wait for a worker declaring the resource blocks ask for (--gpu-resource).
 RESOURCE_WAIT_S = 60.0
 
-__all__ = ["RUN_JSON", "RunResult", "Runner", "SlideState", "one_line", "run_score",
+__all__ = ["RUN_JSON", "RunResult", "Runner", "SlideResult", "SlideState", "one_line", "run_score",
            "run_score_lines", "run_slides", "versions", "warm_worker_async"]
 
 
@@ -94,6 +97,17 @@ class SlideState:
             self.lock.release()
             self.lock = None
 
+    def result(self, out_dir: Path) -> SlideResult:
+        """The slide's outcome, as the Python API returns it."""
+        final = final_dir_for(out_dir, self.path, self.name)
+        there = self.status in ("ok", "skipped") or (self.report is not None)
+        job = self.job
+        return SlideResult(
+            self.path, self.name, self.status, self.error,
+            final if there and final.is_dir() else None, self.report,
+            job.n_tiles if job else None, job.n_blocks if job else None,
+            job.n_blocks_done if job else None)
+
     def record(self) -> dict[str, Any]:
         """The slide's entry in ``run.json``."""
         d: dict[str, Any] = {"slide": str(self.path), "output": self.name,
@@ -114,17 +128,55 @@ class SlideState:
 
 
 @dataclass(frozen=True)
-class RunResult:
-    """What a run did: per-slide records (as in ``run.json``) and the totals (seconds)."""
+class SlideResult:
+    """One slide of a run.
 
-    slides: tuple[dict[str, Any], ...]
+    Attributes:
+        slide: the slide file.
+        name: its output folder's name (``OUT/NAME``).
+        status: ``ok`` (finished by this run), ``skipped`` (finished before), ``held``
+            (another run was working on it) or ``failed`` (see ``error``).
+        error: the one-line cause when it failed (or its score did), else None.
+        output_dir: ``OUT/NAME`` when the slide's outputs are there, else None.
+        report: what ``report.json`` says, when this run finished the slide.
+        tiles: tiles over tissue (None when the slide could not be prepared).
+        blocks, blocks_resumed: blocks planned, and those an earlier run had finished.
+    """
+
+    slide: Path
+    name: str
+    status: str
+    error: str | None
+    output_dir: Path | None
+    report: SlideReport | None
+    tiles: int | None
+    blocks: int | None
+    blocks_resumed: int | None
+
+    @property
+    def score(self) -> OverlapScore | None:
+        """This run's score against the slide's truth (None: not scored)."""
+        return self.report.score if self.report is not None else None
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a run did: one :class:`SlideResult` per slide, in the order given, and the
+    totals: wall-clock seconds, tiles predicted and published, slides failed."""
+
+    slides: tuple[SlideResult, ...]
     wall_s: float
     tiles: int
     failed: int
 
     @property
     def ok(self) -> bool:
+        """No slide failed."""
         return self.failed == 0
+
+    def count(self, status: str) -> int:
+        """Slides with this status (``ok``, ``skipped``, ``held``, ``failed``)."""
+        return sum(s.status == status for s in self.slides)
 
 
 def one_line(exc: BaseException) -> str:
@@ -417,7 +469,7 @@ class Runner:
             state.status = "running"
             state.started = time.perf_counter()
             state.remaining = len(job.tasks)
-            ctx = job.context(self.config.slide_mpp)
+            ctx = job.context()
             # Dask runs what was submitted first first: a slide's largest blocks go first,
             # so the run ends on small ones and the device idles less at its tail.
             for task in sorted(job.tasks, key=lambda t: -t.block.n_windows):
@@ -548,7 +600,7 @@ class Runner:
     def result(self) -> RunResult:
         self._write_summaries()
         tiles = self._tiles_done()
-        return RunResult(tuple(s.record() for s in self.states),
+        return RunResult(tuple(s.result(self.config.out_dir) for s in self.states),
                          time.perf_counter() - self.t0, tiles,
                          sum(s.status == "failed" for s in self.states))
 
@@ -628,26 +680,26 @@ def _done_line(path: Path, report: SlideReport, slide_dir: Path, mark: str = "âœ
             f"{report.tumour_mm2:.3f} mmÂ²{extra} -> {slide_dir}")
 
 
-def run_slides(slides: Sequence[Path], config: RunConfig,
-               cluster: ClusterConfig | None = None, quiet: bool = False,
+def run_slides(slides: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+               config: RunConfig, cluster: ClusterConfig | None = None, quiet: bool = True,
                gpu_resource: bool | None = None) -> RunResult:
     """Process slides into ``config.out_dir``; see the module docstring.
 
-    Each slide gets ``OUT/NAME/`` (``mask.zarr``, ``tumor.geojson``, ``overlay.png``,
-    ``report.json``), published only when complete; the run writes ``run.json`` and
-    ``summary.csv``/``summary.md``. A slide that fails is reported and the others go on.
-    ``cluster`` says where blocks run (default: local worker processes, one per GPU);
-    ``quiet`` silences the progress lines. Example (a folder of slides, the bundled UNet)::
+    ``slides`` is a slide file or folder, or a list of them (folders are searched for slides,
+    not recursively). Each slide gets ``OUT/NAME/`` (``mask.zarr``, ``tumor.geojson``,
+    ``overlay.png``, ``report.json``), published only when complete; the run writes
+    ``run.json`` and ``summary.csv``/``summary.md``. A slide that fails is reported in its
+    :class:`SlideResult` and the others go on. ``cluster`` says where blocks run (default:
+    local worker processes, one per GPU); ``quiet`` (the default here) silences the progress
+    lines. Raises WsiSegError (one line) only for what stops the whole run: no slides, a model
+    that cannot serve the configuration, an output folder that cannot be written.
 
-        from pathlib import Path
-        from wsi_seg.orchestration.pipeline import RunConfig
-        from wsi_seg.orchestration.runner import run_slides
-        from wsi_seg.stages.slide import find_slides
-
-        result = run_slides(find_slides([Path("slides")]), RunConfig(out_dir=Path("out")))
-        print(len(result.slides), "slides,", result.failed, "failed")
-
-    (:func:`wsi_seg.stages.slide.open_slide` and
-    :func:`wsi_seg.stages.blend.sliding_window_inference` carry examples that run as tests.)
+    The README's "Python" section shows it at work (a test runs that example).
     """
-    return Runner(slides, config, cluster or ClusterConfig(), quiet, gpu_resource).run()
+    from wsi_seg.orchestration.job import check_model_fit
+    from wsi_seg.stages.slide import find_slides
+
+    paths = [slides] if isinstance(slides, str | os.PathLike) else list(slides)
+    check_model_fit(config)
+    found = find_slides(paths)
+    return Runner(found, config, cluster or ClusterConfig(), quiet, gpu_resource).run()

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from wsi_seg.core.errors import ModelError
+from wsi_seg.core.params import AT_LEAST_0, Limits, Rule, check_params, param
 from wsi_seg.stages.backends import (
     Engine,
     SimulatedEngine,
@@ -58,6 +59,9 @@ GPU_BATCH = 128
 #: The most host memory one batch's buffers may take (the uint8 input plus the float32
 #: results), bytes: a larger ``batch_size`` is refused before anything is allocated.
 MAX_BATCH_BYTES = 4 << 30
+#: The largest batch size taken (the buffer check above also applies, whatever the size).
+MAX_BATCH = 16384
+DEVICES = ("auto", "gpu", "cpu")
 
 
 @dataclass(frozen=True)
@@ -77,12 +81,15 @@ class InferConfig:
             (:meth:`~wsi_seg.stages.card.ModelCard.at_tile`).
     """
 
-    batch_size: int | None = None
-    mixed_precision: bool = False
-    device: str = "auto"
-    threads: int | None = None
-    simulate_batch_s: float = 0.0
-    tile_px: int | None = None
+    batch_size: int | None = param(None, Rule("int", Limits(1, MAX_BATCH)))
+    mixed_precision: bool = param(False, Rule("bool"))
+    device: str = param("auto", Rule("str", choices=DEVICES))
+    threads: int | None = param(None, Rule("int", Limits(1, 1024)))
+    simulate_batch_s: float = param(0.0, Rule("float", AT_LEAST_0))
+    tile_px: int | None = param(None, Rule("int", Limits(8, 16384)))
+
+    def __post_init__(self) -> None:
+        check_params(self)
 
 
 @dataclass

@@ -264,6 +264,25 @@ def open_mosaic(path: str | Path, mode: Literal["r", "r+"] = "r") -> Mosaic:
     return Mosaic(Path(path), group, geom, n, meta, classes)
 
 
+def record_threshold(mosaic: Mosaic, threshold: float) -> None:
+    """Record in the mosaic's provenance the tumour probability its polygons were drawn at
+    (``wsi_seg.threshold``), so that scoring the mosaic later uses the same one."""
+    meta = dict(mosaic.group.attrs["wsi_seg"])  # type: ignore[arg-type]
+    meta["threshold"] = threshold
+    mosaic.group.attrs["wsi_seg"] = meta
+    mosaic.provenance["threshold"] = threshold
+
+
+def mosaic_threshold(mosaic: Mosaic) -> float | None:
+    """The threshold a run drew this mosaic's polygons at: its provenance's, else (a mosaic
+    written before it was recorded) its model card's; None when neither says."""
+    for value in (mosaic.provenance.get("threshold"),
+                  (mosaic.provenance.get("model") or {}).get("card", {}).get("threshold")):
+        if isinstance(value, int | float) and not isinstance(value, bool) and 0 < value <= 1:
+            return float(value)
+    return None
+
+
 def downsample2_mean(block: np.ndarray) -> np.ndarray:
     """2x2 mean of a uint8 array, rounding half up; an odd last row/column averages what exists.
 

@@ -458,7 +458,8 @@ def open_slide(path: str | os.PathLike[str], mpp: float | None = None) -> Slide:
         found = mpp_from_properties(osr.properties)
         if found is None:
             osr.close()
-            raise MissingMppError("slide has no MPP metadata; pass its resolution with --mpp",
+            raise MissingMppError("slide has no MPP metadata; give its level-0 µm/px (--mpp, or "
+                                  "--missing-mpp for only the slides that lack it)",
                                   p)
         try:
             level0_mpp = check_mpp(found, p, "slide MPP")

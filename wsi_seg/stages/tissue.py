@@ -21,6 +21,7 @@ import numpy as np
 from shapely.geometry import Polygon
 
 from wsi_seg.core.geometry import PixelFrame
+from wsi_seg.core.params import Limits, Rule, check_params, param
 from wsi_seg.stages.slide import Slide
 from wsi_seg.stages.tiling import KeepFn
 
@@ -39,12 +40,15 @@ class TissueConfig:
             :func:`scaled_minimum`).
     """
 
-    view_mpp: float = 8.0
-    max_view_px: int = 2048
-    od_floor: float = 0.04
-    close_um: float = 48.0
-    open_um: float = 16.0
-    min_area_um2: float = 10_000.0
+    view_mpp: float = param(8.0, Rule("float", Limits(0, 1000, lo_open=True)))
+    max_view_px: int = param(2048, Rule("int", Limits(16, 65536)))
+    od_floor: float = param(0.04, Rule("float", Limits(0, 5)))
+    close_um: float = param(48.0, Rule("float", Limits(0, 10_000)))
+    open_um: float = param(16.0, Rule("float", Limits(0, 10_000)))
+    min_area_um2: float = param(10_000.0, Rule("float", Limits(0, 1e12)))
+
+    def __post_init__(self) -> None:
+        check_params(self)
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ def run_slides_timed(slides: Sequence[Path], run_cfg: Any, cluster: Any,
     result = run_slides(list(slides), run_cfg, cluster, quiet=True, gpu_resource=gpu_resource)
     t1 = time.perf_counter()
     if not result.ok:
-        err = next((s.get("error") for s in result.slides if s.get("error")), "?")
+        err = next((s.error for s in result.slides if s.error), "?")
         raise WsiSegError(f"benchmark run failed: {err}", slides[0] if len(slides) == 1
                           else None)
     return result, t0, t1
