@@ -285,7 +285,8 @@ DOCUMENTED_REPORT_KEYS = [
     "slide_mpp", "mosaic_shape_px", "blocks", "tiles", "tile_predictions", "tissue_fraction",
     "tissue_mm2", "tumour_mm2", "tumour_regions", "threshold", "min_area_um2", "wall_s",
     "tiles_per_s", "blocks_wall_s", "blocks_tiles_per_s", "finish_s",
-    "predict_tiles_per_thread_s", "stage_s", "truth", "score", "score_error", "notes",
+    "predict_tiles_per_thread_s", "stage_s", "truth", "score", "polygons_score", "score_error",
+    "notes",
     "classes",
 ]
 

@@ -11,8 +11,15 @@ the fields below, in this order (:data:`REPORT_KEYS`):
 ``tumour_regions``, ``threshold``, ``min_area_um2``, ``wall_s``, ``tiles_per_s``,
 ``blocks_wall_s``, ``blocks_tiles_per_s``, ``finish_s``, ``predict_tiles_per_thread_s``,
 ``stage_s`` (seconds per stage, summed over task threads), ``truth``, ``score`` (tp, fp, fn,
-resolution_um, iou, dice, empty_both), ``score_error``, ``notes``, ``classes`` (a multi-class
-model's classes: name, color, area_mm2, regions, score; empty otherwise).
+resolution_um, iou, dice, empty_both), ``polygons_score`` (the same for the exported
+polygons), ``score_error``, ``notes``, ``classes`` (a multi-class model's classes: name,
+color, area_mm2, regions, score; empty otherwise).
+
+Two scores, because users score either: ``score`` is the mosaic thresholded at ``threshold``
+(what ``wsi-seg score mask.zarr`` gives), ``polygons_score`` the regions in ``tumor.geojson``
+(what ``wsi-seg score tumor.geojson`` gives), both at the level traced. They differ by what the
+polygon rules changed (regions under ``min_area_um2`` dropped, holes under it filled,
+outlines simplified); a note says by how much when they do.
 """
 
 from __future__ import annotations
@@ -91,6 +98,7 @@ class SlideReport:
     stage_s: dict[str, float]
     truth: str | None
     score: OverlapScore | None  # written with its IoU, Dice and empty flag (as_dict)
+    polygons_score: OverlapScore | None  # tumor.geojson's regions, scored the same way
     # Set when a score was asked for (--truth) and none could be made truthfully: the run
     # reports the slide as failed (its outputs are still published).
     score_error: str | None
@@ -101,6 +109,8 @@ class SlideReport:
         """The ``report.json`` object (keys in :data:`REPORT_KEYS` order)."""
         data = asdict(self)
         data["score"] = self.score.as_dict() if self.score is not None else None
+        data["polygons_score"] = (self.polygons_score.as_dict()
+                                  if self.polygons_score is not None else None)
         data["classes"] = [c.to_json() for c in self.classes]
         return data
 

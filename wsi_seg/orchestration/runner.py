@@ -670,9 +670,11 @@ def _classes_text(report: SlideReport) -> str:
 def _done_line(path: Path, report: SlideReport, slide_dir: Path, mark: str = "✓") -> str:
     """``✓ NAME: tiles in s (tiles/s; blocks phase ...), tumour mm², IoU, Dice -> DIR``; ``✗``
     when the outputs are there but the score asked for is not."""
-    score = report.score
+    score, polys = report.score, report.polygons_score
     extra = (f", IoU {score.iou:.3f}, Dice {score.dice:.3f}"
              if score is not None and score.iou is not None and score.dice is not None else "")
+    if extra and polys is not None and polys.iou is not None and polys != score:
+        extra += f" (polygons IoU {polys.iou:.3f})"  # what tumor.geojson scores
     blocks = (f"; blocks phase {report.blocks_wall_s:.1f} s, "
               f"{report.blocks_tiles_per_s or 0.0:.1f} tiles/s")
     return (f"{mark} {path.name}: {report.tiles} tiles in {report.wall_s:.1f} s "
