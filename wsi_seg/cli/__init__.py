@@ -74,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args) or 0)
     except WsiSegError as exc:
         print(f"wsi-seg: error: {printable(exc)}", file=sys.stderr)
-        return 2
+        return exc.exit_status
     except KeyboardInterrupt:
         print("wsi-seg: interrupted", file=sys.stderr)
         return 130

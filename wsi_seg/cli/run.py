@@ -44,7 +44,9 @@ name when slides of the run share a stem):
 
 A killed run resumes: rerun the same command; finished slides are skipped and unfinished ones
 redo only the blocks that had not completed. Every option is checked before any work: a bad
-one is a single line and exit status 2. Exit status 1 when any slide failed.
+one is a single line and exit status 2. Exit status 1 when any slide failed, or when the run
+stopped because OUT was deleted or made read-only under it (one line says so; what was
+finished is kept, and a rerun resumes).
 """
 
 

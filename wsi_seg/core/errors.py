@@ -41,14 +41,24 @@ class WsiSegError(Exception):
     """A user-facing error: one line, naming the file (when there is one) and the cause.
 
     ``path`` keeps the real path; the message shows it, and the cause, through
-    :func:`printable`.
+    :func:`printable`. ``exit_status`` is what the command line exits with: 2 for bad input
+    refused before any work.
     """
+
+    exit_status = 2
 
     def __init__(self, cause: str, path: str | Path | None = None) -> None:
         self.path = None if path is None else Path(path)
         # One line, whatever the cause text held (a library's multi-line message, a name).
         self.cause = printable(" ".join(str(cause).split()))
         super().__init__(self.cause if path is None else f"{printable(path)}: {self.cause}")
+
+
+class RunStopped(WsiSegError):
+    """A run stopped partway (its output folder deleted or made read-only under it): some
+    work was done and kept, so the command exits 1, as for a run whose slides failed."""
+
+    exit_status = 1
 
 
 class SlideError(WsiSegError):

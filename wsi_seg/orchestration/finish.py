@@ -9,6 +9,7 @@ report's ``stage_s`` (seconds).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import time
@@ -286,6 +287,7 @@ def finish_slide(job: SlideJob, config: RunConfig, block_times: dict[str, float]
 
     times = dict(block_times)
     t = t_finish = time.perf_counter()
+    check_work_dir(job)
     mosaic = open_mosaic(job.mosaic_path, mode="r+")
     build_pyramid(mosaic, start_level=block_levels(mosaic.geom, mosaic.n_levels,
                                                    config.block_px) + 1)
@@ -314,8 +316,24 @@ def finish_slide(job: SlideJob, config: RunConfig, block_times: dict[str, float]
     return report
 
 
+def check_work_dir(job: SlideJob) -> None:
+    """The work folder is still the one this slide's blocks wrote: its ``config.json`` stamp
+    holds the job's digest. A folder deleted under the run and made again by a write in
+    flight (stores create missing parents) holds chunks from nowhere, and zarr reads the
+    missing ones as zeros: it must never be published as finished."""
+    stamp = job.work_dir / "config.json"
+    try:
+        same = json.loads(stamp.read_text(encoding="utf-8")).get("digest") == job.config_digest
+    except (OSError, ValueError, AttributeError):
+        same = False
+    if not same:
+        raise WsiSegError("work folder lost while the slide was in flight (deleted with the "
+                          "output folder?): nothing published", job.work_dir)
+
+
 def _publish(job: SlideJob) -> None:
     """Rename the finished work directory to its final name (atomic on one filesystem)."""
+    check_work_dir(job)  # again: the finishing took a while
     with contextlib.suppress(FileNotFoundError):
         shutil.rmtree(job.work_dir / MARKERS)
     with contextlib.suppress(FileNotFoundError):

@@ -283,12 +283,39 @@ def check_writable(out_dir: Path) -> None:
     """Create ``out_dir`` and prove it is writable, or raise a one-line error."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / f".wsi-seg-write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
     except OSError as exc:
         raise WsiSegError(f"output folder is not writable ({exc.strerror or exc})",
                           out_dir) from None
+    if (problem := out_dir_problem(out_dir)) is not None:
+        raise WsiSegError(f"output folder {problem}", out_dir)
+
+
+def folder_identity(path: Path) -> tuple[int, int] | None:
+    """``(st_dev, st_ino)`` of ``path``: which folder it is, not just its name."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def out_dir_problem(out_dir: Path, identity: tuple[int, int] | None = None) -> str | None:
+    """Why ``out_dir`` cannot take outputs now (``was deleted``, ``is not a folder``, ``is not
+    writable (Read-only file system)``), or None: a probe file is made and removed.
+    ``identity`` (:func:`folder_identity` at the run's start) tells a folder deleted and made
+    again (by a write in flight that creates its parents) from the run's own."""
+    now = folder_identity(out_dir)
+    if now is None or (identity is not None and now != identity):
+        return "was deleted"
+    if not out_dir.is_dir():
+        return "is not a folder"
+    probe = out_dir / f".wsi-seg-write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        return f"is not writable ({exc.strerror or exc})"
+    return None
 
 
 def _digest(data: dict[str, Any]) -> str:

@@ -40,7 +40,9 @@ from wsi_seg.orchestration.job import (
     check_writable,
     final_dir_for,
     finished_report,
+    folder_identity,
     is_finished,
+    out_dir_problem,
     prepare_slide,
 )
 from wsi_seg.orchestration.report import REPORT, REPORT_KEYS, SlideReport
@@ -50,8 +52,9 @@ __all__ = [
     "CHUNK_WINDOWS", "MARKERS", "OPEN_SLIDES", "PARTIAL_SUFFIX", "REPORT", "REPORT_KEYS",
     "BlockContext", "BlockResult", "BlockTask", "OutputTaken", "RunConfig", "SlideJob",
     "SlideReport", "WarmResult", "check_writable", "final_dir_for", "find_truth",
-    "finish_slide", "finished_report", "is_finished", "prepare_slide", "process_slide_inline",
-    "run_block", "slide_handles", "slide_stem", "sum_times", "warm_worker",
+    "finish_slide", "finished_report", "folder_identity", "is_finished", "out_dir_problem",
+    "prepare_slide", "process_slide_inline", "run_block", "slide_handles", "slide_stem",
+    "sum_times", "warm_worker",
 ]
 
 

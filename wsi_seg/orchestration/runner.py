@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from distributed.comm.core import CommClosedError
 
 from wsi_seg import __version__
-from wsi_seg.core.errors import WsiSegError, printable
+from wsi_seg.core.errors import RunStopped, WsiSegError, printable
 from wsi_seg.core.files import write_json_atomic
 from wsi_seg.core.locks import SlideLock, holder, try_lock
 from wsi_seg.core.naming import output_names, slide_stem
@@ -43,6 +43,8 @@ from wsi_seg.orchestration.pipeline import (
     final_dir_for,
     finish_slide,
     finished_report,
+    folder_identity,
+    out_dir_problem,
     prepare_slide,
     run_block,
     sum_times,
@@ -223,6 +225,7 @@ class Runner:
         self.dashboard: str | None = None
         self.startup: list[WarmResult] = []
         self.startup_s: float | None = None
+        self.out_identity: tuple[int, int] | None = None  # OUT's (st_dev, st_ino), once made
 
     # -- output --------------------------------------------------------------------------------
     def say(self, text: str, err: bool = False) -> None:
@@ -255,7 +258,28 @@ class Runner:
             "tiles": self._tiles_done(),
             "score": asdict(sc) if (sc := run_score(reports)) else None,
         }
-        write_json_atomic(self.config.out_dir / RUN_JSON, record)
+        self._stop_if_out_lost()  # never re-create a folder deleted under the run
+        try:
+            write_json_atomic(self.config.out_dir / RUN_JSON, record)
+        except OSError as exc:
+            self._stop_if_out_lost()
+            raise WsiSegError(f"cannot write {RUN_JSON} ({exc.strerror or exc})",
+                              self.config.out_dir) from None
+
+    def _stop_if_out_lost(self) -> None:
+        """Stop the run, in one line naming the folder and the cause, when ``OUT`` was
+        deleted or made read-only under it: every slide would fail the same way, with a cause
+        that names a temporary file. What was published before is kept (if ``OUT`` still
+        is); the rest is left for a rerun, which resumes."""
+        problem = out_dir_problem(self.config.out_dir, self.out_identity)
+        if problem is None:
+            return
+        done = sum(s.status == "ok" for s in self.states)
+        left = sum(s.status in ("pending", "running", "held") for s in self.states)
+        kept = ("" if not done else f"the {done} slide(s) it finished went with it; "
+                if problem == "was deleted" else f"the {done} slide(s) it finished are kept; ")
+        raise RunStopped(f"output folder {problem} while the run was in flight: the run "
+                          f"stops; {kept}rerun to do the {left} left", self.config.out_dir)
 
     # -- which slides to do --------------------------------------------------------------------
     def finished(self, state: SlideState) -> bool:
@@ -336,6 +360,8 @@ class Runner:
                  f"{final_dir_for(self.config.out_dir, state.path, state.name)}")
 
     def fail(self, state: SlideState, exc: BaseException) -> None:
+        if not isinstance(exc, WsiSegError):
+            self._stop_if_out_lost()  # the folder's fault, not the slide's
         self._close_bar(state)
         state.unlock()
         state.status = "failed"
@@ -356,6 +382,7 @@ class Runner:
         if self.config.infer.batch_size is not None:
             check_batch_bytes(self.config.infer.batch_size, card, model)
         check_writable(self.config.out_dir)
+        self.out_identity = folder_identity(self.config.out_dir)
         if all(self.finished(s) for s in self.states):
             self.prepare()
             self.write_run_json(finished=True)
