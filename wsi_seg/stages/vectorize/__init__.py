@@ -13,7 +13,9 @@ own module, in the order the data flows through them:
    are too small on exact areas, the same test whether or not chunk borders cut them.
 3. :mod:`.join` - group open pieces across chunk borders (union-find over the chunks' edge
    strips), union their shells as a coverage and put their holes back.
-4. :mod:`.finish` with :mod:`.simplify` - map to level 0, simplify (topology-preserving
+4. :mod:`.finish` with :mod:`.simplify` - write each region one canonical way (no vertices on
+   straight runs, shell ccw, rings from their smallest vertex, holes sorted: what chunk borders
+   left must not steer the simplifier), map to level 0, simplify (topology-preserving
    Douglas-Peucker; ring by ring for giant many-hole polygons), snap to QuPath's 0.01 px grid
    where needed so the polygons stay valid there, drop what became too small.
 
