@@ -333,8 +333,8 @@ def test_gpu_profile_dry_run(tmp_path: Path, cache: Path) -> None:
     assert close(n["vectorize_share"], n["vectorize_s"] / n["wall_s"], 0.01)
     shares = sorted(r["vectorize_share"] for r in n["runs"])
     assert len(shares) == cfg.repeats and n["vectorize_share"] == shares[(len(shares) - 1) // 2]
-    # The simulated device outputs zeros: nothing above the threshold.
-    assert n["speckle"]["components"] == 0 and n["speckle"]["mosaic_px"] > 0
+    # The simulated device outputs each cell's darkness: dense nuclei pass the threshold.
+    assert n["speckle"]["components"] > 0 and n["speckle"]["mosaic_px"] > 0
     md = (cfg.out_dir / "bench.md").read_text()
     for title in ("Dry run", "As `wsi-seg run` runs it", "End to end against the limits",
                   "Stages", "Polygons of a speckled map", "## Steps"):

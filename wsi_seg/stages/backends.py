@@ -330,13 +330,46 @@ class TorchEngine:
 
 
 # -- a stand-in accelerator -------------------------------------------------------------------
+#: The simulated device's maps are constant over cells of this many pixels.
+SIMULATED_CELL_PX = 8
+
+
+def simulated_output(batch_u8: np.ndarray, card: ModelCard) -> np.ndarray:
+    """The simulated device's maps for a ``(n, roi, roi, 3)`` uint8 batch: each pixel's
+    darkness in red, ``1 - r / 255`` (glass ~0, stain above it, dense nuclei over 0.5),
+    averaged over cells of :data:`SIMULATED_CELL_PX` px for a UNet (a trained model's maps are
+    smooth, not pixel noise) and per window for a patch model, split evenly over the maps of
+    a multi-map model; float32 in :meth:`ModelCard.kept_shape`.
+
+    Zeros would leave the host's real work out of a dry run: every chunk all fill, so
+    nothing is encoded, and no region traced.
+    """
+    dark = np.float32(1) - batch_u8[..., 0].astype(np.float32) / np.float32(255)
+    n, h, w = dark.shape
+    c = SIMULATED_CELL_PX
+    if card.kind != "unet":
+        base = dark.mean(axis=(1, 2), dtype=np.float32)
+    elif h % c == 0 and w % c == 0:
+        cells = dark.reshape(n, h // c, c, w // c, c).mean(axis=(2, 4), dtype=np.float32)
+        base = np.repeat(np.repeat(cells, c, axis=1), c, axis=2)
+    else:
+        base = dark
+    if card.n_maps > 1:
+        base = np.repeat((base / np.float32(card.n_maps))[..., None], card.n_maps, axis=-1)
+    out = np.ascontiguousarray(base, dtype=np.float32)
+    assert out.shape == card.kept_shape(len(batch_u8)), (out.shape, card.kept_shape(len(batch_u8)))
+    return out
+
+
 class SimulatedEngine:
     """A device that takes ``seconds_per_batch`` per batch, one batch at a time.
 
     Launching copies the batch (the host-to-device copy) and queues it on the device's single
     stream; the stream holds the device lock while it "computes" by sleeping, which frees the
-    GIL exactly as a real kernel launch does. Outputs are zeros. :meth:`busy_s` is the time
-    the device spent computing, the numerator of its busy share.
+    GIL exactly as a real kernel launch does. Outputs look like a model's
+    (:func:`simulated_output`), so the host does the blending, writing and tracing a real
+    model's maps cost it. :meth:`busy_s` is the time the device spent computing, the
+    numerator of its busy share.
     """
 
     device = "simulated:0"
@@ -354,7 +387,7 @@ class SimulatedEngine:
         with self._lock:
             t = time.perf_counter()
             time.sleep(self._s)
-            out = np.zeros(self._card.kept_shape(len(batch_u8)), np.float32)
+            out = simulated_output(batch_u8, self._card)
             self._busy_s += time.perf_counter() - t
         return out
 
