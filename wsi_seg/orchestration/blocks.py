@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from wsi_seg.core.files import write_json_atomic
 from wsi_seg.orchestration.handles import slide_handles
 from wsi_seg.orchestration.job import MARKERS, BlockContext, BlockTask
-from wsi_seg.stages.blend import blend_block, kept_extent, to_uint8
+from wsi_seg.stages.blend import blend_block, kept_extent
 from wsi_seg.stages.infer import InferConfig, cached_predictor
 from wsi_seg.stages.mosaic import block_levels, open_mosaic, write_block
 
@@ -42,14 +42,14 @@ def run_block(ctx: BlockContext, task: BlockTask, infer: InferConfig) -> BlockRe
         # Read in bands as the windows need them: the first windows reach the device while
         # the rest of the block is read (the same pixels as one read).
         rows = slide.read_w_rows(xw, yw, w_px, h_px, ctx.mpp)
-        prob = blend_block(rows.image, xw, yw, b, task.starts_y, task.starts_x, task.keep,
+        values = blend_block(rows.image, xw, yw, b, task.starts_y, task.starts_x, task.keep,
                            predictor, ctx.spec, times, rows.ensure)
     times["read"] = rows.read_s
     t = time.perf_counter()
     mosaic = open_mosaic(ctx.mosaic_path, mode="r+")
     # The block also writes its share of the coarser levels it alone owns: that work runs in
     # parallel here instead of serially when the slide is finished.
-    write_block(mosaic, b.yw, b.xw, to_uint8(prob),
+    write_block(mosaic, b.yw, b.xw, values,
                 block_levels(mosaic.geom, mosaic.n_levels, ctx.block_px))
     times["write"] = time.perf_counter() - t
     result = BlockResult(ctx.stem, b.key, b.n_windows, b.n_owned, times)

@@ -335,29 +335,33 @@ SIMULATED_CELL_PX = 8
 
 
 def simulated_output(batch_u8: np.ndarray, card: ModelCard) -> np.ndarray:
-    """The simulated device's maps for a ``(n, roi, roi, 3)`` uint8 batch: each pixel's
-    darkness in red, ``1 - r / 255`` (glass ~0, stain above it, dense nuclei over 0.5),
-    averaged over cells of :data:`SIMULATED_CELL_PX` px for a UNet (a trained model's maps are
-    smooth, not pixel noise) and per window for a patch model, split evenly over the maps of
-    a multi-map model; float32 in :meth:`ModelCard.kept_shape`.
+    """The simulated device's maps for a ``(n, roi, roi, 3)`` uint8 batch: the darkness in
+    red, ``1 - r / 255`` (glass ~0, stain above it, dense nuclei over 0.5), of the first pixel
+    of each :data:`SIMULATED_CELL_PX` px cell, held over the cell, for a UNet (a trained
+    model's maps are smooth, not pixel noise), and of the window's mean for a patch model,
+    split evenly over the maps of a multi-map model; float32 in
+    :meth:`ModelCard.kept_shape`. One sample per cell keeps the host's share of a dry run
+    small (a real device does this work itself).
 
     Zeros would leave the host's real work out of a dry run: every chunk all fill, so
     nothing is encoded, and no region traced.
     """
-    dark = np.float32(1) - batch_u8[..., 0].astype(np.float32) / np.float32(255)
-    n, h, w = dark.shape
-    c = SIMULATED_CELL_PX
+    n, h, w = batch_u8.shape[:3]
+    c, k = SIMULATED_CELL_PX, np.float32(1 / 255)
+    maps = max(card.n_maps, 1)
+    scale = np.float32(1 / maps)
     if card.kind != "unet":
-        base = dark.mean(axis=(1, 2), dtype=np.float32)
+        dark = 1 - batch_u8[..., 0].mean(axis=(1, 2), dtype=np.float32) * k
+        base = dark * scale
     elif h % c == 0 and w % c == 0:
-        cells = dark.reshape(n, h // c, c, w // c, c).mean(axis=(2, 4), dtype=np.float32)
-        base = np.repeat(np.repeat(cells, c, axis=1), c, axis=2)
+        cells = (1 - batch_u8[:, ::c, ::c, 0].astype(np.float32) * k) * scale
+        base = np.empty((n, h // c, c, w // c, c), np.float32)
+        base[:] = cells[:, :, None, :, None]
+        base = base.reshape(n, h, w)
     else:
-        base = dark
-    if card.n_maps > 1:
-        base = np.repeat((base / np.float32(card.n_maps))[..., None], card.n_maps, axis=-1)
-    out = np.ascontiguousarray(base, dtype=np.float32)
-    assert out.shape == card.kept_shape(len(batch_u8)), (out.shape, card.kept_shape(len(batch_u8)))
+        base = (1 - batch_u8[..., 0].astype(np.float32) * k) * scale
+    out = base if card.n_maps <= 1 else np.repeat(base[..., None], card.n_maps, axis=-1)
+    assert out.shape == card.kept_shape(n), (out.shape, card.kept_shape(n))
     return out
 
 

@@ -323,28 +323,41 @@ def blend_block(
     times: MutableMapping[str, float] | None = None,
     ready: Callable[[int], None] | None = None,
 ) -> np.ndarray:
-    """Probabilities of the region a block owns.
+    """The mosaic values (uint8, :func:`to_uint8` of the probabilities) of the region a block
+    owns.
 
     ``image`` holds working pixels ``[image_xw, ...) x [image_yw, ...)`` and must contain
     every kept window (the block's halo, or just :func:`kept_extent`); ``starts_y``,
     ``starts_x`` and ``keep`` are the plan's window grid restricted to the block's window
     ranges (:meth:`BlockPlan.windows_of`). Owned pixels outside the image are covered by no
-    kept window and are 0. ``ready``: see :func:`accumulate`. Returns float32
+    kept window and are 0. ``ready``: see :func:`accumulate`. Returns uint8
     ``(block.h_px, block.w_px)`` (with a last axis of ``spec.n_maps`` for several maps).
+
+    Normalised and converted in bands of :data:`BAND_ROWS` rows: the same operations on
+    each pixel as on the whole block, without two block-sized float32 temporaries (the
+    probabilities and their scaled copy) passing through memory.
     """
     num, den = accumulate(image, image_xw, image_yw, starts_y, starts_x, keep, predict, spec,
                           times, ready)
     t = time.perf_counter()
-    prob = np.zeros(spec.map_shape(block.h_px, block.w_px), np.float32)
+    out = np.zeros(spec.map_shape(block.h_px, block.w_px), np.uint8)
     # Intersection of the owned region with the image, in both frames.
     top_yw, left_xw = max(block.yw, image_yw), max(block.xw, image_xw)
     bottom_yw = min(block.yw + block.h_px, image_yw + image.shape[0])
     right_xw = min(block.xw + block.w_px, image_xw + image.shape[1])
     if bottom_yw > top_yw and right_xw > left_xw:
         iy, ix = top_yw - image_yw, left_xw - image_xw
-        h_px, w_px = bottom_yw - top_yw, right_xw - left_xw
-        normalise(num[iy : iy + h_px, ix : ix + w_px], den[iy : iy + h_px, ix : ix + w_px],
-                  out=prob[top_yw - block.yw : bottom_yw - block.yw,
-                           left_xw - block.xw : right_xw - block.xw])
+        oy, ox = top_yw - block.yw, left_xw - block.xw
+        w_px = right_xw - left_xw
+        for r0 in range(0, bottom_yw - top_yw, BAND_ROWS):
+            rows = min(BAND_ROWS, bottom_yw - top_yw - r0)
+            band = normalise(num[iy + r0 : iy + r0 + rows, ix : ix + w_px],
+                             den[iy + r0 : iy + r0 + rows, ix : ix + w_px])
+            out[oy + r0 : oy + r0 + rows, ox : ox + w_px] = to_uint8(band)
     lap(times, "blend", t)
-    return prob
+    return out
+
+
+#: Rows normalised and converted at a time by :func:`blend_block` (a band of a 4096 px
+#: block is 1 MiB of float32: it stays in cache between the steps).
+BAND_ROWS = 64
