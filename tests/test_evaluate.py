@@ -214,3 +214,43 @@ def test_pad_to_centres_short_axes() -> None:
     assert (out[:13] == 255).all() and (out[18:] == 255).all()
     same = np.zeros((40, 40), np.uint8)
     assert pad_to(same, 32, 0) is same
+
+
+# -- empty truth against empty prediction ------------------------------------------------------
+def test_cli_evaluate_empty_vs_empty_is_null_in_json_and_na_in_text(
+    tmp_path: Path, models: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An image with no tumour in truth or prediction has no Dice/IoU: null in --json (strict
+    JSON, never NaN), n/a in the table and the CSV; left out of the means and counted."""
+    import json
+
+    dark = np.full((40, 40, 3), 128, np.uint8)
+    dark[..., 0] = 0  # red 0: the window-mean model predicts 0 everywhere
+    write_pair(tmp_path / "data", "empty", dark, np.zeros((40, 40), np.uint8))
+    red = np.full((40, 40, 3), 128, np.uint8)
+    red[..., 0] = 255  # red 255: predicts 1 everywhere; truth is the left half
+    half = np.zeros((40, 40), np.uint8)
+    half[:, :20] = 1
+    write_pair(tmp_path / "data", "half", red, half)
+    args = ["evaluate", "--model", str(models["unet"]), "--images",
+            str(tmp_path / "data" / "images"), "--masks", str(tmp_path / "data" / "masks")]
+
+    def refuse(constant: str) -> object:
+        raise AssertionError(f"{constant} in JSON")
+
+    assert main([*args, "--json"]) == 0
+    got = json.loads(capsys.readouterr().out, parse_constant=refuse)
+    images = {r["name"]: r for r in got["images"]}
+    assert images["empty"]["dice"] is None and images["empty"]["iou"] is None
+    assert images["half"]["iou"] == pytest.approx(0.5)
+    summary = got["summary"]
+    assert summary["mean_iou"] == pytest.approx(0.5) and summary["empty_both"] == 1
+    assert summary["mean_dice"] == pytest.approx(2 / 3) and summary["images"] == 2
+
+    assert main([*args, "--csv", str(tmp_path / "s.csv")]) == 0
+    text = capsys.readouterr().out
+    empty_line = next(line for line in text.splitlines() if line.startswith("empty"))
+    assert empty_line.split()[1:3] == ["n/a", "n/a"] and "nan" not in text.lower()
+    assert "IoU 0.5000" in text and "empty_both 1" in text
+    row = read_scores(tmp_path / "s.csv")["empty"]
+    assert row["dice"] == "n/a" and row["iou"] == "n/a"

@@ -12,8 +12,13 @@ import shapely
 from shapely.geometry import Polygon
 
 from wsi_seg.evaluation.metrics import (
+    UNDEFINED_TEXT,
     OverlapScore,
+    ScoreMean,
+    defined_score,
+    format_score,
     iou_dice,
+    mean_score,
     patch_accuracy,
     rasterize_window,
     score_array,
@@ -45,6 +50,42 @@ def test_empty_vs_empty_is_undefined_and_flagged() -> None:
     score = iou_dice(z, z)
     assert score.empty_both and score.iou is None and score.dice is None
     assert score.as_dict()["empty_both"] is True
+
+
+def test_empty_vs_empty_is_null_in_json_never_nan() -> None:
+    """The one convention: None in Python, null in (strict) JSON, n/a in text."""
+    z = np.zeros((8, 8), bool)
+    score = iou_dice(z, z)
+    text = json.dumps(score.as_dict(), allow_nan=False)
+    assert json.loads(text)["iou"] is None and json.loads(text)["dice"] is None
+    assert format_score(score.iou) == format_score(score.dice) == UNDEFINED_TEXT == "n/a"
+    run = summarize_scores([score])
+    assert run.n_empty_both == 1 and run.macro_iou is None and run.micro_dice is None
+
+
+def test_mean_skips_undefined_scores_and_counts_them() -> None:
+    assert mean_score([0.5, None]) == ScoreMean(0.5, 1)
+    # NaN (a Keras metric's 0 / 0, or a file written before the rule) is undefined too
+    assert mean_score([0.5, math.nan, 0.25]) == ScoreMean(0.375, 1)
+    assert mean_score([None, math.nan]) == ScoreMean(None, 2)
+    assert mean_score([]) == ScoreMean(None, 0)
+    assert mean_score([np.float32(0.5)]).mean == 0.5
+
+
+def test_defined_score_and_its_text() -> None:
+    assert defined_score(None) is None and defined_score(math.nan) is None
+    assert defined_score(np.float64(0.25)) == 0.25 and type(defined_score(1)) is float
+    assert defined_score(1.0) == 1.0  # an older card's 1.0 loads as written
+    assert format_score(None) == format_score(math.nan) == "n/a"
+    assert format_score(0.5) == "0.5000" and format_score(2 / 3, ".3f") == "0.667"
+
+
+def test_run_means_match_mean_score() -> None:
+    """summarize_scores' macro mean is mean_score over the slides' IoU (one rule, one place)."""
+    scores = [OverlapScore(1, 1, 0), OverlapScore(0, 0, 0), OverlapScore(3, 0, 1)]
+    run = summarize_scores(scores)
+    assert (run.macro_iou, run.n_empty_both) == tuple(mean_score(s.iou for s in scores))
+    assert run.macro_dice == mean_score(s.dice for s in scores).mean
 
 
 def test_one_side_empty_scores_zero() -> None:

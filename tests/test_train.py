@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -16,6 +18,7 @@ import pytest
 
 from wsi_seg.cli import main
 from wsi_seg.core.errors import WsiSegError
+from wsi_seg.evaluation.metrics import defined_score
 from wsi_seg.training.augment import Augment, augment_tf
 from wsi_seg.training.config import TrainConfig, TrainResult
 from wsi_seg.training.idc_data import balance_indices, scan_idc, split_patients
@@ -262,12 +265,10 @@ def _csv_rows(path: Path) -> list[dict[str, str]]:
 
 
 def _pooled(truth: np.ndarray, pred: np.ndarray) -> tuple[float, float, float]:
-    """Dice, IoU and accuracy of all pixels together (1 for empty-vs-empty)."""
+    """Dice, IoU and accuracy of all pixels together (inputs with tumour on some side)."""
     t, p = truth.astype(bool).ravel(), pred.astype(bool).ravel()
     tp, fp, fn = int(np.sum(t & p)), int(np.sum(~t & p)), int(np.sum(t & ~p))
-    eps = 1e-7
-    return ((2 * tp + eps) / (2 * tp + fp + fn + eps), (tp + eps) / (tp + fp + fn + eps),
-            float(np.mean(t == p)))
+    return 2 * tp / (2 * tp + fp + fn), tp / (tp + fp + fn), float(np.mean(t == p))
 
 
 def test_epoch_scores_pool_every_pixel_of_the_epoch() -> None:
@@ -291,10 +292,14 @@ def test_epoch_scores_pool_every_pixel_of_the_epoch() -> None:
     assert got == pytest.approx(want, abs=1e-6)
     batch_mean_dice = np.mean([_pooled(t1, p1 >= 0.5)[0], _pooled(t2, p2 >= 0.5)[0]])
     assert abs(got[0] - batch_mean_dice) > 0.05  # what Keras' default mean would have said
+    # empty truth, empty prediction: Dice and IoU undefined (NaN in the tensor, the metric
+    # module's rule; not the 1.0 a smoothed ratio gives), accuracy 1
     for m in metrics:
         m.reset_state()
         m.update_state(np.zeros((1, 4, 4, 1)), np.zeros((1, 4, 4, 1)))
-    assert [float(m.result()) for m in metrics] == pytest.approx([1.0, 1.0, 1.0])
+    dice, iou, acc = (float(m.result()) for m in metrics)
+    assert math.isnan(dice) and math.isnan(iou) and acc == 1.0
+    assert [defined_score(float(m.result())) for m in metrics] == [None, None, 1.0]
 
 
 def test_fit_logs_each_epochs_pooled_scores() -> None:
@@ -385,7 +390,7 @@ def test_overlap_scores_rules() -> None:
     a = np.zeros((4, 4), bool)
     b = a.copy()
     d, j, acc = overlap_scores(a, b)
-    assert np.isnan(d) and np.isnan(j) and acc == 1.0
+    assert d is None and j is None and acc == 1.0  # undefined: None, not NaN
     a[:2] = True
     b[1:3] = True
     d, j, acc = overlap_scores(a, b)
@@ -509,3 +514,73 @@ def test_small_edge_patches_are_padded_white_in_both_readers(tmp_path: Path) -> 
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(a[:30, :41], small)
     assert (a[30:] == 255).all() and (a[:, 41:] == 255).all()
+
+
+# -- empty truth against empty prediction ------------------------------------------------------
+def _strict_json(text: str) -> Any:
+    """JSON as the standard defines it: NaN or Infinity is an error, not a number."""
+    def refuse(constant: str) -> object:
+        raise AssertionError(f"{constant} in JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_undefined_epoch_scores_are_none_in_history_csv_state_and_card(tmp_path: Path) -> None:
+    """Tiles without tumour that the model soon predicts none of: Dice/IoU are undefined
+    (empty vs empty), so None in the history and the card, null in state.json and the card
+    file, n/a in train_metrics.csv; not the 1.0 of a smoothed ratio, nor NaN."""
+    import tensorflow as tf
+
+    from wsi_seg.stages.card import ModelCard, card_path, load_model
+    from wsi_seg.training.fit_loop import fit
+
+    spec = tiny_unet(tmp_path, tmp_path).spec()
+    x, y = np.zeros((4, 32, 32, 3), np.float32), np.zeros((4, 32, 32, 1), np.float32)
+    out = tmp_path / "e.keras"
+    card = ModelCard(kind="unet", input_size_px=32, channels=3, mpp=1.0, name="e")
+    result = fit(spec, card, tf.data.Dataset.from_tensors((x, y)).repeat(), 4,
+                 tf.data.Dataset.from_tensors((x, y)), quick_cfg(out, epochs=2))
+    last = result.history[-1]
+    assert last["val_dice"] is None and last["val_iou"] is None, last
+    assert last["val_accuracy"] == 1.0 and last["val_loss"] is not None
+    _, saved = load_model(out)
+    assert saved.validation["dice"] is None and saved.validation["iou"] is None
+    on_disk = _strict_json(card_path(out).read_text())
+    assert on_disk["validation"]["dice"] is None
+    state = _strict_json((tmp_path / "e.training" / "state.json").read_text())
+    assert state["history"][-1]["val_dice"] is None
+    rows = _csv_rows(tmp_path / "e.training" / "train_metrics.csv")
+    assert rows[-1]["val_dice"] == "n/a" and rows[-1]["val_iou"] == "n/a"
+    assert float(rows[-1]["val_accuracy"]) == 1.0
+
+
+def test_patient_without_tumour_on_either_side_has_no_iou(tmp_path: Path) -> None:
+    """A patient with neither true nor predicted tumour patches: IoU None, n/a in
+    patients.csv, left out of the mean and counted in empty_both."""
+    from wsi_seg.training.patients import PatientScore, summarise_patients, write_patient_csv
+
+    scores = [PatientScore("a", 4, 2, 2, 1.0, 0.5), PatientScore("b", 4, 0, 0, 0.75, None)]
+    summary = summarise_patients(scores)
+    assert summary["mean_iou"] == 0.5 and summary["empty_both"] == 1
+    assert summary["mean_accuracy"] == 0.875
+    write_patient_csv(scores, tmp_path / "patients.csv")
+    rows = _csv_rows(tmp_path / "patients.csv")
+    assert [r["iou"] for r in rows] == ["0.5000", "n/a", "0.5000"]
+
+
+def test_cards_written_before_the_rule_still_load() -> None:
+    """A card whose scores are NaN (evaluate's old convention) or 1.0 (training's old smoothed
+    ratio) loads; NaN reads as undefined and is written back as null, 1.0 as written."""
+    from wsi_seg.evaluation.metrics import format_score
+    from wsi_seg.stages.card import ModelCard
+
+    old = json.dumps({"format": "wsi-seg-model-card/1", "kind": "unet", "input_size_px": 32,
+                      "channels": 3, "mpp": 1.0, "validation": {
+                          "dice": float("nan"), "iou": 1.0, "test_mean_iou": None}})
+    assert "NaN" in old
+    card = ModelCard.from_json(old)
+    assert defined_score(card.validation["dice"]) is None
+    assert format_score(card.validation["dice"]) == "n/a"
+    assert card.validation["iou"] == 1.0
+    again = _strict_json(card.to_json())
+    assert again["validation"] == {"dice": None, "iou": 1.0, "test_mean_iou": None}

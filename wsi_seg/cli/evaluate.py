@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import io
-import math
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,9 +20,9 @@ EPILOG = """\
 Images must be at the model's resolution (its card's mpp); masks are binarised like training
 masks. Each image is predicted exactly as `wsi-seg run` predicts a slide: the same window grid,
 padding and blending, with the same options and defaults, thresholded at the card's threshold.
-Dice and IoU are undefined (NaN) for an image whose truth and prediction are both empty:
-such images are left out of the Dice/IoU means and counted as empty_both.
-pooled_dice / pooled_iou count all pixels of all images together.
+Dice and IoU are undefined for an image whose truth and prediction are both empty (n/a in
+the table and the CSV, null in --json): such images are left out of the Dice/IoU means and
+counted as empty_both. pooled_dice / pooled_iou count all pixels of all images together.
 
 example:
   wsi-seg evaluate --model unet.keras --images test/images --masks test/masks --csv scores.csv
@@ -57,11 +58,9 @@ def register(subparsers: Any) -> None:
     g.add_argument("--batch-size", type=int, default=None,
                    help="tiles per model call [16 on a CPU, 128 on a GPU]")
     p.add_argument("--csv", type=Path, default=None, help="write per-image scores to this CSV")
+    p.add_argument("--json", action="store_true",
+                   help="print the per-image scores and the summary as JSON instead of a table")
     p.set_defaults(handler=run)
-
-
-def _fmt(v: float) -> str:
-    return "nan" if math.isnan(v) else f"{v:.4f}"
 
 
 def window_options(args: argparse.Namespace) -> WindowOptions:
@@ -74,6 +73,7 @@ def window_options(args: argparse.Namespace) -> WindowOptions:
 
 
 def run(args: argparse.Namespace) -> int:
+    from wsi_seg.evaluation.metrics import format_score as fmt
     from wsi_seg.training.image_evaluation import evaluate_folder, summarise_images
 
     scores, card = evaluate_folder(
@@ -82,16 +82,25 @@ def run(args: argparse.Namespace) -> int:
     )
     rows = [["image", "dice", "iou", "accuracy", "tumour_px", "predicted_px"]]
     for s in scores:
-        rows.append([s.name, _fmt(s.dice), _fmt(s.iou), _fmt(s.accuracy), str(s.tumour_px),
+        rows.append([s.name, fmt(s.dice), fmt(s.iou), fmt(s.accuracy), str(s.tumour_px),
                      str(s.predicted_px)])
     summary = summarise_images(scores)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
-    print(f"mean over {len(scores)} images ({card.kind} model at {card.mpp:g} µm/px): "
-          f"Dice {_fmt(summary['mean_dice'])}, IoU {_fmt(summary['mean_iou'])}, "
-          f"accuracy {_fmt(summary['mean_accuracy'])}; pooled Dice "
-          f"{_fmt(summary['pooled_dice'])}; empty_both {int(summary['empty_both'])}")
+    if args.json:
+        # Strict JSON: an undefined score is null (never NaN).
+        print(json.dumps({
+            "model": {"kind": card.kind, "mpp": card.mpp, "name": card.name},
+            "images": [dataclasses.asdict(s) for s in scores],
+            "summary": {**summary, "images": int(summary["images"]),
+                        "empty_both": int(summary["empty_both"])},
+        }, indent=2, allow_nan=False))
+    else:
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for r in rows:
+            print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
+        print(f"mean over {len(scores)} images ({card.kind} model at {card.mpp:g} µm/px): "
+              f"Dice {fmt(summary['mean_dice'])}, IoU {fmt(summary['mean_iou'])}, "
+              f"accuracy {fmt(summary['mean_accuracy'])}; pooled Dice "
+              f"{fmt(summary['pooled_dice'])}; empty_both {int(summary['empty_both'])}")
     if args.csv:
         args.csv.parent.mkdir(parents=True, exist_ok=True)
         text = io.StringIO()

@@ -1,13 +1,24 @@
 """Overlap scores (IoU, Dice) per slide and over a run, and patch accuracy.
 
-Conventions (``FORMATS.md``):
+Conventions:
 
 * IoU = TP / (TP + FP + FN), Dice = 2 TP / (2 TP + FP + FN), over pixels of a stated raster
   (``OverlapScore.resolution_um``: µm per scored pixel); Dice = 2 IoU / (1 + IoU).
-* **Empty vs empty rule**: when prediction and truth are both empty, IoU and Dice are
-  undefined: ``None``, ``empty_both`` is True, the slide is counted in
-  ``RunScore.n_empty_both`` and left out of the macro means (it adds nothing to the micro sums).
-  One side empty and the other not scores 0.
+* **Empty vs empty rule** (the one statement of it; ``run``, ``score``, ``evaluate``, training
+  and model cards all follow it through this module): when prediction and truth are both
+  empty (TP + FP + FN = 0), IoU and Dice are **undefined**:
+
+  - ``None`` in Python and ``null`` in JSON (never NaN, which is not JSON), ``"n/a"`` in text
+    (tables, CSV, console lines): :func:`defined_score`, :data:`UNDEFINED_TEXT`,
+    :func:`format_score`;
+  - ``empty_both`` is True, and a mean leaves the value out and counts it
+    (:func:`mean_score`; ``RunScore.n_empty_both``, ``empty_both`` in summaries).
+
+  One side empty and the other not scores 0. A tensor cannot hold None: a Keras metric
+  (:mod:`wsi_seg.training.epoch_scores`) gives 0 / 0 = NaN, and NaN read from a file written
+  before this rule (a card, ``state.json``) is undefined too; :func:`defined_score` turns both
+  into None where they leave Keras or a file. An older card's 1.0 for an empty-vs-empty score
+  (what training wrote before) cannot be told from a perfect score and loads as written.
 * Micro means pool TP/FP/FN over slides (exact, since counts are kept); macro means average the
   per-slide scores of slides that are not empty-vs-empty.
 
@@ -22,7 +33,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NamedTuple, SupportsFloat
 
 import numpy as np
 import shapely
@@ -31,6 +42,42 @@ from shapely.geometry.base import BaseGeometry
 from wsi_seg.core.geometry import PixelFrame
 from wsi_seg.stages.mosaic import Mosaic
 from wsi_seg.stages.vectorize import ArrayLike2D, threshold_u8
+
+#: How text output (tables, CSV, console lines) writes an undefined score.
+UNDEFINED_TEXT = "n/a"
+
+
+def defined_score(value: SupportsFloat | None) -> float | None:
+    """A score as the empty-vs-empty rule holds it: None when undefined, else a float.
+
+    None stays None; NaN (a Keras metric's 0 / 0, or a file written before the rule) becomes
+    None; anything else (a Python or numpy number, a 0-d tensor) becomes its float.
+    """
+    if value is None:
+        return None
+    v = float(value)
+    return None if math.isnan(v) else v
+
+
+class ScoreMean(NamedTuple):
+    """A mean over the defined scores; ``n_undefined`` counts those left out."""
+
+    mean: float | None  # None when no score is defined
+    n_undefined: int
+
+
+def mean_score(values: Iterable[SupportsFloat | None]) -> ScoreMean:
+    """Mean of the defined values (:func:`defined_score`); the undefined ones are left out
+    and counted. ``mean_score([0.5, None])`` is ``ScoreMean(0.5, 1)``."""
+    scores = [defined_score(v) for v in values]
+    kept = [v for v in scores if v is not None]
+    return ScoreMean(float(np.mean(kept)) if kept else None, len(scores) - len(kept))
+
+
+def format_score(value: SupportsFloat | None, spec: str = ".4f") -> str:
+    """``value`` in ``spec`` for text output, :data:`UNDEFINED_TEXT` when undefined."""
+    v = defined_score(value)
+    return UNDEFINED_TEXT if v is None else format(v, spec)
 
 
 @dataclass(frozen=True)
@@ -104,16 +151,14 @@ def summarize_scores(scores: Iterable[OverlapScore]) -> RunScore:
     items = list(scores)
     pooled = OverlapScore(sum(s.tp for s in items), sum(s.fp for s in items),
                           sum(s.fn for s in items))
-    scored = [s for s in items if not s.empty_both]
-    ious = [s.iou for s in scored if s.iou is not None]
-    dices = [s.dice for s in scored if s.dice is not None]
+    iou = mean_score(s.iou for s in items)  # None exactly for the empty-vs-empty slides
     return RunScore(
         n_slides=len(items),
-        n_empty_both=len(items) - len(scored),
+        n_empty_both=iou.n_undefined,
         micro_iou=pooled.iou,
         micro_dice=pooled.dice,
-        macro_iou=float(np.mean(ious)) if ious else None,
-        macro_dice=float(np.mean(dices)) if dices else None,
+        macro_iou=iou.mean,
+        macro_dice=mean_score(s.dice for s in items).mean,
         tp=pooled.tp, fp=pooled.fp, fn=pooled.fn,
     )
 

@@ -126,7 +126,8 @@ class TrainState:
     lr_wait: int = 0  # epochs without improvement since the last LR change
     lr: float = 1e-3
     stopped_early: bool = False
-    history: list[dict[str, float]] = field(default_factory=list)
+    # None: an undefined Dice/IoU (empty vs empty), null in state.json
+    history: list[dict[str, float | None]] = field(default_factory=list)
     spec: dict[str, Any] = field(default_factory=dict)  # model kind + builder arguments
 
     @classmethod
@@ -151,7 +152,7 @@ class TrainResult:
 
     model_path: Path
     card: ModelCard
-    history: list[dict[str, float]]
+    history: list[dict[str, float | None]]
     epochs_run: int
     seconds_per_epoch: float
     stopped_early: bool

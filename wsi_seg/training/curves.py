@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from wsi_seg.core.files import write_atomic
+from wsi_seg.evaluation.metrics import defined_score
 
 #: Panels of the figure: title and the history columns drawn in it.
 PANELS = (
@@ -44,14 +45,15 @@ class _Axes:
         return round(x), round(y)
 
 
-def draw_learning_curves(history: Sequence[dict[str, float]], path: Path) -> None:
+def draw_learning_curves(history: Sequence[dict[str, float | None]], path: Path) -> None:
     """Write ``path`` (PNG): two panels (losses; Dice/IoU/accuracy) over the epochs of
     ``history`` (rows with ``epoch`` and the logged values), training solid, validation
-    dashed."""
+    dashed. An epoch whose value is undefined (None: empty vs empty) or missing has no point
+    on that curve."""
     canvas = np.full((_PANEL_H + _LEGEND_H, len(PANELS) * _PANEL_W, 3), 255, np.uint8)
-    epochs = [r["epoch"] for r in history]
+    epochs = [float(r["epoch"] or 0) for r in history]
     for p, (title, keys) in enumerate(PANELS):
-        series = {k: [r.get(k, float("nan")) for r in history] for k in keys}
+        series = {k: [_plotted(r.get(k)) for r in history] for k in keys}
         series = {k: v for k, v in series.items() if any(math.isfinite(x) for x in v)}
         axes = _axes(p * _PANEL_W, epochs, series, scores=title == "scores")
         _draw_frame(canvas, axes, title)
@@ -60,6 +62,12 @@ def draw_learning_curves(history: Sequence[dict[str, float]], path: Path) -> Non
     ok, png = cv2.imencode(".png", canvas)
     if ok:
         write_atomic(path, png.tobytes())
+
+
+def _plotted(value: float | None) -> float:
+    """A logged value as drawn: NaN (no point) when undefined or missing."""
+    v = defined_score(value)
+    return math.nan if v is None else v
 
 
 def _axes(left: int, epochs: list[float], series: dict[str, list[float]], scores: bool) -> _Axes:

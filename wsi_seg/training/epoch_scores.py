@@ -5,6 +5,12 @@ weighs a batch with one tumour pixel like one full of tumour and changes with th
 so these metrics instead add up the 0/1 counts ``(tp, fp, fn, tn)`` of every batch in metric
 variables and score the sums: an epoch's Dice is the Dice of all its pixels (patches, for a
 patch model). Keras calls ``reset_state`` at the start of each epoch and of each validation.
+
+Empty vs empty (no tumour in truth or prediction all epoch) follows the one rule of
+:mod:`wsi_seg.evaluation.metrics`: Dice and IoU are undefined. A metric tensor cannot hold None,
+so the ratio is taken as it stands and 0 / 0 gives NaN; the training loop turns it into None
+(:func:`~wsi_seg.evaluation.metrics.defined_score`) as the epoch's logs leave Keras, so the
+history, ``state.json``, ``train_metrics.csv`` (``n/a``) and the card (``null``) never see NaN.
 """
 
 from __future__ import annotations
@@ -14,7 +20,6 @@ from typing import Any
 
 #: Scores logged per epoch (``dice``, ``val_dice``, ...): what ``--monitor`` and the card use.
 SCORES = ("dice", "iou", "accuracy")
-_EPS = 1e-7  # Dice and IoU are 1, not NaN, when neither truth nor prediction has tumour
 _THRESHOLD = 0.5  # probability at or above which a pixel (patch) counts as tumour
 
 
@@ -65,10 +70,11 @@ def pooled_score_class() -> type:
 
         def result(self) -> Any:
             tp, fp, fn, tn = (self.counts[i] for i in range(4))
+            # No smoothing: 0 / 0 is NaN, the tensor's "undefined" (module docstring).
             if self.name == "dice":
-                value = (2 * tp + _EPS) / (2 * tp + fp + fn + _EPS)
+                value = 2 * tp / (2 * tp + fp + fn)
             elif self.name == "iou":
-                value = (tp + _EPS) / (tp + fp + fn + _EPS)
+                value = tp / (tp + fp + fn)
             else:
                 value = (tp + tn) / ops.maximum(tp + fp + fn + tn, 1.0)
             return ops.cast(value, "float32")

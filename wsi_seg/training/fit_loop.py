@@ -19,6 +19,7 @@ Files written for ``--out DIR/MODEL.keras``::
     DIR/MODEL.keras, DIR/MODEL.json          best model so far (float32, no optimizer) + card
     DIR/MODEL.training/train_metrics.csv     one row per epoch: epoch (from 1), Keras' losses
                                              and scores, lr, seconds, cpu_seconds
+                                             (an undefined Dice/IoU, empty vs empty: n/a)
     DIR/MODEL.training/learning_curves.png   loss and score curves
     DIR/MODEL.training/checkpoint.weights.h5 last epoch's weights and optimizer } --resume
     DIR/MODEL.training/state.json            counters, history, architecture    } reads these
@@ -40,15 +41,16 @@ import numpy as np
 
 from wsi_seg.core.errors import ModelError, WsiSegError
 from wsi_seg.core.files import atomic_path, write_atomic
+from wsi_seg.evaluation.metrics import UNDEFINED_TEXT, defined_score
 from wsi_seg.stages.card import ModelCard, card_path, load_model, save_model, sha256_file
 from wsi_seg.stages.models import build_model
 from wsi_seg.training.config import TrainConfig, TrainResult, TrainState
 from wsi_seg.training.curves import draw_learning_curves
-from wsi_seg.training.epoch_scores import score_metrics
+from wsi_seg.training.epoch_scores import SCORES, score_metrics
 from wsi_seg.training.losses import LOSS_FUNCTIONS
 
-#: Maps an epoch's Keras logs to the card's ``validation`` entry.
-Describe = Callable[[dict[str, float]], dict[str, float]]
+#: Maps an epoch's logs (:func:`logged_scores`) to the card's ``validation`` entry.
+Describe = Callable[[dict[str, float | None]], dict[str, float | None]]
 
 
 def fit(
@@ -69,8 +71,9 @@ def fit(
         steps_per_epoch: batches per epoch.
         val_ds: finite validation dataset.
         cfg: the training configuration.
-        describe: maps an epoch's Keras logs to the card's ``validation`` dict (default: the
-            ``val_*`` values without their prefix, 4 decimals).
+        describe: maps an epoch's logs (:func:`logged_scores`) to the card's ``validation``
+            dict (default: the ``val_*`` values without their prefix, 4 decimals, None for an
+            undefined score).
     """
     import keras
 
@@ -142,7 +145,8 @@ def _compiled_model(spec: dict[str, Any], cfg: TrainConfig, state: TrainState) -
 def _result(cfg: TrainConfig, state: TrainState, done: int) -> TrainResult:
     """The run's result; ``done``: epochs completed before this call (a resumed run)."""
     if not cfg.out.is_file():
-        raise WsiSegError("training produced no model (every validation score was NaN)", cfg.out)
+        raise WsiSegError(f"training produced no model (no epoch had a defined {cfg.monitor}: "
+                          "NaN, or empty truth against empty prediction)", cfg.out)
     _, final_card = load_model(cfg.out)
     ran = state.history[done:]
     # The first epoch of a run includes tracing the graphs; report the steady state when
@@ -152,8 +156,17 @@ def _result(cfg: TrainConfig, state: TrainState, done: int) -> TrainResult:
     return TrainResult(cfg.out, final_card, state.history, state.epoch, secs, state.stopped_early)
 
 
-def _val_scores(logs: dict[str, float]) -> dict[str, float]:
-    return {k[4:]: round(float(v), 4) for k, v in logs.items() if k.startswith("val_")}
+def logged_scores(logs: dict[str, Any]) -> dict[str, float | None]:
+    """An epoch's Keras logs as Python numbers: a Dice or IoU under the empty-vs-empty rule
+    (:func:`~wsi_seg.evaluation.metrics.defined_score`: None for an undefined one, which the
+    metric gives as NaN), everything else a float."""
+    return {k: defined_score(v) if k.removeprefix("val_") in SCORES else float(v)
+            for k, v in logs.items()}
+
+
+def _val_scores(scores: dict[str, float | None]) -> dict[str, float | None]:
+    return {k[4:]: None if v is None else round(v, 4)
+            for k, v in scores.items() if k.startswith("val_")}
 
 
 class EpochBook:
@@ -186,25 +199,28 @@ class EpochBook:
         """Record epoch ``epoch`` (0-based, as Keras counts), keep the model if it is the best
         so far, else count patience."""
         cfg, st = self.cfg, self.state
-        row = {"epoch": float(epoch + 1), **{k: float(v) for k, v in logs.items()}}
+        scores = logged_scores(logs)
+        row: dict[str, float | None] = {"epoch": float(epoch + 1), **scores}
         row["lr"] = st.lr  # the rate this epoch trained with
         row["seconds"] = round(time.perf_counter() - self.t0, 2)
         # CPU seconds (all threads) tell the cost apart from waiting on a busy machine.
         row["cpu_seconds"] = round(time.process_time() - self.cpu0, 2)
         st.history.append(row)
         st.epoch = epoch + 1
-        value = float(logs.get(cfg.monitor, float("nan")))
-        if _better(value, st.best, cfg.monitor, cfg.min_delta):
+        value = scores.get(cfg.monitor)
+        if value is not None and _better(value, st.best, cfg.monitor, cfg.min_delta):
             st.best, st.best_epoch, st.wait, st.lr_wait = value, epoch + 1, 0, 0
-            self._save_best(model, value, logs)
-        else:
+            self._save_best(model, value, scores)
+        else:  # an undefined (or NaN) score never improves
             self._lose_patience(model)
 
-    def _save_best(self, model: Any, value: float, logs: dict[str, Any]) -> None:
+    def _save_best(self, model: Any, value: float, scores: dict[str, float | None]) -> None:
         st = self.state
         training = {**self.card.training, "best_epoch": st.epoch, "monitor": self.cfg.monitor,
                     "best": value}
-        card = dataclasses.replace(self.card, validation=self.describe(logs), training=training)
+        # Any: ModelCard types validation dict[str, float]; an undefined score is None there.
+        validation: dict[str, Any] = self.describe(scores)
+        card = dataclasses.replace(self.card, validation=validation, training=training)
         save_model(_export_copy(st.spec, model), card, self.cfg.out)
 
     def _lose_patience(self, model: Any) -> None:
@@ -237,14 +253,16 @@ def history_csv_logger_class() -> type:
     class HistoryCsvLogger(keras.callbacks.CSVLogger):
         """Writes the last row of ``history`` each epoch: epochs counted from 1 as in the
         state, the card and the curves, with ``lr``, ``seconds`` and ``cpu_seconds`` beside
-        Keras' logs. With ``append`` a resumed run adds its rows under the earlier ones."""
+        Keras' logs (an undefined Dice/IoU written ``n/a``). With ``append`` a resumed run adds
+        its rows under the earlier ones."""
 
-        def __init__(self, path: Path, history: list[dict[str, float]], append: bool) -> None:
+        def __init__(self, path: Path, history: list[dict[str, float | None]],
+                     append: bool) -> None:
             super().__init__(str(path), append=append)
             self.history = history
 
         def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-            row = dict(self.history[-1])
+            row = {k: UNDEFINED_TEXT if v is None else v for k, v in self.history[-1].items()}
             super().on_epoch_end(int(row.pop("epoch")), row)
 
     return HistoryCsvLogger
@@ -265,7 +283,8 @@ def _keep_csv_rows(path: Path, epochs: int) -> None:
 
 
 def _better(value: float, best: float | None, monitor: str, min_delta: float) -> bool:
-    """Whether ``value`` of ``monitor`` improves on ``best`` by more than ``min_delta``."""
+    """Whether ``value`` of ``monitor`` improves on ``best`` by more than ``min_delta`` (a NaN
+    loss never does; an undefined score never gets here)."""
     if best is None or math.isnan(best):
         return not math.isnan(value)
     if monitor == "val_loss":

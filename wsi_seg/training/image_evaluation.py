@@ -2,7 +2,9 @@
 
 Each image (at the model's resolution) is predicted exactly as ``run`` predicts a slide, with
 run's window grid, padding, blending and defaults (:class:`WindowOptions`), and thresholded at
-the card's threshold. Scores follow the one IoU/Dice rule of :mod:`wsi_seg.evaluation.metrics`.
+the card's threshold. Scores follow the one IoU/Dice rule of :mod:`wsi_seg.evaluation.metrics`:
+an image with empty truth and empty prediction has no Dice or IoU (None), is left out of the
+means and counted in ``empty_both``.
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 
 from wsi_seg.core.errors import WsiSegError
-from wsi_seg.evaluation.metrics import OverlapScore, iou_dice, summarize_scores
+from wsi_seg.evaluation.metrics import OverlapScore, iou_dice, mean_score, summarize_scores
 from wsi_seg.orchestration.pipeline import CHUNK_WINDOWS, RunConfig
 from wsi_seg.stages.blend import (
     BLEND_MODES,
@@ -32,12 +35,12 @@ from wsi_seg.training.images import image_files, read_mask, read_rgb
 
 @dataclass(frozen=True)
 class ImageScore:
-    """Scores of one image at the model's threshold (NaN Dice/IoU when both masks are empty);
-    pixel counts in the image's pixels."""
+    """Scores of one image at the model's threshold (Dice/IoU None when both masks are empty:
+    undefined); pixel counts in the image's pixels."""
 
     name: str
-    dice: float
-    iou: float
+    dice: float | None
+    iou: float | None
     accuracy: float
     tumour_px: int
     predicted_px: int
@@ -104,16 +107,12 @@ def predict_image(image: np.ndarray, predict: PredictFn, spec: BlendSpec) -> np.
     )
 
 
-def overlap_scores(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float, float]:
-    """Dice, IoU and accuracy of two boolean masks; Dice/IoU NaN when both are empty."""
+def overlap_scores(pred: np.ndarray, truth: np.ndarray
+                   ) -> tuple[float | None, float | None, float]:
+    """Dice, IoU and accuracy of two boolean masks; Dice/IoU None when both are empty."""
     score = iou_dice(pred, truth)  # the one IoU/Dice rule (wsi_seg.evaluation.metrics)
     acc = float(np.mean(pred.astype(bool) == truth.astype(bool)))
-    return _nan(score.dice), _nan(score.iou), acc
-
-
-def _nan(value: float | None) -> float:
-    """An undefined (empty-vs-empty) score as NaN, as the evaluation tables write it."""
-    return float("nan") if value is None else value
+    return score.dice, score.iou, acc
 
 
 def evaluate_folder(
@@ -177,19 +176,32 @@ def _score_image(stem: str, image_path: Path, mask_path: Path, predict: PredictF
     return ImageScore(stem, dice, iou, accuracy, int(truth.sum()), int(pred.sum()), inter)
 
 
-def summarise_images(scores: Sequence[ImageScore]) -> dict[str, float]:
+class ImageSummary(TypedDict):
+    """:func:`summarise_images`: counts, and scores that are None when undefined."""
+
+    images: float
+    mean_dice: float | None
+    mean_iou: float | None
+    mean_accuracy: float | None
+    empty_both: float  # images without Dice/IoU (empty vs empty), left out of the means
+    pooled_dice: float | None
+    pooled_iou: float | None
+
+
+def summarise_images(scores: Sequence[ImageScore]) -> ImageSummary:
     """Mean Dice/IoU (over images with tumour in truth or prediction) and mean accuracy;
-    pooled Dice/IoU over all pixels; the count of empty-vs-empty images."""
+    pooled Dice/IoU over all pixels; the count of empty-vs-empty images. A score with no
+    defined value to average is None."""
     # Mean = run's macro, pooled = run's micro: the same rule as `run` (wsi_seg.evaluation.metrics).
     run = summarize_scores(
         OverlapScore(s.intersection_px, s.predicted_px - s.intersection_px,
                      s.tumour_px - s.intersection_px) for s in scores)
     return {
         "images": float(len(scores)),
-        "mean_dice": _nan(run.macro_dice),
-        "mean_iou": _nan(run.macro_iou),
-        "mean_accuracy": float(np.mean([s.accuracy for s in scores])) if scores else float("nan"),
+        "mean_dice": run.macro_dice,
+        "mean_iou": run.macro_iou,
+        "mean_accuracy": mean_score(s.accuracy for s in scores).mean,
         "empty_both": float(run.n_empty_both),
-        "pooled_dice": _nan(run.micro_dice),
-        "pooled_iou": _nan(run.micro_iou),
+        "pooled_dice": run.micro_dice,
+        "pooled_iou": run.micro_iou,
     }

@@ -171,9 +171,9 @@ def _evaluate_held_out(opts: PatchOptions, cfg: TrainConfig, result: TrainResult
     card = update_card(cfg.out, validation=validation, extra={
         **card.extra,
         "validation_note": f"per-patient scores on the {eval_name} patients "
-        f"({', '.join(getattr(split, eval_name))}); IoU of tumour-patch footprints, NaN "
-        "(excluded from the mean, counted in empty_both) when a patient has neither true nor "
-        "predicted tumour patches; val_* pool all patches of the validation patients "
+        f"({', '.join(getattr(split, eval_name))}); IoU of tumour-patch footprints, undefined "
+        "(null; left out of the mean, counted in empty_both) when a patient has neither true "
+        "nor predicted tumour patches; val_* pool all patches of the validation patients "
         "(val_loss: their batch mean), used for model selection",
     })
     return dataclasses.replace(result, card=card), scores

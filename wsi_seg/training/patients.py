@@ -1,21 +1,24 @@
 """Per-patient evaluation of a patch classifier: each held-out patient's patches are put
 back at their ``(x, y)``, predicted, and scored by patch accuracy and by the IoU of the
-tumour-patch footprints; ``patients.csv`` and one overlay PNG per patient record it."""
+tumour-patch footprints; ``patients.csv`` and one overlay PNG per patient record it. A patient
+with neither true nor predicted tumour patches has no IoU (the empty-vs-empty rule of
+:mod:`wsi_seg.evaluation.metrics`: None, ``n/a`` in the CSV, left out of the mean, counted in
+``empty_both``)."""
 
 from __future__ import annotations
 
 import csv
 import io
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import cv2
 import numpy as np
 
 from wsi_seg.core.files import write_atomic
+from wsi_seg.evaluation.metrics import format_score, mean_score
 from wsi_seg.stages.card import ModelCard
 from wsi_seg.stages.slide import BACKGROUND_RGB
 from wsi_seg.training.idc_data import IdcPatch, read_patch
@@ -34,7 +37,7 @@ class PatientScore:
     tumour_patches: int
     predicted_patches: int
     accuracy: float
-    iou: float  # NaN when neither truth nor prediction has a tumour patch
+    iou: float | None  # None (undefined) when neither truth nor prediction has a tumour patch
 
 
 def evaluate_patients(
@@ -102,15 +105,25 @@ def write_overlay(
         write_atomic(path, png.tobytes())
 
 
-def summarise_patients(scores: Sequence[PatientScore]) -> dict[str, float]:
-    """Means over patients; IoU mean excludes the empty-vs-empty patients, counted apart."""
-    ious = [s.iou for s in scores if not math.isnan(s.iou)]
+class PatientSummary(TypedDict):
+    """:func:`summarise_patients`: counts, and means that are None with nothing to average."""
+
+    patients: float
+    mean_accuracy: float | None
+    mean_iou: float | None
+    empty_both: float  # patients without an IoU (empty vs empty), left out of mean_iou
+
+
+def summarise_patients(scores: Sequence[PatientScore]) -> PatientSummary:
+    """Means over patients (4 decimals; None with nothing to average); the IoU mean leaves
+    out the empty-vs-empty patients, counted in ``empty_both``."""
+    accuracy = mean_score(s.accuracy for s in scores).mean
+    iou = mean_score(s.iou for s in scores)
     return {
         "patients": float(len(scores)),
-        "mean_accuracy": round(float(np.mean([s.accuracy for s in scores])), 4)
-        if scores else float("nan"),
-        "mean_iou": round(float(np.mean(ious)), 4) if ious else float("nan"),
-        "empty_both": float(len(scores) - len(ious)),
+        "mean_accuracy": None if accuracy is None else round(accuracy, 4),
+        "mean_iou": None if iou.mean is None else round(iou.mean, 4),
+        "empty_both": float(iou.n_undefined),
     }
 
 
@@ -122,8 +135,8 @@ def write_patient_csv(scores: Sequence[PatientScore], path: Path) -> None:
     w.writerow(["patient", "patches", "tumour_patches", "predicted_patches", "accuracy", "iou"])
     for s in scores:
         w.writerow([s.patient, s.patches, s.tumour_patches, s.predicted_patches,
-                    f"{s.accuracy:.4f}", f"{s.iou:.4f}"])
+                    f"{s.accuracy:.4f}", format_score(s.iou)])
     summary = summarise_patients(scores)
     w.writerow(["mean", sum(s.patches for s in scores), "", "",
-                f"{summary['mean_accuracy']:.4f}", f"{summary['mean_iou']:.4f}"])
+                format_score(summary["mean_accuracy"]), format_score(summary["mean_iou"])])
     write_atomic(path, buf.getvalue())
