@@ -128,14 +128,20 @@ def extract_unet_tiles(base: Path, slides: dict[int, tuple[Path, Path]], tr: lis
     return counts
 
 
-def held_out_scores(summary: dict[str, float]) -> dict[str, float]:
-    """The card's ``test_*`` entries from :func:`summarise_images` of the held-out tiles."""
+def held_out_scores(summary: dict[str, float | None]) -> dict[str, float | None]:
+    """The card's ``test_*`` entries from :func:`summarise_images` of the held-out tiles
+    (an undefined score stays None: the empty-vs-empty rule)."""
+
+    def r(key: str) -> float | None:
+        v = summary[key]
+        return None if v is None else round(v, 4)
+
     return {
-        "test_mean_dice": round(summary["mean_dice"], 4),
-        "test_mean_iou": round(summary["mean_iou"], 4),
-        "test_mean_accuracy": round(summary["mean_accuracy"], 4),
-        "test_pooled_dice": round(summary["pooled_dice"], 4),
-        "test_pooled_iou": round(summary["pooled_iou"], 4),
+        "test_mean_dice": r("mean_dice"),
+        "test_mean_iou": r("mean_iou"),
+        "test_mean_accuracy": r("mean_accuracy"),
+        "test_pooled_dice": r("pooled_dice"),
+        "test_pooled_iou": r("pooled_iou"),
         "test_tiles": summary["images"],
         "test_empty_both": summary["empty_both"],
     }

@@ -11,14 +11,10 @@ import pytest
 import shapely
 from shapely.geometry import Polygon
 
+from wsi_seg.core.scores import UNDEFINED_TEXT, ScoreMean, defined_score, format_score, mean_score
 from wsi_seg.evaluation.metrics import (
-    UNDEFINED_TEXT,
     OverlapScore,
-    ScoreMean,
-    defined_score,
-    format_score,
     iou_dice,
-    mean_score,
     patch_accuracy,
     rasterize_window,
     score_array,

@@ -18,7 +18,7 @@ import pytest
 
 from wsi_seg.cli import main
 from wsi_seg.core.errors import WsiSegError
-from wsi_seg.evaluation.metrics import defined_score
+from wsi_seg.core.scores import defined_score
 from wsi_seg.training.augment import Augment, augment_tf
 from wsi_seg.training.config import TrainConfig, TrainResult
 from wsi_seg.training.idc_data import balance_indices, scan_idc, split_patients
@@ -571,7 +571,7 @@ def test_patient_without_tumour_on_either_side_has_no_iou(tmp_path: Path) -> Non
 def test_cards_written_before_the_rule_still_load() -> None:
     """A card whose scores are NaN (evaluate's old convention) or 1.0 (training's old smoothed
     ratio) loads; NaN reads as undefined and is written back as null, 1.0 as written."""
-    from wsi_seg.evaluation.metrics import format_score
+    from wsi_seg.core.scores import format_score
     from wsi_seg.stages.card import ModelCard
 
     old = json.dumps({"format": "wsi-seg-model-card/1", "kind": "unet", "input_size_px": 32,
@@ -584,3 +584,19 @@ def test_cards_written_before_the_rule_still_load() -> None:
     assert card.validation["iou"] == 1.0
     again = _strict_json(card.to_json())
     assert again["validation"] == {"dice": None, "iou": 1.0, "test_mean_iou": None}
+
+
+def test_train_summary_prints_an_undefined_score_as_n_a(capsys: pytest.CaptureFixture[str]
+                                                        ) -> None:
+    """The command's closing lines follow the empty-vs-empty rule (a None score once ended
+    the command in a TypeError after the model was saved)."""
+    from types import SimpleNamespace
+
+    from wsi_seg.cli.train import _report
+
+    result = SimpleNamespace(card=SimpleNamespace(validation={"dice": None, "iou": 0.5}),
+                             model_path=Path("m.keras"), epochs_run=2, seconds_per_epoch=1.0,
+                             stopped_early=False)
+    _report(result)
+    out = capsys.readouterr().out
+    assert "dice n/a" in out and "iou 0.5" in out, out

@@ -73,7 +73,7 @@ def window_options(args: argparse.Namespace) -> WindowOptions:
 
 
 def run(args: argparse.Namespace) -> int:
-    from wsi_seg.evaluation.metrics import format_score as fmt
+    from wsi_seg.core.scores import format_score as fmt
     from wsi_seg.training.image_evaluation import evaluate_folder, summarise_images
 
     scores, card = evaluate_folder(

@@ -79,7 +79,9 @@ def check_out(path: Path | None) -> None:
 
 
 def _fmt(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.4f}"
+    from wsi_seg.core.scores import format_score
+
+    return format_score(v, ".4f")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -164,7 +164,10 @@ def _config(args: argparse.Namespace) -> Any:
 
 
 def _report(result: Any) -> None:
-    scores = ", ".join(f"{k} {v:.4g}" for k, v in result.card.validation.items())
+    from wsi_seg.core.scores import format_score
+
+    scores = ", ".join(f"{k} {format_score(v, '.4g')}"
+                       for k, v in result.card.validation.items())
     print(f"wrote {result.model_path} (+ {result.model_path.with_suffix('.json').name}); "
           f"{result.epochs_run} epochs, {result.seconds_per_epoch:.1f} s/epoch"
           f"{', stopped early' if result.stopped_early else ''}")
@@ -212,10 +215,12 @@ def run_patch(args: argparse.Namespace) -> int:
     )
     result, scores = train_patch(opts, _config(args))
     _report(result)
+    from wsi_seg.core.scores import format_score as fmt
+
     for s in scores:
         print(f"  patient {s.patient}: {s.patches} patches, accuracy {s.accuracy:.3f}, "
-              f"IoU {s.iou:.3f}")
+              f"IoU {fmt(s.iou, '.3f')}")
     summary = summarise_patients(scores)
     print(f"  mean over {int(summary['patients'])} patients: accuracy "
-          f"{summary['mean_accuracy']:.3f}, IoU {summary['mean_iou']:.3f}")
+          f"{fmt(summary['mean_accuracy'], '.3f')}, IoU {fmt(summary['mean_iou'], '.3f')}")
     return 0

@@ -9,8 +9,8 @@ Conventions:
   empty (TP + FP + FN = 0), IoU and Dice are **undefined**:
 
   - ``None`` in Python and ``null`` in JSON (never NaN, which is not JSON), ``"n/a"`` in text
-    (tables, CSV, console lines): :func:`defined_score`, :data:`UNDEFINED_TEXT`,
-    :func:`format_score`;
+    (tables, CSV, console lines): :mod:`wsi_seg.core.scores` (``defined_score``,
+    ``UNDEFINED_TEXT``, ``format_score``);
   - ``empty_both`` is True, and a mean leaves the value out and counts it
     (:func:`mean_score`; ``RunScore.n_empty_both``, ``empty_both`` in summaries).
 
@@ -33,51 +33,16 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Any, NamedTuple, SupportsFloat
+from typing import Any
 
 import numpy as np
 import shapely
 from shapely.geometry.base import BaseGeometry
 
 from wsi_seg.core.geometry import PixelFrame
+from wsi_seg.core.scores import mean_score  # the rule's values: light enough for any client
 from wsi_seg.stages.mosaic import Mosaic
 from wsi_seg.stages.vectorize import ArrayLike2D, threshold_u8
-
-#: How text output (tables, CSV, console lines) writes an undefined score.
-UNDEFINED_TEXT = "n/a"
-
-
-def defined_score(value: SupportsFloat | None) -> float | None:
-    """A score as the empty-vs-empty rule holds it: None when undefined, else a float.
-
-    None stays None; NaN (a Keras metric's 0 / 0, or a file written before the rule) becomes
-    None; anything else (a Python or numpy number, a 0-d tensor) becomes its float.
-    """
-    if value is None:
-        return None
-    v = float(value)
-    return None if math.isnan(v) else v
-
-
-class ScoreMean(NamedTuple):
-    """A mean over the defined scores; ``n_undefined`` counts those left out."""
-
-    mean: float | None  # None when no score is defined
-    n_undefined: int
-
-
-def mean_score(values: Iterable[SupportsFloat | None]) -> ScoreMean:
-    """Mean of the defined values (:func:`defined_score`); the undefined ones are left out
-    and counted. ``mean_score([0.5, None])`` is ``ScoreMean(0.5, 1)``."""
-    scores = [defined_score(v) for v in values]
-    kept = [v for v in scores if v is not None]
-    return ScoreMean(float(np.mean(kept)) if kept else None, len(scores) - len(kept))
-
-
-def format_score(value: SupportsFloat | None, spec: str = ".4f") -> str:
-    """``value`` in ``spec`` for text output, :data:`UNDEFINED_TEXT` when undefined."""
-    v = defined_score(value)
-    return UNDEFINED_TEXT if v is None else format(v, spec)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from wsi_seg import __version__
 from wsi_seg.core.errors import WsiSegError
 from wsi_seg.core.files import write_json_atomic
 from wsi_seg.core.naming import TRUTH_PATTERNS, truth_candidates
+from wsi_seg.core.scores import format_score
 from wsi_seg.core.stopwatch import lap
 from wsi_seg.orchestration.handles import slide_handles
 from wsi_seg.orchestration.job import MARKERS, RunConfig, SlideJob
@@ -143,13 +144,10 @@ def polygons_note(scored: Scored, polygons: Polygons, config: RunConfig) -> str 
     simplified = (f", outlines simplified by {config.simplify_um:g} µm"
                   if config.simplify_um > 0 else "")
 
-    def f(x: float | None) -> str:
-        return "n/a" if x is None else f"{x:.3f}"
-
     return (f"tumor.geojson covers {abs(change):.1%} {more} than the mosaic above "
             f"{polygons.threshold:.2f} (regions under {polygons.min_area_um2:,.1f} µm² "
-            f"dropped, holes under it filled{simplified}): IoU {f(polys.iou)} for the "
-            f"polygons, {f(mosaic.iou)} for the mosaic")
+            f"dropped, holes under it filled{simplified}): IoU {format_score(polys.iou, '.3f')} "
+            f"for the polygons, {format_score(mosaic.iou, '.3f')} for the mosaic")
 
 
 def find_truth(truth: Path, slide_path: Path, name: str | None = None,

@@ -6,6 +6,7 @@ import platform
 from typing import Any
 
 from wsi_seg import __version__
+from wsi_seg.core.scores import format_score
 from wsi_seg.orchestration.report import SlideReport
 
 #: The run's record in OUT: configuration, versions, per-slide status and timings.
@@ -41,7 +42,7 @@ def run_score_lines(reports: list[SlideReport]) -> list[str]:
         return []
 
     def f(v: float | None) -> str:
-        return "n/a" if v is None else f"{v:.4f}"
+        return format_score(v, ".4f")
 
     return [
         f"Scored slides: {run.n_slides} ({run.n_empty_both} empty-vs-empty, left out of the "

@@ -208,7 +208,7 @@ class ModelCard:
     normalisation: str = "divide_255"
     threshold: float = 0.5
     trained_on: str = ""
-    validation: dict[str, float] = field(default_factory=dict)
+    validation: dict[str, float | None] = field(default_factory=dict)  # None: undefined
     versions: dict[str, str] = field(default_factory=dict)
     sha256: str = ""
     architecture: dict[str, Any] = field(default_factory=dict)

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from wsi_seg.core.files import write_atomic
-from wsi_seg.evaluation.metrics import defined_score
+from wsi_seg.core.scores import defined_score
 
 #: Panels of the figure: title and the history columns drawn in it.
 PANELS = (

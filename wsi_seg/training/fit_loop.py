@@ -41,7 +41,7 @@ import numpy as np
 
 from wsi_seg.core.errors import ModelError, WsiSegError
 from wsi_seg.core.files import atomic_path, write_atomic
-from wsi_seg.evaluation.metrics import UNDEFINED_TEXT, defined_score
+from wsi_seg.core.scores import UNDEFINED_TEXT, defined_score
 from wsi_seg.stages.card import ModelCard, card_path, load_model, save_model, sha256_file
 from wsi_seg.stages.models import build_model
 from wsi_seg.training.config import TrainConfig, TrainResult, TrainState

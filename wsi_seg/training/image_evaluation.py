@@ -18,7 +18,8 @@ from typing import TypedDict
 import numpy as np
 
 from wsi_seg.core.errors import WsiSegError
-from wsi_seg.evaluation.metrics import OverlapScore, iou_dice, mean_score, summarize_scores
+from wsi_seg.core.scores import mean_score
+from wsi_seg.evaluation.metrics import OverlapScore, iou_dice, summarize_scores
 from wsi_seg.orchestration.pipeline import CHUNK_WINDOWS, RunConfig
 from wsi_seg.stages.blend import (
     BLEND_MODES,

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from wsi_seg.core.files import write_atomic
-from wsi_seg.evaluation.metrics import format_score, mean_score
+from wsi_seg.core.scores import format_score, mean_score
 from wsi_seg.stages.card import ModelCard
 from wsi_seg.stages.slide import BACKGROUND_RGB
 from wsi_seg.training.idc_data import IdcPatch, read_patch
