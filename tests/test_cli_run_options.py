@@ -58,6 +58,7 @@ BAD_FLAGS = [
     ["--overlap", "-0.1"],
     ["--overlap", "nan"],
     ["--sigma-scale", "0"],
+    ["--precision", "fp8"],
     ["--workers", "0"],
     ["--threads-per-worker", "0"],
     ["--tf-threads", "-3"],

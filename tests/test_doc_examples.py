@@ -7,7 +7,8 @@ import importlib
 
 import pytest
 
-MODULES = ["wsi_seg.stages.tiling", "wsi_seg.stages.vectorize.driver"]
+MODULES = ["wsi_seg.stages.tiling", "wsi_seg.stages.vectorize.driver", "wsi_seg.stages.backends",
+           "wsi_seg.core.params"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -203,3 +204,34 @@ def test_mixed_precision_clone_computes_in_float16_and_returns_float32(unet: Pat
     y16 = np.asarray(fp16(x))
     assert y16.dtype == np.float32
     assert np.abs(y16 - y32).max() < 2e-2
+
+
+def test_precision_bfloat16_on_this_cpu_and_float32_where_a_card_says_so(
+        unet: Path, tmp_path: Path) -> None:
+    """``--precision bfloat16`` computes in bfloat16 where the CPU has bfloat16 units (read
+    from /proc/cpuinfo, never assumed) and falls back to float32 elsewhere; float16 needs a
+    GPU; a card that says float32 is never run otherwise. Outputs stay float32 and close."""
+    from wsi_seg.stages.backends import cpu_has_bfloat16
+    from wsi_seg.stages.card import card_path
+
+    t = tiles(4, 64, seed=5)
+    f32 = Predictor.from_path(unet, InferConfig(batch_size=4, device="cpu"))
+    bf16 = Predictor.from_path(unet, InferConfig(batch_size=4, device="cpu",
+                                                 precision="bfloat16"))
+    assert f32.precision == "float32"
+    assert bf16.precision == ("bfloat16" if cpu_has_bfloat16() else "float32")
+    y32, y16 = f32(t), bf16(t)
+    assert y16.dtype == np.float32 and np.abs(y16 - y32).max() < 3e-2
+    if bf16.precision == "bfloat16":
+        assert not np.array_equal(y16, y32)  # it really computed otherwise
+    half = Predictor.from_path(unet, InferConfig(batch_size=4, device="cpu",
+                                                 precision="float16"))
+    assert half.precision == "float32" and np.array_equal(half(t), y32)  # no GPU here
+
+    pinned = tmp_path / "pinned.keras"
+    pinned.write_bytes(unet.read_bytes())
+    card = json.loads(card_path(unet).read_text())
+    card_path(pinned).write_text(json.dumps({**card, "precision": "float32"}))
+    strict = Predictor.from_path(pinned, InferConfig(batch_size=4, device="cpu",
+                                                     precision="auto"))
+    assert strict.precision == "float32" and np.array_equal(strict(t), y32)

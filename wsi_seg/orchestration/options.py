@@ -260,8 +260,16 @@ OPTIONS: tuple[Option, ...] = (
     Option("batch_size", "int", "device", "tiles per model call; each worker's "
            "predictor packs tiles from many blocks into batches of this fixed size",
            "infer.batch_size", default_text="16 on a CPU, 128 on a GPU", metavar="N"),
+    Option("precision", "str", "device",
+           "what the model computes in: float32 (today's results), bfloat16 (a CPU with "
+           "bfloat16 units, e.g. AMX or AVX512-BF16, or a GPU), float16 (a GPU), auto "
+           "(float16 on a GPU, bfloat16 where the CPU has it, else float32); reduced "
+           "precision keeps float32 weights and outputs, falls back to float32 (logged) "
+           "where the device lacks it, and is never used for a card that says float32",
+           "infer.precision"),
     Option("mixed_precision", "bool", "device",
-           "float16 compute on a GPU (ignored on a CPU)", "infer.mixed_precision"),
+           "float16 compute on a GPU (ignored on a CPU); the same as --precision float16",
+           "infer.mixed_precision"),
     Option("device", "str", "device", "where the model runs: auto (a GPU when one is "
            "visible), gpu (required) or cpu", "infer.device"),
     Option("backend", "str", "device", "Keras backend of the local workers: the same "

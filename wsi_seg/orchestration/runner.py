@@ -587,7 +587,8 @@ class Runner:
     def _say_startup(self) -> None:
         if self.startup and not self.quiet:
             slowest = max(w.load_s for w in self.startup)
-            devices = sorted({f"{w.backend} on {w.device}" for w in self.startup})
+            devices = sorted({f"{w.backend} on {w.device}, {w.precision}"
+                              for w in self.startup})
             self.say(f"start-up: {len(self.startup)} worker(s) ready in "
                      f"{self.startup_s:.1f} s (model load + compile {slowest:.1f} s; "
                      f"{', '.join(devices)})")

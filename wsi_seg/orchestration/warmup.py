@@ -26,6 +26,7 @@ class WarmResult:
     backend: str
     load_s: float
     pid: int
+    precision: str = "float32"  # what the model computes in there
 
 
 def warm_worker(model_path: Path, infer: InferConfig) -> WarmResult:
@@ -39,8 +40,9 @@ def warm_worker(model_path: Path, infer: InferConfig) -> WarmResult:
     from wsi_seg.stages.backends import keras_backend
 
     load_s = warm_predictor(model_path, infer)
-    return WarmResult(cached_predictor(model_path, infer).device, keras_backend(), load_s,
-                      os.getpid())
+    predictor = cached_predictor(model_path, infer)
+    return WarmResult(predictor.device, keras_backend(), load_s, os.getpid(),
+                      predictor.precision)
 
 
 def warm_workers(client: Any, model: Path, infer: InferConfig) -> Future[dict[str, Any]]:

@@ -35,6 +35,7 @@ import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Protocol
 
 # numcodecs first: TensorFlow's shared libraries export their own zstd, and a numcodecs loaded
@@ -62,6 +63,7 @@ class Engine(Protocol):
     """A compiled forward pass on one device (see the module docstring)."""
 
     device: str
+    precision: str  # what it computes in (:func:`resolve_precision`)
 
     def launch(self, batch_u8: np.ndarray) -> Any: ...
 
@@ -147,21 +149,83 @@ def configure_cpu_threads(threads: int | None) -> None:
     _threads_fixed = True
 
 
-def mixed_precision_clone(model: Any) -> Any:
-    """The same network computing in float16, its last layer kept float32 (stable sigmoid)."""
+#: What ``--precision`` takes: ``float32`` (today's results, the default), ``bfloat16`` and
+#: ``float16`` (mixed: reduced-precision compute, float32 weights and outputs), and ``auto``
+#: (float16 on a GPU, bfloat16 on a CPU that has bfloat16 units, float32 elsewhere).
+PRECISIONS = ("float32", "bfloat16", "float16", "auto")
+
+
+def cpu_has_bfloat16(flags: str | None = None) -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX-BF16), read from
+    ``/proc/cpuinfo``'s flags (``flags``: that text, for tests); never assumed: elsewhere
+    bfloat16 is emulated and slower than float32.
+
+    >>> cpu_has_bfloat16("flags : fpu sse2 avx512f avx512_bf16")
+    True
+    >>> cpu_has_bfloat16("flags : fpu sse2 avx2")
+    False
+    """
+    if flags is None:
+        try:
+            flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return False
+    words = set(flags.split())
+    return bool(words & {"avx512_bf16", "amx_bf16"})
+
+
+def resolve_precision(asked: str, mixed_precision: bool, on_gpu: bool, card: ModelCard,
+                      bf16_cpu: bool | None = None) -> str:
+    """The precision a model runs in: what was asked (``--mixed-precision`` is
+    ``float16``), where the device can run it; a card that says ``float32`` always gets it.
+    Each fallback is logged once, so a run never silently runs otherwise than asked.
+
+    >>> from wsi_seg.stages.card import ModelCard
+    >>> card = ModelCard(kind="unet", input_size_px=64, channels=3, mpp=1.0)
+    >>> [resolve_precision(p, False, False, card, bf16_cpu=True) for p in PRECISIONS]
+    ['float32', 'bfloat16', 'float32', 'bfloat16']
+    >>> [resolve_precision(p, False, True, card) for p in PRECISIONS]
+    ['float32', 'bfloat16', 'float16', 'float16']
+    >>> resolve_precision("float32", True, True, card)  # --mixed-precision
+    'float16'
+    """
+    if asked not in PRECISIONS:
+        raise ModelError(f"unknown precision {asked!r}; use one of {', '.join(PRECISIONS)}")
+    if mixed_precision and asked == "float32":
+        asked = "float16"
+    has_bf16 = on_gpu or (cpu_has_bfloat16() if bf16_cpu is None else bf16_cpu)
+    if asked == "auto":
+        asked = "float16" if on_gpu else ("bfloat16" if has_bf16 else "float32")
+    if asked != "float32" and card.precision == "float32":
+        log.warning("the model card says %s runs in float32 only; %s not used",
+                    card.name or "this model", asked)
+        return "float32"
+    if asked == "float16" and not on_gpu:
+        log.warning("float16 needs a GPU; running float32 on the CPU")
+        return "float32"
+    if asked == "bfloat16" and not has_bf16:
+        log.warning("this CPU has no bfloat16 units (avx512_bf16, amx_bf16); running float32")
+        return "float32"
+    return asked
+
+
+def mixed_precision_clone(model: Any, precision: str = "float16") -> Any:
+    """The same network computing in ``precision`` (``float16`` or ``bfloat16``) with float32
+    weights, its last layer kept float32 (a stable sigmoid or softmax)."""
     import keras
 
     last = model.layers[-1].name
+    policy = f"mixed_{precision}"
 
     def clone(layer: Any) -> Any:
         cfg = layer.get_config()
         if layer.name != last and "dtype" in cfg:
-            cfg["dtype"] = "mixed_float16"
+            cfg["dtype"] = policy
         return layer.__class__.from_config(cfg)
 
-    fp16 = keras.models.clone_model(model, clone_function=clone)
-    fp16.set_weights(model.get_weights())
-    return fp16
+    reduced = keras.models.clone_model(model, clone_function=clone)
+    reduced.set_weights(model.get_weights())
+    return reduced
 
 
 def _head(y: Any, card: ModelCard) -> Any:
@@ -201,17 +265,8 @@ def _want_gpu(device: str, found: int, backend: str) -> bool:
     return device != "cpu" and found > 0
 
 
-def _maybe_mixed(model: Any, mixed: bool, on_gpu: bool, card: ModelCard) -> Any:
-    if not mixed:
-        return model
-    if card.precision == "float32":
-        log.warning("the model card says %s runs in float32 only; mixed precision not used",
-                    card.name or "this model")
-        return model
-    if on_gpu:
-        return mixed_precision_clone(model)
-    log.warning("mixed precision needs a GPU; running float32 on the CPU")
-    return model
+def _in_precision(model: Any, precision: str) -> Any:
+    return model if precision == "float32" else mixed_precision_clone(model, precision)
 
 
 # -- TensorFlow -------------------------------------------------------------------------------
@@ -219,7 +274,7 @@ class TensorFlowEngine:
     """``tf.function`` with a fixed uint8 signature; GPU work is asynchronous until fetched."""
 
     def __init__(self, model: Any, card: ModelCard, batch_size: int, device: str = "auto",
-                 mixed_precision: bool = False) -> None:
+                 precision: str = "float32", mixed_precision: bool = False) -> None:
         import tensorflow as tf
 
         from wsi_seg.stages.models import preprocess_ops
@@ -235,7 +290,8 @@ class TensorFlowEngine:
             except RuntimeError:
                 log.debug("GPU visibility already fixed in this process")
         self.device = "/GPU:0" if on_gpu else "/CPU:0"
-        model = _maybe_mixed(model, mixed_precision, on_gpu, card)
+        self.precision = resolve_precision(precision, mixed_precision, on_gpu, card)
+        model = _in_precision(model, self.precision)
         roi, norm = card.window_px, card.input_norm
         shape = (batch_size, roi, roi, 3)
 
@@ -260,7 +316,7 @@ class JaxEngine:
     """``jax.jit`` over the model's stateless call; weights live on the device."""
 
     def __init__(self, model: Any, card: ModelCard, batch_size: int, device: str = "auto",
-                 mixed_precision: bool = False) -> None:
+                 precision: str = "float32", mixed_precision: bool = False) -> None:
         import jax
 
         from wsi_seg.stages.models import preprocess_ops
@@ -272,7 +328,8 @@ class JaxEngine:
         on_gpu = _want_gpu(device, len(gpus), "JAX")
         self._device = gpus[0] if on_gpu else jax.devices("cpu")[0]
         self.device = f"{self._device.platform}:{self._device.id}"
-        model = _maybe_mixed(model, mixed_precision, on_gpu, card)
+        self.precision = resolve_precision(precision, mixed_precision, on_gpu, card)
+        model = _in_precision(model, self.precision)
         self._tv = [jax.device_put(v.value, self._device) for v in model.trainable_variables]
         self._ntv = [jax.device_put(v.value, self._device)
                      for v in model.non_trainable_variables]
@@ -299,7 +356,7 @@ class TorchEngine:
     """The Keras model as a ``torch.nn.Module`` on the device, under inference mode."""
 
     def __init__(self, model: Any, card: ModelCard, batch_size: int, device: str = "auto",
-                 mixed_precision: bool = False) -> None:
+                 precision: str = "float32", mixed_precision: bool = False) -> None:
         import torch
 
         from wsi_seg.stages.models import preprocess_ops
@@ -307,7 +364,8 @@ class TorchEngine:
         on_gpu = _want_gpu(device, int(torch.cuda.is_available()), "PyTorch")
         self._device = torch.device("cuda:0" if on_gpu else "cpu")
         self.device = str(self._device)
-        model = _maybe_mixed(model, mixed_precision, on_gpu, card)
+        self.precision = resolve_precision(precision, mixed_precision, on_gpu, card)
+        model = _in_precision(model, self.precision)
         model.to(self._device)
         self._model, self._card = model, card
         self._pin = on_gpu
@@ -377,6 +435,7 @@ class SimulatedEngine:
     """
 
     device = "simulated:0"
+    precision = "float32"
 
     def __init__(self, card: ModelCard, batch_size: int, seconds_per_batch: float) -> None:
         if seconds_per_batch <= 0:
@@ -414,7 +473,7 @@ ENGINES: dict[str, type[TensorFlowEngine] | type[JaxEngine] | type[TorchEngine]]
 
 
 def make_engine(model: Any, card: ModelCard, batch_size: int, device: str = "auto",
-                mixed_precision: bool = False) -> Engine:
+                precision: str = "float32", mixed_precision: bool = False) -> Engine:
     """The compiled forward pass of this process's Keras backend."""
     backend = keras_backend()
     try:
@@ -422,4 +481,4 @@ def make_engine(model: Any, card: ModelCard, batch_size: int, device: str = "aut
     except KeyError:
         raise ModelError(f"Keras backend {backend!r} is not supported; use one of "
                          f"{', '.join(BACKENDS)}") from None
-    return cls(model, card, batch_size, device, mixed_precision)
+    return cls(model, card, batch_size, device, precision, mixed_precision)

@@ -41,6 +41,7 @@ import numpy as np
 from wsi_seg.core.errors import ModelError
 from wsi_seg.core.params import AT_LEAST_0, Limits, Rule, check_params, param
 from wsi_seg.stages.backends import (
+    PRECISIONS,
     Engine,
     SimulatedEngine,
     configure_cpu_threads,
@@ -71,7 +72,13 @@ class InferConfig:
     Attributes:
         batch_size: windows per model call (fixed shape; partial batches are padded). None:
             16 on a CPU, 128 on a GPU.
-        mixed_precision: float16 compute on a GPU (outputs stay float32).
+        precision: ``float32`` (the default: today's results), ``bfloat16`` (a CPU with
+            bfloat16 units, or a GPU), ``float16`` (a GPU) or ``auto`` (float16 on a GPU,
+            bfloat16 on a CPU that has it, float32 elsewhere); reduced precision computes in
+            it with float32 weights and outputs; where the device cannot, float32, logged.
+            A card that says ``float32`` always runs in float32.
+        mixed_precision: float16 compute on a GPU (outputs stay float32): ``precision`` =
+            ``float16``, kept for configurations that say it.
         device: ``auto`` (GPU when present), ``gpu`` (required) or ``cpu``.
         threads: TensorFlow intra-op threads per process (None: TensorFlow's default).
         simulate_batch_s: when > 0, no model runs: a simulated accelerator takes this many
@@ -82,6 +89,7 @@ class InferConfig:
     """
 
     batch_size: int | None = param(None, Rule("int", Limits(1, MAX_BATCH)))
+    precision: str = param("float32", Rule("str", choices=PRECISIONS))
     mixed_precision: bool = param(False, Rule("bool"))
     device: str = param("auto", Rule("str", choices=DEVICES))
     threads: int | None = param(None, Rule("int", Limits(1, 1024)))
@@ -163,7 +171,8 @@ class Predictor:
         model, card = load_model(p)
         card = served_card(card, config, p)
         batch = config.batch_size or _default_batch(config.device)
-        engine = make_engine(model, card, batch, config.device, config.mixed_precision)
+        engine = make_engine(model, card, batch, config.device, config.precision,
+                             config.mixed_precision)
         return cls(engine, card, batch, p)
 
     # -- the contract ---------------------------------------------------------------------------
@@ -184,6 +193,11 @@ class Predictor:
     @property
     def device(self) -> str:
         return self.engine.device
+
+    @property
+    def precision(self) -> str:
+        """What the model computes in here (:func:`~wsi_seg.stages.backends.resolve_precision`)."""
+        return self.engine.precision
 
     def submit(self, tiles: np.ndarray) -> Future[np.ndarray]:
         """Queue ``(n, roi, roi, 3)`` uint8 tiles; the future holds ``(n, roi, roi)`` float32
