@@ -82,7 +82,8 @@ class InferConfig:
         device: ``auto`` (GPU when present), ``gpu`` (required) or ``cpu``.
         threads: TensorFlow intra-op threads per process (None: TensorFlow's default).
         simulate_batch_s: when > 0, no model runs: a simulated accelerator takes this many
-            seconds per batch (tests and benchmarks of the CPU side; outputs are zeros).
+            seconds per batch (tests and benchmarks of the CPU side; its maps are each
+            8 px cell's red darkness, :func:`~wsi_seg.stages.backends.simulated_output`).
         tile_px: the window, pixels, for a model whose input size is undefined (None: its
             card's); a fixed-input model takes only its own size
             (:meth:`~wsi_seg.stages.card.ModelCard.at_tile`).

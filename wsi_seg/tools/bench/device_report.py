@@ -25,8 +25,9 @@ def _header(record: dict[str, Any]) -> list[str]:
     ]
     if prof == "gpu" and conf.get("simulate_batch_s"):
         lines += [f"**Dry run**: every model ran on the simulated device "
-                  f"({conf['simulate_batch_s']} s per batch, zeros out); only the machinery "
-                  "is measured.", ""]
+                  f"({conf['simulate_batch_s']} s per batch; out, each 8 px cell's red "
+                  "darkness, a map the host blends, writes and traces as a model's); only "
+                  "the machinery is measured.", ""]
     if cl:
         lines += [f"Cluster: {cl.get('workers')} worker(s) x {cl.get('threads_per_worker')} "
                   f"task threads ({cl.get('gpus')} GPU(s)). Figures: median (min–max) of "
