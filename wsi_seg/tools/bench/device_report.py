@@ -103,6 +103,64 @@ def _run_stages(runs: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+#: The block stages, as ``report.json``'s ``stage_s`` names them; ``read`` is the reference.
+BLOCK_STAGES = ("read", "cut", "predict", "blend", "write")
+
+
+def host_feed(record: dict[str, Any]) -> dict[str, dict[str, float | None]]:
+    """Per model of a dry run: blocks-phase and read-only tiles/s per task thread, and the
+    block stages' task-thread milliseconds per tile, with the host's (cut, predict's host
+    side, blend, write) over the read's.
+
+    With the device simulated, every second of the blocks phase is the host's: this is what
+    the CPU can feed a device, whatever device is bought.
+    """
+    cl = record.get("cluster", {})
+    threads = max(1, int(cl.get("workers", 1) or 1) * int(cl.get("threads_per_worker", 1) or 1))
+    out: dict[str, dict[str, float | None]] = {}
+    for key, e in (record.get("runs") or {}).items():
+        tiles = e.get("plan", {}).get("tiles") or 0
+        stage_s = e.get("e2e", {}).get("stage_s", {})
+        ms = {k: (1000 * float(stage_s[k]) / tiles if tiles and k in stage_s else None)
+              for k in BLOCK_STAGES}
+        host = [v for k, v in ms.items() if k != "read" and v is not None]
+        blocks = (e.get("e2e", {}).get("blocks_tiles_per_s") or {}).get("median")
+        read = (e.get("read_only", {}).get("tiles_per_s") or {}).get("median")
+        out[key] = {
+            "threads": threads,
+            "blocks_tiles_per_s_per_thread": blocks / threads if blocks else None,
+            "read_tiles_per_s_per_thread": read / threads if read else None,
+            **{f"{k}_ms_per_tile": v for k, v in ms.items()},
+            "host_over_read": (sum(host) / ms["read"]) if host and ms["read"] else None,
+        }
+    return out
+
+
+def _host_feed(record: dict[str, Any]) -> list[str]:
+    def f(v: float | None, spec: str = "{:.2f}") -> str:
+        return "–" if v is None else spec.format(v)
+
+    feed = host_feed(record)
+    lines = ["## What this CPU can feed (dry run: the device is simulated, the host is real)",
+             "", "| model | blocks-phase tiles/s per task thread | read-only tiles/s per task "
+             "thread | " + " | ".join(f"{k} ms/tile" for k in BLOCK_STAGES)
+             + " | host / read |", "|---|---|---|" + "---|" * len(BLOCK_STAGES) + "---|"]
+    for key, h in feed.items():
+        lines.append(f"| {key} | {f(h['blocks_tiles_per_s_per_thread'], '{:.0f}')} | "
+                     f"{f(h['read_tiles_per_s_per_thread'], '{:.0f}')} | "
+                     + " | ".join(f(h[f"{k}_ms_per_tile"]) for k in BLOCK_STAGES)
+                     + f" | {f(h['host_over_read'], '{:.1f}x')} |")
+    lines += ["", "Stage times are task-thread milliseconds per tile of the blocks phase "
+              "(predict: the host's side of the device, waiting included). Projection: a "
+              "machine with N task threads feeds a device up to N x the per-thread figure. "
+              "That assumes the blocks phase scales linearly with task threads (blocks are "
+              "independent; they share memory bandwidth, the page cache and the store's "
+              "filesystem), the same slides and the same model window; the slides' "
+              "finishing (pyramid tail, polygons, overlay) comes on top, overlapping later "
+              "slides' blocks.", ""]
+    return lines
+
+
 def _noisy(noisy: dict[str, Any]) -> list[str]:
     return ["## Polygons of a speckled map (random-weight UNet)", "",
             "| slide | model | tiles | foreground components (share of predicted px) | "
@@ -162,6 +220,8 @@ def device_markdown(record: dict[str, Any]) -> str:
     runs = record.get("runs") or {}
     if runs:
         lines += _runs(runs) + _run_stages(runs)
+        if record.get("config", {}).get("simulate_batch_s"):
+            lines += _host_feed(record)
     if record.get("noisy"):
         lines += _noisy(record["noisy"])
     sim = record.get("simulated")
