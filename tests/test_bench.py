@@ -235,7 +235,8 @@ def test_device_sampler_reads_nvidia_smi(tmp_path: Path) -> None:
     fake.chmod(0o755)
     sampler = DeviceSampler(0.01, exe=str(fake)).start()
     t0 = time.perf_counter()
-    time.sleep(0.3)
+    while len(sampler.samples) < 2:  # as long as the machine takes: no time is asserted
+        time.sleep(0.01)
     samples = sampler.stop()
     assert len(samples) >= 2 and all(u == 60.0 for _, u in samples)
     assert busy_between(samples, t0 - 1, time.perf_counter())["busy_share"] == 0.6
