@@ -92,8 +92,9 @@ workstation. First the CPU side is measured (a run with a tiny ``S``: seconds of
 per batch of windows); then ``S`` is set ``simulate_margin`` times slower than that, so the
 device is the limit, and the runs report the device's busy share = device busy seconds /
 blocks-phase wall (goal >= 90 %), and the work share = the device time the windows need in
-full batches / that wall (the busy share without padded slots). ``benchmarks/simulated_device.py``
-measures the design before the predictor rework (commit a051260) the same way.
+full batches / that wall (the busy share without padded slots). A dry run (any ``S``) also
+reports what the CPU can feed a device: blocks-phase and read-only tiles/s per task thread
+and the block stages' thread-ms per tile (:func:`~wsi_seg.tools.bench.device_report.host_feed`).
 
 The modules, in the order a record is made:
 
