@@ -97,7 +97,11 @@ def tiff_damage(p: Path) -> str | None:
     log.propagate = False
     try:
         with tifffile.TiffFile(p) as tif:
-            end = max((int(o) + int(n) for page in tif.pages
+            # By index, a bounded number: iterating tif.pages over a directory chain that
+            # loops back on itself never ends (tifffile counts the pages right, then its
+            # iterator walks the loop).
+            pages = [tif.pages[i] for i in range(min(len(tif.pages), MAX_TIFF_PAGES))]
+            end = max((int(o) + int(n) for page in pages
                        for o, n in zip(getattr(page, "dataoffsets", ()),
                                        getattr(page, "databytecounts", ()), strict=False)),
                       default=0)
@@ -106,12 +110,17 @@ def tiff_damage(p: Path) -> str | None:
     finally:
         log.removeHandler(handler)
         log.propagate = propagate
+    if any("circular reference" in m for m in lost):
+        return "TIFF directory chain loops back on itself (the file is corrupt)"
     if end > size:
         return f"file is truncated: its image data runs to byte {end} but the file has {size}"
     if any("offset" in m for m in lost):
         return "file is truncated or corrupt: a TIFF directory points past the end of the file"
     return None
 
+
+#: Directories a TIFF's damage check looks at (a slide's pyramid has a few dozen at most).
+MAX_TIFF_PAGES = 4096
 
 #: File suffixes taken as slides when a directory is given (OpenSlide's formats + plain TIFF).
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide",
