@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import shapely
-from shapely.geometry import MultiPolygon
+from shapely.geometry import GeometryCollection, MultiPolygon
 from shapely.geometry.base import BaseGeometry
 
 from wsi_seg.core.errors import AnnotationError
@@ -60,6 +60,7 @@ from wsi_seg.evaluation.truth import (
     NEGATING_WORDS,
     TUMOUR_STEMS,
     TUMOUR_WORDS,
+    UNION_MAX_PARTS,
     Annotation,
     Truth,
     is_tumour_class,
@@ -138,7 +139,12 @@ def read_truth(path: str | Path, classes: Sequence[str] | None = None, *,
                               path)
     negatives = [p for a in annotations for p in a.negative
                  if a in kept or a.class_name == CAMELYON_EXCLUSION_GROUP]
-    geom = shapely.union_all(polys)
+    if len(polys) > UNION_MAX_PARTS and not negatives:
+        # A coverage: the union of a million drawn cells took GEOS minutes; every consumer
+        # rasterises with the nonzero rule (metrics.rasterize_window), which is the union.
+        geom: BaseGeometry = GeometryCollection(list(polys))
+    else:
+        geom = shapely.union_all(polys)
     if negatives:
         geom = geom.difference(shapely.union_all(negatives))
     return Truth(path, polys, geom, tuple(sorted({a.class_name for a in kept})),

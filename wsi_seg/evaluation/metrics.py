@@ -143,9 +143,16 @@ def rasterize_window(geom_px: BaseGeometry, row0: int, col0: int, rows: int,
                      cols: int) -> np.ndarray:
     """Boolean mask of a window of a raster: pixel centre inside ``geom_px``.
 
+    Inside is the nonzero winding rule over rings oriented one way for shells and the other
+    for holes, so a geometry whose parts overlap (a truth kept as a coverage of its drawn
+    polygons, :class:`~wsi_seg.evaluation.truth.Truth`) rasterises as their union without
+    computing it; on a valid geometry (parts disjoint) it is the even-odd rule, pixel for
+    pixel.
+
     Args:
-        geom_px: (Multi)Polygon in the raster's pixel-edge coordinates (x = col, y = row;
-            pixel ``(row, col)`` spans ``[col, col+1) x [row, row+1)``).
+        geom_px: (Multi)Polygon or collection of polygons in the raster's pixel-edge
+            coordinates (x = col, y = row; pixel ``(row, col)`` spans ``[col, col+1) x
+            [row, row+1)``).
         row0, col0, rows, cols: the window, in raster pixels.
     """
     out = np.zeros((rows, cols), dtype=bool)
@@ -154,7 +161,7 @@ def rasterize_window(geom_px: BaseGeometry, row0: int, col0: int, rows: int,
     local = shapely.clip_by_rect(geom_px, col0 - 1, row0 - 1, col0 + cols + 1, row0 + rows + 1)
     if local.is_empty:
         return out
-    rings = shapely.get_rings(shapely.get_parts(local))
+    rings = shapely.get_rings(shapely.get_parts(shapely.orient_polygons(local)))
     coords, ring_idx = shapely.get_coordinates(rings, return_index=True)
     same = ring_idx[1:] == ring_idx[:-1]  # consecutive vertices of one ring form a segment
     x1, y1 = coords[:-1][same, 0] - col0, coords[:-1][same, 1] - row0
@@ -171,11 +178,16 @@ def rasterize_window(geom_px: BaseGeometry, row0: int, col0: int, rows: int,
     r = r_start[seg] + (np.arange(seg.size) - first)
     yc = r + 0.5
     x = x1[seg] + (yc - y1[seg]) * (x2[seg] - x1[seg]) / (y2[seg] - y1[seg])
+    up = np.where(y2[seg] > y1[seg], 1, -1).astype(np.int32)  # the crossing's direction
     order = np.lexsort((x, r))
-    r, x = r[order], x[order]
-    # Even-odd: crossings pair up within each row (closed rings cross every row an even
-    # number of times), so global pairs (0,1), (2,3), ... never straddle two rows.
-    ra, xa, xb = r[0::2], x[0::2], x[1::2]
+    r, x, up = r[order], x[order], up[order]
+    # Nonzero winding: after each crossing, the winding number of what lies to its right is
+    # the running sum of directions (closed rings sum to zero in every row, so the sum over
+    # all earlier rows is zero too); the span to the next crossing of the row is inside
+    # when it is not zero.
+    winding = np.cumsum(up)
+    inside = (winding[:-1] != 0) & (r[1:] == r[:-1])
+    ra, xa, xb = r[:-1][inside], x[:-1][inside], x[1:][inside]
     c_start = np.clip(np.ceil(xa - 0.5), 0, cols).astype(np.int64)
     c_end = np.clip(np.ceil(xb - 0.5), 0, cols).astype(np.int64)
     diff = np.zeros((rows, cols + 1), dtype=np.int32)

@@ -27,6 +27,9 @@ CAMELYON_EXCLUSION_GROUP = "_2"
 # The most annotation text read (a .gz: inflated). Real whole-slide annotations are a few MB
 # (CAMELYON16's largest XML is about 2 MB); parsed, JSON takes ~10x its text in memory.
 MAX_TRUTH_BYTES = 256 * MiB
+#: Above this many drawn polygons a truth is kept as their coverage, not their union (GEOS's
+#: union of a million cell outlines takes minutes; rasterising the coverage gives the same).
+UNION_MAX_PARTS = 10_000
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,11 @@ class Truth:
             annotation contributes one per part), level-0 pixels, each repaired with
             ``make_valid`` (a Polygon, or a MultiPolygon where a self-intersecting drawing
             splits).
-        geometry: their union minus excluded areas (Polygon/MultiPolygon, may be empty).
+        geometry: their union minus excluded areas (Polygon/MultiPolygon, may be empty);
+            for more than :data:`UNION_MAX_PARTS` polygons and no excluded areas, the
+            polygons themselves as a GeometryCollection (a coverage: parts may overlap),
+            whose union is what every consumer rasterises (the nonzero rule of
+            :func:`wsi_seg.evaluation.metrics.rasterize_window`) or draws.
         classes: the class names that counted as tumour.
         all_classes: every class name seen in the file (``""`` for unclassified).
     """

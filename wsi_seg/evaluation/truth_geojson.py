@@ -4,6 +4,7 @@ a FeatureCollection, a Feature, a list of Features or a bare geometry, optionall
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 
 from wsi_seg.core.errors import AnnotationError
-from wsi_seg.core.files import decode_json, gunzip_capped, read_capped
+from wsi_seg.core.files import MiB, decode_json, gunzip_capped, read_capped
 from wsi_seg.evaluation.truth import MAX_TRUTH_BYTES, Annotation, drawn_areas
 
 
@@ -80,9 +81,50 @@ def _shape(geom_json: dict[str, Any], i: int, path: Path) -> BaseGeometry:
     return geom
 
 
+#: A plain FeatureCollection file this large is parsed one Feature at a time (ijson), not
+#: whole: parsed whole, JSON holds ~10x its text in Python objects.
+STREAM_MIN_BYTES = 16 * MiB
+
+
+def _streamed_features(path: Path) -> Iterator[dict[str, Any]] | None:
+    """The Features of a large plain FeatureCollection file, one at a time, or None when the
+    file is small, gzip or not a FeatureCollection (it is then parsed whole)."""
+    import ijson
+
+    size = path.stat().st_size
+    if size < STREAM_MIN_BYTES or size > MAX_TRUTH_BYTES:
+        return None  # small: parsed whole; too large: refused by the capped read
+    with open(path, "rb") as fh:
+        head = fh.read(512).removeprefix(b"\xef\xbb\xbf").lstrip()
+        if head[:1] != b"{":
+            return None
+        fh.seek(0)
+        try:
+            kind = next(ijson.items(fh, "type"), None)
+        except ijson.JSONError:
+            return None  # parsed whole, for its one-line cause
+    if kind != "FeatureCollection":
+        return None
+
+    def features() -> Iterator[dict[str, Any]]:
+        with open(path, "rb") as fh:
+            try:
+                for i, feat in enumerate(ijson.items(fh, "features.item", use_float=True)):
+                    if not isinstance(feat, dict):
+                        raise AnnotationError(f"feature {i} is not a JSON object", path)
+                    yield feat
+            except ijson.JSONError as exc:
+                cause = " ".join(str(exc).split())[:200]
+                raise AnnotationError(f"malformed JSON: {cause}", path) from None
+
+    return features()
+
+
 def parse_geojson(path: Path) -> list[Annotation]:
     out = []
-    for i, feat in enumerate(_features(_read_json_doc(path), path)):
+    streamed = _streamed_features(path)
+    feats = streamed if streamed is not None else _features(_read_json_doc(path), path)
+    for i, feat in enumerate(feats):
         props = feat.get("properties")
         name = _class_of(props if isinstance(props, dict) else {})
         geom_json = feat.get("geometry")
