@@ -19,7 +19,7 @@ from typing import Protocol, TypeAlias
 import cv2
 import numpy as np
 import shapely
-from shapely.geometry import Polygon
+from shapely.geometry import GeometryCollection, Polygon
 from shapely.geometry.base import BaseGeometry
 
 from wsi_seg.core.files import write_atomic
@@ -66,16 +66,11 @@ def _to_thumb(polys: list[Polygon], frame: PixelFrame) -> np.ndarray:
 
 
 def _fill(polys: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    """Pixels whose centre lies in any of ``polys`` (thumbnail coordinates): each polygon is
-    rasterized over its own bounding box and the masks are OR-ed, so overlaps count once."""
-    out = np.zeros((rows, cols), dtype=bool)
-    for poly, (minx, miny, maxx, maxy) in zip(polys, shapely.bounds(polys).tolist(),
-                                              strict=True):
-        r0, c0 = max(0, math.floor(miny)), max(0, math.floor(minx))
-        r1, c1 = min(rows, math.ceil(maxy) + 1), min(cols, math.ceil(maxx) + 1)
-        if r1 > r0 and c1 > c0:
-            out[r0:r1, c0:c1] |= rasterize_window(poly, r0, c0, r1 - r0, c1 - c0)
-    return out
+    """Pixels whose centre lies in any of ``polys`` (thumbnail coordinates): one pass of the
+    nonzero rule over all of them, which counts overlaps once (their union)."""
+    if not len(polys):
+        return np.zeros((rows, cols), dtype=bool)
+    return rasterize_window(GeometryCollection(list(polys)), 0, 0, rows, cols)
 
 
 def _outline(img: np.ndarray, polys: np.ndarray, rgb: tuple[int, int, int], width: int) -> None:
