@@ -36,7 +36,7 @@ ensure_env() {
         echo "==> creating $VENV with $py"
         "$py" -m venv "$VENV"
     fi
-    hash="$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16)"
+    hash="$(cat "$ROOT/pyproject.toml" "$ROOT/docker/constraints.txt" | sha256sum | cut -c1-16)"
     want="${extras:-runtime} $hash"
     # A dev install includes the runtime: either stamp serves a runtime request.
     if [[ -f "$STAMP" ]] && { grep -qx "$want" "$STAMP" ||
@@ -48,7 +48,10 @@ ensure_env() {
         echo "==> installing wsi-seg${extras:+[$extras]} into $VENV (first time: a few minutes)"
         # Some machines' pip.conf name local indexes that do not exist; pip warns once per
         # package about them. Drop those lines, keep every other message and pip's status.
+        # The runtime dependencies at the versions the suite and the images are pinned to
+        # (docker/constraints.txt), so a fresh clone tests what the images ship.
         "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$spec" \
+            -c "$ROOT/docker/constraints.txt" \
             2> >(grep -v '^WARNING: Location .* is ignored' >&2 || true)
         # Keep the other stamp only if it was for this same pyproject.
         { grep " $hash\$" "$STAMP" 2>/dev/null | grep -vx "$want" || true; echo "$want"; } \
