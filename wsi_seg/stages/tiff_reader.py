@@ -34,6 +34,8 @@ import numpy as np
 import openslide
 import tifffile
 
+from wsi_seg.stages.slide_files import MAX_TIFF_PAGES
+
 log = logging.getLogger(__name__)
 
 #: OpenSlide vendors whose levels are plain TIFF pages (one tiled page per level).
@@ -205,7 +207,10 @@ def _file_key(path: Path) -> tuple[str, int, int]:
 def _matching_levels(tif: tifffile.TiffFile, osr: openslide.AbstractSlide
                      ) -> dict[int, TiledLevel]:
     """OpenSlide levels with an integer downsample and exactly one tiled RGB page of their size."""
-    pages = [p for p in tif.pages if isinstance(p, tifffile.TiffPage) and p.is_tiled
+    # By index and bounded: tifffile's page iterator walks a looping directory chain for
+    # ever (such a file is refused before this, by slide_files.tiff_damage; this is a guard).
+    every = [tif.pages[i] for i in range(min(len(tif.pages), MAX_TIFF_PAGES))]
+    pages = [p for p in every if isinstance(p, tifffile.TiffPage) and p.is_tiled
              and p.samplesperpixel == 3 and p.bitspersample == 8 and p.dtype == np.uint8
              and p.planarconfig == 1 and p.imagedepth == 1]
     found: dict[int, TiledLevel] = {}
