@@ -4,20 +4,29 @@
 file; :func:`is_tumour_class` decides which class names count as tumour (rules in
 :mod:`wsi_seg.evaluation.annotations`); the geometry helpers turn drawn shapes into repaired
 areas in level-0 pixels for every format reader.
+
+:func:`rasterize_truth` draws a truth file straight into a raster that lies on the slide (the
+scoring level's :class:`~wsi_seg.core.geometry.PixelFrame`), pixel for pixel what scoring
+rasterises of :class:`Truth`'s geometry, holding the raster and one batch of polygons: a
+GeoJSON of a million cells costs its raster, not a million shapely objects.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import shapely
-from shapely.geometry import MultiPolygon, Polygon
+from shapely.geometry import GeometryCollection, MultiPolygon, Polygon
 from shapely.geometry.base import BaseGeometry
 
+from wsi_seg.core.errors import AnnotationError
 from wsi_seg.core.files import MiB
+from wsi_seg.core.geometry import PixelFrame
 
 ALL_CLASSES: tuple[str, ...] = ("*",)
 TUMOUR_STEMS = ("tumor", "tumour", "carcinom", "cancer", "metasta", "malignan", "neoplas")
@@ -30,6 +39,8 @@ MAX_TRUTH_BYTES = 256 * MiB
 #: Above this many drawn polygons a truth is kept as their coverage, not their union (GEOS's
 #: union of a million cell outlines takes minutes; rasterising the coverage gives the same).
 UNION_MAX_PARTS = 10_000
+#: Polygons :func:`rasterize_truth` draws together once a truth is a coverage.
+RASTER_BATCH_POLYGONS = 2048
 
 
 @dataclass(frozen=True)
@@ -128,3 +139,165 @@ def polygons_of(geom: BaseGeometry | Iterable[BaseGeometry] | None) -> list[Poly
     if isinstance(geom, BaseGeometry):
         return area_parts(geom)
     return [p for g in geom for p in area_parts(g)]
+
+
+def no_tumour_error(path: Path, classes: Sequence[str] | None,
+                    all_classes: Iterable[str]) -> AnnotationError:
+    """The one line for a file whose annotations hold no tumour-class area."""
+    wanted = ("default tumour names" if classes is None
+              else "any class" if tuple(classes) == ALL_CLASSES else ", ".join(classes))
+    found = ", ".join(repr(c) if c else "unclassified" for c in sorted(all_classes)) or "none"
+    return AnnotationError(f"no tumour area annotation ({wanted}); classes found: {found}", path)
+
+
+# ---------------------------------------------------------------------------- rasters
+
+@dataclass(frozen=True)
+class TruthRaster:
+    """Ground truth of one slide drawn into a raster that lies on it.
+
+    Attributes:
+        path: the file it came from.
+        frame: where the raster lies on the slide.
+        mask: bool ``(frame.height_px, frame.width_px)``: the pixel's centre is inside the
+            truth (as :func:`wsi_seg.evaluation.metrics.rasterize_window` decides).
+        classes, all_classes: as :class:`Truth`'s.
+        n_polygons: tumour polygons drawn (:class:`Truth`'s ``len(polygons)``).
+    """
+
+    path: Path
+    frame: PixelFrame
+    mask: np.ndarray
+    classes: tuple[str, ...]
+    all_classes: tuple[str, ...]
+    n_polygons: int
+
+
+def _is_geojson(path: Path) -> bool:
+    """A regular file whose first bytes are gzip's or JSON's (what annotations reads as
+    GeoJSON); anything else, missing files included, is left to ``read_truth``."""
+    if not path.is_file():
+        return False
+    with open(path, "rb") as fh:
+        head = fh.read(512).removeprefix(b"\xef\xbb\xbf")
+    return head[:2] == b"\x1f\x8b" or head.lstrip()[:1] in (b"{", b"[")
+
+
+def _draw_geometry(geom_x0: BaseGeometry, frame: PixelFrame) -> np.ndarray:
+    """The raster scoring draws of a truth geometry (level-0 px), chunk by chunk."""
+    from wsi_seg.evaluation.metrics import rasterize_window
+
+    out = np.zeros((frame.height_px, frame.width_px), dtype=bool)
+    if geom_x0.is_empty:
+        return out
+    geom_px = frame.from_level0(geom_x0)
+    for row0, col0, rows, cols in frame.chunks():
+        out[row0 : row0 + rows, col0 : col0 + cols] = rasterize_window(geom_px, row0, col0,
+                                                                       rows, cols)
+    return out
+
+
+def _draw_coverage(out: np.ndarray, polys: Sequence[BaseGeometry], frame: PixelFrame,
+                   slide_size_x0: tuple[int, int]) -> tuple[float, float, float, float]:
+    """Draw polygons of a coverage into ``out`` (their union: OR), clipped to the slide as
+    :func:`~wsi_seg.evaluation.annotations.check_truth_fits` clips, each chunk of ``frame``
+    from the parts that reach it; returns their level-0 bounds.
+
+    Pixel for pixel what drawing the whole coverage gives: the nonzero rule over a coverage
+    is the OR of its parts, and clipping works part by part.
+    """
+    from wsi_seg.evaluation.metrics import rasterize_window
+
+    coverage = GeometryCollection(list(polys))
+    bounds = coverage.bounds
+    w, h = slide_size_x0
+    parts = shapely.get_parts(frame.from_level0(shapely.clip_by_rect(coverage, 0, 0, w, h)))
+    if not len(parts):
+        return bounds
+    box = shapely.bounds(parts)  # x = col, y = row
+    c = frame.chunk_px
+    # The chunks a part can reach: rasterize_window clips to the window plus 1 px.
+    rows = range(max(0, math.floor((box[:, 1].min() - 1) / c)) * c,
+                 min(frame.height_px, math.floor((box[:, 3].max() + 1) / c) * c + 1), c)
+    cols = range(max(0, math.floor((box[:, 0].min() - 1) / c)) * c,
+                 min(frame.width_px, math.floor((box[:, 2].max() + 1) / c) * c + 1), c)
+    for row0 in rows:
+        n_rows = min(c, frame.height_px - row0)
+        in_rows = (box[:, 1] <= row0 + n_rows + 1) & (box[:, 3] >= row0 - 1)
+        for col0 in cols:
+            n_cols = min(c, frame.width_px - col0)
+            near = in_rows & (box[:, 0] <= col0 + n_cols + 1) & (box[:, 2] >= col0 - 1)
+            if near.any():
+                out[row0 : row0 + n_rows, col0 : col0 + n_cols] |= rasterize_window(
+                    GeometryCollection(list(parts[near])), row0, col0, n_rows, n_cols)
+    return bounds
+
+
+def rasterize_truth(path: str | Path, frame: PixelFrame, slide_size_x0: tuple[int, int],
+                    classes: Sequence[str] | None = None, *, margin: float = 0.02,
+                    mask_mpp: float | None = None, slide_mpp: float | None = None,
+                    mask_px_x0: float | None = None) -> TruthRaster:
+    """Ground truth drawn into the raster ``frame`` of a slide of level-0 size
+    ``slide_size_x0``: pixel for pixel what scoring rasterises of
+    ``check_truth_fits(read_truth(path, classes, ...), slide_size_x0, margin=margin)``, with
+    the same errors (:func:`~wsi_seg.evaluation.annotations.read_truth`,
+    :func:`~wsi_seg.evaluation.annotations.check_truth_fits`).
+
+    A GeoJSON file is streamed (:func:`~wsi_seg.evaluation.truth_geojson.iter_geojson`):
+    once it holds more than :data:`UNION_MAX_PARTS` tumour polygons (a coverage) they are
+    drawn :data:`RASTER_BATCH_POLYGONS` at a time and let go, so memory is the raster
+    (``frame``'s pixels, one byte each) plus one batch, whatever the number of polygons.
+    XML (parsed whole, its negative areas subtracted from the union) and masks go through
+    :class:`Truth`.
+    """
+    from wsi_seg.evaluation.annotations import check_truth_fits, read_truth
+    from wsi_seg.evaluation.truth_geojson import iter_geojson
+    from wsi_seg.evaluation.truth_mask import MASK_SUFFIXES
+
+    p = Path(path)
+    if p.suffix.casefold() in MASK_SUFFIXES or not _is_geojson(p):
+        truth = check_truth_fits(read_truth(p, classes, mask_mpp=mask_mpp, slide_mpp=slide_mpp,
+                                            mask_px_x0=mask_px_x0), slide_size_x0,
+                                 margin=margin)
+        return TruthRaster(p, frame, _draw_geometry(truth.geometry, frame), truth.classes,
+                           truth.all_classes, len(truth.polygons))
+    out = np.zeros((frame.height_px, frame.width_px), dtype=bool)
+    seen, all_classes, kept = False, set(), set()
+    pending: list[Polygon | MultiPolygon] = []
+    n_polygons, coverage = 0, False
+    lo_x = lo_y = math.inf
+    hi_x = hi_y = -math.inf
+    for a in iter_geojson(p):  # GeoJSON draws no negative areas
+        seen = True
+        all_classes.add(a.class_name)
+        if a.class_name == CAMELYON_EXCLUSION_GROUP or not is_tumour_class(a.class_name,
+                                                                            classes):
+            continue
+        kept.add(a.class_name)
+        pending += a.polygons
+        n_polygons += len(a.polygons)
+        coverage = coverage or n_polygons > UNION_MAX_PARTS
+        if coverage and len(pending) >= RASTER_BATCH_POLYGONS:
+            for i in range(0, len(pending), RASTER_BATCH_POLYGONS):
+                x0, y0, x1, y1 = _draw_coverage(out, pending[i : i + RASTER_BATCH_POLYGONS],
+                                                frame, slide_size_x0)
+                lo_x, lo_y = min(lo_x, x0), min(lo_y, y0)
+                hi_x, hi_y = max(hi_x, x1), max(hi_y, y1)
+            pending = []
+    if not seen:  # no annotation at all: "no tumour"
+        return TruthRaster(p, frame, out, (), (), 0)
+    if not n_polygons:
+        raise no_tumour_error(p, classes, all_classes)
+    names, every = tuple(sorted(kept)), tuple(sorted(all_classes))
+    if not coverage:  # few polygons: their union, as read_truth makes it
+        truth = check_truth_fits(Truth(p, tuple(pending), shapely.union_all(pending), names,
+                                       every), slide_size_x0, margin=margin)
+        return TruthRaster(p, frame, _draw_geometry(truth.geometry, frame), names, every,
+                           n_polygons)
+    if pending:
+        x0, y0, x1, y1 = _draw_coverage(out, pending, frame, slide_size_x0)
+        lo_x, lo_y, hi_x, hi_y = min(lo_x, x0), min(lo_y, y0), max(hi_x, x1), max(hi_y, y1)
+    # The coverage's bounds, checked as check_truth_fits checks them (its line if outside).
+    check_truth_fits(Truth(p, (), shapely.box(lo_x, lo_y, hi_x, hi_y), names, every),
+                     slide_size_x0, margin=margin)
+    return TruthRaster(p, frame, out, names, every, n_polygons)
