@@ -37,6 +37,7 @@ import openslide
 from PIL import Image
 
 from wsi_seg.core.errors import SlideError
+from wsi_seg.core.files import check_regular
 from wsi_seg.core.naming import slide_stem
 from wsi_seg.stages.read_pool import run_jobs
 from wsi_seg.stages.slide_files import (
@@ -431,6 +432,7 @@ def open_slide(path: str | os.PathLike[str], mpp: float | None = None) -> Slide:
         raise SlideError("no such file", p)
     if p.is_dir():
         raise SlideError("is a directory, not a slide", p)
+    check_regular(p, SlideError, "slide")  # a FIFO or device blocks or never ends when read
     if p.stat().st_size == 0:
         raise SlideError("file is empty", p)
     osr: openslide.AbstractSlide
