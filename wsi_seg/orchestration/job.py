@@ -314,6 +314,10 @@ def out_dir_problem(out_dir: Path, identity: tuple[int, int] | None = None) -> s
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
+        # The folder can go between the stat above and the probe: ENOENT then means deleted.
+        now = folder_identity(out_dir)
+        if now is None or (identity is not None and now != identity):
+            return "was deleted"
         return f"is not writable ({exc.strerror or exc})"
     return None
 
