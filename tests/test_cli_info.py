@@ -143,9 +143,17 @@ def test_truncated_svs(p2: Path, tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 def test_dicom_openslide_cannot_open(real_slides: Path, capsys: pytest.CaptureFixture[str]
                                      ) -> None:
+    """OpenSlide refuses this DICOM slide; the DICOM reader describes it, and it states no
+    µm/px: described as far as it goes, then one line asking for --mpp; with one, in full."""
     path = real_slides / "tcga-xk-aaju-ts1-small.dcm"
-    rc, _, err = run_cli(capsys, str(path))
-    assert_one_error(rc, err, path, "OpenSlide cannot open it")
+    rc, out, err = run_cli(capsys, str(path))
+    assert_one_error(rc, err, path, "no MPP", "--mpp")
+    assert "vendor          dicom" in out and "3236 x 2638 px" in out
+    rc, out, err = run_cli(capsys, str(path), "--mpp", "0.5", "--json")
+    assert rc == 0, err
+    d = json.loads(out)
+    assert d["vendor"] == "dicom" and d["dimensions_px"] == [3236, 2638]
+    assert d["tissue_fraction"] > 0.05 and d["plan"]["tiles"] > 0
 
 
 def test_slide_without_mpp(real_slides: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -179,13 +187,15 @@ def test_slide_with_no_tissue(tmp_path_factory: pytest.TempPathFactory,
 
 
 def test_real_slides_folder(real_slides: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """The shared folder: two good slides described, one without MPP described as far as
-    it can be, two bad ones one line each, exit 1."""
+    """The shared folder: two good slides described, two without MPP (an SVS, the DICOM
+    slide) described as far as they can be with one line each, exit 1."""
     rc, out, err = run_cli(capsys, str(real_slides), "--json")
     assert rc == 1
     docs = {Path(d["path"]).name: d for d in map(json.loads, out.splitlines())}
-    assert set(docs) == {"1065626.svs", "CMU-1-Small-Region.svs", "tcga-cr-7395-01a-01-ts1.svs"}
+    assert set(docs) == {"1065626.svs", "CMU-1-Small-Region.svs", "tcga-cr-7395-01a-01-ts1.svs",
+                         "tcga-xk-aaju-ts1-small.dcm"}
     assert docs["tcga-cr-7395-01a-01-ts1.svs"]["mpp"] is None
+    assert docs["tcga-xk-aaju-ts1-small.dcm"]["vendor"] == "dicom"
     assert len(docs["tcga-cr-7395-01a-01-ts1.svs"]["levels"]) == 2
     assert 0.002 < docs["1065626.svs"]["tissue_fraction"] < 0.05
     assert docs["1065626.svs"]["plan"]["blocks"] < docs["1065626.svs"]["plan"]["blocks_total"]
@@ -195,7 +205,7 @@ def test_real_slides_folder(real_slides: Path, capsys: pytest.CaptureFixture[str
     lines = err.strip().splitlines()
     assert len(lines) == 2 and "Traceback" not in err
     assert "tcga-cr-7395-01a-01-ts1.svs: slide has no MPP metadata" in lines[0]
-    assert "tcga-xk-aaju-ts1-small.dcm: OpenSlide cannot open it" in lines[1]
+    assert "tcga-xk-aaju-ts1-small.dcm: slide has no MPP metadata" in lines[1]
 
 
 def test_console_script_subprocess(tmp_path: Path) -> None:

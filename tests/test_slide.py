@@ -692,6 +692,9 @@ def test_real_slide_without_mpp(real_slides: Path) -> None:
         assert s.choose_level(1.0) == LevelChoice(1, s.level_downsamples[1], 1.0)
 
 
-def test_real_dicom_is_refused(real_slides: Path) -> None:
+def test_real_dicom_opens_and_asks_for_its_missing_mpp(real_slides: Path) -> None:
+    """OpenSlide refuses it (no ImageType) and wsidicom too (no ImageType, no pixel spacing):
+    the lenient DICOM reader reads it; it states no µm/px, so --mpp supplies one
+    (tests/test_dicom.py runs it end to end)."""
     msg = one_line_error(real_slides / "tcga-xk-aaju-ts1-small.dcm")
-    assert "OpenSlide cannot open it" in msg
+    assert "no MPP metadata" in msg

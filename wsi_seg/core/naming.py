@@ -78,12 +78,32 @@ def truth_candidates(folder: Path, slide_path: Path, output_name: str | None = N
 
 
 def slide_identity(path: Path) -> dict[str, object]:
-    """Size, modification time and a hash of the head of a slide file."""
+    """Size, modification time and a hash of the head of a slide file; of a slide that is a
+    folder (a DICOM series), the total size, latest time and a hash of each file's name and
+    head."""
+    if path.is_dir():
+        return _folder_identity(path)
     st = check_regular(path, WsiSegError, "slide").stat()
     h = hashlib.sha256()
     with open(path, "rb") as f:
         h.update(f.read(IDENTITY_HEAD_BYTES))
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "head_sha256": h.hexdigest()[:32]}
+
+
+def _folder_identity(folder: Path) -> dict[str, object]:
+    files = sorted(f for f in folder.iterdir() if f.is_file() and not f.name.startswith("."))
+    h = hashlib.sha256()
+    size = mtime_ns = 0
+    # The head of each file: a series' files are small headers over large pixel data, and a
+    # changed file changes its header (its SOP instance UID) or its size.
+    per_file = max(4096, IDENTITY_HEAD_BYTES // max(1, len(files)))
+    for f in files:
+        st = f.stat()
+        size, mtime_ns = size + st.st_size, max(mtime_ns, st.st_mtime_ns)
+        h.update(f.name.encode("utf-8", "surrogateescape") + b"\0")
+        with open(f, "rb") as fh:
+            h.update(fh.read(per_file))
+    return {"size": size, "mtime_ns": mtime_ns, "head_sha256": h.hexdigest()[:32]}
 
 
 def truth_pattern_problem(value: str) -> str | None:

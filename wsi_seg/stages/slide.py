@@ -39,6 +39,7 @@ from PIL import Image
 from wsi_seg.core.errors import SlideError
 from wsi_seg.core.files import check_regular
 from wsi_seg.core.naming import slide_stem
+from wsi_seg.stages.dicom_reader import DicomSlide, is_dicom, is_dicom_folder, open_dicom_series
 from wsi_seg.stages.read_pool import run_jobs
 from wsi_seg.stages.slide_files import (
     MPP_RANGE_UM,
@@ -316,6 +317,8 @@ class Slide:
 
     def _read_openslide(self, level: int, xl: int, yl: int, w: int, h: int) -> np.ndarray:
         """OpenSlide's RGB of a rectangle inside ``level``, flattened on white."""
+        if isinstance(self._osr, DicomSlide):  # RGB at level coordinates already: no RGBA trip
+            return self._osr.read_rgb(level, xl, yl, w, h)
         d = self.level_downsamples[level]
         try:
             region = self._osr.read_region((round(xl * d), round(yl * d)), level, (w, h))
@@ -417,10 +420,10 @@ def _flatten_on_white(rgba: np.ndarray) -> np.ndarray:
 
 
 def open_slide(path: str | os.PathLike[str], mpp: float | None = None) -> Slide:
-    """Open a slide (any OpenSlide format) or a plain image as a one-level slide.
+    """Open a slide (any OpenSlide format, a DICOM series) or a plain image as a one-level slide.
 
     Args:
-        path: slide file.
+        path: slide file; for DICOM, the series' folder or any one of its files.
         mpp: level-0 resolution in µm/px. Overrides the slide's own metadata; required for
             plain images and slides without MPP.
 
@@ -430,11 +433,14 @@ def open_slide(path: str | os.PathLike[str], mpp: float | None = None) -> Slide:
     p = Path(path)
     if not p.exists():
         raise SlideError("no such file", p)
-    if p.is_dir():
+    if p.is_dir() and not is_dicom_folder(p):
         raise SlideError("is a directory, not a slide", p)
-    check_regular(p, SlideError, "slide")  # a FIFO or device blocks or never ends when read
-    if p.stat().st_size == 0:
-        raise SlideError("file is empty", p)
+    if not p.is_dir():
+        check_regular(p, SlideError, "slide")  # a FIFO or device blocks or never ends when read
+        if p.stat().st_size == 0:
+            raise SlideError("file is empty", p)
+    if p.is_dir() or is_dicom(p):
+        return _finish_open(p, open_dicom_series(p), mpp)
     osr: openslide.AbstractSlide
     try:
         fmt = openslide.OpenSlide.detect_format(str(p))
@@ -453,6 +459,11 @@ def open_slide(path: str | os.PathLike[str], mpp: float | None = None) -> Slide:
         raise SlideError(f"OpenSlide cannot open it ({exc})", p) from None
     except (OSError, ValueError, SyntaxError) as exc:  # PIL's errors for broken images
         raise SlideError(f"cannot read image ({exc})", p) from None
+    return _finish_open(p, osr, mpp)
+
+
+def _finish_open(p: Path, osr: openslide.AbstractSlide, mpp: float | None) -> Slide:
+    """The MPP, a probe read and the TIFF fast path: what every opened slide goes through."""
     if mpp is not None:
         check_mpp(mpp, p, "--mpp")
         level0_mpp = mpp
@@ -484,5 +495,8 @@ def _probe(slide: Slide) -> None:
     except openslide.OpenSlideError as exc:
         slide.close()
         raise SlideError(f"slide data is corrupt or truncated ({exc})", slide.path) from None
+    except SlideError:  # the DICOM reader's own one line (a frame that does not decode)
+        slide.close()
+        raise
 
 

@@ -15,6 +15,7 @@ import tifffile
 
 from wsi_seg.core.errors import SlideError
 from wsi_seg.core.files import check_regular
+from wsi_seg.stages.dicom_reader import is_dicom, is_dicom_folder, open_dicom_series, series_in
 
 #: Plausible microscope resolutions, micrometres per pixel (1000x oil to 0.5x overview).
 MPP_RANGE_UM = (0.05, 20.0)
@@ -57,7 +58,9 @@ def describe_file(path: str | os.PathLike[str]) -> dict[str, object]:
     of an MPP)."""
     p = Path(path)
     try:
-        with openslide.OpenSlide(str(p)) as osr:
+        opened: openslide.AbstractSlide = (
+            open_dicom_series(p) if p.is_dir() or is_dicom(p) else openslide.OpenSlide(str(p)))
+        with opened as osr:
             return {
                 "path": str(p),
                 "vendor": osr.properties.get(openslide.PROPERTY_NAME_VENDOR, "unknown"),
@@ -129,10 +132,13 @@ SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mr
 
 def find_slides(paths: list[str | os.PathLike[str]] | tuple[str | os.PathLike[str], ...]
                 ) -> list[Path]:
-    """Expand files and directories into a sorted, de-duplicated list of slide files.
+    """Expand files and directories into a sorted, de-duplicated list of slide paths.
 
-    Directories are searched (not recursively) for :data:`SLIDE_SUFFIXES`; files are taken as
-    given, whatever their suffix, so their own errors surface when they are opened.
+    Directories are searched (not recursively) for :data:`SLIDE_SUFFIXES` and DICOM files;
+    files are taken as given, whatever their suffix, so their own errors surface when they
+    are opened. A DICOM series is one slide (:func:`_collapse_dicom`): a folder that holds
+    one series, given or inside a given folder, is the slide itself; the files of a series
+    among other slides are represented by its largest level.
 
     Raises:
         SlideError: a path does not exist, or a directory holds no slides.
@@ -141,13 +147,18 @@ def find_slides(paths: list[str | os.PathLike[str]] | tuple[str | os.PathLike[st
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
-            inside = sorted(c for c in p.iterdir()
-                            if c.is_file() and c.suffix.lower() in SLIDE_SUFFIXES
-                            and not c.name.startswith("."))
+            children = sorted(c for c in p.iterdir() if not c.name.startswith("."))
+            inside = [c for c in children if c.is_file() and (
+                c.suffix.lower() in SLIDE_SUFFIXES or (c.suffix == "" and is_dicom(c)))]
+            inside = _collapse_dicom(p, inside)
+            if inside != [p]:
+                # Archives keep a series per folder: one level down, such a folder is a slide.
+                inside += [c for c in children if c.is_dir() and is_dicom_folder(c)]
             if not inside:
                 raise SlideError(
-                    f"no slides found (looked for {', '.join(SLIDE_SUFFIXES)})", p)
-            found.extend(inside)
+                    f"no slides found (looked for {', '.join(SLIDE_SUFFIXES)} and DICOM "
+                    "series folders)", p)
+            found.extend(sorted(inside))
         elif p.exists():
             found.append(check_regular(p, SlideError, "slide"))
         else:
@@ -160,3 +171,19 @@ def find_slides(paths: list[str | os.PathLike[str]] | tuple[str | os.PathLike[st
             seen.add(key)
             unique.append(p)
     return unique
+
+
+def _collapse_dicom(folder: Path, files: list[Path]) -> list[Path]:
+    """``files`` of ``folder`` with each DICOM WSI series counted once: ``[folder]`` when the
+    files are one series and nothing else, else the series' level-0 file in place of its
+    files. DICOM files that are not WSIs, or broken, stay (their error shows on open)."""
+    dicom = [f for f in files if is_dicom(f)]
+    if not dicom:
+        return files
+    series, others = series_in(dicom)
+    if len(series) == 1 and len(dicom) == len(files) and not others:
+        return [folder]
+    dicom_set = set(dicom)
+    kept = [f for f in files if f not in dicom_set] + others
+    kept += [headers[0].path for headers in series.values()]
+    return sorted(kept)
