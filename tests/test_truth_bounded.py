@@ -107,18 +107,18 @@ def test_many_squares_score_in_memory_of_the_raster_not_the_polygons(tmp_path: P
     # The pixels, and the score, against a reference made without polygons.
     want = np.zeros((2 * big, 2 * big), dtype=bool)
     want[::2, ::2] = True
-    assert np.array_equal(raster_big.mask, want)
+    assert np.array_equal(np.asarray(raster_big.mask), want)
     rng = np.random.default_rng(7)
     pred = rng.random(want.shape) < 0.3
     tp = int(np.count_nonzero(pred & want))
     union = int(np.count_nonzero(pred | want))
-    score = iou_dice(pred, raster_big.mask)
+    score = iou_dice(pred, np.asarray(raster_big.mask))
     assert score.iou == tp / union and score.tp == tp
 
     # The same counts as scoring the truth's geometry (the read_truth path) on the small one.
     geometry = check_truth_fits(read_truth(small_path), size).geometry
     by_geometry = score_array(pred.view(np.uint8), geometry, frame)
-    by_raster = iou_dice(pred, raster_small.mask)
+    by_raster = iou_dice(pred, np.asarray(raster_small.mask))
     assert (by_raster.tp, by_raster.fp, by_raster.fn) == (by_geometry.tp, by_geometry.fp,
                                                           by_geometry.fn)
 
@@ -166,8 +166,8 @@ def test_the_raster_is_what_scoring_draws_of_the_geometry(
     assert (read.geometry.geom_type == "GeometryCollection") == coverage
     want = check_truth_fits(read, size)
     got = rasterize_truth(path, frame, size)
-    assert got.mask.sum() > 100
-    assert np.array_equal(got.mask, _scored_raster(want.geometry, frame))
+    assert np.asarray(got.mask).sum() > 100
+    assert np.array_equal(np.asarray(got.mask), _scored_raster(want.geometry, frame))
     assert (got.classes, got.all_classes, got.n_polygons) == (
         want.classes, want.all_classes, len(want.polygons))
 
@@ -192,7 +192,7 @@ def test_raster_errors_are_the_readers(tmp_path: Path, monkeypatch: pytest.Monke
     empty = tmp_path / "empty.geojson"
     empty.write_text('{"type": "FeatureCollection", "features": []}')
     nothing = rasterize_truth(empty, frame, (100, 100))
-    assert not nothing.mask.any() and nothing.classes == ()
+    assert not np.asarray(nothing.mask).any() and nothing.classes == ()
 
 
 def _awkward_features() -> list[dict[str, Any]]:
@@ -264,3 +264,65 @@ def test_streamed_json_fails_as_json_loads_does(tmp_path: Path,
     with pytest.raises(AnnotationError) as streamed:
         truth_geojson.parse_geojson(path)
     assert str(streamed.value) == want
+
+
+def test_a_slide_sized_frame_costs_the_drawn_area_not_its_pixels(tmp_path: Path) -> None:
+    """A truth scored at full resolution on a 40,000 px slide: one byte per pixel would be
+    1.6 GB; the raster is stored compressed by chunk, glass not at all."""
+    size = (40_000, 40_000)
+    path = tmp_path / "one.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [_feature(
+        "Tumor", _polygon([[10_000, 10_000], [13_000, 10_000], [13_000, 12_000],
+                           [10_000, 12_000], [10_000, 10_000]]))]}))
+    frame = PixelFrame(40_000, 40_000, 0.0, 0.0, 1.0, 0.25)
+    raster, peak = _traced_peak(path, frame, size)
+    assert peak < 64 * 2**20, peak  # a few 1 MiB chunks in flight, not 1.6 GB
+    assert raster.window(9_999, 9_999, 3, 3).tolist() == [[False] * 3] + [[False, True,
+                                                                            True]] * 2
+    # Scored chunk by chunk against a prediction that is the box's left half: exact counts.
+    pred = np.zeros(1, dtype=np.uint8)
+
+    class HalfBox:
+        """A prediction with the truth's left half (x 10,000-11,500) as tumour."""
+
+        shape = (40_000, 40_000)
+
+        def __getitem__(self, sl: tuple[slice, slice]) -> np.ndarray:
+            rows, cols = sl
+            r = np.arange(rows.start, rows.stop)[:, None]
+            c = np.arange(cols.start, cols.stop)[None, :]
+            return ((r >= 10_000) & (r < 12_000) & (c >= 10_000) & (c < 11_500)).astype(
+                pred.dtype)
+
+    got = score_array(HalfBox(), raster, frame)
+    assert (got.tp, got.fp, got.fn) == (1_500 * 2_000, 0, 1_500 * 2_000)
+    with pytest.raises(ValueError, match="truth raster lies on"):
+        score_array(HalfBox(), raster, PixelFrame(20_000, 20_000, 0.0, 0.0, 2.0, 0.25))
+
+
+def test_the_overlay_draws_a_raster_truth_where_its_geometry_lies(tmp_path: Path) -> None:
+    """The overlay of a truth given as its scoring raster tints the thumbnail pixels whose
+    centres the truth covers, as its geometry does (a raster twice the thumbnail's
+    resolution, the truth on its pixel grid)."""
+    from wsi_seg.evaluation.overlay import TRUTH_RGB, render_overlay
+
+    size = (2_000, 1_200)
+    box = [[400, 200], [1_000, 200], [1_000, 700], [400, 700], [400, 200]]
+    path = tmp_path / "t.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection",
+                                "features": [_feature("Tumor", _polygon(box))]}))
+    raster = rasterize_truth(path, PixelFrame(240, 400, 0.0, 0.0, 5.0, 0.5, 64), size)
+    thumb = np.full((120, 200, 3), 255, dtype=np.uint8)
+    by_raster = render_overlay(thumb, 10.0, truth=raster)
+    by_geometry = render_overlay(thumb, 10.0, truth=shapely.Polygon(box))
+    # Inside the truth (its outline aside), both tint alike; outside, both leave glass.
+    assert np.array_equal(by_raster[30:60, 50:90], by_geometry[30:60, 50:90])
+    assert (by_raster[30:60, 50:90] != 255).any()
+    assert np.array_equal(by_raster[90:, 120:], thumb[90:, 120:])
+    # The truth's outline is drawn in its colour on its left edge (column 40: x0 400),
+    # below the legend (rows 8-52), and not beside it.
+    edge = by_raster[56:68, 39:41].astype(int)
+    blue = (edge[..., 2] > edge[..., 0] + 100) & (edge[..., 2] > edge[..., 1] + 100)
+    assert blue.mean() > 0.4, edge
+    assert TRUTH_RGB[2] > TRUTH_RGB[0] + 100
+    assert np.array_equal(by_raster[56:68, 30:34], thumb[56:68, 30:34])

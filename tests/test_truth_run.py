@@ -103,12 +103,12 @@ def test_a_truth_reader_that_breaks_costs_the_score_not_the_outputs(
         case: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Whatever goes wrong reading the truth (here a reader's own bug), the slide's finished
     outputs are published and the slide fails with one line saying why."""
-    from wsi_seg.evaluation import annotations
+    from wsi_seg.evaluation import truth as truth_module
 
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("reader bug\non two lines")
 
-    monkeypatch.setattr(annotations, "read_truth", broken)
+    monkeypatch.setattr(truth_module, "rasterize_truth", broken)
     slides, truth, model = case
     out = tmp_path / "out"
     rc = main(["run", str(slides / "good.svs"), "--out", str(out), "--model", str(model),

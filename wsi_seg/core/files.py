@@ -135,7 +135,11 @@ def read_capped(path: str | os.PathLike[str], max_bytes: int,
             if size > max_bytes:
                 raise error(f"{what} is {size_text(size)}, more than the "
                             f"{size_text(max_bytes)} allowed", p)
-            raw = fh.read(max_bytes + 1)
+            # Ask for what stat says (+1 to see growth): read(max_bytes + 1) allocates that
+            # much up front, 256 MiB for every small annotation file.
+            raw = fh.read(size + 1)
+            if len(raw) > size:  # grew, or a size stat does not know: read on to the cap
+                raw += fh.read(max_bytes + 1 - len(raw))
     except OSError as exc:
         raise error(f"cannot read {what} ({exc.strerror or exc})", p) from None
     if len(raw) > max_bytes:

@@ -64,6 +64,7 @@ from wsi_seg.evaluation.truth import (
     Annotation,
     Truth,
     is_tumour_class,
+    no_tumour_error,
     polygons_of,
 )
 from wsi_seg.evaluation.truth_geojson import parse_geojson
@@ -132,11 +133,7 @@ def read_truth(path: str | Path, classes: Sequence[str] | None = None, *,
             if is_tumour_class(a.class_name, classes) and a.class_name != CAMELYON_EXCLUSION_GROUP]
     polys = tuple(p for a in kept for p in a.polygons)
     if not polys:
-        wanted = ("default tumour names" if classes is None
-                  else "any class" if tuple(classes) == ALL_CLASSES else ", ".join(classes))
-        found = ", ".join(repr(c) if c else "unclassified" for c in all_classes) or "none"
-        raise AnnotationError(f"no tumour area annotation ({wanted}); classes found: {found}",
-                              path)
+        raise no_tumour_error(path, classes, all_classes)
     negatives = [p for a in annotations for p in a.negative
                  if a in kept or a.class_name == CAMELYON_EXCLUSION_GROUP]
     if len(polys) > UNION_MAX_PARTS and not negatives:

@@ -31,9 +31,9 @@ slide-sized is ever allocated.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol, TypeAlias
 
 import numpy as np
 import shapely
@@ -197,64 +197,85 @@ def rasterize_window(geom_px: BaseGeometry, row0: int, col0: int, rows: int,
     return out
 
 
-def _truth_in_frame(truth_x0: BaseGeometry | None, frame: PixelFrame) -> BaseGeometry | None:
-    if truth_x0 is None or truth_x0.is_empty:
-        return None
-    return frame.from_level0(truth_x0)
+class RasterTruth(Protocol):
+    """Truth already drawn on a scoring raster
+    (:class:`~wsi_seg.evaluation.truth.TruthRaster`)."""
+
+    @property
+    def frame(self) -> PixelFrame: ...
+
+    def window(self, row0: int, col0: int, rows: int, cols: int) -> np.ndarray: ...
 
 
-def score_array(pred: ArrayLike2D, truth_x0: BaseGeometry | None, frame: PixelFrame, *,
+#: Truth to score against: level-0 px polygons, a raster drawn on the scoring frame, or None
+#: (no tumour).
+TruthInput: TypeAlias = BaseGeometry | RasterTruth | None
+
+Window: TypeAlias = Callable[[int, int, int, int], np.ndarray]
+
+
+def _windows(geom_x0: BaseGeometry | RasterTruth | None, frame: PixelFrame) -> Window:
+    """The chunk reader of a truth or prediction on ``frame``: its bool pixels of a window
+    ``(row0, col0, rows, cols)``, drawn from polygons (level-0 px) or read from a raster
+    drawn on this very frame."""
+    if geom_x0 is not None and not isinstance(geom_x0, BaseGeometry):
+        if geom_x0.frame != frame:
+            raise ValueError(f"truth raster lies on {geom_x0.frame}, not on the scored {frame}")
+        return geom_x0.window
+    if geom_x0 is None or geom_x0.is_empty:
+        return lambda row0, col0, rows, cols: np.zeros((rows, cols), dtype=bool)
+    geom_px = frame.from_level0(geom_x0)
+    return lambda row0, col0, rows, cols: rasterize_window(geom_px, row0, col0, rows, cols)
+
+
+def _score_windows(pred: Window, truth: Window, frame: PixelFrame) -> OverlapScore:
+    """Counts of ``pred`` against ``truth`` over ``frame``'s chunks, at its resolution."""
+    tp = fp = fn = 0
+    for row0, col0, rows, cols in frame.chunks():
+        p, t = pred(row0, col0, rows, cols), truth(row0, col0, rows, cols)
+        n_tp = int(np.count_nonzero(p & t))
+        tp += n_tp
+        fp += int(np.count_nonzero(p)) - n_tp
+        fn += int(np.count_nonzero(t)) - n_tp
+    return OverlapScore(tp, fp, fn, frame.px_x0 * frame.mpp0)
+
+
+def score_array(pred: ArrayLike2D, truth: TruthInput, frame: PixelFrame, *,
                 fg_min: int = 1) -> OverlapScore:
-    """Score a raster prediction (``pred >= fg_min``) against truth polygons, chunk by chunk.
+    """Score a raster prediction (``pred >= fg_min``) against truth, chunk by chunk.
 
     Args:
         pred: 2-D array-like (numpy or zarr) laid on the slide by ``frame``.
-        truth_x0: truth (Multi)Polygon in level-0 px (None or empty: no tumour). Truth outside
-            the frame is not counted.
+        truth: truth (Multi)Polygon in level-0 px (None or empty: no tumour; truth outside
+            the frame is not counted), or a raster drawn on ``frame``
+            (:func:`~wsi_seg.evaluation.truth.rasterize_truth`, the same pixels).
         frame: the raster's placement; the score's resolution is ``frame.px_x0 * frame.mpp0``.
     """
-    truth_px = _truth_in_frame(truth_x0, frame)
-    tp = fp = fn = 0
-    for row0, col0, rows, cols in frame.chunks():
-        p = np.asarray(pred[row0 : row0 + rows, col0 : col0 + cols]) >= fg_min
-        t = (rasterize_window(truth_px, row0, col0, rows, cols) if truth_px is not None
-             else np.zeros_like(p))
-        n_tp = int(np.count_nonzero(p & t))
-        tp += n_tp
-        fp += int(np.count_nonzero(p)) - n_tp
-        fn += int(np.count_nonzero(t)) - n_tp
-    return OverlapScore(tp, fp, fn, frame.px_x0 * frame.mpp0)
+    def pred_window(row0: int, col0: int, rows: int, cols: int) -> np.ndarray:
+        return np.asarray(pred[row0 : row0 + rows, col0 : col0 + cols]) >= fg_min
+
+    return _score_windows(pred_window, _windows(truth, frame), frame)
 
 
-def score_geometries(pred_x0: BaseGeometry | None, truth_x0: BaseGeometry | None,
+def score_geometries(pred_x0: BaseGeometry | None, truth: TruthInput,
                      frame: PixelFrame) -> OverlapScore:
-    """Score prediction polygons against truth polygons (both level-0 px), rasterised chunk by
-    chunk on ``frame`` (e.g. ``PixelFrame`` of a slide at downsample 2^L)."""
-    pred_px = _truth_in_frame(pred_x0, frame)
-    truth_px = _truth_in_frame(truth_x0, frame)
-    tp = fp = fn = 0
-    for row0, col0, rows, cols in frame.chunks():
-        p = (rasterize_window(pred_px, row0, col0, rows, cols) if pred_px is not None
-             else np.zeros((rows, cols), dtype=bool))
-        t = (rasterize_window(truth_px, row0, col0, rows, cols) if truth_px is not None
-             else np.zeros((rows, cols), dtype=bool))
-        n_tp = int(np.count_nonzero(p & t))
-        tp += n_tp
-        fp += int(np.count_nonzero(p)) - n_tp
-        fn += int(np.count_nonzero(t)) - n_tp
-    return OverlapScore(tp, fp, fn, frame.px_x0 * frame.mpp0)
+    """Score prediction polygons (level-0 px) against truth (as :func:`score_array` takes
+    it), rasterised chunk by chunk on ``frame`` (e.g. ``PixelFrame`` of a slide at
+    downsample 2^L)."""
+    return _score_windows(_windows(pred_x0, frame), _windows(truth, frame), frame)
 
 
-def score_slide(mosaic: Mosaic, truth_x0: BaseGeometry | None, level: int = 0, *,
+def score_slide(mosaic: Mosaic, truth: TruthInput, level: int = 0, *,
                 threshold: float = 0.5) -> OverlapScore:
     """IoU/Dice of a probability mosaic (``p >= threshold``) against truth, at pyramid ``level``.
 
     The score's resolution is that level's (``resolution_um`` = mosaic mpp * 2^level). Memory:
-    one chunk of the level plus its rasterised truth.
+    one chunk of the level plus its rasterised truth (``truth`` as :func:`score_array` takes
+    it: a raster must lie on ``mosaic.geom.frame(level)``).
     """
     if not 0 <= level < mosaic.n_levels:
         raise ValueError(f"level {level} not in mosaic (levels 0..{mosaic.n_levels - 1})")
-    return score_array(mosaic.level(level), truth_x0, mosaic.geom.frame(level),
+    return score_array(mosaic.level(level), truth, mosaic.geom.frame(level),
                        fg_min=threshold_u8(threshold))
 
 

@@ -25,6 +25,7 @@ from shapely.geometry.base import BaseGeometry
 from wsi_seg.core.files import write_atomic
 from wsi_seg.core.geometry import PixelFrame
 from wsi_seg.evaluation.metrics import rasterize_window
+from wsi_seg.evaluation.truth import TruthRaster
 from wsi_seg.stages.vectorize import RegionPolygon
 
 # RGB colours
@@ -42,6 +43,35 @@ class ThumbnailSource(Protocol):
 
 
 GeometryInput: TypeAlias = BaseGeometry | Iterable[BaseGeometry | RegionPolygon] | None
+
+
+def _sample_raster(raster: TruthRaster, thumb: PixelFrame) -> np.ndarray:
+    """The raster's pixels under each thumbnail pixel's centre (nearest; False off the
+    raster), read chunk by chunk: a truth too large to hold as polygons drawn from the
+    raster it was scored on."""
+    f = raster.frame
+
+    def index(n: int, origin: float, thumb_origin: float) -> np.ndarray:
+        x0 = thumb_origin + (np.arange(n) + 0.5) * thumb.px_x0  # centres, level-0 px
+        return np.floor((x0 - origin) / f.px_x0).astype(np.int64)
+
+    rows = index(thumb.height_px, f.origin_y0, thumb.origin_y0)
+    cols = index(thumb.width_px, f.origin_x0, thumb.origin_x0)
+    r_in = (rows >= 0) & (rows < f.height_px)
+    c_in = (cols >= 0) & (cols < f.width_px)
+    out = np.zeros((thumb.height_px, thumb.width_px), dtype=bool)
+    if r_in.any() and c_in.any():
+        out[np.ix_(r_in, c_in)] = raster.sample(rows[r_in], cols[c_in])
+    return out
+
+
+def _outline_mask(img: np.ndarray, mask: np.ndarray, rgb: tuple[int, int, int],
+                  width: int) -> None:
+    """Outline a thumbnail-sized mask's areas (their boundary pixels' centres)."""
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+    if contours:
+        cv2.polylines(img, list(contours), isClosed=True, color=rgb, thickness=width,
+                      lineType=cv2.LINE_AA)
 
 
 def _polygons(geoms: GeometryInput) -> list[Polygon]:
@@ -106,7 +136,7 @@ def _legend(img: np.ndarray, entries: list[tuple[str, tuple[int, int, int]]]) ->
 
 def render_overlay(thumb: np.ndarray, scale: float, *, origin: tuple[float, float] = (0.0, 0.0),
                    tissue: GeometryInput = None, pred: GeometryInput = None,
-                   truth: GeometryInput = None) -> np.ndarray:
+                   truth: GeometryInput | TruthRaster = None) -> np.ndarray:
     """Draw the overlay on an RGB thumbnail and return the new RGB image.
 
     Args:
@@ -115,23 +145,30 @@ def render_overlay(thumb: np.ndarray, scale: float, *, origin: tuple[float, floa
         scale: level-0 px per thumbnail px.
         origin: level-0 position of the thumbnail's top-left corner (slide bounds offset).
         tissue, pred, truth: level-0 geometries (a geometry, or a list of geometries or
-            RegionPolygons); None to leave out.
+            RegionPolygons); None to leave out. ``truth`` may also be a raster it was drawn
+            on (:class:`~wsi_seg.evaluation.truth.TruthRaster`), sampled at the thumbnail's
+            pixel centres and outlined from the result.
     """
     img = np.ascontiguousarray(thumb[..., :3], dtype=np.uint8).copy()
     rows, cols = img.shape[:2]
     # Only the mapping matters here, not µm: the frame's µm per level-0 px is a placeholder.
     frame = PixelFrame(rows, cols, origin[0], origin[1], scale, mpp0=1.0)
     pred_g = _to_thumb(_polygons(pred), frame)
-    truth_g = _to_thumb(_polygons(truth), frame)
+    truth_raster = truth if isinstance(truth, TruthRaster) else None
+    truth_g = _to_thumb(_polygons(None if isinstance(truth, TruthRaster) else truth), frame)
     tissue_g = _to_thumb(_polygons(tissue), frame)
     p = _fill(pred_g, rows, cols)
-    t = _fill(truth_g, rows, cols)
+    t = _fill(truth_g, rows, cols) if truth_raster is None else _sample_raster(truth_raster,
+                                                                               frame)
     for mask, rgb in ((p & ~t, PRED_RGB), (t & ~p, TRUTH_RGB), (p & t, OVERLAP_RGB)):
         if mask.any():
             img[mask] = (img[mask] * (1 - TINT_ALPHA) + np.array(rgb) * TINT_ALPHA).astype(np.uint8)
     width = max(1, round(min(rows, cols) / 500))
     _outline(img, tissue_g, TISSUE_RGB, width)
-    _outline(img, truth_g, TRUTH_RGB, width)
+    if truth_raster is None:
+        _outline(img, truth_g, TRUTH_RGB, width)
+    else:
+        _outline_mask(img, t, TRUTH_RGB, width)
     _outline(img, pred_g, PRED_RGB, width)
     entries = [("tissue", TISSUE_RGB)] if tissue is not None else []
     entries.append(("prediction", PRED_RGB))
@@ -152,7 +189,8 @@ def write_png(rgb: np.ndarray, path: str | Path) -> Path:
 
 
 def draw_overlay(slide: ThumbnailSource, tissue: GeometryInput, pred: GeometryInput,
-                 truth: GeometryInput, out_png: str | Path, *, max_px: int = 1024) -> Path:
+                 truth: GeometryInput | TruthRaster, out_png: str | Path, *,
+                 max_px: int = 1024) -> Path:
     """Write ``overlay.png``: the slide's thumbnail (longer side <= ``max_px``) with tissue,
     prediction (red), truth (blue, overlap purple) and a legend. Geometries in level-0 px."""
     thumb, scale = slide.thumbnail(max_px)

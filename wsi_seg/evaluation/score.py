@@ -21,6 +21,7 @@ from wsi_seg.core.errors import WsiSegError
 from wsi_seg.core.naming import REPORT
 
 if TYPE_CHECKING:
+    from wsi_seg.core.geometry import PixelFrame
     from wsi_seg.evaluation.metrics import OverlapScore
 
 MAX_SCORE_SIDE_PX = 16384  # default level: the finest level whose longer side fits this
@@ -133,27 +134,21 @@ def _open_pred_mosaic(pred: Path, bounds_x0: tuple[int, int, int, int],
     return mosaic
 
 
-def _score_mosaic(mosaic: Any, truth: Any, level: int | None, threshold: float,
-                  pred: Path) -> tuple[Any, int]:
-    """Score of a mosaic at ``level`` (default: :func:`auto_level`), and the level."""
-    from wsi_seg.evaluation.metrics import score_slide
-
+def _mosaic_level(mosaic: Any, level: int | None, pred: Path) -> int:
+    """The mosaic level scored: ``level``, checked, or :func:`auto_level`."""
     level = auto_level(mosaic.geom.level_shape, mosaic.n_levels) if level is None else level
     if not 0 <= level < mosaic.n_levels:
         raise WsiSegError(f"--level {level} not in the mosaic (0..{mosaic.n_levels - 1})",
                           pred)
-    return score_slide(mosaic, truth, level, threshold=threshold), level
+    return level
 
 
-def _score_geojson(pred: Path, truth: Any, level: int | None, size_x0: tuple[int, int],
-                   slide_mpp: float) -> tuple[Any, int]:
-    """Score of a GeoJSON prediction at level-0 / 2^``level`` (default: :func:`auto_level`
-    over the halvings of the slide's level-0 size), and the level."""
-    from wsi_seg.evaluation.annotations import read_prediction_geojson
-    from wsi_seg.evaluation.metrics import score_geometries
-    from wsi_seg.stages.vectorize import PixelFrame
+def _geojson_frame(level: int | None, size_x0: tuple[int, int], slide_mpp: float
+                   ) -> tuple[PixelFrame, int]:
+    """The raster a GeoJSON prediction is scored on, level-0 / 2^``level`` (default:
+    :func:`auto_level` over the halvings of the slide's level-0 size), and the level."""
+    from wsi_seg.core.geometry import PixelFrame
 
-    pred_geom = read_prediction_geojson(pred)
     w, h = size_x0
 
     def shape_at(lv: int) -> tuple[int, int]:
@@ -163,8 +158,7 @@ def _score_geojson(pred: Path, truth: Any, level: int | None, size_x0: tuple[int
     if level < 0:
         raise WsiSegError(f"--level must be >= 0, got {level}")
     rows, cols = shape_at(level)
-    frame = PixelFrame(rows, cols, 0.0, 0.0, float(2**level), slide_mpp)
-    return score_geometries(pred_geom, truth, frame), level
+    return PixelFrame(rows, cols, 0.0, 0.0, float(2**level), slide_mpp), level
 
 
 def score_files(pred: str | Path, truth_path: str | Path, slide_path: str | Path, *,
@@ -182,7 +176,8 @@ def score_files(pred: str | Path, truth_path: str | Path, slide_path: str | Path
     or a PRED made from another slide (see :func:`check_same_slide`, skipped when
     ``check_slide`` is false, and :func:`check_mosaic_fits`, always).
     """
-    from wsi_seg.evaluation.annotations import check_truth_fits, read_truth
+    from wsi_seg.evaluation.metrics import score_array, score_geometries
+    from wsi_seg.evaluation.truth import rasterize_truth
     from wsi_seg.stages.slide import open_slide
     from wsi_seg.stages.vectorize import threshold_u8
 
@@ -197,16 +192,25 @@ def score_files(pred: str | Path, truth_path: str | Path, slide_path: str | Path
     mosaic = _open_pred_mosaic(pred, bounds, slide_path)
     if check_slide:
         check_same_slide(pred, slide_path, mosaic.provenance if mosaic is not None else {})
-    truth = read_truth(truth_path, truth_classes, mask_mpp=mask_mpp, slide_mpp=slide_mpp)
-    truth = check_truth_fits(truth, size)
+    if mosaic is not None:
+        level = _mosaic_level(mosaic, level, pred)
+        frame = mosaic.geom.frame(level)
+    else:
+        frame, level = _geojson_frame(level, size, slide_mpp)
+    # Drawn on the scored raster as it is read: memory is that raster (compressed) and a
+    # batch of polygons, however many the truth holds.
+    truth = rasterize_truth(truth_path, frame, size, truth_classes, mask_mpp=mask_mpp,
+                            slide_mpp=slide_mpp)
     if mosaic is not None:
         from wsi_seg.stages.mosaic import mosaic_threshold
 
         if threshold is None:
             threshold = mosaic_threshold(mosaic) or DEFAULT_THRESHOLD
-        score, level = _score_mosaic(mosaic, truth.geometry, level, threshold, pred)
+        score = score_array(mosaic.level(level), truth, frame, fg_min=threshold_u8(threshold))
     else:
+        from wsi_seg.evaluation.annotations import read_prediction_geojson
+
         threshold = None  # polygons are tumour as drawn
-        score, level = _score_geojson(pred, truth.geometry, level, size, slide_mpp)
+        score = score_geometries(read_prediction_geojson(pred), truth, frame)
     return FileScore(str(pred), str(truth_path), str(slide_path), list(truth.classes), level,
                      score, threshold)

@@ -18,6 +18,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import shapely
@@ -156,21 +157,64 @@ def no_tumour_error(path: Path, classes: Sequence[str] | None,
 class TruthRaster:
     """Ground truth of one slide drawn into a raster that lies on it.
 
+    The raster is a chunked, compressed array in memory (zarr; chunks of ``frame.chunk_px``,
+    all-False chunks not stored), so a truth costs what its drawn area compresses to, not
+    one byte per pixel of the frame: a 100,000 px slide scored at full resolution stays
+    small. Read it chunk by chunk (:meth:`window`); ``np.asarray(raster.mask)`` gives the
+    whole raster for small frames.
+
     Attributes:
         path: the file it came from.
         frame: where the raster lies on the slide.
-        mask: bool ``(frame.height_px, frame.width_px)``: the pixel's centre is inside the
-            truth (as :func:`wsi_seg.evaluation.metrics.rasterize_window` decides).
+        mask: bool ``(frame.height_px, frame.width_px)`` array-like (zarr): the pixel's
+            centre is inside the truth (as :func:`wsi_seg.evaluation.metrics.rasterize_window`
+            decides).
         classes, all_classes: as :class:`Truth`'s.
         n_polygons: tumour polygons drawn (:class:`Truth`'s ``len(polygons)``).
     """
 
     path: Path
     frame: PixelFrame
-    mask: np.ndarray
+    mask: Any
     classes: tuple[str, ...]
     all_classes: tuple[str, ...]
     n_polygons: int
+
+    def window(self, row0: int, col0: int, rows: int, cols: int) -> np.ndarray:
+        """The raster's bool pixels ``[row0 : row0 + rows, col0 : col0 + cols]``."""
+        return np.asarray(self.mask[row0 : row0 + rows, col0 : col0 + cols], dtype=bool)
+
+    def sample(self, rows_px: np.ndarray, cols_px: np.ndarray) -> np.ndarray:
+        """``mask[rows_px[:, None], cols_px[None, :]]`` (raster px, each sorted ascending),
+        read chunk by chunk: e.g. a thumbnail's pixel centres mapped into the raster."""
+        out = np.zeros((len(rows_px), len(cols_px)), dtype=bool)
+        for row0, col0, rows, cols in self.frame.chunks():
+            ri = np.flatnonzero((rows_px >= row0) & (rows_px < row0 + rows))
+            ci = np.flatnonzero((cols_px >= col0) & (cols_px < col0 + cols))
+            if len(ri) and len(ci):
+                block = self.window(row0, col0, rows, cols)
+                out[np.ix_(ri, ci)] = block[np.ix_(rows_px[ri] - row0, cols_px[ci] - col0)]
+        return out
+
+
+def _new_raster(frame: PixelFrame) -> Any:
+    """An all-False bool raster on ``frame``, chunked as the frame is processed (a chunk of
+    drawing is one chunk read and written) and stored compressed in memory."""
+    import zarr
+
+    c = frame.chunk_px
+    return zarr.create_array(store=zarr.storage.MemoryStore(),
+                             shape=(frame.height_px, frame.width_px),
+                             chunks=(min(c, max(1, frame.height_px)),
+                                     min(c, max(1, frame.width_px))),
+                             dtype=bool, fill_value=False)
+
+
+def _or_window(out: Any, row0: int, col0: int, win: np.ndarray) -> None:
+    """``out[window] |= win``, writing nothing for an empty ``win`` (glass stays unstored)."""
+    if win.any():
+        sl = (slice(row0, row0 + win.shape[0]), slice(col0, col0 + win.shape[1]))
+        out[sl] = np.asarray(out[sl], dtype=bool) | win
 
 
 def _is_geojson(path: Path) -> bool:
@@ -183,21 +227,20 @@ def _is_geojson(path: Path) -> bool:
     return head[:2] == b"\x1f\x8b" or head.lstrip()[:1] in (b"{", b"[")
 
 
-def _draw_geometry(geom_x0: BaseGeometry, frame: PixelFrame) -> np.ndarray:
+def _draw_geometry(geom_x0: BaseGeometry, frame: PixelFrame) -> Any:
     """The raster scoring draws of a truth geometry (level-0 px), chunk by chunk."""
     from wsi_seg.evaluation.metrics import rasterize_window
 
-    out = np.zeros((frame.height_px, frame.width_px), dtype=bool)
+    out = _new_raster(frame)
     if geom_x0.is_empty:
         return out
     geom_px = frame.from_level0(geom_x0)
     for row0, col0, rows, cols in frame.chunks():
-        out[row0 : row0 + rows, col0 : col0 + cols] = rasterize_window(geom_px, row0, col0,
-                                                                       rows, cols)
+        _or_window(out, row0, col0, rasterize_window(geom_px, row0, col0, rows, cols))
     return out
 
 
-def _draw_coverage(out: np.ndarray, polys: Sequence[BaseGeometry], frame: PixelFrame,
+def _draw_coverage(out: Any, polys: Sequence[BaseGeometry], frame: PixelFrame,
                    slide_size_x0: tuple[int, int]) -> tuple[float, float, float, float]:
     """Draw polygons of a coverage into ``out`` (their union: OR), clipped to the slide as
     :func:`~wsi_seg.evaluation.annotations.check_truth_fits` clips, each chunk of ``frame``
@@ -228,8 +271,8 @@ def _draw_coverage(out: np.ndarray, polys: Sequence[BaseGeometry], frame: PixelF
             n_cols = min(c, frame.width_px - col0)
             near = in_rows & (box[:, 0] <= col0 + n_cols + 1) & (box[:, 2] >= col0 - 1)
             if near.any():
-                out[row0 : row0 + n_rows, col0 : col0 + n_cols] |= rasterize_window(
-                    GeometryCollection(list(parts[near])), row0, col0, n_rows, n_cols)
+                _or_window(out, row0, col0, rasterize_window(
+                    GeometryCollection(list(parts[near])), row0, col0, n_rows, n_cols))
     return bounds
 
 
@@ -245,8 +288,8 @@ def rasterize_truth(path: str | Path, frame: PixelFrame, slide_size_x0: tuple[in
 
     A GeoJSON file is streamed (:func:`~wsi_seg.evaluation.truth_geojson.iter_geojson`):
     once it holds more than :data:`UNION_MAX_PARTS` tumour polygons (a coverage) they are
-    drawn :data:`RASTER_BATCH_POLYGONS` at a time and let go, so memory is the raster
-    (``frame``'s pixels, one byte each) plus one batch, whatever the number of polygons.
+    drawn :data:`RASTER_BATCH_POLYGONS` at a time and let go, so memory is the compressed
+    raster (:class:`TruthRaster`) plus one batch, whatever the number of polygons.
     XML (parsed whole, its negative areas subtracted from the union) and masks go through
     :class:`Truth`.
     """
@@ -261,7 +304,7 @@ def rasterize_truth(path: str | Path, frame: PixelFrame, slide_size_x0: tuple[in
                                  margin=margin)
         return TruthRaster(p, frame, _draw_geometry(truth.geometry, frame), truth.classes,
                            truth.all_classes, len(truth.polygons))
-    out = np.zeros((frame.height_px, frame.width_px), dtype=bool)
+    out = _new_raster(frame)
     seen, all_classes, kept = False, set(), set()
     pending: list[Polygon | MultiPolygon] = []
     n_polygons, coverage = 0, False

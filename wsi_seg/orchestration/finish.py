@@ -63,13 +63,14 @@ class ClassPolygons:
 
 @dataclass(frozen=True)
 class Scored:
-    """The outcome of scoring: the score, the truth's geometry (for the overlay), the truth
-    file, or why no true score could be made (``error``); per class (by name) the scores of
-    the classes the truth draws."""
+    """The outcome of scoring: the score, the truth drawn on the scored level (a
+    :class:`~wsi_seg.evaluation.truth.TruthRaster`, for the overlay), the truth file, or
+    why no true score could be made (``error``); per class (by name) the scores of the
+    classes the truth draws."""
 
     score: OverlapScore | None = None
     polygons_score: OverlapScore | None = None  # the exported regions', same level and truth
-    truth_geometry: Any = None
+    truth_raster: Any = None
     truth_path: Path | None = None
     error: str | None = None
     class_scores: dict[str, OverlapScore] = field(default_factory=dict)
@@ -163,8 +164,8 @@ def find_truth(truth: Path, slide_path: Path, name: str | None = None,
 def _score(job: SlideJob, config: RunConfig, mosaic: Any, polygons: Polygons) -> Scored:
     """The mosaic scored against the slide's truth at the vectorized level and threshold;
     a truth that is missing or unusable gives the reason instead."""
-    from wsi_seg.evaluation.annotations import check_truth_fits, read_truth
     from wsi_seg.evaluation.metrics import score_geometries, score_slide
+    from wsi_seg.evaluation.truth import rasterize_truth
     from wsi_seg.stages.vectorize import regions_geometry
 
     truth_path = (find_truth(config.truth, job.slide_path, job.stem, config.truth_patterns)
@@ -173,19 +174,20 @@ def _score(job: SlideJob, config: RunConfig, mosaic: Any, polygons: Polygons) ->
         tried = ", ".join(p.name for p in truth_candidates(
             config.truth or Path("."), job.slide_path, job.stem, config.truth_patterns))
         return Scored(error=f"no ground truth found in {config.truth} (tried {tried})")
+    frame = mosaic.geom.frame(polygons.level)
     try:
-        truth = check_truth_fits(read_truth(truth_path, config.truth_classes),
-                                 job.slide_size_x0)
+        # Drawn on the scored level as it is read: memory is that raster (compressed) and a
+        # batch of polygons, however many the truth holds.
+        truth = rasterize_truth(truth_path, frame, job.slide_size_x0, config.truth_classes)
     except WsiSegError as exc:
         return Scored(truth_path=truth_path, error=f"truth not usable: {exc}")
     except Exception as exc:  # a reader's own bug must not cost the slide its outputs
         return Scored(truth_path=truth_path, error=f"truth not usable: {truth_path}: "
                       f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
-    score = score_slide(mosaic, truth.geometry, polygons.level, threshold=polygons.threshold)
+    score = score_slide(mosaic, truth, polygons.level, threshold=polygons.threshold)
     # Users score tumor.geojson as often as the mosaic: the same truth, level and frame.
-    polygons_score = score_geometries(regions_geometry(polygons.regions), truth.geometry,
-                                      mosaic.geom.frame(polygons.level))
-    scored = Scored(score, polygons_score, truth.geometry, truth_path)
+    polygons_score = score_geometries(regions_geometry(polygons.regions), truth, frame)
+    scored = Scored(score, polygons_score, truth, truth_path)
     if mosaic.classes:
         scored = _score_classes(job, config, mosaic, polygons, scored)
     return scored
@@ -229,7 +231,7 @@ def _overlay(job: SlideJob, config: RunConfig, polygons: Polygons, scored: Score
     with contextlib.suppress(WsiSegError), \
             slide_handles.hold(job.slide_path, job.mpp_override) as slide:
         draw_overlay(slide, list(job.tissue_polygons), polygons.regions,
-                     scored.truth_geometry, job.work_dir / "overlay.png")
+                     scored.truth_raster, job.work_dir / "overlay.png")
 
 
 def _rate(count: int, seconds: float) -> float | None:
