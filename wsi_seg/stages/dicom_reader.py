@@ -53,6 +53,10 @@ FRAME_CACHE_BYTES = 32 << 20
 VOLUME = "VOLUME"
 ASSOCIATED_FLAVOURS = {"LABEL": "label", "OVERVIEW": "macro", "THUMBNAIL": "thumbnail"}
 
+#: ``$WSI_SEG_DICOM_READER=wsidicom`` skips OpenSlide for DICOM (to compare the readers, or
+#: where OpenSlide misreads a file); any other value, or none, tries OpenSlide first.
+ENV = "WSI_SEG_DICOM_READER"
+
 _JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
 _JPEG_2000 = ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91")
 _NATIVE = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")
@@ -301,6 +305,8 @@ def open_dicom_series(path: Path) -> openslide.AbstractSlide:
         SlideError: not a WSI, broken, or no reader reads it (one line).
     """
     headers = series_files(path)  # one line for what is not a WSI or has a broken header
+    if os.environ.get(ENV, "").strip().lower() == "wsidicom":
+        return open_dicom(path, headers)
     try:
         # OpenSlide finds the rest of the series beside the file it is given; the largest
         # level is the file it expects.
