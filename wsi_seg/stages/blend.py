@@ -216,8 +216,13 @@ def _blend_into(num: np.ndarray, den: np.ndarray, chunk: list[tuple[int, int]],
     """Add each window's weighted prediction and its weight, in ``chunk``'s order (each map
     of a multi-map prediction by the same float32 operations as a single map)."""
     pw = weight if num.ndim == 2 else weight[..., None]
+    # One product buffer for the chunk instead of a fresh window-sized temporary per window
+    # (a 256 KiB allocation each, above malloc's reuse threshold): the same float32 multiply
+    # then add, so the same bits.
+    product = np.empty((roi, roi, *num.shape[2:]), np.float32)
     for k, (y, x) in enumerate(chunk):
-        num[y : y + roi, x : x + roi] += probs[k] * pw
+        np.multiply(probs[k], pw, out=product)
+        num[y : y + roi, x : x + roi] += product
         den[y : y + roi, x : x + roi] += weight
 
 
@@ -351,8 +356,10 @@ def blend_block(
         w_px = right_xw - left_xw
         for r0 in range(0, bottom_yw - top_yw, BAND_ROWS):
             rows = min(BAND_ROWS, bottom_yw - top_yw - r0)
-            band = normalise(num[iy + r0 : iy + r0 + rows, ix : ix + w_px],
-                             den[iy + r0 : iy + r0 + rows, ix : ix + w_px])
+            den_band = den[iy + r0 : iy + r0 + rows, ix : ix + w_px]
+            if not den_band.any():
+                continue  # no kept window covers it (glass): it stays 0, as normalised
+            band = normalise(num[iy + r0 : iy + r0 + rows, ix : ix + w_px], den_band)
             out[oy + r0 : oy + r0 + rows, ox : ox + w_px] = to_uint8(band)
     lap(times, "blend", t)
     return out

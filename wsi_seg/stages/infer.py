@@ -106,8 +106,9 @@ class _Request:
     """One submission: its tiles, its results as they arrive, and who waits for them."""
 
     tiles: np.ndarray
-    out: np.ndarray
+    out: np.ndarray | None  # made when the first result arrives (or a view of a batch's)
     future: Future[np.ndarray]
+    n: int
     remaining: int
 
 
@@ -208,8 +209,7 @@ class Predictor:
             raise ValueError(f"tiles must be (n, {roi}, {roi}, 3), not {tiles.shape}")
         n = len(tiles)
         fut: Future[np.ndarray] = Future()
-        req = _Request(np.ascontiguousarray(tiles, np.uint8),
-                       np.empty(self.card.kept_shape(n), np.float32), fut, n)
+        req = _Request(np.ascontiguousarray(tiles, np.uint8), None, fut, n, n)
         if n == 0:
             fut.set_result(self._result(req))
             return fut
@@ -306,7 +306,10 @@ class Predictor:
 
     def _launch(self, slots: list[tuple[_Request, int]]) -> _Launched:
         roi = self.roi_px
-        batch = np.full((self._batch, roi, roi, 3), PAD_VALUE, np.uint8)
+        # Only the unused slots are padded: filling the whole batch first wrote every byte
+        # of it twice (25 MB a 128-window batch of 256 px windows).
+        batch = np.empty((self._batch, roi, roi, 3), np.uint8)
+        batch[len(slots):] = PAD_VALUE
         for k, (req, i) in enumerate(slots):
             batch[k] = req.tiles[i]
         t = time.perf_counter()
@@ -334,19 +337,51 @@ class Predictor:
             st.padded_slots += self._batch - len(item.slots)
             st.first_launch = item.t_launch if st.first_launch is None else st.first_launch
             st.last_done = now
+        whole = _whole_requests(item.slots, out, self.card.kept_shape(1)[1:])
         for k, (req, i) in enumerate(item.slots):
-            req.out[i] = out[k]
-            req.remaining -= 1
+            if id(req) in whole:
+                # All of this request's windows are consecutive in this batch: its result is
+                # a view of the batch's output (the same values, one copy fewer per window).
+                req.out = out[k - i : k - i + req.n]
+                req.remaining = 0
+            else:
+                if req.out is None:
+                    req.out = np.empty(self.card.kept_shape(req.n), np.float32)
+                req.out[i] = out[k]
+                req.remaining -= 1
             if req.remaining == 0 and not req.future.done():
                 req.future.set_result(self._result(req))
 
     def _result(self, req: _Request) -> np.ndarray:
+        if req.out is None:  # no windows
+            req.out = np.empty(self.card.kept_shape(0), np.float32)
         if self.card.kind == "unet":
             return req.out
         # Patch classifier: one score (or one per map) painted over the patch's footprint.
         roi = self.roi_px
         return np.broadcast_to(req.out[:, None, None], (len(req.out), roi, roi,
                                                         *req.out.shape[1:]))
+
+
+def _whole_requests(slots: list[tuple[_Request, int]], out: np.ndarray,
+                    window_shape: tuple[int, ...]) -> set[int]:
+    """``id`` of each request whose windows all sit in this batch, in order and one after
+    the other (slot ``k`` holds window ``k - k0``): their results can be views of ``out``.
+    None when ``out`` is not float32 of ``window_shape`` per window (an engine's other
+    dtype is converted by the copy)."""
+    if out.dtype != np.float32 or out.shape[1:] != window_shape:
+        return set()
+    first: dict[int, int] = {}
+    seen: dict[int, int] = {}
+    n_of: dict[int, int] = {}
+    broken: set[int] = set()
+    for k, (req, i) in enumerate(slots):
+        key = id(req)
+        n_of[key] = req.n
+        seen[key] = seen.get(key, 0) + 1
+        if k - i != first.setdefault(key, k - i) or req.remaining != req.n:
+            broken.add(key)
+    return {key for key in first if key not in broken and seen[key] == n_of[key]}
 
 
 class PredictorFailed(ModelError):
