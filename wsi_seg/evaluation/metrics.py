@@ -188,12 +188,18 @@ def rasterize_window(geom_px: BaseGeometry, row0: int, col0: int, rows: int,
     winding = np.cumsum(up)
     inside = (winding[:-1] != 0) & (r[1:] == r[:-1])
     ra, xa, xb = r[:-1][inside], x[:-1][inside], x[1:][inside]
+    if not ra.size:
+        return out
     c_start = np.clip(np.ceil(xa - 0.5), 0, cols).astype(np.int64)
     c_end = np.clip(np.ceil(xb - 0.5), 0, cols).astype(np.int64)
-    diff = np.zeros((rows, cols + 1), dtype=np.int32)
-    np.add.at(diff, (ra, c_start), 1)
-    np.add.at(diff, (ra, c_end), -1)
-    out[:] = np.cumsum(diff[:, :cols], axis=1) > 0
+    # Only the rows the spans lie in are summed (a batch of small shapes reaches a few rows
+    # of a chunk); span starts +1 and ends -1 by counting (bincount: np.add.at is ~10x slower).
+    r_lo = int(ra.min())
+    n_rows, width = int(ra.max()) + 1 - r_lo, cols + 1
+    at = (ra - r_lo) * width
+    diff = (np.bincount(at + c_start, minlength=n_rows * width)
+            - np.bincount(at + c_end, minlength=n_rows * width)).reshape(n_rows, width)
+    out[r_lo : r_lo + n_rows] = np.cumsum(diff[:, :cols], axis=1) > 0
     return out
 
 

@@ -197,24 +197,54 @@ class TruthRaster:
         return out
 
 
-def _new_raster(frame: PixelFrame) -> Any:
-    """An all-False bool raster on ``frame``, chunked as the frame is processed (a chunk of
-    drawing is one chunk read and written) and stored compressed in memory."""
-    import zarr
-
-    c = frame.chunk_px
-    return zarr.create_array(store=zarr.storage.MemoryStore(),
-                             shape=(frame.height_px, frame.width_px),
-                             chunks=(min(c, max(1, frame.height_px)),
-                                     min(c, max(1, frame.width_px))),
-                             dtype=bool, fill_value=False)
+#: Chunks :class:`_Drawing` keeps decoded (1 MiB each at 1024 px): truth files list their
+#: shapes roughly in place order, so a batch mostly touches the chunks the last one did.
+DRAW_CACHE_CHUNKS = 64
 
 
-def _or_window(out: Any, row0: int, col0: int, win: np.ndarray) -> None:
-    """``out[window] |= win``, writing nothing for an empty ``win`` (glass stays unstored)."""
-    if win.any():
-        sl = (slice(row0, row0 + win.shape[0]), slice(col0, col0 + win.shape[1]))
-        out[sl] = np.asarray(out[sl], dtype=bool) | win
+class _Drawing:
+    """A bool raster on ``frame`` being drawn chunk-aligned window by window: stored
+    compressed in memory (zarr; all-False chunks not stored), the last
+    :data:`DRAW_CACHE_CHUNKS` chunks drawn into kept decoded, so a chunk is encoded once
+    per visit, not once per batch of polygons that reaches it."""
+
+    def __init__(self, frame: PixelFrame) -> None:
+        import zarr
+
+        c = frame.chunk_px
+        self.chunk_px = c
+        self.array = zarr.create_array(store=zarr.storage.MemoryStore(),
+                                       shape=(frame.height_px, frame.width_px),
+                                       chunks=(min(c, max(1, frame.height_px)),
+                                               min(c, max(1, frame.width_px))),
+                                       dtype=bool, fill_value=False)
+        self._cache: dict[tuple[int, int], np.ndarray] = {}  # insertion order = LRU order
+
+    def or_window(self, row0: int, col0: int, win: np.ndarray) -> None:
+        """``raster[window] |= win`` for a window at a chunk's corner."""
+        if not win.any():
+            return
+        key = (row0, col0)
+        block = self._cache.pop(key, None)
+        if block is None:
+            if len(self._cache) >= DRAW_CACHE_CHUNKS:  # the least recently drawn goes
+                oldest = next(iter(self._cache))
+                self._write(oldest, self._cache.pop(oldest))
+            sl = (slice(row0, row0 + win.shape[0]), slice(col0, col0 + win.shape[1]))
+            block = np.asarray(self.array[sl], dtype=bool)
+        block |= win
+        self._cache[key] = block
+
+    def _write(self, key: tuple[int, int], block: np.ndarray) -> None:
+        row0, col0 = key
+        self.array[row0 : row0 + block.shape[0], col0 : col0 + block.shape[1]] = block
+
+    def done(self) -> Any:
+        """The finished raster (zarr), every kept chunk written."""
+        for key, block in self._cache.items():
+            self._write(key, block)
+        self._cache.clear()
+        return self.array
 
 
 def _is_geojson(path: Path) -> bool:
@@ -231,16 +261,15 @@ def _draw_geometry(geom_x0: BaseGeometry, frame: PixelFrame) -> Any:
     """The raster scoring draws of a truth geometry (level-0 px), chunk by chunk."""
     from wsi_seg.evaluation.metrics import rasterize_window
 
-    out = _new_raster(frame)
-    if geom_x0.is_empty:
-        return out
-    geom_px = frame.from_level0(geom_x0)
-    for row0, col0, rows, cols in frame.chunks():
-        _or_window(out, row0, col0, rasterize_window(geom_px, row0, col0, rows, cols))
-    return out
+    out = _Drawing(frame)
+    if not geom_x0.is_empty:
+        geom_px = frame.from_level0(geom_x0)
+        for row0, col0, rows, cols in frame.chunks():
+            out.or_window(row0, col0, rasterize_window(geom_px, row0, col0, rows, cols))
+    return out.done()
 
 
-def _draw_coverage(out: Any, polys: Sequence[BaseGeometry], frame: PixelFrame,
+def _draw_coverage(out: _Drawing, polys: Sequence[BaseGeometry], frame: PixelFrame,
                    slide_size_x0: tuple[int, int]) -> tuple[float, float, float, float]:
     """Draw polygons of a coverage into ``out`` (their union: OR), clipped to the slide as
     :func:`~wsi_seg.evaluation.annotations.check_truth_fits` clips, each chunk of ``frame``
@@ -271,7 +300,7 @@ def _draw_coverage(out: Any, polys: Sequence[BaseGeometry], frame: PixelFrame,
             n_cols = min(c, frame.width_px - col0)
             near = in_rows & (box[:, 0] <= col0 + n_cols + 1) & (box[:, 2] >= col0 - 1)
             if near.any():
-                _or_window(out, row0, col0, rasterize_window(
+                out.or_window(row0, col0, rasterize_window(
                     GeometryCollection(list(parts[near])), row0, col0, n_rows, n_cols))
     return bounds
 
@@ -304,7 +333,7 @@ def rasterize_truth(path: str | Path, frame: PixelFrame, slide_size_x0: tuple[in
                                  margin=margin)
         return TruthRaster(p, frame, _draw_geometry(truth.geometry, frame), truth.classes,
                            truth.all_classes, len(truth.polygons))
-    out = _new_raster(frame)
+    out = _Drawing(frame)
     seen, all_classes, kept = False, set(), set()
     pending: list[Polygon | MultiPolygon] = []
     n_polygons, coverage = 0, False
@@ -328,7 +357,7 @@ def rasterize_truth(path: str | Path, frame: PixelFrame, slide_size_x0: tuple[in
                 hi_x, hi_y = max(hi_x, x1), max(hi_y, y1)
             pending = []
     if not seen:  # no annotation at all: "no tumour"
-        return TruthRaster(p, frame, out, (), (), 0)
+        return TruthRaster(p, frame, out.done(), (), (), 0)
     if not n_polygons:
         raise no_tumour_error(p, classes, all_classes)
     names, every = tuple(sorted(kept)), tuple(sorted(all_classes))
@@ -343,4 +372,4 @@ def rasterize_truth(path: str | Path, frame: PixelFrame, slide_size_x0: tuple[in
     # The coverage's bounds, checked as check_truth_fits checks them (its line if outside).
     check_truth_fits(Truth(p, (), shapely.box(lo_x, lo_y, hi_x, hi_y), names, every),
                      slide_size_x0, margin=margin)
-    return TruthRaster(p, frame, out, names, every, n_polygons)
+    return TruthRaster(p, frame, out.done(), names, every, n_polygons)
