@@ -9,7 +9,9 @@ for a terminal or a log) pass through :func:`printable` first.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 _NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
@@ -47,8 +49,10 @@ class WsiSegError(Exception):
 
     exit_status = 2
 
-    def __init__(self, cause: str, path: str | Path | None = None) -> None:
-        self.path = None if path is None else Path(path)
+    def __init__(self, cause: str, path: str | os.PathLike[str] | Any | None = None) -> None:
+        # A local path as a Path; a slide URL (wsi_seg.core.locations.SlideURL) as itself.
+        self.path: Any = (None if path is None else Path(path)
+                          if isinstance(path, str | os.PathLike) else path)
         # One line, whatever the cause text held (a library's multi-line message, a name).
         self.cause = printable(" ".join(str(cause).split()))
         super().__init__(self.cause if path is None else f"{printable(path)}: {self.cause}")

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from wsi_seg.core.errors import WsiSegError
 from wsi_seg.core.files import check_regular
+from wsi_seg.core.locations import SlideLocation, SlideURL
 
 #: Truth files looked for beside a slide name, in order (``{stem}`` and ``{name}`` expand).
 #: A slide's report in its output folder (written last: its presence means finished).
@@ -34,13 +35,13 @@ TRUTH_PATTERNS = ("{stem}.tumor.geojson", "{stem}.geojson", "{stem}.json", "{ste
 IDENTITY_HEAD_BYTES = 256 * 1024
 
 
-def slide_stem(path: str | os.PathLike[str]) -> str:
+def slide_stem(path: str | os.PathLike[str] | SlideURL) -> str:
     """The file name without its last suffix (the whole name when it has none)."""
-    p = Path(path)
+    p = path if isinstance(path, SlideURL) else Path(path)
     return p.name[: -len(p.suffix)] if p.suffix else p.name
 
 
-def output_names(paths: Sequence[Path]) -> dict[Path, str]:
+def output_names(paths: Sequence[SlideLocation]) -> dict[SlideLocation, str]:
     """A distinct output folder name for each slide path (see the module docstring)."""
     names = {p: slide_stem(p) for p in paths}
     deepest = max((len(p.resolve().parts) for p in paths), default=0)
@@ -61,14 +62,14 @@ def output_names(paths: Sequence[Path]) -> dict[Path, str]:
     return names
 
 
-def _clashing(names: dict[Path, str]) -> list[Path]:
-    by_name: dict[str, list[Path]] = defaultdict(list)
+def _clashing(names: dict[SlideLocation, str]) -> list[SlideLocation]:
+    by_name: dict[str, list[SlideLocation]] = defaultdict(list)
     for p, n in names.items():
         by_name[n.casefold()].append(p)  # case-insensitive file systems exist
     return [p for group in by_name.values() if len(group) > 1 for p in group]
 
 
-def truth_candidates(folder: Path, slide_path: Path, output_name: str | None = None,
+def truth_candidates(folder: Path, slide_path: SlideLocation, output_name: str | None = None,
                      patterns: Sequence[str] = TRUTH_PATTERNS) -> list[Path]:
     """Where a slide's truth may be in ``folder``, in the order to try: each pattern for the
     slide's output name first (it tells same-stem slides apart), then for its stem."""
@@ -77,10 +78,12 @@ def truth_candidates(folder: Path, slide_path: Path, output_name: str | None = N
             for stem in stems for pat in patterns]
 
 
-def slide_identity(path: Path) -> dict[str, object]:
+def slide_identity(path: SlideLocation) -> dict[str, object]:
     """Size, modification time and a hash of the head of a slide file; of a slide that is a
     folder (a DICOM series), the total size, latest time and a hash of each file's name and
-    head."""
+    head; of an object in a store, its size, last-modified time, ETag and head."""
+    if isinstance(path, SlideURL):
+        return _object_identity(path)
     if path.is_dir():
         return _folder_identity(path)
     st = check_regular(path, WsiSegError, "slide").stat()
@@ -88,6 +91,19 @@ def slide_identity(path: Path) -> dict[str, object]:
     with open(path, "rb") as f:
         h.update(f.read(IDENTITY_HEAD_BYTES))
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "head_sha256": h.hexdigest()[:32]}
+
+
+def _object_identity(url: SlideURL) -> dict[str, object]:
+    """A stored object's identity: the same keys as a file's, plus its ETag (the store's
+    own version stamp; an overwritten object gets a new one even at the same size)."""
+    from wsi_seg.stages.object_store import RemoteFile
+
+    remote = RemoteFile(url)
+    modified = remote.mtime
+    mtime_ns = int(modified.timestamp() * 1e9) if hasattr(modified, "timestamp") else 0
+    head = remote.read(0, IDENTITY_HEAD_BYTES)
+    return {"size": remote.size_bytes, "mtime_ns": mtime_ns, "etag": remote.etag,
+            "head_sha256": hashlib.sha256(head).hexdigest()[:32]}
 
 
 def _folder_identity(folder: Path) -> dict[str, object]:

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from wsi_seg.core.errors import NoTissueError, WsiSegError
+from wsi_seg.core.locations import SlideLocation
 from wsi_seg.core.naming import slide_stem
 from wsi_seg.stages.slide import MissingMppError, Slide, describe_file, open_slide
 from wsi_seg.stages.tiling import plan_blocks, step_for
@@ -54,7 +55,7 @@ class SlideInfo:
             format_without_mpp(self.description)
 
 
-def thumbnail_path(thumbnail: Path, slide_path: Path, one_of_many: bool) -> Path:
+def thumbnail_path(thumbnail: Path, slide_path: SlideLocation, one_of_many: bool) -> Path:
     """Where a slide's thumbnail goes: ``thumbnail`` itself, or ``thumbnail/<stem>.png`` when
     several slides are described (the folder is made)."""
     if not one_of_many:
@@ -63,7 +64,7 @@ def thumbnail_path(thumbnail: Path, slide_path: Path, one_of_many: bool) -> Path
     return thumbnail / f"{slide_stem(slide_path)}.png"
 
 
-def describe_path(path: Path, plan: PlanSettings, mpp: float | None = None,
+def describe_path(path: SlideLocation, plan: PlanSettings, mpp: float | None = None,
                   thumbnail: Path | None = None, one_of_many: bool = False) -> SlideInfo:
     """Describe the slide at ``path`` (``mpp``: level-0 µm/px override) and the run ``plan``;
     write its tissue thumbnail to :func:`thumbnail_path` when ``thumbnail`` is given.

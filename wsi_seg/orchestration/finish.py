@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from wsi_seg import __version__
 from wsi_seg.core.errors import WsiSegError
 from wsi_seg.core.files import write_json_atomic
+from wsi_seg.core.locations import SlideLocation
 from wsi_seg.core.naming import TRUTH_PATTERNS, truth_candidates
 from wsi_seg.core.scores import format_score
 from wsi_seg.core.stopwatch import lap
@@ -151,7 +152,7 @@ def polygons_note(scored: Scored, polygons: Polygons, config: RunConfig) -> str 
             f"for the polygons, {format_score(mosaic.iou, '.3f')} for the mosaic")
 
 
-def find_truth(truth: Path, slide_path: Path, name: str | None = None,
+def find_truth(truth: Path, slide_path: SlideLocation, name: str | None = None,
                patterns: tuple[str, ...] = TRUTH_PATTERNS) -> Path | None:
     """The truth file of a slide: ``truth`` itself, or the first of
     :func:`naming.truth_candidates` in the folder ``truth``."""

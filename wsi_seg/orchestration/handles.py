@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
+from wsi_seg.core.locations import SlideLocation
 from wsi_seg.stages.slide import Slide, open_slide
 
 #: Idle slide handles a worker process keeps open (a handle in use is never closed).
@@ -24,7 +24,7 @@ class _SlideHandles:
         self._lock = threading.Lock()
 
     @contextlib.contextmanager
-    def hold(self, path: Path, mpp: float | None) -> Iterator[Slide]:
+    def hold(self, path: SlideLocation, mpp: float | None) -> Iterator[Slide]:
         """The slide at ``path`` (``mpp``: level-0 µm/px override), opened once per process
         and kept open while any task holds it."""
         key = (str(path), mpp)
@@ -49,7 +49,7 @@ class _SlideHandles:
         for key in [k for k in self._open if k not in self._users][:max(0, excess)]:
             self._open.pop(key).close()
 
-    def is_open(self, path: Path, mpp: float | None) -> bool:
+    def is_open(self, path: SlideLocation, mpp: float | None) -> bool:
         with self._lock:
             return (str(path), mpp) in self._open
 

@@ -21,6 +21,7 @@ import numpy as np
 from wsi_seg import __version__
 from wsi_seg.core.errors import WsiSegError
 from wsi_seg.core.files import decode_json, write_json_atomic
+from wsi_seg.core.locations import SlideLocation, slide_location
 from wsi_seg.core.naming import (
     REPORT,
     TRUTH_PATTERNS,
@@ -165,7 +166,7 @@ class BlockContext:
     the working µm/px; ``block_px`` the block edge in working pixels.
     """
 
-    slide_path: Path
+    slide_path: SlideLocation
     slide_mpp: float | None
     stem: str
     work_dir: Path
@@ -200,7 +201,7 @@ class SlideJob:
     mm² (tissue) and µm² (the slide's bounds); ``slide_size_x0`` is level-0 (width, height).
     """
 
-    slide_path: Path
+    slide_path: SlideLocation
     stem: str
     final_dir: Path
     work_dir: Path
@@ -243,7 +244,7 @@ class SlideJob:
                             self.mpp, self.spec, self.model_path, self.block_px)
 
 
-def final_dir_for(out_dir: Path, slide_path: Path, name: str | None = None) -> Path:
+def final_dir_for(out_dir: Path, slide_path: SlideLocation, name: str | None = None) -> Path:
     """A slide's output folder: ``OUT/<name>``, the name from :func:`naming.output_names`
     (the slide's stem when no other slide of the run shares it)."""
     return out_dir / (name or slide_stem(slide_path))
@@ -253,7 +254,7 @@ class OutputTaken(WsiSegError):
     """The output folder a slide would use holds another slide's results."""
 
 
-def finished_report(out_dir: Path, slide_path: Path,
+def finished_report(out_dir: Path, slide_path: SlideLocation,
                     name: str | None = None) -> dict[str, Any] | None:
     """The ``report.json`` of this slide's final outputs when they exist for this very file
     (outputs only ever appear complete), else None. Raises :class:`OutputTaken` when the
@@ -263,7 +264,7 @@ def finished_report(out_dir: Path, slide_path: Path,
         return None
     try:
         done = decode_json(report.read_text(encoding="utf-8"), report)
-        same_file = Path(done["slide"]).resolve() == slide_path.resolve()
+        same_file = slide_location(done["slide"]).resolve() == slide_path.resolve()
     except (OSError, WsiSegError, KeyError, TypeError):
         return None  # an unreadable report is redone
     if not same_file:
@@ -273,7 +274,7 @@ def finished_report(out_dir: Path, slide_path: Path,
     return done if done.get("slide_identity") == slide_identity(slide_path) else None
 
 
-def is_finished(out_dir: Path, slide_path: Path, name: str | None = None) -> bool:
+def is_finished(out_dir: Path, slide_path: SlideLocation, name: str | None = None) -> bool:
     """Whether this slide's final outputs exist, for this very file (see
     :func:`finished_report`, whose :class:`OutputTaken` it raises)."""
     return finished_report(out_dir, slide_path, name) is not None
@@ -392,7 +393,8 @@ def _facts(slide: Slide, tissue: TissueMask) -> SlideFacts:
         slide_area_um2=bw * bh * slide.mpp * slide.mpp, slide_size_x0=slide.dimensions)
 
 
-def prepare_slide(slide_path: Path, config: RunConfig, name: str | None = None) -> SlideJob:
+def prepare_slide(slide_path: SlideLocation, config: RunConfig, name: str | None = None
+                  ) -> SlideJob:
     """Open, find tissue, plan and create (or reopen, to resume) the slide's work directory.
 
     ``name`` is the slide's output folder name (:func:`naming.output_names`; its stem by
@@ -438,7 +440,7 @@ def prepare_slide(slide_path: Path, config: RunConfig, name: str | None = None) 
     )
 
 
-def mpp_override(slide_path: Path, config: RunConfig) -> float | None:
+def mpp_override(slide_path: SlideLocation, config: RunConfig) -> float | None:
     """The level-0 µm/px to open ``slide_path`` with: ``slide_mpp`` for every slide, else
     ``missing_mpp`` where the slide's metadata has none (None: the metadata's own)."""
     if config.slide_mpp is not None or config.missing_mpp is None:

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from pathlib import Path
 
+from wsi_seg.core.locations import SlideLocation
 from wsi_seg.core.naming import slide_stem
 from wsi_seg.orchestration.blocks import BlockResult, run_block, sum_times
 from wsi_seg.orchestration.finish import find_truth, finish_slide
@@ -58,7 +58,7 @@ __all__ = [
 ]
 
 
-def process_slide_inline(slide_path: Path, config: RunConfig,
+def process_slide_inline(slide_path: SlideLocation, config: RunConfig,
                          on_block: Callable[[BlockResult], None] | None = None
                          ) -> SlideReport:
     """Run one slide in this process, block after block (no Dask; tests and debugging)."""

@@ -28,6 +28,7 @@ from distributed.comm.core import CommClosedError
 from wsi_seg import __version__
 from wsi_seg.core.errors import RunStopped, WsiSegError, printable
 from wsi_seg.core.files import write_json_atomic
+from wsi_seg.core.locations import SlideLocation, slide_location
 from wsi_seg.core.locks import SlideLock, holder, try_lock
 from wsi_seg.core.naming import output_names, slide_stem
 from wsi_seg.orchestration import progress
@@ -71,7 +72,7 @@ __all__ = ["RUN_JSON", "RunResult", "Runner", "SlideResult", "SlideState", "one_
 class SlideState:
     """Book-keeping of one slide during a run (mutable, client side only)."""
 
-    path: Path
+    path: SlideLocation
     name: str  # the output folder name, distinct within the run
     status: str = "pending"  # pending | running | ok | skipped | held | failed
     error: str | None = None
@@ -145,7 +146,7 @@ class SlideResult:
         blocks, blocks_resumed: blocks planned, and those an earlier run had finished.
     """
 
-    slide: Path
+    slide: SlideLocation
     name: str
     status: str
     error: str | None
@@ -210,13 +211,13 @@ class _InFlight:
 class Runner:
     """One run over a list of slides (client side)."""
 
-    def __init__(self, slides: Sequence[Path], config: RunConfig, cluster: ClusterConfig,
+    def __init__(self, slides: Sequence[SlideLocation], config: RunConfig, cluster: ClusterConfig,
                  quiet: bool = False, gpu_resource: bool | None = None) -> None:
         self.config = config
         self.cluster = cluster
         self.quiet = quiet
         self.gpu_resource = gpu_resource
-        paths = [Path(p) for p in slides]
+        paths = [slide_location(p) for p in slides]
         names = output_names(paths)
         self.states = [SlideState(p, names[p]) for p in paths]
         self.started_at = datetime.now(UTC).replace(microsecond=0).isoformat()
@@ -695,7 +696,7 @@ def _classes_text(report: SlideReport) -> str:
     return ", ".join(parts)
 
 
-def _done_line(path: Path, report: SlideReport, slide_dir: Path, mark: str = "✓") -> str:
+def _done_line(path: SlideLocation, report: SlideReport, slide_dir: Path, mark: str = "✓") -> str:
     """``✓ NAME: tiles in s (tiles/s; blocks phase ...), tumour mm², IoU, Dice -> DIR``; ``✗``
     when the outputs are there but the score asked for is not."""
     score, polys = report.score, report.polygons_score

@@ -38,6 +38,7 @@ from PIL import Image
 
 from wsi_seg.core.errors import SlideError
 from wsi_seg.core.files import check_regular
+from wsi_seg.core.locations import SlideLocation, SlideURL, slide_location
 from wsi_seg.core.naming import slide_stem
 from wsi_seg.stages.dicom_reader import DicomSlide, is_dicom, is_dicom_folder, open_dicom_series
 from wsi_seg.stages.read_pool import run_jobs
@@ -85,7 +86,7 @@ class Slide:
     OpenSlide 3.3.1); ``close`` must wait until no read is in flight.
     """
 
-    def __init__(self, path: Path, osr: openslide.AbstractSlide, mpp: float) -> None:
+    def __init__(self, path: SlideLocation, osr: openslide.AbstractSlide, mpp: float) -> None:
         self.path = path
         self._osr = osr
         self.mpp = mpp
@@ -419,18 +420,25 @@ def _flatten_on_white(rgba: np.ndarray) -> np.ndarray:
     return ((rgb.astype(np.uint16) * a + BACKGROUND_RGB * (255 - a) + 127) // 255).astype(np.uint8)
 
 
-def open_slide(path: str | os.PathLike[str], mpp: float | None = None) -> Slide:
+def open_slide(path: str | os.PathLike[str] | SlideURL, mpp: float | None = None) -> Slide:
     """Open a slide (any OpenSlide format, a DICOM series) or a plain image as a one-level slide.
 
     Args:
-        path: slide file; for DICOM, the series' folder or any one of its files.
+        path: slide file; for DICOM, the series' folder or any one of its files. An
+            ``s3://`` URL (a :class:`SlideURL`) is read in place
+            (:mod:`wsi_seg.stages.remote_slide`: SVS, tiled TIFF, DICOM).
         mpp: level-0 resolution in µm/px. Overrides the slide's own metadata; required for
             plain images and slides without MPP.
 
     Raises:
         SlideError: missing, unreadable or unsupported file, missing or implausible MPP.
     """
-    p = Path(path)
+    loc = slide_location(path)
+    if isinstance(loc, SlideURL):
+        from wsi_seg.stages.remote_slide import open_remote
+
+        return _finish_open(loc, open_remote(loc), mpp)
+    p = loc
     if not p.exists():
         raise SlideError("no such file", p)
     if p.is_dir() and not is_dicom_folder(p):
@@ -462,7 +470,7 @@ def open_slide(path: str | os.PathLike[str], mpp: float | None = None) -> Slide:
     return _finish_open(p, osr, mpp)
 
 
-def _finish_open(p: Path, osr: openslide.AbstractSlide, mpp: float | None) -> Slide:
+def _finish_open(p: SlideLocation, osr: openslide.AbstractSlide, mpp: float | None) -> Slide:
     """The MPP, a probe read and the TIFF fast path: what every opened slide goes through."""
     if mpp is not None:
         check_mpp(mpp, p, "--mpp")
@@ -481,7 +489,8 @@ def _finish_open(p: Path, osr: openslide.AbstractSlide, mpp: float | None) -> Sl
             raise
     slide = Slide(p, osr, level0_mpp)
     _probe(slide)
-    slide._tiff = open_tiff_levels(p, osr, slide._read_openslide)
+    if isinstance(p, Path):  # a slide from the store decodes its tiles with tifffile already
+        slide._tiff = open_tiff_levels(p, osr, slide._read_openslide)
     return slide
 
 

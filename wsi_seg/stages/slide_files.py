@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import openslide
@@ -15,12 +15,13 @@ import tifffile
 
 from wsi_seg.core.errors import SlideError
 from wsi_seg.core.files import check_regular
+from wsi_seg.core.locations import SlideLocation, SlideURL, slide_location
 from wsi_seg.stages.dicom_reader import is_dicom, is_dicom_folder, open_dicom_series, series_in
 
 #: Plausible microscope resolutions, micrometres per pixel (1000x oil to 0.5x overview).
 MPP_RANGE_UM = (0.05, 20.0)
 
-def check_mpp(mpp: float, path: str | Path, what: str = "MPP") -> float:
+def check_mpp(mpp: float, path: str | Path | SlideURL, what: str = "MPP") -> float:
     """Return ``mpp`` if it is a plausible microscope resolution, else raise SlideError."""
     lo, hi = MPP_RANGE_UM
     if not (math.isfinite(mpp) and lo <= mpp <= hi):
@@ -52,14 +53,20 @@ class MissingMppError(SlideError):
     """The slide opens but says nothing of its resolution (``--mpp`` supplies it)."""
 
 
-def describe_file(path: str | os.PathLike[str]) -> dict[str, object]:
+def describe_file(path: str | os.PathLike[str] | SlideURL) -> dict[str, object]:
     """What OpenSlide tells of a slide without knowing its µm/px: vendor, level sizes and
     downsamples, associated images (for describing slides :func:`open_slide` refuses for want
     of an MPP)."""
-    p = Path(path)
+    p = slide_location(path)
     try:
-        opened: openslide.AbstractSlide = (
-            open_dicom_series(p) if p.is_dir() or is_dicom(p) else openslide.OpenSlide(str(p)))
+        opened: openslide.AbstractSlide
+        if isinstance(p, SlideURL):
+            from wsi_seg.stages.remote_slide import open_remote
+
+            opened = open_remote(p)
+        else:
+            opened = (open_dicom_series(p) if p.is_dir() or is_dicom(p)
+                      else openslide.OpenSlide(str(p)))
         with opened as osr:
             return {
                 "path": str(p),
@@ -130,8 +137,7 @@ SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mr
                   ".bif", ".dcm")
 
 
-def find_slides(paths: list[str | os.PathLike[str]] | tuple[str | os.PathLike[str], ...]
-                ) -> list[Path]:
+def find_slides(paths: Sequence[str | os.PathLike[str] | SlideURL]) -> list[SlideLocation]:
     """Expand files and directories into a sorted, de-duplicated list of slide paths.
 
     Directories are searched (not recursively) for :data:`SLIDE_SUFFIXES` and DICOM files;
@@ -140,12 +146,19 @@ def find_slides(paths: list[str | os.PathLike[str]] | tuple[str | os.PathLike[st
     one series, given or inside a given folder, is the slide itself; the files of a series
     among other slides are represented by its largest level.
 
+    An ``s3://`` URL is a prefix or an object in a store (:func:`_find_in_store`); the store
+    is listed first, so a wrong credential or endpoint fails here, before any work.
+
     Raises:
         SlideError: a path does not exist, or a directory holds no slides.
     """
-    found: list[Path] = []
+    found: list[SlideLocation] = []
     for raw in paths:
-        p = Path(raw)
+        loc = slide_location(raw)
+        if isinstance(loc, SlideURL):
+            found.extend(_find_in_store(loc))
+            continue
+        p = loc
         if p.is_dir():
             children = sorted(c for c in p.iterdir() if not c.name.startswith("."))
             inside = [c for c in children if c.is_file() and (
@@ -163,14 +176,37 @@ def find_slides(paths: list[str | os.PathLike[str]] | tuple[str | os.PathLike[st
             found.append(check_regular(p, SlideError, "slide"))
         else:
             raise SlideError("no such file or directory", p)
-    seen: set[Path] = set()
-    unique = []
-    for p in found:
-        key = p.resolve()
+    seen: set[SlideLocation] = set()
+    unique: list[SlideLocation] = []
+    for loc in found:
+        key = loc.resolve()
         if key not in seen:
             seen.add(key)
-            unique.append(p)
+            unique.append(loc)
     return unique
+
+
+def _find_in_store(url: SlideURL) -> list[SlideLocation]:
+    """The slides at ``url``: the object itself, or the objects directly under the prefix
+    whose suffix is one of :data:`SLIDE_SUFFIXES` (a store has no cheap magic-number check,
+    so files without a suffix are not looked into).
+
+    Raises:
+        SlideError: the store refuses the listing (credentials, endpoint, bucket), nothing is
+            at ``url``, or the prefix holds no slides (one line).
+    """
+    from wsi_seg.stages.object_store import check_access, list_prefix
+
+    check_access(url)
+    entries = list_prefix(url)
+    if entries is None:
+        return [url]
+    inside: list[SlideLocation] = [e.url for e in entries if not e.is_dir
+                                   and not e.url.name.startswith(".")
+                                   and e.url.suffix.lower() in SLIDE_SUFFIXES]
+    if not inside:
+        raise SlideError(f"no slides found (looked for {', '.join(SLIDE_SUFFIXES)})", str(url))
+    return inside
 
 
 def _collapse_dicom(folder: Path, files: list[Path]) -> list[Path]:

@@ -78,16 +78,19 @@ class TiledLevel:
 class TiffLevels:
     """Reads rectangles of some pyramid levels from the tiles of one TIFF file.
 
-    Thread-safe: tiles are read with ``os.pread`` on one descriptor and decoded by
-    imagecodecs, which releases the GIL; the cache of decoded tiles has a lock.
+    Thread-safe: tiles are read with ``os.pread`` on one descriptor (or, for a slide in an
+    object store, with ``read_range(offset, count)``, which must be thread-safe too) and
+    decoded by imagecodecs, which releases the GIL; the cache of decoded tiles has a lock.
     """
 
-    def __init__(self, path: Path, tif: tifffile.TiffFile, levels: dict[int, TiledLevel]
-                 ) -> None:
+    def __init__(self, path: Path | object, tif: tifffile.TiffFile,
+                 levels: dict[int, TiledLevel],
+                 read_range: Callable[[int, int], bytes] | None = None) -> None:
         self.path = path
         self._tif = tif
         self._levels = levels
-        self._fd = os.open(path, os.O_RDONLY)
+        self._fd = os.open(path, os.O_RDONLY) if read_range is None else -1  # type: ignore[arg-type]
+        self._read_range = read_range
         self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         self._cache_bytes = 0
         self._cache_lock = threading.Lock()
@@ -140,12 +143,14 @@ class TiffLevels:
             # A tile the scanner never wrote: OpenSlide leaves it transparent, which reads as
             # glass once flattened on white.
             return np.full((lv.tile_h, lv.tile_w, 3), BACKGROUND_RGB, dtype=np.uint8)
-        data = os.pread(self._fd, count, int(lv.offsets[i]))
+        data = (os.pread(self._fd, count, int(lv.offsets[i])) if self._read_range is None
+                else self._read_range(int(lv.offsets[i]), count))
         tile, _, _ = lv.decode(data, i, jpegtables=lv.jpegtables)
         return np.asarray(tile).reshape(tile.shape[-3:])
 
     def close(self) -> None:
-        os.close(self._fd)
+        if self._fd >= 0:
+            os.close(self._fd)
         self._tif.close()
 
 
