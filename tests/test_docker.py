@@ -186,8 +186,7 @@ def test_images_are_pinned(name: str) -> None:
 @pytest.mark.parametrize("name", DOCKERFILES)
 def test_images_write_nothing_into_themselves_at_run_time(name: str) -> None:
     text = (DOCKER / name).read_text()
-    env = dict(re.findall(r"\b([A-Z_]+)=(\S+)", " ".join(re.findall(
-        r"^ENV\s+((?:.*\\\n)*.*)$", text, flags=re.M)).replace("\\\n", " ")))
+    env = _dockerfile_env(name)
     for var in ("HOME", "KERAS_HOME", "MPLCONFIGDIR", "XDG_CACHE_HOME"):
         assert env.get(var, "").startswith("/tmp"), f"{name}: {var}={env.get(var)}"
     # The build's own caches are dropped; the run-time user has no home in the image.
@@ -327,3 +326,74 @@ def test_cpu_image_builds_and_runs_read_only_where_an_engine_answers() -> None:
                               "ls -A /root /tmp"], capture_output=True, text=True, timeout=60)
     assert listing.returncode == 0, listing.stderr
     assert ".cache" not in listing.stdout.split() and ".keras" not in listing.stdout.split()
+
+
+def _dockerfile_env(name: str) -> dict[str, str]:
+    text = (DOCKER / name).read_text()
+    return dict(re.findall(r"\b([A-Z_]+)=(\S+)", " ".join(re.findall(
+        r"^ENV\s+((?:.*\\\n)*.*)$", text, flags=re.M)).replace("\\\n", " ")))
+
+
+def _def_sections() -> tuple[dict[str, str], dict[str, str]]:
+    """The Apptainer definition's header keys and its %sections' bodies."""
+    text = (DOCKER / "wsi-seg.def").read_text()
+    lines = [ln for ln in text.splitlines() if not ln.lstrip().startswith("#")]
+    header: dict[str, str] = {}
+    sections: dict[str, str] = {}
+    current = None
+    for ln in lines:
+        if ln.startswith("%"):
+            current = ln[1:].split()[0]
+            sections[current] = ""
+        elif current is not None:
+            sections[current] += ln.strip() + "\n"
+        elif ":" in ln:
+            key, value = ln.split(":", 1)
+            header[key.strip()] = value.strip()
+    return header, sections
+
+
+def test_apptainer_definition_converts_the_image_and_writes_only_tmp() -> None:
+    """HPC systems run Apptainer: the definition is the Docker image converted (one recipe),
+    runs wsi-seg as the image's entry point does, keeps the image's /tmp caches even where
+    Apptainer binds the user's home, and the commands its comments teach name files that
+    exist (``docker save`` writes the archive its From reads)."""
+    header, sections = _def_sections()
+    assert header["Bootstrap"] == "docker-archive"
+    text = (DOCKER / "wsi-seg.def").read_text()
+    saved = re.search(r"docker save (\S+) -o (\S+)", text)
+    built = re.search(r"docker build -f (\S+) -t (\S+) \.", text)
+    assert saved and built and saved.group(2) == header["From"]
+    assert saved.group(1) == built.group(2) and (ROOT / built.group(1)).is_file()
+    assert re.search(r'^exec wsi-seg "\$@"$', sections["runscript"], flags=re.M)
+    assert "wsi-seg --version" in sections["test"]
+    env = dict(re.findall(r"\b([A-Z_]+)=(\S+)", sections["environment"]))
+    image = _dockerfile_env("Dockerfile.gpu")
+    for var in ("HOME", "KERAS_HOME", "MPLCONFIGDIR", "XDG_CACHE_HOME"):
+        assert env[var] == image[var] and env[var].startswith("/tmp"), var
+    assert "/root" not in "".join(sections.values())
+
+
+def test_apptainer_builds_where_installed(tmp_path: Path) -> None:
+    """Build and run the definition where Apptainer and a container engine both exist (it
+    needs the Docker image's archive); Debian bookworm packages no Apptainer, so here it
+    skips and says so."""
+    apptainer = shutil.which("apptainer") or shutil.which("singularity")
+    if apptainer is None:
+        pytest.skip("no apptainer or singularity on PATH (Debian bookworm packages neither; "
+                    "the definition's structure is checked above)")
+    engine, why = _engine()
+    if engine is None:
+        pytest.skip(f"apptainer is here but the image archive needs an engine: {why}")
+    subprocess.run([engine, "build", "-f", str(DOCKER / "Dockerfile.cpu"), "-t",
+                    "wsi-seg:cpu", str(ROOT)], check=True)
+    subprocess.run([engine, "save", "wsi-seg:cpu", "-o", str(tmp_path / "wsi-seg-cpu.tar")],
+                   check=True)
+    definition = tmp_path / "wsi-seg.def"  # the CPU image's archive: no GPU needed here
+    definition.write_text((DOCKER / "wsi-seg.def").read_text().replace(
+        "From: wsi-seg-gpu.tar", "From: wsi-seg-cpu.tar"))
+    sif = tmp_path / "wsi-seg.sif"
+    subprocess.run([apptainer, "build", str(sif), str(definition)], check=True, cwd=tmp_path)
+    out = subprocess.run([apptainer, "run", str(sif), "--version"], capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.startswith("wsi-seg")
