@@ -150,8 +150,9 @@ def test_files_the_benchmark_docs_name_exist() -> None:
     """Every ``benchmarks/...`` path the READMEs and docs name (not ``REV:benchmarks/...``, a
     file at a past commit), and every record ``benchmarks/README.md`` cites (``results/...``),
     is in the repository."""
+    scripts = sorted(p for p in (REPO / "scripts").rglob("*") if p.is_file())  # subfolders too
     docs = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), BENCH / "README.md",
-            *sorted(BENCH.glob("*.sh")), *sorted((REPO / "scripts").glob("*"))]
+            *sorted(BENCH.glob("*.sh")), *scripts]
     missing = []
     for doc in docs:
         text = doc.read_text()
