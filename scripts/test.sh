@@ -4,7 +4,10 @@
 # on JAX). Arguments go to pytest.
 # Tests that need ../shared/data skip without it; WSI_SEG_REQUIRE_DATA=1 (set by .ci/run)
 # turns those skips into failures.
+# Tests that need a service the suite starts itself (the S3 server of tests/s3_fixtures.py,
+# moto from the dev extras) skip when it cannot start; here they must run.
 set -euo pipefail
+export WSI_SEG_REQUIRE_SERVICES="${WSI_SEG_REQUIRE_SERVICES:-1}"
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
 cd "$ROOT"
 T0="$(now)"

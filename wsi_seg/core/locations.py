@@ -100,12 +100,14 @@ def slide_location(raw: str | os.PathLike[str] | SlideURL) -> SlideLocation:
     Raises:
         WsiSegError: a URL of a scheme slides are not read from, or without a bucket.
     """
-    if isinstance(raw, SlideURL | Path):
+    if isinstance(raw, SlideURL):
         return raw
     text = os.fspath(raw)
     scheme = url_scheme(text)
     if scheme is None:
-        return Path(text)
+        # A Path stays the very object given (local behaviour unchanged); one whose text
+        # reads as a URL (``Path("s3://b/k")`` prints ``s3:/b/k``) is taken for the URL.
+        return raw if isinstance(raw, Path) else Path(text)
     if scheme not in SLIDE_URL_SCHEMES:
         raise WsiSegError(f"slides are read from {', '.join(s + '://' for s in SLIDE_URL_SCHEMES)}"
                           f" URLs and local paths, not {scheme}://", text)

@@ -28,7 +28,7 @@ from distributed.comm.core import CommClosedError
 from wsi_seg import __version__
 from wsi_seg.core.errors import RunStopped, WsiSegError, printable
 from wsi_seg.core.files import write_json_atomic
-from wsi_seg.core.locations import SlideLocation, slide_location
+from wsi_seg.core.locations import SlideLocation, slide_location, url_scheme
 from wsi_seg.core.locks import SlideLock, holder, try_lock
 from wsi_seg.core.naming import output_names, slide_stem
 from wsi_seg.orchestration import progress
@@ -711,6 +711,17 @@ def _done_line(path: SlideLocation, report: SlideReport, slide_dir: Path, mark: 
             f"{report.tumour_mm2:.3f} mm²{extra} -> {slide_dir}")
 
 
+def check_out_is_local(out_dir: Path) -> None:
+    """Results go to a local (or mounted) folder for now: ``--out s3://...`` is refused in one
+    line before anything is made (a ``Path`` keeps one slash of ``s3://``, hence the rule of
+    :func:`wsi_seg.core.locations.url_scheme`, which reads both)."""
+    scheme = url_scheme(str(out_dir))
+    if scheme is not None:
+        shown = f"{scheme}://{str(out_dir).split(':/', 1)[1].lstrip('/')}"
+        raise WsiSegError("--out: writing results to object storage is not yet supported; "
+                          "give a local folder (slides may be read from s3://)", shown)
+
+
 def run_slides(slides: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
                config: RunConfig, cluster: ClusterConfig | None = None, quiet: bool = True,
                gpu_resource: bool | None = None) -> RunResult:
@@ -731,6 +742,7 @@ def run_slides(slides: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
     from wsi_seg.stages.slide import find_slides
 
     paths = [slides] if isinstance(slides, str | os.PathLike) else list(slides)
+    check_out_is_local(config.out_dir)
     check_model_fit(config)
     found = find_slides(paths)
     return Runner(found, config, cluster or ClusterConfig(), quiet, gpu_resource).run()
