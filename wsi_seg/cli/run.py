@@ -27,6 +27,17 @@ examples:
   wsi-seg run slides/ --out results/ --truth truth/ --truth-pattern '{stem}.truth.geojson'
   wsi-seg run slides/ --out results/ --config pipelines/patch-idc-50px.toml --stride 25
   wsi-seg run slides/ --out results/ --scheduler tcp://10.0.0.5:8786 --gpu-resource
+  wsi-seg run slides/ --out results --scheduler-file ~/scheduler.json  # or $DASK_SCHEDULER_ADDRESS
+  wsi-seg run slides/ --out /shared/results/ --cluster slurm --slurm-queue gpu \\
+      --slurm-gpus 1 --slurm-cores 8 --slurm-memory 32GB --slurm-walltime 04:00:00
+
+on SLURM, workers are jobs (`pip install 'wsi-seg[slurm]'`); the slides, the model and OUT
+must be on a filesystem the compute nodes share. The same in a --config file:
+  [cluster]
+  kind = "slurm"
+  queue = "gpu"
+  gpus = 1                  # one worker per GPU, pinned to its card
+  prologue = ["module load cuda/12"]
 
 a --config file holds the same options, each under the section its group names, e.g.
   [blocks]
@@ -126,8 +137,7 @@ def check_device(opts: options.Resolved, cluster: ClusterConfig) -> None:
     """``--device gpu`` on a local cluster needs a GPU this machine shows (asked of
     nvidia-smi, which costs milliseconds; a framework import would cost seconds). Workers of
     an existing cluster are checked by their own predictors."""
-    remote = cluster.scheduler not in (None, "threads", "local")
-    if opts["device"] == "gpu" and not remote and local_gpu_count() == 0:
+    if opts["device"] == "gpu" and not cluster.remote and local_gpu_count() == 0:
         raise WsiSegError(f"{opts.describe('device')}: no GPU is visible on this machine "
                           "(nvidia-smi lists none, or CUDA_VISIBLE_DEVICES hides them); use "
                           "device auto or cpu")

@@ -20,6 +20,14 @@ Every worker loads the model when it starts, through :class:`ModelPlugin`, so wo
 later are warmed too, and the model never travels with a task.
 * ``scheduler="threads"``: workers as threads in this process (no start-up cost; for small
   jobs, debugging and tests).
+* ``kind="slurm"``: workers as SLURM jobs through dask-jobqueue
+  (:mod:`wsi_seg.orchestration.slurm`), the scheduler in this process.
+* ``scheduler_file``: the JSON a scheduler writes with ``--scheduler-file`` (how SLURM and MPI
+  launchers publish one); ``$DASK_SCHEDULER_ADDRESS`` when neither is given.
+
+An existing or SLURM cluster is asked, before any block, for at least one worker within
+``worker_timeout_s`` and for the same dask, distributed and wsi-seg versions everywhere
+(:func:`check_versions`); either failing is one line.
 """
 
 from __future__ import annotations
@@ -32,12 +40,21 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from wsi_seg.core.errors import WsiSegError
-from wsi_seg.core.params import Limits, Rule, check_params, param
+from wsi_seg.core.params import (
+    ConfigError,
+    Limits,
+    Rule,
+    check_params,
+    coerce_paths,
+    coerce_tuples,
+    param,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +64,28 @@ def scheduler_problem(value: str) -> str | None:
     if not value.strip() or any(c.isspace() for c in value):
         return "must be 'threads' or a scheduler address such as tcp://HOST:8786"
     return None
+
+
+#: Where workers come from: this machine (or an existing scheduler), or SLURM jobs.
+CLUSTER_KINDS = ("local", "slurm")
+
+
+def _word_problem(value: str) -> str | None:
+    if not value.strip() or any(c.isspace() for c in value):
+        return "must be one word (no spaces)"
+    return None
+
+
+def _walltime_problem(value: str) -> str | None:
+    from wsi_seg.orchestration.slurm import walltime_problem
+
+    return walltime_problem(value)
+
+
+def _memory_problem(value: str) -> str | None:
+    from wsi_seg.orchestration.slurm import memory_problem
+
+    return memory_problem(value)
 
 
 @dataclass(frozen=True)
@@ -60,6 +99,8 @@ class ClusterConfig:
         gpu_resource: require the ``GPU`` worker resource for block tasks (default: when the
             local machine has GPUs; for a remote cluster, pass it explicitly).
         dashboard: serve the Dask dashboard (localhost only) for local clusters.
+        kind, scheduler_file, worker_timeout_s, slurm_*: see each field's comment; the
+            options' help (:mod:`wsi_seg.orchestration.options`) says the same with units.
     """
 
     scheduler: str | None = param(None, Rule("str", check=scheduler_problem))
@@ -67,9 +108,44 @@ class ClusterConfig:
     threads_per_worker: int | None = param(None, Rule("int", Limits(1, 1024)))
     gpu_resource: bool | None = param(None, Rule("bool"))
     dashboard: bool = param(True, Rule("bool"))
+    #: ``local`` (a local cluster, ``scheduler`` or ``scheduler_file``) or ``slurm``.
+    kind: str = param("local", Rule("str", choices=CLUSTER_KINDS))
+    #: A dask scheduler file (JSON with its ``address``), instead of ``scheduler``.
+    scheduler_file: Path | None = param(None, Rule("path"))  # noqa: RUF009 (a field())
+    #: Seconds an existing or SLURM cluster may take to show its first worker (a SLURM queue
+    #: may hold the first job a while: raise it there).
+    worker_timeout_s: float = param(600.0, Rule("float", Limits(0, lo_open=True)))
+    # SLURM jobs (kind="slurm"), each one dask-jobqueue job.
+    slurm_queue: str | None = param(None, Rule("str", check=_word_problem))
+    slurm_account: str | None = param(None, Rule("str", check=_word_problem))
+    slurm_walltime: str = param("01:00:00", Rule("str", check=_walltime_problem))
+    slurm_cores: int = param(4, Rule("int", Limits(1, 1024)))
+    slurm_memory: str = param("16GB", Rule("str", check=_memory_problem))
+    slurm_gpus: int = param(0, Rule("int", Limits(0, 64)))
+    slurm_jobs: int = param(4, Rule("int", Limits(1, 10000)))
+    slurm_prologue: tuple[str, ...] = param((), Rule("strs"))
+    slurm_interface: str | None = param(None, Rule("str", check=_word_problem))
+    slurm_log_dir: Path | None = param(None, Rule("path"))  # noqa: RUF009
 
     def __post_init__(self) -> None:
+        coerce_paths(self, "scheduler_file", "slurm_log_dir")
+        coerce_tuples(self, "slurm_prologue")
         check_params(self)
+        if self.scheduler is not None and self.scheduler_file is not None:
+            raise ConfigError("{scheduler} and {scheduler_file} both say where the scheduler "
+                              "is: give one", {"scheduler": self.scheduler,
+                                               "scheduler_file": self.scheduler_file})
+        if self.kind == "slurm" and (self.scheduler is not None
+                                     or self.scheduler_file is not None):
+            given = "scheduler" if self.scheduler is not None else "scheduler_file"
+            raise ConfigError(f"{{kind}} starts its own scheduler; {{{given}}} names another: "
+                              "give one", {"kind": self.kind, given: getattr(self, given)})
+
+    @property
+    def remote(self) -> bool:
+        """Whether the workers are not this machine's processes (their devices are theirs)."""
+        return (self.kind == "slurm" or self.scheduler_file is not None
+                or remote_address(self) is not None)
 
 
 def cpu_count() -> int:
@@ -281,22 +357,158 @@ def probe_scheduler(address: str, timeout_s: float | None = None) -> None:
                           "a Dask scheduler", address)
 
 
+#: Seconds a scheduler file may take to appear (a launcher starts the scheduler and the
+#: client together; the scheduler writes its file once it listens).
+SCHEDULER_FILE_WAIT_S = 60.0
+
+
+def read_scheduler_file(path: Path, wait_s: float = SCHEDULER_FILE_WAIT_S) -> str:
+    """The ``address`` in a dask scheduler file, waiting up to ``wait_s`` seconds for the
+    file to appear and be complete; one-line WsiSegError otherwise."""
+    import json
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            address = json.loads(path.read_text(encoding="utf-8"))["address"]
+            if isinstance(address, str) and address:
+                return address
+            problem = "has no scheduler address"
+        except FileNotFoundError:
+            problem = f"not found after {wait_s:g} s"
+        except IsADirectoryError:
+            raise WsiSegError("is a folder, not a dask scheduler file", path) from None
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+            # The scheduler may be writing it right now: read again until the deadline.
+            problem = "is not a dask scheduler file (JSON with an \"address\")"
+        if time.monotonic() > deadline:
+            raise WsiSegError(f"--scheduler-file: {problem}", path)
+        time.sleep(0.2)
+
+
+def remote_address(config: ClusterConfig) -> str | None:
+    """The address of an existing scheduler given by ``--scheduler`` or, when neither it nor
+    a scheduler file is given, by ``$DASK_SCHEDULER_ADDRESS`` (dask's own variable); None for
+    a local cluster, threads, SLURM or a scheduler file (read when connecting)."""
+    if config.kind != "local" or config.scheduler_file is not None:
+        return None
+    if config.scheduler is not None:
+        return None if config.scheduler in ("threads", "local") else config.scheduler
+    env = os.environ.get("DASK_SCHEDULER_ADDRESS", "").strip()
+    return env or None
+
+
+def wait_for_first_worker(client: Any, timeout_s: float, where: str) -> None:
+    """Return once the cluster has a worker; one-line WsiSegError after ``timeout_s``."""
+    try:
+        client.wait_for_workers(1, timeout=timeout_s)
+    except TimeoutError:
+        raise WsiSegError(f"no Dask worker joined in {timeout_s:g} s (raise "
+                          "--worker-timeout-s, or check that workers start and reach the "
+                          "scheduler)", where) from None
+
+
+#: What client, scheduler and workers must run alike: the task graph's and the results'
+#: format (dask, distributed) and the block code itself (wsi-seg).
+MATCHED_PACKAGES = ("dask", "distributed", "wsi-seg")
+
+
+def version_mismatch(versions: dict[str, Any]) -> str | None:
+    """The first disagreement in ``Client.get_versions(packages=["wsi-seg"])``'s answer, as
+    ``wsi-seg 0.3.0 on worker tcp://... but 0.4.0 here``; None when all agree. The scheduler
+    needs no wsi-seg (a bare ``dask scheduler``)."""
+    mine = versions["client"]["packages"]
+    others: list[tuple[str, dict[str, Any], tuple[str, ...]]] = [
+        ("the scheduler", versions["scheduler"]["packages"], ("dask", "distributed"))]
+    others += [(f"worker {addr}", v["packages"], MATCHED_PACKAGES)
+               for addr, v in sorted(versions.get("workers", {}).items())]
+    for where, theirs, names in others:
+        for name in names:
+            key = name if name in mine else name.replace("-", "_")
+            here, there = mine.get(key), theirs.get(key)
+            if there != here:
+                return (f"{name} {there or 'not installed'} on {where} but {here} here: "
+                        f"client, scheduler and workers must run the same "
+                        f"{', '.join(MATCHED_PACKAGES)}")
+    return None
+
+
+def check_versions(client: Any, where: str) -> None:
+    """One-line WsiSegError when a worker or the scheduler runs other versions than this
+    client of dask, distributed or wsi-seg (blocks would fail in ways that name neither)."""
+    import warnings
+
+    with warnings.catch_warnings():  # distributed's own multi-line table of the same
+        warnings.simplefilter("ignore")
+        versions = client.get_versions(packages=["wsi-seg"])
+    problem = version_mismatch(versions)
+    if problem:
+        raise WsiSegError(problem, where)
+
+
+def _connect_remote(config: ClusterConfig) -> Any:
+    """A Client of the existing scheduler (``--scheduler``, ``--scheduler-file`` or
+    ``$DASK_SCHEDULER_ADDRESS``), checked: it greets, has a worker, and runs our versions."""
+    from distributed import Client
+
+    if config.scheduler_file is not None:
+        address = read_scheduler_file(config.scheduler_file)
+        where = f"{address} (from {config.scheduler_file})"
+    else:
+        address = remote_address(config) or ""
+        where = address if config.scheduler else f"{address} ($DASK_SCHEDULER_ADDRESS)"
+    probe_scheduler(address)
+    try:
+        client = Client(address, timeout="20s")
+    except Exception as exc:  # distributed's own errors are many kinds: one line each
+        cause = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise WsiSegError(f"cannot connect to the Dask scheduler ({cause})", where) from None
+    try:
+        wait_for_first_worker(client, config.worker_timeout_s, where)
+        check_versions(client, where)
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+@contextmanager
+def _slurm(config: ClusterConfig) -> Iterator[tuple[object, WorkerPlan | None]]:
+    """A SLURM cluster's client and full-scale plan; every job is cancelled on exit."""
+    from distributed import Client
+
+    from wsi_seg.orchestration.slurm import slurm_plan, start_slurm_cluster
+
+    cluster = start_slurm_cluster(config)
+    try:
+        client = Client(cluster)
+        try:
+            where = f"SLURM jobs of {cluster.scheduler_address}"
+            wait_for_first_worker(client, config.worker_timeout_s, where)
+            check_versions(client, where)
+            yield client, slurm_plan(config)
+        finally:
+            client.close()
+    finally:
+        cluster.close()  # scancels the jobs still queued or running
+
+
 @contextmanager
 def connect(config: ClusterConfig) -> Iterator[tuple[object, WorkerPlan | None]]:
-    """Yield ``(client, plan)``: a dask.distributed Client and the local sizing (None remote).
+    """Yield ``(client, plan)``: a dask.distributed Client and the sizing (None for an
+    existing cluster, the full-scale sizing for SLURM).
 
-    A local cluster is shut down on exit; a remote one is only disconnected from.
+    A local or SLURM cluster is shut down on exit; an existing one is only disconnected from.
     """
     from distributed import Client
 
-    if config.scheduler and config.scheduler not in ("threads", "local"):
-        probe_scheduler(config.scheduler)
-        try:
-            client = Client(config.scheduler, timeout="20s")
-        except Exception as exc:  # distributed's own errors are many kinds: one line each
-            cause = " ".join(str(exc).split())[:300] or type(exc).__name__
-            raise WsiSegError(f"cannot connect to the Dask scheduler ({cause})",
-                              config.scheduler) from None
+    if config.kind == "slurm":
+        with _slurm(config) as connected:
+            yield connected
+        return
+    if config.scheduler_file is not None or remote_address(config) is not None:
+        client = _connect_remote(config)
         try:
             yield client, None
         finally:

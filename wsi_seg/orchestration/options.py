@@ -41,6 +41,7 @@ SECTIONS: dict[str, str] = {
     "polygons": "polygons",
     "scores": "scores",
     "scheduling": "scheduling",
+    "cluster": "SLURM cluster",
 }
 
 _EXPECTED: dict[Kind, str] = {
@@ -334,7 +335,50 @@ OPTIONS: tuple[Option, ...] = (
            metavar="N"),
     Option("gpu_resource", "bool", "scheduling", "run block tasks only on workers "
            "declaring the GPU resource", "cluster.gpu_resource",
-           default_text="when this machine has GPUs"),
+           default_text="when this machine has GPUs, or SLURM jobs ask for GPUs"),
+    Option("scheduler_file", "path", "scheduling", "dask scheduler file (JSON, as "
+           "`dask scheduler --scheduler-file` and SLURM/MPI launchers write it) of an "
+           "existing cluster, instead of --scheduler", "cluster.scheduler_file",
+           default_text="--scheduler, else $DASK_SCHEDULER_ADDRESS, else a local cluster",
+           metavar="JSON"),
+    Option("worker_timeout_s", "float", "scheduling", "seconds an existing or SLURM "
+           "cluster may take to show its first worker before the run stops (a busy SLURM "
+           "queue may need more)", "cluster.worker_timeout_s", metavar="SECONDS"),
+    # -- SLURM cluster
+    Option("cluster", "str", "cluster", "where workers come from: local (this machine, or "
+           "--scheduler) or slurm (SLURM jobs through dask-jobqueue, the scheduler in this "
+           "process; pip install 'wsi-seg[slurm]')", "cluster.kind", toml_key="kind"),
+    Option("slurm_queue", "str", "cluster", "SLURM partition of the worker jobs "
+           "(sbatch --partition)", "cluster.slurm_queue", toml_key="queue",
+           default_text="the partition SLURM defaults to", metavar="PARTITION"),
+    Option("slurm_account", "str", "cluster", "SLURM account charged (sbatch --account)",
+           "cluster.slurm_account", toml_key="account", default_text="yours by default",
+           metavar="ACCOUNT"),
+    Option("slurm_walltime", "str", "cluster", "time limit of each worker job (sbatch "
+           "--time: MINUTES, HH:MM:SS or D-HH:MM:SS); a job that reaches it loses only its "
+           "in-flight blocks and another job takes its place", "cluster.slurm_walltime",
+           toml_key="walltime", metavar="TIME"),
+    Option("slurm_cores", "int", "cluster", "CPU cores of each worker job "
+           "(sbatch --cpus-per-task), shared by its workers", "cluster.slurm_cores",
+           toml_key="cores", metavar="N"),
+    Option("slurm_memory", "str", "cluster", "memory of each worker job (sbatch --mem), "
+           "e.g. 16GB", "cluster.slurm_memory", toml_key="memory", metavar="SIZE"),
+    Option("slurm_gpus", "int", "cluster", "GPUs of each worker job (sbatch "
+           "--gres=gpu:N): one worker per GPU, each pinned to its card, blocks only on them",
+           "cluster.slurm_gpus", toml_key="gpus", metavar="N"),
+    Option("slurm_jobs", "int", "cluster", "most worker jobs at once; the cluster adapts "
+           "between one and this many to the blocks waiting", "cluster.slurm_jobs",
+           toml_key="jobs", metavar="N"),
+    Option("slurm_prologue", "strs", "cluster", "shell line run in each worker job before "
+           "its workers start, e.g. 'module load cuda' or 'source venv/bin/activate' "
+           "(repeatable)", "cluster.slurm_prologue", toml_key="prologue",
+           default=None, default_text="none", metavar="LINE", unset=()),
+    Option("slurm_interface", "str", "cluster", "network interface the scheduler and "
+           "workers talk on, e.g. ib0", "cluster.slurm_interface", toml_key="interface",
+           default_text="the login node's default route", metavar="IFACE"),
+    Option("slurm_log_dir", "path", "cluster", "folder for the worker jobs' logs",
+           "cluster.slurm_log_dir", toml_key="log_dir",
+           default_text="SLURM's: slurm-JOBID.out in the current folder", metavar="DIR"),
 )
 
 BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
