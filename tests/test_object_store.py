@@ -225,3 +225,25 @@ def test_local_copy_of_store_slide_is_untouched(local_slides: Path, tmp_path: Pa
     shutil.copy(local_slides / "s2.tif", copy / "s2.tif")
     found = find_slides([copy])
     assert found == [copy / "s2.tif"] and isinstance(found[0], Path)
+
+
+def test_dicom_series_in_the_store_reads_as_on_local_disk(
+        s3_env: S3Server, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+    """A DICOM series (one object per level) opens by any one of its objects; wsidicom reads
+    it over fsspec, and its pixels equal those of the same files on local disk (read by
+    wsidicom there too, so the readers compared are the same)."""
+    from tests.dicom_fixtures import svs_levels, write_dicom_series
+
+    svs = synthetic(tmp_path_factory, "p2.svs")
+    files = write_dicom_series(svs_levels(svs), tmp_path / "series", 0.5)
+    s3_env.upload(BUCKET, "dicom/", files)
+    url = f"s3://{BUCKET}/dicom/{files[0].name}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("WSI_SEG_DICOM_READER", "wsidicom")
+        with open_slide(files[0]) as a, open_slide(url) as b:
+            assert a.level_dimensions == b.level_dimensions and a.mpp == b.mpp
+            for mpp in (a.mpp, 1.0, 2.0):
+                w, h = a.size_w(mpp)
+                assert np.array_equal(a.read_w(0, 0, w, h, mpp), b.read_w(0, 0, w, h, mpp))
+    # Listed by its prefix, the series is one slide: its largest level's object.
+    assert find_slides([f"s3://{BUCKET}/dicom/"]) == [SlideURL(url)]

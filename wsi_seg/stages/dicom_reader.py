@@ -336,9 +336,15 @@ def open_dicom(path: Path, headers: list[DicomHeader]) -> DicomSlide:
 
 
 def _open_wsidicom(path: Path, headers: list[DicomHeader]) -> DicomSlide:
+    return _open_wsidicom_files(path, [h.path for h in headers])
+
+
+def _open_wsidicom_files(path: Any, files: list[Any]) -> DicomSlide:
+    """wsidicom's reading of ``files`` (paths, or ``s3://`` URLs it opens through fsspec),
+    as a :class:`DicomSlide` named ``path``."""
     from wsidicom import WsiDicom
 
-    wsi = WsiDicom.open([h.path for h in headers])
+    wsi = WsiDicom.open(files)
     try:
         levels = WsidicomLevels(wsi)
         props = {openslide.PROPERTY_NAME_VENDOR: "dicom", "dicom.reader": "wsidicom"}

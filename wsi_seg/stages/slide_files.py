@@ -206,6 +206,12 @@ def _find_in_store(url: SlideURL) -> list[SlideLocation]:
                                    and e.url.suffix.lower() in SLIDE_SUFFIXES]
     if not inside:
         raise SlideError(f"no slides found (looked for {', '.join(SLIDE_SUFFIXES)})", str(url))
+    dicom = [u for u in inside if isinstance(u, SlideURL) and u.suffix.lower() == ".dcm"]
+    if len(dicom) > 1:  # a series' objects are one slide
+        from wsi_seg.stages.remote_dicom import one_per_series
+
+        others = [u for u in inside if u not in dicom]
+        inside = sorted([*others, *one_per_series(dicom)], key=str)
     return inside
 
 
