@@ -3,7 +3,9 @@
 # (first run only), then ruff, mypy and the test suite (inference tests on TensorFlow and again
 # on JAX). Arguments go to pytest.
 # Tests that need ../shared/data skip without it; WSI_SEG_REQUIRE_DATA=1 (set by .ci/run)
-# turns those skips into failures.
+# turns those skips into failures. tests/test_slurm.py installs (apt, as root) and starts a
+# single-node SLURM (scripts/slurm/start.sh) and skips where it cannot; WSI_SEG_REQUIRE_SERVICES=1
+# (also set by .ci/run) makes that a failure.
 # Tests that need a service the suite starts itself (the S3 server of tests/s3_fixtures.py,
 # moto from the dev extras) skip when it cannot start; here they must run.
 set -euo pipefail
