@@ -6,7 +6,7 @@ a wrong key is refused as a real store refuses it. Slides are uploaded with boto
 reads them through s3fs with the key and endpoint in the standard AWS variables.
 
 If the server cannot start, the tests skip, with the reason; ``WSI_SEG_REQUIRE_SERVICES=1``
-(set by scripts/test.sh, so CI runs them) turns the skip into a failure, as
+(set by .ci/run, so CI runs them) turns the skip into a failure, as
 ``WSI_SEG_REQUIRE_DATA`` does for the real data.
 """
 
