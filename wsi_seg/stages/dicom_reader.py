@@ -96,13 +96,23 @@ class DicomHeader:
         return self.image_type[2] if len(self.image_type) > 2 else VOLUME
 
 
+def _pydicom() -> Any:
+    """pydicom, set to read values that break the standard's length rules without a warning
+    per file: real archives' files do (a TCGA slide's 65-character UIDs), and a reader that
+    only reads has nothing to fix (a process-wide pydicom setting, set once)."""
+    import pydicom
+
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    return pydicom
+
+
 def read_header(path: Path) -> DicomHeader:
     """The header of a DICOM file (pixel data not read).
 
     Raises:
         SlideError: not a DICOM file, or its header is truncated or corrupt (one line).
     """
-    import pydicom
+    pydicom = _pydicom()
     from pydicom.errors import InvalidDicomError
 
     try:
@@ -491,7 +501,7 @@ def _open_lenient(path: Path, headers: list[DicomHeader]) -> DicomSlide:
 
 def _frame_level(path: Path) -> FrameLevel:
     """Where the frames of a single-focal-plane ``TILED_FULL`` file lie, or SlideError."""
-    import pydicom
+    pydicom = _pydicom()
     from pydicom.encaps import parse_basic_offsets, parse_fragments
 
     with open(path, "rb") as f:
@@ -569,7 +579,7 @@ def _decode_j2k(data: bytes) -> np.ndarray:
 
 def _pixel_spacing_um(path: Path) -> tuple[float, float] | None:
     """``(x, y)`` µm/px from the shared functional groups' PixelSpacing (mm, row first)."""
-    import pydicom
+    pydicom = _pydicom()
 
     ds = pydicom.dcmread(path, stop_before_pixels=True)
     try:
