@@ -247,3 +247,24 @@ def test_dicom_series_in_the_store_reads_as_on_local_disk(
                 assert np.array_equal(a.read_w(0, 0, w, h, mpp), b.read_w(0, 0, w, h, mpp))
     # Listed by its prefix, the series is one slide: its largest level's object.
     assert find_slides([f"s3://{BUCKET}/dicom/"]) == [SlideURL(url)]
+
+
+def test_score_reads_its_slide_from_the_store(
+        s3_env: S3Server, uploaded: str, local_slides: Path, local_reference: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`wsi-seg score ... --slide s3://...` scores as against the same slide on local disk,
+    the same-slide check included (the run's records name the local file; the object's size
+    and head are the same bytes)."""
+    pred = local_reference / "s1" / "mask.zarr"
+    truth = local_slides / "s1.tumor.geojson"
+    scores = []
+    for slide in (str(local_slides / "s1.svs"), f"{uploaded}s1.svs"):
+        assert main(["score", str(pred), str(truth), "--slide", slide, "--json"]) == 0
+        scores.append(json.loads(capsys.readouterr().out))
+    assert scores[1]["slide"] == f"{uploaded}s1.svs"
+    local, remote = ({k: v for k, v in s.items() if k != "slide"} for s in scores)
+    assert local == remote and local["tp"] > 0  # a small test model: the counts, not quality
+    # Another slide's object is refused as the local file would be.
+    rc = main(["score", str(pred), str(truth), "--slide", f"{uploaded}s2.tif"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("wsi-seg: error: ") and "another slide" in err, err

@@ -41,7 +41,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("pred", type=Path, metavar="PRED",
                    help="mask.zarr or tumor.geojson (or the slide's output folder)")
     p.add_argument("truth", type=Path, metavar="TRUTH", help="ground-truth file")
-    p.add_argument("--slide", type=Path, required=True, help="the slide both belong to")
+    p.add_argument("--slide", required=True,
+                   help="the slide both belong to (a file, or s3://bucket/key read in place)")
     p.add_argument("--level", type=options.argument_type("int", AT_LEAST_0),
                    default=None, metavar="LEVEL",
                    help="resolution: mosaic level (mask.zarr) or level-0 downsample 2^L "

@@ -22,6 +22,7 @@ from wsi_seg.core.naming import REPORT
 
 if TYPE_CHECKING:
     from wsi_seg.core.geometry import PixelFrame
+    from wsi_seg.core.locations import SlideLocation, SlideURL
     from wsi_seg.evaluation.metrics import OverlapScore
 
 MAX_SCORE_SIDE_PX = 16384  # default level: the finest level whose longer side fits this
@@ -81,7 +82,7 @@ def run_report(pred: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def check_same_slide(pred: Path, slide_path: Path, provenance: dict[str, Any]) -> None:
+def check_same_slide(pred: Path, slide_path: SlideLocation, provenance: dict[str, Any]) -> None:
     """PRED was made from this slide file: the size and header hash the run recorded in its
     report.json (a renamed or copied file passes), else the file name the mosaic recorded."""
     from wsi_seg.core.naming import slide_identity
@@ -104,7 +105,7 @@ def check_same_slide(pred: Path, slide_path: Path, provenance: dict[str, Any]) -
 
 
 def check_mosaic_fits(mosaic: Any, bounds_x0: tuple[int, int, int, int], pred: Path,
-                      slide_path: Path) -> None:
+                      slide_path: SlideLocation) -> None:
     """The mosaic covers the slide's level-0 bounds (to within one mosaic pixel, the part a
     run drops at the edge); otherwise it belongs to another slide and any score is wrong."""
     g = mosaic.geom
@@ -120,7 +121,7 @@ def check_mosaic_fits(mosaic: Any, bounds_x0: tuple[int, int, int, int], pred: P
 
 
 def _open_pred_mosaic(pred: Path, bounds_x0: tuple[int, int, int, int],
-                      slide_path: Path) -> Any:
+                      slide_path: SlideLocation) -> Any:
     """The mosaic at PRED (a folder) checked against the slide's extent; None for a file."""
     from wsi_seg.stages.mosaic import open_mosaic
 
@@ -161,7 +162,7 @@ def _geojson_frame(level: int | None, size_x0: tuple[int, int], slide_mpp: float
     return PixelFrame(rows, cols, 0.0, 0.0, float(2**level), slide_mpp), level
 
 
-def score_files(pred: str | Path, truth_path: str | Path, slide_path: str | Path, *,
+def score_files(pred: str | Path, truth_path: str | Path, slide_path: str | Path | SlideURL, *,
                 level: int | None = None,
                 truth_classes: list[str] | None = None, threshold: float | None = None,
                 mpp: float | None = None, mask_mpp: float | None = None,
@@ -176,6 +177,7 @@ def score_files(pred: str | Path, truth_path: str | Path, slide_path: str | Path
     or a PRED made from another slide (see :func:`check_same_slide`, skipped when
     ``check_slide`` is false, and :func:`check_mosaic_fits`, always).
     """
+    from wsi_seg.core.locations import slide_location
     from wsi_seg.evaluation.metrics import score_array, score_geometries
     from wsi_seg.evaluation.truth import rasterize_truth
     from wsi_seg.stages.slide import open_slide
@@ -186,7 +188,8 @@ def score_files(pred: str | Path, truth_path: str | Path, slide_path: str | Path
             threshold_u8(threshold)  # the rule lives where probabilities are thresholded
         except ValueError as exc:
             raise WsiSegError(f"threshold {threshold}: {exc}") from None
-    pred, truth_path, slide_path = resolve_pred(Path(pred)), Path(truth_path), Path(slide_path)
+    pred, truth_path = resolve_pred(Path(pred)), Path(truth_path)
+    slide_path = slide_location(slide_path)  # a local file, or an s3:// object read in place
     with open_slide(slide_path, mpp=mpp) as slide:
         size, slide_mpp, bounds = slide.dimensions, slide.mpp, slide.bounds_x0
     mosaic = _open_pred_mosaic(pred, bounds, slide_path)
