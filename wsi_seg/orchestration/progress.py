@@ -58,6 +58,13 @@ class Progress:
         else:
             self._lines = not bar_only
 
+    def add_total(self, n: int) -> None:
+        """``n`` more tiles to do (a slide prepared while the run goes)."""
+        self.total += n
+        if self._bar is not None:
+            self._bar.total = self.total
+            self._bar.refresh()
+
     def update(self, n: int) -> None:
         self.done += n
         if self._bar is not None:

@@ -5,8 +5,11 @@ the blocks of a slide complete submits its finishing task. A slide that fails (b
 unreadable region, anything) is recorded with a one-line cause and the others go on. Progress
 is shown over tiles (overall, with tiles/s and ETA) with one line per finished slide.
 ``OUT/run.json`` records the configuration, versions, per-slide status, stage timings, tiles/s
-and errors, and is rewritten atomically whenever a slide finishes, so a killed run leaves a
-truthful record; rerunning the same command resumes.
+and errors, and is rewritten atomically whenever a slide finishes (for a large cohort, as often
+as 5 % of the client's time allows), so a killed run leaves a truthful record; rerunning the
+same command resumes. Slides are prepared and submitted as the run goes, a few at a time
+(:data:`MAX_SLIDES_IN_FLIGHT`, :data:`MAX_BLOCKS_IN_FLIGHT`), so a cohort of any size is a
+bounded graph and a slide's finishing overlaps the next slides' blocks.
 """
 
 from __future__ import annotations
@@ -20,15 +23,14 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from distributed.comm.core import CommClosedError
 
 from wsi_seg import __version__
 from wsi_seg.core.errors import RunStopped, WsiSegError, printable
-from wsi_seg.core.files import write_json_atomic
-from wsi_seg.core.locations import SlideLocation, slide_location, url_scheme
+from wsi_seg.core.files import write_json_output
+from wsi_seg.core.locations import OutputLocation, SlideLocation, SlideURL, slide_location
 from wsi_seg.core.locks import SlideLock, holder, try_lock
 from wsi_seg.core.naming import output_names, slide_stem
 from wsi_seg.orchestration import progress
@@ -57,9 +59,17 @@ from wsi_seg.stages.infer import InferConfig, check_batch_bytes, served_card
 
 if TYPE_CHECKING:  # metrics imports the geometry stack; the client needs only the type
     from wsi_seg.evaluation.metrics import OverlapScore
+    from wsi_seg.stages.result_store import StoreLease
 
 #: Seconds between looks at slides other runs hold, and between lines saying the run waits.
 HELD_POLL_S = 2.0
+#: Slides whose blocks are in flight at once, and blocks: the client prepares the next slide
+#: only while both are below these, so a cohort of any size is a bounded graph (not one graph
+#: of every slide's blocks) and a slide's finishing overlaps the next slides' blocks.
+MAX_SLIDES_IN_FLIGHT = 4
+MAX_BLOCKS_IN_FLIGHT = 256
+#: The most of the client's time rewriting run.json may take (see Runner.write_run_json).
+RUN_JSON_BUSY_SHARE = 0.05
 HELD_NOTICE_S = 60.0
 #: Seconds to wait for a worker declaring the resource blocks ask for (--gpu-resource).
 RESOURCE_WAIT_S = 60.0
@@ -81,7 +91,7 @@ class SlideState:
     results: list[BlockResult] = field(default_factory=list)
     started: float | None = None
     report: SlideReport | None = None
-    slide_dir: Path | None = None  # where the report was published
+    slide_dir: OutputLocation | None = None  # where the report was published
     bar: Any = None  # this slide's progress bar while its blocks run
     # Whether the slide's outputs were complete at the run's start, asked once per run
     # (None: not yet); ``taken`` is why its output folder cannot be used, if it cannot.
@@ -90,24 +100,26 @@ class SlideState:
     # A skipped slide's figures for the summaries, from its finished report.json (only what
     # the summaries show, so a long run does not hold every report).
     earlier: dict[str, Any] | None = None
-    # This run's hold on the slide's outputs (another run's slide is "held" here).
-    lock: SlideLock | None = None
-    # (mtime_ns, size) of its report.json when ``done`` was decided (None: no report).
-    report_stamp: tuple[int, int] | None = None
+    # This run's hold on the slide's outputs (another run's slide is "held" here): a file
+    # lock on local disk, a lease in a store.
+    lock: SlideLock | StoreLease | None = None
+    # (mtime_ns, size) of its report.json when ``done`` was decided, (ETag, size) in a
+    # store (None: no report).
+    report_stamp: tuple[int | str, int] | None = None
 
     def unlock(self) -> None:
         if self.lock is not None:
             self.lock.release()
             self.lock = None
 
-    def result(self, out_dir: Path) -> SlideResult:
+    def result(self, out_dir: OutputLocation) -> SlideResult:
         """The slide's outcome, as the Python API returns it."""
         final = final_dir_for(out_dir, self.path, self.name)
         there = self.status in ("ok", "skipped") or (self.report is not None)
         job = self.job
         return SlideResult(
             self.path, self.name, self.status, self.error,
-            final if there and final.is_dir() else None, self.report,
+            final if there and _output_there(final) else None, self.report,
             job.n_tiles if job else None, job.n_blocks if job else None,
             job.n_blocks_done if job else None)
 
@@ -150,7 +162,7 @@ class SlideResult:
     name: str
     status: str
     error: str | None
-    output_dir: Path | None
+    output_dir: OutputLocation | None
     report: SlideReport | None
     tiles: int | None
     blocks: int | None
@@ -227,6 +239,7 @@ class Runner:
         self.startup: list[WarmResult] = []
         self.startup_s: float | None = None
         self.out_identity: tuple[int, int] | None = None  # OUT's (st_dev, st_ino), once made
+        self._run_json_at = self._run_json_s = 0.0  # when run.json was last written, and cost
 
     # -- output --------------------------------------------------------------------------------
     def say(self, text: str, err: bool = False) -> None:
@@ -234,7 +247,19 @@ class Runner:
             # One message, one line: a slide's name may hold a newline or terminal escapes.
             progress.write(printable(text), err)
 
-    def write_run_json(self, finished: bool = False) -> None:
+    def write_run_json(self, finished: bool = False, throttled: bool = False) -> None:
+        """Rewrite ``OUT/run.json`` (atomically). ``throttled`` (after a slide): only once
+        :data:`RUN_JSON_BUSY_SHARE` of the time since the last write is more than that write
+        took, so a cohort's record, which grows with its slides, never costs the client more
+        than that share of its time (a small run's takes a millisecond: written every time)."""
+        now = time.perf_counter()
+        if throttled and (now - self._run_json_at) * RUN_JSON_BUSY_SHARE < self._run_json_s:
+            return
+        self._write_run_json(finished)
+        self._run_json_at = time.perf_counter()
+        self._run_json_s = self._run_json_at - now
+
+    def _write_run_json(self, finished: bool) -> None:
         reports = [s.report for s in self.states if s.report]
         record = {
             "wsi_seg_version": __version__,
@@ -243,7 +268,7 @@ class Runner:
             "wall_s": round(time.perf_counter() - self.t0, 3),
             # The program by its name, not where one machine installed it.
             "command": ["wsi-seg", *sys.argv[1:]],
-            "config": {**asdict(self.config),
+            "config": {**asdict(self.config), "out_dir": str(self.config.out_dir),
                        "model_path": model_label(self.config.model_path)},
             "cluster": asdict(self.cluster),
             "workers": asdict(self.worker_plan) if self.worker_plan else None,
@@ -261,7 +286,7 @@ class Runner:
         }
         self._stop_if_out_lost()  # never re-create a folder deleted under the run
         try:
-            write_json_atomic(self.config.out_dir / RUN_JSON, record)
+            write_json_output(self.config.out_dir / RUN_JSON, record)
         except OSError as exc:
             self._stop_if_out_lost()
             raise WsiSegError(f"cannot write {RUN_JSON} ({exc.strerror or exc})",
@@ -323,10 +348,10 @@ class Runner:
         if self.finished(state):
             self._skip(state)
             return False
-        lock = try_lock(self.config.out_dir, state.name)
+        lock = _try_lock(self.config.out_dir, state.name)
         if lock is None:
             if state.status != "held":
-                self.say(f"~ {state.path.name}: {holder(self.config.out_dir, state.name)} "
+                self.say(f"~ {state.path.name}: {_holder(self.config.out_dir, state.name)} "
                          "is working on it; this run takes it over if that run stops")
             state.status = "held"
             return False
@@ -397,16 +422,17 @@ class Runner:
                 return self.result()
             with connect(self.cluster) as (client, plan):
                 infer = self._started(client, plan)
-                # Workers import the framework and load the model while the client plans.
+                # Workers import the framework and load the model while the client plans
+                # the next slides (as many as the run would keep in flight).
                 warm = warm_workers(client, self.config.resolved_model(), infer)
-                for state in rest:
-                    self._prepare_one(state)
+                todo = list(reversed(rest))  # popped from the end: the given order
+                while todo and self._room(self._prepared()):
+                    self._prepare_one(todo.pop())
                 self.write_run_json()
-                total_tiles = sum(s.job.tiles_todo for s in self.states if s.job)
                 self._await_warm(warm)  # a model that failed fails every slide
                 resources = self._resources(plan)
                 self._check_resources(client, resources)
-                self._collect(self._submit_all(client, infer, resources), total_tiles)
+                self._stream(client, infer, resources, todo)
                 self._take_over_held(client, infer, resources)
         finally:
             for state in self.states:
@@ -484,13 +510,20 @@ class Runner:
 
     def _submit_all(self, client: Any, infer: InferConfig,
                     resources: dict[str, float] | None,
-                    states: Sequence[SlideState] | None = None) -> _InFlight:
-        """Every prepared slide's blocks (a slide with none left goes straight to finishing);
-        ``states``: these slides only (default: all)."""
+                    states: Sequence[SlideState]) -> _InFlight:
+        """These prepared slides' blocks, in a new flight."""
         from distributed import as_completed
 
         flight = _InFlight(client, as_completed())
-        for state in self.states if states is None else states:
+        self._submit(flight, infer, resources, states)
+        return flight
+
+    def _submit(self, flight: _InFlight, infer: InferConfig,
+                resources: dict[str, float] | None, states: Sequence[SlideState]) -> None:
+        """Submit each prepared slide's blocks (a slide with none left goes straight to
+        finishing)."""
+        client = flight.client
+        for state in states:
             job = state.job
             if job is None:
                 continue
@@ -507,31 +540,81 @@ class Runner:
                 flight.add(fut, state)
             if not job.tasks:
                 self._submit_finish(flight, state)
-        return flight
+
+    def _prepared(self) -> list[SlideState]:
+        """Slides prepared and not yet submitted."""
+        return [s for s in self.states if s.job is not None and s.status == "pending"]
+
+    @staticmethod
+    def _room(states: Sequence[SlideState], blocks: int = 0) -> bool:
+        """Whether another slide may be prepared beside ``states`` (prepared or running) and
+        ``blocks`` blocks in flight: always for the first."""
+        return not states or (len(states) < MAX_SLIDES_IN_FLIGHT
+                              and blocks + sum(len(s.job.tasks) for s in states if s.job
+                                               and s.status == "pending")
+                              < MAX_BLOCKS_IN_FLIGHT)
+
+    def _stream(self, client: Any, infer: InferConfig, resources: dict[str, float] | None,
+                todo: list[SlideState]) -> None:
+        """Run the prepared slides, and the slides in ``todo`` (popped from its end), keeping
+        at most :data:`MAX_SLIDES_IN_FLIGHT` slides and about :data:`MAX_BLOCKS_IN_FLIGHT`
+        blocks in flight: the next slide is prepared and submitted as results come in, so
+        the client's and the scheduler's memory stay flat in the number of slides."""
+        from distributed import as_completed
+
+        flight = _InFlight(client, as_completed())
+        bar = progress.Progress(sum(s.job.tiles_todo for s in self._prepared() if s.job),
+                                "all slides", enabled=not self.quiet)
+        self._submit(flight, infer, resources, self._prepared())
+        self._top_up(flight, infer, resources, todo, bar)
+        while flight.owner:
+            self._take(flight, next(flight.futures), bar)
+            self._top_up(flight, infer, resources, todo, bar)
+        for state in self.states:
+            self._close_bar(state)
+        bar.close()
+
+    def _top_up(self, flight: _InFlight, infer: InferConfig,
+                resources: dict[str, float] | None, todo: list[SlideState],
+                bar: progress.Progress) -> None:
+        """Prepare and submit slides from ``todo`` while there is room in flight."""
+        while todo:
+            running = list({id(s): s for s in flight.owner.values()}.values())
+            if not self._room(running, len(flight.owner)):
+                return
+            state = todo.pop()
+            if self._prepare_one(state) and state.job is not None:
+                bar.add_total(state.job.tiles_todo)
+                self._submit(flight, infer, resources, [state])
+                self.write_run_json(throttled=True)
+
+    def _take(self, flight: _InFlight, fut: Any, bar: progress.Progress) -> None:
+        """One task's result: count a block, finish or fail its slide."""
+        state = flight.owner.pop(fut)
+        if state.status == "failed":
+            return
+        try:
+            value = fut.result()
+        except Exception as exc:
+            self.fail(state, exc)
+            flight.cancel(state)
+            self.write_run_json(throttled=True)
+            return
+        if isinstance(value, BlockResult):
+            state.results.append(value)
+            state.remaining -= 1
+            bar.update(value.n_tiles)
+            self._slide_progress(state, value.n_tiles)
+            if state.remaining == 0:
+                self._submit_finish(flight, state)
+        else:
+            self._finished(state, value)
 
     def _collect(self, flight: _InFlight, total_tiles: int) -> None:
-        """Take each task's result as it ends: count blocks, finish slides, fail slides."""
+        """Take each task's result as it ends (slides submitted together)."""
         bar = progress.Progress(total_tiles, "all slides", enabled=not self.quiet)
-        for fut in flight.futures:
-            state = flight.owner.pop(fut)
-            if state.status == "failed":
-                continue
-            try:
-                value = fut.result()
-            except Exception as exc:
-                self.fail(state, exc)
-                flight.cancel(state)
-                self.write_run_json()
-                continue
-            if isinstance(value, BlockResult):
-                state.results.append(value)
-                state.remaining -= 1
-                bar.update(value.n_tiles)
-                self._slide_progress(state, value.n_tiles)
-                if state.remaining == 0:
-                    self._submit_finish(flight, state)
-            else:
-                self._finished(state, value)
+        while flight.owner:
+            self._take(flight, next(flight.futures), bar)
         for state in self.states:
             self._close_bar(state)
         bar.close()
@@ -614,12 +697,25 @@ class Runner:
             state.error = f"{state.path}: cannot score: {report.score_error}"
             self.say(f"wsi-seg: error: {state.error}", err=True)
         self.say(_done_line(state.path, report, state.slide_dir,
-                            mark="✗" if report.score_error else "✓"))
+                            mark="✗" if report.score_error else "✓") + self._cohort_text())
         if report.classes:
             self.say(f"  classes: {_classes_text(report)}")
         for note in report.notes:
             self.say(f"  note: {note}")
-        self.write_run_json()
+        self.write_run_json(throttled=True)
+
+    def _cohort_text(self) -> str:
+        """`` [3/10 slides, about 2 min left]``: where the run stands over all its slides, for a
+        line per slide that reads well in a SLURM log. The time left is this run's time per
+        slide done so far (skipped slides aside) times the slides left."""
+        if len(self.states) < 2:
+            return ""
+        done = sum(s.status in ("ok", "failed", "skipped") for s in self.states)
+        ran = sum(s.status in ("ok", "failed") for s in self.states)
+        left = len(self.states) - done
+        eta = (f", about {progress.duration((time.perf_counter() - self.t0) / ran * left)} left"
+               if ran and left else "")
+        return f" [{done}/{len(self.states)} slides{eta}]"
 
     def _tiles_done(self) -> int:
         """Tiles of the slides this run predicted and published (a slide whose score failed
@@ -664,13 +760,50 @@ class Runner:
         class_csv = self.config.out_dir / CLASS_SUMMARY
         if class_rows:
             write_class_summary_csv(class_rows, class_csv)
+        elif isinstance(class_csv, SlideURL):
+            from wsi_seg.stages.result_store import delete
+
+            delete(class_csv)
         else:  # an earlier run's table would no longer match summary.md
             class_csv.unlink(missing_ok=True)
 
 
-def _report_stamp(out_dir: Path, state: SlideState) -> tuple[int, int] | None:
+def _try_lock(out_dir: OutputLocation, name: str) -> SlideLock | StoreLease | None:
+    """This run's hold on a slide's outputs: the file lock, or in a store the lease."""
+    if isinstance(out_dir, SlideURL):
+        from wsi_seg.stages.result_store import try_lease
+
+        return try_lease(out_dir, name)
+    return try_lock(out_dir, name)
+
+
+def _holder(out_dir: OutputLocation, name: str) -> str:
+    """Who holds a slide (:func:`wsi_seg.core.locks.holder`, or the lease's holder)."""
+    if isinstance(out_dir, SlideURL):
+        from wsi_seg.stages.result_store import lease_holder
+
+        return lease_holder(out_dir, name)
+    return holder(out_dir, name)
+
+
+def _output_there(final: OutputLocation) -> bool:
+    """Whether a slide's output folder is there (in a store: its completion marker)."""
+    if isinstance(final, SlideURL):
+        from wsi_seg.stages.result_store import exists
+
+        return exists(final / REPORT)
+    return final.is_dir()
+
+
+def _report_stamp(out_dir: OutputLocation, state: SlideState
+                  ) -> tuple[int | str, int] | None:
+    report = final_dir_for(out_dir, state.path, state.name) / REPORT
+    if isinstance(report, SlideURL):
+        from wsi_seg.stages.result_store import stamp
+
+        return stamp(report)
     try:
-        st = (final_dir_for(out_dir, state.path, state.name) / REPORT).stat()
+        st = report.stat()
     except OSError:
         return None
     return st.st_mtime_ns, st.st_size
@@ -696,7 +829,8 @@ def _classes_text(report: SlideReport) -> str:
     return ", ".join(parts)
 
 
-def _done_line(path: SlideLocation, report: SlideReport, slide_dir: Path, mark: str = "✓") -> str:
+def _done_line(path: SlideLocation, report: SlideReport, slide_dir: OutputLocation,
+               mark: str = "✓") -> str:
     """``✓ NAME: tiles in s (tiles/s; blocks phase ...), tumour mm², IoU, Dice -> DIR``; ``✗``
     when the outputs are there but the score asked for is not."""
     score, polys = report.score, report.polygons_score
@@ -709,17 +843,6 @@ def _done_line(path: SlideLocation, report: SlideReport, slide_dir: Path, mark: 
     return (f"{mark} {path.name}: {report.tiles} tiles in {report.wall_s:.1f} s "
             f"({report.tiles_per_s or 0.0:.1f} tiles/s{blocks}), tumour "
             f"{report.tumour_mm2:.3f} mm²{extra} -> {slide_dir}")
-
-
-def check_out_is_local(out_dir: Path) -> None:
-    """Results go to a local (or mounted) folder for now: ``--out s3://...`` is refused in one
-    line before anything is made (a ``Path`` keeps one slash of ``s3://``, hence the rule of
-    :func:`wsi_seg.core.locations.url_scheme`, which reads both)."""
-    scheme = url_scheme(str(out_dir))
-    if scheme is not None:
-        shown = f"{scheme}://{str(out_dir).split(':/', 1)[1].lstrip('/')}"
-        raise WsiSegError("--out: writing results to object storage is not yet supported; "
-                          "give a local folder (slides may be read from s3://)", shown)
 
 
 def run_slides(slides: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
@@ -742,7 +865,6 @@ def run_slides(slides: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
     from wsi_seg.stages.slide import find_slides
 
     paths = [slides] if isinstance(slides, str | os.PathLike) else list(slides)
-    check_out_is_local(config.out_dir)
     check_model_fit(config)
     found = find_slides(paths)
     return Runner(found, config, cluster or ClusterConfig(), quiet, gpu_resource).run()
