@@ -107,3 +107,35 @@ def test_run_json_rewrites_are_held_to_a_share_of_the_clients_time(
     path.unlink()
     run.write_run_json(throttled=True)
     assert path.exists()
+
+
+def test_a_slide_list_runs_the_slides_it_names_and_a_missing_one_fails_alone(
+        cohort: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    slides, model = cohort
+    listing = tmp_path / "lists" / "cohort.txt"
+    listing.parent.mkdir()
+    rel = Path("..") / ".." / slides.name  # relative to the list's folder, not the cwd
+    listing.write_text(f"# two slides of the cohort, one twice, one missing\n\n"
+                       f"{slides / 'c0.svs'}\n{rel / 'c1.svs'}\n{slides / 'c0.svs'}\n"
+                       f"{slides / 'gone.svs'}\n")
+    assert (listing.parent / rel / "c1.svs").resolve() == (slides / "c1.svs").resolve()
+    out = tmp_path / "out"
+    rc = main(["run", "--slides", str(listing), "--out", str(out), "--model", str(model),
+               "--quiet", *OPTS])
+    err = capsys.readouterr().err
+    assert rc == 1
+    record = json.loads((out / "run.json").read_text())
+    assert [(Path(s["slide"]).name, s["status"]) for s in record["slides"]] == [
+        ("c0.svs", "ok"), ("c1.svs", "ok"), ("gone.svs", "failed")]
+    [line] = [ln for ln in err.splitlines() if "gone.svs" in ln]
+    assert line.startswith(f"wsi-seg: error: {slides / 'gone.svs'}: no such "), line
+
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing yet\n")
+    assert main(["run", "--slides", str(empty), "--out", str(tmp_path / "o2"),
+                 "--model", str(model)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"wsi-seg: error: {empty}: slide list names no slide (one path or s3:// URL per line)")
+    assert main(["run", "--out", str(tmp_path / "o3"), "--model", str(model)]) == 2
+    assert "no slides given" in capsys.readouterr().err
+    assert not (tmp_path / "o2").exists() and not (tmp_path / "o3").exists()

@@ -26,6 +26,8 @@ examples:
   wsi-seg run a.svs b.svs --out results/ --truth annotations/   # <stem>.tumor.geojson, ...
   wsi-seg run slides/ --out results/ --truth truth/ --truth-pattern '{stem}.truth.geojson'
   wsi-seg run slides/ --out results/ --config pipelines/patch-idc-50px.toml --stride 25
+  wsi-seg run --slides cohort.txt --out results/   # one path or s3:// URL per line
+  wsi-seg run s3://bucket/slides/ --out results/   # read in place (SVS, TIFF, DICOM)
   wsi-seg run slides/ --out results/ --scheduler tcp://10.0.0.5:8786 --gpu-resource
   wsi-seg run slides/ --out results --scheduler-file ~/scheduler.json  # or $DASK_SCHEDULER_ADDRESS
   wsi-seg run slides/ --out /shared/results/ --cluster slurm --slurm-queue gpu \\
@@ -72,7 +74,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("slides", nargs="+", metavar="SLIDE_OR_DIR")
+    p.add_argument("slides", nargs="*", metavar="SLIDE_OR_DIR",
+                   help="slide files or folders of slides (not searched recursively), local "
+                   "or s3://bucket/prefix/")
+    p.add_argument("--slides", dest="slide_list", type=Path, metavar="LIST",
+                   help="a text file naming slides, one path or s3:// URL per line (# comments; "
+                   "relative paths are relative to the file): cohorts that are not one folder")
     p.add_argument("--config", type=Path, metavar="TOML",
                    help="TOML run configuration: each option under its section (see the group "
                    "titles below and pipelines/); flags win")
@@ -179,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
         raise WsiSegError("ground truth file or folder not found", config.truth)
     try:
         result = run_slides(args.slides, config, cluster, quiet=bool(opts["quiet"]),
-                            gpu_resource=opts["gpu_resource"])
+                            gpu_resource=opts["gpu_resource"], slide_list=args.slide_list)
     except ConfigError as exc:  # the model's fit, checked first by the library
         raise in_option_words(exc, "run", opts) from None
     print_summary(result, config.out_dir, bool(opts["quiet"]))

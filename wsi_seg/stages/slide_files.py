@@ -229,3 +229,49 @@ def _collapse_dicom(folder: Path, files: list[Path]) -> list[Path]:
     kept = [f for f in files if f not in dicom_set] + others
     kept += [headers[0].path for headers in series.values()]
     return sorted(kept)
+
+
+#: The largest slide list read (``--slides``): a million 200-character lines.
+MAX_SLIDE_LIST_BYTES = 200 << 20
+
+
+def read_slide_list(path: str | os.PathLike[str]) -> list[SlideLocation]:
+    """The slides a list file names (``wsi-seg run --slides LIST``), for cohorts that are not
+    one folder: one local path or ``s3://`` URL per line; blank lines and lines starting
+    with ``#`` are skipped; a relative path is relative to the list's folder (a list works
+    from any working directory). Entries are slides as given, not searched: one that is
+    missing or unreadable fails alone when the run opens it, as a bad slide of a folder does.
+
+    Raises:
+        SlideError: the list cannot be read, is not UTF-8 text, or names no slide (one line).
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> _ = (d / "list.txt").write_text("# cohort A\\na.svs\\n\\n/data/b.svs\\ns3://bucket/c.svs\\n")
+    >>> [str(s) for s in read_slide_list(d / "list.txt")] == [
+    ...     str(d / "a.svs"), "/data/b.svs", "s3://bucket/c.svs"]
+    True
+    """
+    from wsi_seg.core.files import read_capped
+
+    p = Path(path)
+    raw = read_capped(p, MAX_SLIDE_LIST_BYTES, SlideError, "slide list")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise SlideError(f"slide list is not UTF-8 text (byte {exc.start})", p) from None
+    out: list[SlideLocation] = []
+    seen: set[str] = set()
+    for line in text.splitlines():
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        loc = slide_location(entry)
+        if isinstance(loc, Path) and not loc.is_absolute():
+            loc = p.parent / loc
+        if str(loc) not in seen:  # a cohort list may repeat a slide: it is run once
+            seen.add(str(loc))
+            out.append(loc)
+    if not out:
+        raise SlideError("slide list names no slide (one path or s3:// URL per line)", p)
+    return out
