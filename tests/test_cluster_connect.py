@@ -169,14 +169,16 @@ def test_a_gpu_slurm_job_runs_a_pinned_worker_per_gpu() -> None:
     from wsi_seg.orchestration.slurm import slurm_job_kwargs
 
     config = ClusterConfig(kind="slurm", slurm_gpus=2, slurm_cores=8, slurm_memory="32GB",
-                           slurm_queue="gpu", slurm_account="lab",
+                           slurm_queue="gpu", slurm_account="lab", slurm_walltime="04:00:00",
                            slurm_prologue=("module load cuda",))
     kwargs = slurm_job_kwargs(config)
     kwargs.pop("scheduler_options")
     script = SLURMJob(scheduler="tcp://127.0.0.1:8786", name="x", **kwargs).job_script()
     for line in ("#SBATCH --gres=gpu:2", "#SBATCH --cpus-per-task=8", "#SBATCH -p gpu",
                  "#SBATCH -A lab", "module load cuda", "--nworkers 2", "--nthreads 5",
-                 "--resources GPU=1", "--preload-nanny wsi_seg.orchestration.slurm"):
+                 "--resources GPU=1", "--preload-nanny wsi_seg.orchestration.slurm",
+                 # Workers retire 2 x 12 min before the 4 h walltime, staggered by 12 min.
+                 "#SBATCH -t 04:00:00", "--lifetime 12960s", "--lifetime-stagger 720s"):
         assert line in script, (line, script)
     assert sys.executable in script
 

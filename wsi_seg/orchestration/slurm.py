@@ -36,6 +36,39 @@ def walltime_problem(value: str) -> str | None:
     return None
 
 
+def walltime_s(value: str) -> int:
+    """Seconds of a SLURM time limit (``MM``, ``MM:SS``, ``HH:MM:SS``, ``D-HH``, ``D-HH:MM``,
+    ``D-HH:MM:SS``, as sbatch reads them).
+
+    >>> [walltime_s(v) for v in ("30", "30:15", "04:00:00", "1-12", "1-12:30", "2-00:00:05")]
+    [1800, 1815, 14400, 129600, 131400, 172805]
+    """
+    value = value.strip()
+    days, _, rest = value.rpartition("-")
+    parts = [int(x) for x in rest.split(":")]
+    if days:  # after a day count: hours, then minutes and seconds
+        h, m, sec = [*parts, 0, 0][:3]
+        return ((int(days) * 24 + h) * 60 + m) * 60 + sec
+    if len(parts) == 3:
+        return (parts[0] * 60 + parts[1]) * 60 + parts[2]
+    return parts[0] * 60 + (parts[1] if len(parts) == 2 else 0)
+
+
+def lifetime_args(walltime: str | None) -> list[str]:
+    """Worker arguments that retire a job's workers before SLURM kills it at its walltime:
+    the scheduler then moves their queued blocks to the others and the cluster submits a
+    fresh job, instead of the blocks being lost at the kill. The margin is 5 % of the
+    walltime (at least 2 min, at most 15), staggered by as much again so that jobs started
+    together do not all leave at once."""
+    if walltime is None or walltime_problem(walltime):
+        return []
+    total = walltime_s(walltime)
+    margin = min(900, max(120, total // 20))
+    if total <= 2 * margin:
+        return []  # too short to leave early and still do work
+    return ["--lifetime", f"{total - 2 * margin}s", "--lifetime-stagger", f"{margin}s"]
+
+
 def memory_problem(value: str) -> str | None:
     """What is wrong with a job's memory (``16GB``, ``64 GiB``), or None."""
     from dask.utils import parse_bytes
@@ -78,7 +111,7 @@ def slurm_job_kwargs(config: ClusterConfig) -> dict[str, Any]:
     """
     processes = max(1, config.slurm_gpus)
     threads = threads_per_slurm_worker(config)
-    worker_args = ["--preload-nanny", __name__]
+    worker_args = ["--preload-nanny", __name__, *lifetime_args(config.slurm_walltime)]
     directives: list[str] = []
     if config.slurm_gpus:
         worker_args += ["--resources", "GPU=1"]
