@@ -16,8 +16,10 @@ BIN = Path(sys.executable).parent
 class DaskCluster:
     """``dask scheduler`` + worker processes on localhost, killed at the end."""
 
-    def __init__(self, tmp: Path, n_workers: int = 2, worker_args: tuple[str, ...] = ()
-                 ) -> None:
+    def __init__(self, tmp: Path, n_workers: int = 2, worker_args: tuple[str, ...] = (),
+                 cwds: list[Path] | None = None) -> None:
+        """``cwds``: a working folder per worker (made here), so that workers share no folder
+        (their scratch space goes under each one's own); default: the test's."""
         self.file = tmp / "scheduler.json"
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
         self.scheduler = subprocess.Popen(
@@ -33,13 +35,15 @@ class DaskCluster:
                 break
             except (OSError, ValueError, KeyError):
                 time.sleep(0.1)
+        for folder in cwds or ():
+            folder.mkdir(parents=True, exist_ok=True)
         self.workers = [
             subprocess.Popen(
                 [str(BIN / "dask"), "worker", self.address, "--nthreads", "1",
                  "--no-nanny", "--no-dashboard", "--host", "127.0.0.1", "--name", f"w{i}",
                  *worker_args],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-                start_new_session=True)
+                start_new_session=True, cwd=cwds[i] if cwds else None)
             for i in range(n_workers)]
         from distributed import Client
 

@@ -76,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
     result = run_slides([slide_path], config,
                         ClusterConfig(scheduler=args.scheduler, workers=args.workers))
     slide_dir = final_dir_for(results, slide_path)
+    assert isinstance(slide_dir, Path)  # the demo writes to a local folder
     if not (slide_dir / REPORT).is_file():
         # The run said why in its own error line; nothing to show.
         print(f"demo: no results for {slide_path} (see the error above)", file=sys.stderr)

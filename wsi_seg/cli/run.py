@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from wsi_seg.core.errors import WsiSegError, printable
+from wsi_seg.core.locations import OutputLocation
 from wsi_seg.core.params import ConfigError
 from wsi_seg.orchestration import options
 from wsi_seg.orchestration.cluster import ClusterConfig, local_gpu_count
@@ -30,6 +31,7 @@ examples:
   wsi-seg run s3://bucket/slides/ --out results/   # read in place (SVS, TIFF, DICOM)
   wsi-seg run slides/ --out results/ --scheduler tcp://10.0.0.5:8786 --gpu-resource
   wsi-seg run slides/ --out results --scheduler-file ~/scheduler.json  # or $DASK_SCHEDULER_ADDRESS
+  wsi-seg run s3://bucket/slides/ --out s3://bucket/results/   # results in object storage
   wsi-seg run slides/ --out /shared/results/ --cluster slurm --slurm-queue gpu \\
       --slurm-gpus 1 --slurm-cores 8 --slurm-memory 32GB --slurm-walltime 04:00:00
 
@@ -54,6 +56,11 @@ name when slides of the run share a stem):
   OUT/NAME/overlay.png    thumbnail with tissue (green), prediction (red), truth (blue)
   OUT/NAME/report.json    tiles, areas, scores, stage timings, tiles/s
   OUT/run.json, OUT/summary.csv, OUT/summary.md
+
+--out may be a prefix in object storage (s3://bucket/prefix/, credentials and endpoint from
+the standard AWS variables and files): the same outputs are written there in place, and a
+slide counts as finished only once its report.json, written last, is there; a lease object
+(OUT/.NAME.lock.json, a conditional PUT) keeps two runs off one slide.
 
 A killed run resumes: rerun the same command; finished slides are skipped and unfinished ones
 redo only the blocks that had not completed. Every option is checked before any work: a bad
@@ -193,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
-def print_summary(result: RunResult, out_dir: Path, quiet: bool) -> None:
+def print_summary(result: RunResult, out_dir: OutputLocation, quiet: bool) -> None:
     if quiet:
         return
     ok, skipped = result.count("ok"), result.count("skipped")

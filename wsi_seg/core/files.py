@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from wsi_seg.core.errors import WsiSegError
+from wsi_seg.core.locations import SlideURL
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -68,8 +69,36 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> Path:
     return Path(path)
 
 
+def write_output(path: str | os.PathLike[str] | SlideURL, data: bytes | str) -> None:
+    """Write an output file atomically, on local disk (:func:`write_atomic`) or as one object
+    in a store (a PUT is atomic: the object appears whole or not at all)."""
+    if not isinstance(path, SlideURL):
+        write_atomic(path, data)
+        return
+    from wsi_seg.stages.result_store import put_bytes  # fsspec only where a store is used
+
+    put_bytes(path, data.encode("utf-8") if isinstance(data, str) else data)
+
+
+def read_output_text(path: Path | SlideURL) -> str | None:
+    """An output file's text (a report, a stamp), or None when it does not exist; from a
+    store, asked of the store itself (never a cached listing).
+
+    Raises:
+        OSError: a local file that exists but cannot be read.
+    """
+    if not isinstance(path, SlideURL):
+        if not path.is_file():
+            return None
+        return path.read_text(encoding="utf-8")
+    from wsi_seg.stages.result_store import read_bytes
+
+    raw = read_bytes(path)
+    return None if raw is None else raw.decode("utf-8", errors="replace")
+
+
 def _json_default(obj: Any) -> Any:
-    if isinstance(obj, Path):
+    if isinstance(obj, Path | SlideURL):
         return str(obj)
     if isinstance(obj, np.generic):
         return obj.item()
@@ -84,7 +113,17 @@ def _json_default(obj: Any) -> Any:
 
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
     """Write ``obj`` as indented JSON atomically (paths, numpy scalars, dataclasses allowed)."""
-    return write_atomic(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+    return write_atomic(path, json_text(obj))
+
+
+def json_text(obj: Any) -> str:
+    """``obj`` as the indented JSON :func:`write_json_atomic` writes."""
+    return json.dumps(obj, indent=2, default=_json_default) + "\n"
+
+
+def write_json_output(path: str | os.PathLike[str] | SlideURL, obj: Any) -> None:
+    """:func:`write_json_atomic`, to local disk or a store (:func:`write_output`)."""
+    write_output(path, json_text(obj))
 
 
 # ------------------------------------------------------------------------------- reading

@@ -79,12 +79,36 @@ class SlideURL:
     def child(self, name: str) -> SlideURL:
         return SlideURL(f"{self.url}/{name}")
 
+    def __truediv__(self, name: str) -> SlideURL:
+        """``url / "name"`` as ``path / "name"``: output folders are joined the same way
+        whether ``--out`` is a folder or a prefix in a store."""
+        return self.child(name)
+
     def __str__(self) -> str:
         return self.url
 
 
 #: A slide's location: a local path or an object-store URL.
 SlideLocation = Path | SlideURL
+#: Where outputs go (``--out``): a local folder, or a prefix in an object store.
+OutputLocation = Path | SlideURL
+
+
+def output_location(raw: str | os.PathLike[str] | SlideURL) -> OutputLocation:
+    """``--out`` as a :data:`OutputLocation`: a URL of a store results may be written to
+    (``s3://bucket/prefix``, also as a ``Path`` prints it), else the local folder unchanged.
+
+    Raises:
+        WsiSegError: a URL of another scheme, or without a bucket.
+    """
+    if isinstance(raw, Path) and url_scheme(str(raw)) is None:
+        return raw  # the very object given: local runs are untouched
+    scheme = url_scheme(os.fspath(raw) if not isinstance(raw, SlideURL) else raw.url)
+    if scheme is not None and scheme not in SLIDE_URL_SCHEMES:
+        raise WsiSegError(f"results are written to local folders and "
+                          f"{', '.join(s + '://' for s in SLIDE_URL_SCHEMES)} URLs, "
+                          f"not {scheme}://")
+    return slide_location(raw)
 
 
 def url_scheme(text: str) -> str | None:

@@ -14,7 +14,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Protocol, TypeAlias
+from typing import Protocol, TypeAlias, overload
 
 import cv2
 import numpy as np
@@ -22,8 +22,9 @@ import shapely
 from shapely.geometry import GeometryCollection, Polygon
 from shapely.geometry.base import BaseGeometry
 
-from wsi_seg.core.files import write_atomic
+from wsi_seg.core.files import write_output
 from wsi_seg.core.geometry import PixelFrame
+from wsi_seg.core.locations import OutputLocation, SlideURL
 from wsi_seg.evaluation.metrics import rasterize_window
 from wsi_seg.evaluation.truth import TruthRaster
 from wsi_seg.stages.vectorize import RegionPolygon
@@ -178,19 +179,32 @@ def render_overlay(thumb: np.ndarray, scale: float, *, origin: tuple[float, floa
     return img
 
 
-def write_png(rgb: np.ndarray, path: str | Path) -> Path:
-    """Write an RGB image as PNG atomically (temporary name, then rename)."""
-    path = Path(path)
+@overload
+def write_png(rgb: np.ndarray, path: str | Path) -> Path: ...
+@overload
+def write_png(rgb: np.ndarray, path: SlideURL) -> SlideURL: ...
+def write_png(rgb: np.ndarray, path: str | Path | SlideURL) -> OutputLocation:
+    """Write an RGB image as PNG atomically (temporary name, then rename; in a store, one
+    object)."""
+    loc = path if isinstance(path, SlideURL) else Path(path)
     ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     if not ok:
-        raise OSError(f"{path}: PNG encoding failed")
-    write_atomic(path, buf.tobytes())
-    return path
+        raise OSError(f"{loc}: PNG encoding failed")
+    write_output(loc, buf.tobytes())
+    return loc
 
 
+@overload
 def draw_overlay(slide: ThumbnailSource, tissue: GeometryInput, pred: GeometryInput,
                  truth: GeometryInput | TruthRaster, out_png: str | Path, *,
-                 max_px: int = 1024) -> Path:
+                 max_px: int = ...) -> Path: ...
+@overload
+def draw_overlay(slide: ThumbnailSource, tissue: GeometryInput, pred: GeometryInput,
+                 truth: GeometryInput | TruthRaster, out_png: SlideURL, *,
+                 max_px: int = ...) -> SlideURL: ...
+def draw_overlay(slide: ThumbnailSource, tissue: GeometryInput, pred: GeometryInput,
+                 truth: GeometryInput | TruthRaster, out_png: str | Path | SlideURL, *,
+                 max_px: int = 1024) -> OutputLocation:
     """Write ``overlay.png``: the slide's thumbnail (longer side <= ``max_px``) with tissue,
     prediction (red), truth (blue, overlap purple) and a legend. Geometries in level-0 px."""
     thumb, scale = slide.thumbnail(max_px)
@@ -235,15 +249,15 @@ def _cell(name: str, value: object) -> str:
     return " ".join(str(value).split())  # one line per cell, whatever the error text held
 
 
-def write_summary_csv(rows: Sequence[SummaryRow], path: str | Path) -> Path:
+def write_summary_csv(rows: Sequence[SummaryRow], path: str | Path | SlideURL) -> OutputLocation:
     """``summary.csv``: a header and one row per slide (blank cells for unknown values)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(SUMMARY_COLUMNS)
     for row in rows:
         writer.writerow([_cell(c, getattr(row, c)) for c in SUMMARY_COLUMNS])
-    write_atomic(Path(path), buf.getvalue().encode("utf-8"))
-    return Path(path)
+    write_output(_location(path), buf.getvalue().encode("utf-8"))
+    return _location(path)
 
 
 @dataclass(frozen=True)
@@ -265,15 +279,16 @@ CLASS_COLUMNS = tuple(f.name for f in fields(ClassRow))
 CLASS_SUMMARY = "summary_classes.csv"
 
 
-def write_class_summary_csv(rows: Sequence[ClassRow], path: str | Path) -> Path:
+def write_class_summary_csv(rows: Sequence[ClassRow], path: str | Path | SlideURL
+                            ) -> OutputLocation:
     """``summary_classes.csv``: one row per slide and class (long format, for analysis)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(CLASS_COLUMNS)
     for row in rows:
         writer.writerow([_cell(c, getattr(row, c)) for c in CLASS_COLUMNS])
-    write_atomic(Path(path), buf.getvalue().encode("utf-8"))
-    return Path(path)
+    write_output(_location(path), buf.getvalue().encode("utf-8"))
+    return _location(path)
 
 
 def _table(head: Sequence[str], align: str, rows: Sequence[Sequence[str]]) -> list[str]:
@@ -300,8 +315,14 @@ def summary_markdown(rows: Sequence[SummaryRow], footer: Sequence[str] = (),
     return "\n".join(["# wsi-seg summary", "", *lines, "", *footer, *extra]).rstrip() + "\n"
 
 
-def write_summary_md(rows: Sequence[SummaryRow], path: str | Path,
-                     footer: Sequence[str] = (), classes: Sequence[ClassRow] = ()) -> Path:
+def write_summary_md(rows: Sequence[SummaryRow], path: str | Path | SlideURL,
+                     footer: Sequence[str] = (), classes: Sequence[ClassRow] = ()
+                     ) -> OutputLocation:
     """Write ``summary.md`` (see :func:`summary_markdown`)."""
-    write_atomic(Path(path), summary_markdown(rows, footer, classes).encode("utf-8"))
-    return Path(path)
+    write_output(_location(path), summary_markdown(rows, footer, classes).encode("utf-8"))
+    return _location(path)
+
+
+def _location(path: str | Path | SlideURL) -> OutputLocation:
+    """A summary's path as given (a file, or an object of a store)."""
+    return path if isinstance(path, SlideURL) else Path(path)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 
-from wsi_seg.core.files import write_json_atomic
+from wsi_seg.core.files import write_json_output
 from wsi_seg.orchestration.handles import slide_handles
 from wsi_seg.orchestration.job import MARKERS, BlockContext, BlockTask
 from wsi_seg.stages.blend import blend_block, kept_extent
@@ -54,8 +54,9 @@ def run_block(ctx: BlockContext, task: BlockTask, infer: InferConfig) -> BlockRe
     times["write"] = time.perf_counter() - t
     result = BlockResult(ctx.stem, b.key, b.n_windows, b.n_owned, times)
     # The marker is written last: a block without one is redone on resume, and redoing it
-    # rewrites its own chunks completely, so a half-written chunk never survives.
-    write_json_atomic(ctx.work_dir / MARKERS / f"{b.key}.json", asdict(result))
+    # rewrites its own chunks completely, so a half-written chunk never survives. (In a
+    # store the marker is an object of the slide's prefix, as its chunks are.)
+    write_json_output(ctx.work_dir / MARKERS / f"{b.key}.json", asdict(result))
     return result
 
 

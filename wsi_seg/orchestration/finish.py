@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 from wsi_seg import __version__
 from wsi_seg.core.errors import WsiSegError
-from wsi_seg.core.files import write_json_atomic
-from wsi_seg.core.locations import SlideLocation
+from wsi_seg.core.files import read_output_text, write_json_atomic, write_json_output
+from wsi_seg.core.locations import SlideLocation, SlideURL
 from wsi_seg.core.naming import TRUTH_PATTERNS, truth_candidates
 from wsi_seg.core.scores import format_score
 from wsi_seg.core.stopwatch import lap
 from wsi_seg.orchestration.handles import slide_handles
-from wsi_seg.orchestration.job import MARKERS, RunConfig, SlideJob
+from wsi_seg.orchestration.job import MARKERS, PARTIAL_SUFFIX, RunConfig, SlideJob
 from wsi_seg.orchestration.report import REPORT, ClassRecord, ModelRecord, SlideReport
 from wsi_seg.stages.card import model_label
 from wsi_seg.stages.mosaic import block_levels, build_pyramid, open_mosaic, record_threshold
@@ -296,13 +296,15 @@ def finish_slide(job: SlideJob, config: RunConfig, block_times: dict[str, float]
     polygons = _vectorize(job, config, mosaic)
     record_threshold(mosaic, polygons.threshold)  # `wsi-seg score` then uses the same
     t = lap(times, "vectorize", t)
-    write_geojson(polygons.regions, job.work_dir / "tumor.geojson")
+    write_geojson(polygons.regions, job.work_dir / "tumor.geojson",
+                  id_seed=_id_seed(job, "tumor.geojson"))
     t = lap(times, "geojson", t)
     classes = _vectorize_classes(job, config, mosaic, polygons)
     if classes:
         t = lap(times, "vectorize_classes", t)
         write_class_geojson([(c.name, c.color, c.regions) for c in classes],
-                            job.work_dir / CLASSES_GEOJSON)
+                            job.work_dir / CLASSES_GEOJSON,
+                            id_seed=_id_seed(job, CLASSES_GEOJSON))
         t = lap(times, "geojson_classes", t)
     scored = Scored()
     if config.truth is not None:
@@ -312,9 +314,22 @@ def finish_slide(job: SlideJob, config: RunConfig, block_times: dict[str, float]
     t = lap(times, "overlay", t)
     report = _report(job, polygons, scored, _notes(job, config, polygons, scored), times,
                      blocks_wall_s, t - t_finish, classes)
-    write_json_atomic(job.work_dir / REPORT, report.to_json())
-    _publish(job)
+    if isinstance(job.work_dir, SlideURL):
+        _publish_in_store(job, job.work_dir, report.to_json())
+    else:
+        write_json_atomic(job.work_dir / REPORT, report.to_json())
+        _publish(job)
     return report
+
+
+def _id_seed(job: SlideJob, name: str) -> str | None:
+    """What a GeoJSON's feature ids are derived from: the file's folder and name where it is
+    written (None: the writer's default), which is the local work folder's
+    (``.<stem>.partial/<name>``) even in a store, where the file is written in place, so the
+    feature ids, and the bytes, are those of a local run."""
+    if isinstance(job.work_dir, SlideURL):
+        return f".{job.stem}{PARTIAL_SUFFIX}/{name}"
+    return None
 
 
 def check_work_dir(job: SlideJob) -> None:
@@ -324,7 +339,8 @@ def check_work_dir(job: SlideJob) -> None:
     missing ones as zeros: it must never be published as finished."""
     stamp = job.work_dir / "config.json"
     try:
-        same = json.loads(stamp.read_text(encoding="utf-8")).get("digest") == job.config_digest
+        text = read_output_text(stamp)
+        same = text is not None and json.loads(text).get("digest") == job.config_digest
     except (OSError, ValueError, AttributeError):
         same = False
     if not same:
@@ -332,8 +348,22 @@ def check_work_dir(job: SlideJob) -> None:
                           "output folder?): nothing published", job.work_dir)
 
 
+def _publish_in_store(job: SlideJob, work_dir: SlideURL, report: dict[str, Any]) -> None:
+    """Publish a slide written in place in a store, which has no rename: drop the work
+    objects (block markers, then the stamp), then write ``report.json``, the completion
+    marker, last. Killed before the marker, the slide is unfinished: without its stamp it is
+    redone from scratch, never taken for finished."""
+    from wsi_seg.stages import result_store
+
+    check_work_dir(job)  # again: the finishing took a while
+    result_store.remove_tree(work_dir / MARKERS)
+    result_store.delete(work_dir / "config.json")
+    write_json_output(work_dir / REPORT, report)
+
+
 def _publish(job: SlideJob) -> None:
     """Rename the finished work directory to its final name (atomic on one filesystem)."""
+    assert isinstance(job.work_dir, Path) and isinstance(job.final_dir, Path)
     check_work_dir(job)  # again: the finishing took a while
     with contextlib.suppress(FileNotFoundError):
         shutil.rmtree(job.work_dir / MARKERS)

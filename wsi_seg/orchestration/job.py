@@ -20,8 +20,19 @@ import numpy as np
 
 from wsi_seg import __version__
 from wsi_seg.core.errors import WsiSegError
-from wsi_seg.core.files import decode_json, write_json_atomic
-from wsi_seg.core.locations import SlideLocation, slide_location
+from wsi_seg.core.files import (
+    decode_json,
+    read_output_text,
+    write_json_atomic,
+    write_json_output,
+)
+from wsi_seg.core.locations import (
+    OutputLocation,
+    SlideLocation,
+    SlideURL,
+    output_location,
+    slide_location,
+)
 from wsi_seg.core.naming import (
     REPORT,
     TRUTH_PATTERNS,
@@ -60,7 +71,8 @@ class RunConfig:
     """Everything that decides a run's outputs, plus how to execute it.
 
     Attributes:
-        out_dir: output folder (``OUT``).
+        out_dir: output folder (``OUT``), or a prefix in an object store
+            (``s3://bucket/results``; a ``Path`` that prints as one is taken for it).
         model_path: ``MODEL.keras`` with its card; None for the bundled demo UNet.
         slide_mpp: level-0 µm/px overriding every slide's metadata.
         missing_mpp: level-0 µm/px for the slides whose metadata has none (the others keep
@@ -87,7 +99,7 @@ class RunConfig:
         overwrite: redo finished slides.
     """
 
-    out_dir: Path = param(rule=Rule("path"))  # noqa: RUF009 (a field())
+    out_dir: OutputLocation = param(rule=Rule("path"))  # noqa: RUF009 (a field())
     model_path: Path | None = param(None, Rule("path"))  # noqa: RUF009
     slide_mpp: float | None = param(None, Rule("float", Limits(*MPP_RANGE_UM)))
     missing_mpp: float | None = param(None, Rule("float", Limits(*MPP_RANGE_UM)))
@@ -111,9 +123,15 @@ class RunConfig:
     overwrite: bool = param(False, Rule("bool"))
 
     def __post_init__(self) -> None:
+        if isinstance(self.out_dir, SlideURL):  # checked as the path it is typed as
+            object.__setattr__(self, "out_dir", str(self.out_dir))
         coerce_paths(self, "out_dir", "model_path", "truth")
         coerce_tuples(self, "truth_patterns", "truth_classes", "class_map")
         check_params(self)
+        try:
+            object.__setattr__(self, "out_dir", output_location(self.out_dir))
+        except WsiSegError as exc:
+            raise ConfigError(f"{{out_dir}}: {exc}", {"out_dir": self.out_dir}) from None
         for name, kind in (("infer", InferConfig), ("tissue", TissueConfig)):
             if not isinstance(getattr(self, name), kind):
                 raise ConfigError(f"{{{name}}}: must be of type {kind.__name__}",
@@ -169,14 +187,14 @@ class BlockContext:
     slide_path: SlideLocation
     slide_mpp: float | None
     stem: str
-    work_dir: Path
+    work_dir: OutputLocation
     mpp: float
     spec: BlendSpec
     model_path: Path
     block_px: int
 
     @property
-    def mosaic_path(self) -> Path:
+    def mosaic_path(self) -> OutputLocation:
         return self.work_dir / "mask.zarr"
 
 
@@ -203,8 +221,8 @@ class SlideJob:
 
     slide_path: SlideLocation
     stem: str
-    final_dir: Path
-    work_dir: Path
+    final_dir: OutputLocation
+    work_dir: OutputLocation  # in a store: final_dir itself (written in place, no rename)
     slide_mpp: float
     mpp: float
     geom: MosaicGeometry
@@ -231,7 +249,7 @@ class SlideJob:
     mpp_override: float | None = None
 
     @property
-    def mosaic_path(self) -> Path:
+    def mosaic_path(self) -> OutputLocation:
         return self.work_dir / "mask.zarr"
 
     @property
@@ -244,7 +262,8 @@ class SlideJob:
                             self.mpp, self.spec, self.model_path, self.block_px)
 
 
-def final_dir_for(out_dir: Path, slide_path: SlideLocation, name: str | None = None) -> Path:
+def final_dir_for(out_dir: OutputLocation, slide_path: SlideLocation, name: str | None = None
+                  ) -> OutputLocation:
     """A slide's output folder: ``OUT/<name>``, the name from :func:`naming.output_names`
     (the slide's stem when no other slide of the run shares it)."""
     return out_dir / (name or slide_stem(slide_path))
@@ -254,16 +273,18 @@ class OutputTaken(WsiSegError):
     """The output folder a slide would use holds another slide's results."""
 
 
-def finished_report(out_dir: Path, slide_path: SlideLocation,
+def finished_report(out_dir: OutputLocation, slide_path: SlideLocation,
                     name: str | None = None) -> dict[str, Any] | None:
     """The ``report.json`` of this slide's final outputs when they exist for this very file
-    (outputs only ever appear complete), else None. Raises :class:`OutputTaken` when the
+    (outputs only ever appear complete; in a store, ``report.json`` is written last and so is
+    the completion marker, asked first), else None. Raises :class:`OutputTaken` when the
     folder holds another slide's."""
     report = final_dir_for(out_dir, slide_path, name) / REPORT
-    if not report.is_file():
-        return None
     try:
-        done = decode_json(report.read_text(encoding="utf-8"), report)
+        text = read_output_text(report)
+        if text is None:
+            return None
+        done = decode_json(text, str(report))
         same_file = slide_location(done["slide"]).resolve() == slide_path.resolve()
     except (OSError, WsiSegError, KeyError, TypeError):
         return None  # an unreadable report is redone
@@ -274,14 +295,35 @@ def finished_report(out_dir: Path, slide_path: SlideLocation,
     return done if done.get("slide_identity") == slide_identity(slide_path) else None
 
 
-def is_finished(out_dir: Path, slide_path: SlideLocation, name: str | None = None) -> bool:
+def is_finished(out_dir: OutputLocation, slide_path: SlideLocation,
+                name: str | None = None) -> bool:
     """Whether this slide's final outputs exist, for this very file (see
     :func:`finished_report`, whose :class:`OutputTaken` it raises)."""
     return finished_report(out_dir, slide_path, name) is not None
 
 
-def check_writable(out_dir: Path) -> None:
-    """Create ``out_dir`` and prove it is writable, or raise a one-line error."""
+def finished_names(out_dir: OutputLocation) -> list[str]:
+    """The slides' output folders under ``out_dir`` that are finished (hold ``report.json``),
+    sorted: the listing. Outputs in a store are written in place, so this asks each folder
+    for its completion marker rather than trusting that the folder exists."""
+    if isinstance(out_dir, SlideURL):
+        from wsi_seg.stages.result_store import finished_names as store_finished
+
+        return store_finished(out_dir, REPORT)
+    if not out_dir.is_dir():
+        return []
+    return sorted(p.name for p in out_dir.iterdir()
+                  if not p.name.startswith(".") and (p / REPORT).is_file())
+
+
+def check_writable(out_dir: OutputLocation) -> None:
+    """Create ``out_dir`` and prove it is writable, or raise a one-line error (a prefix in a
+    store: list its bucket, write and remove a probe object)."""
+    if isinstance(out_dir, SlideURL):
+        from wsi_seg.stages import result_store
+
+        result_store.check_writable(out_dir)
+        return
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -291,8 +333,11 @@ def check_writable(out_dir: Path) -> None:
         raise WsiSegError(f"output folder {problem}", out_dir)
 
 
-def folder_identity(path: Path) -> tuple[int, int] | None:
-    """``(st_dev, st_ino)`` of ``path``: which folder it is, not just its name."""
+def folder_identity(path: OutputLocation) -> tuple[int, int] | None:
+    """``(st_dev, st_ino)`` of ``path``: which folder it is, not just its name (None for a
+    prefix in a store, which has no identity beyond its name)."""
+    if isinstance(path, SlideURL):
+        return None
     try:
         st = path.stat()
     except OSError:
@@ -300,11 +345,15 @@ def folder_identity(path: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def out_dir_problem(out_dir: Path, identity: tuple[int, int] | None = None) -> str | None:
+def out_dir_problem(out_dir: OutputLocation, identity: tuple[int, int] | None = None
+                    ) -> str | None:
     """Why ``out_dir`` cannot take outputs now (``was deleted``, ``is not a folder``, ``is not
     writable (Read-only file system)``), or None: a probe file is made and removed.
     ``identity`` (:func:`folder_identity` at the run's start) tells a folder deleted and made
-    again (by a write in flight that creates its parents) from the run's own."""
+    again (by a write in flight that creates its parents) from the run's own. A prefix in a
+    store cannot be deleted as a folder is (a write fails on its own, in one line): None."""
+    if isinstance(out_dir, SlideURL):
+        return None
     now = folder_identity(out_dir)
     if now is None or (identity is not None and now != identity):
         return "was deleted"
@@ -420,9 +469,11 @@ def prepare_slide(slide_path: SlideLocation, config: RunConfig, name: str | None
                       "slide_size": facts.slide_size_x0, "batch": config.infer.batch_size,
                       "slide_identity": identity})
     stem = name or slide_stem(slide_path)
-    work_dir = config.out_dir / f".{stem}{PARTIAL_SUFFIX}"
-    done = _open_work_dir(work_dir, digest, layout.geom, layout.provenance,
-                          mosaic_classes(model.card))
+    work_dir = work_dir_for(config.out_dir, stem)
+    classes = mosaic_classes(model.card)
+    done = (_open_store_work_dir(work_dir, digest, layout.geom, layout.provenance, classes)
+            if isinstance(work_dir, SlideURL) else
+            _open_work_dir(work_dir, digest, layout.geom, layout.provenance, classes))
     plan = layout.plan
     tasks = tuple(BlockTask(b, *plan.windows_of(b)) for b in plan.blocks if b.key not in done)
     return SlideJob(
@@ -438,6 +489,15 @@ def prepare_slide(slide_path: SlideLocation, config: RunConfig, name: str | None
         config_digest=digest, block_px=config.block_px, slide_size_x0=facts.slide_size_x0,
         mpp_override=override,
     )
+
+
+def work_dir_for(out_dir: OutputLocation, stem: str) -> OutputLocation:
+    """Where a slide's work happens: ``OUT/.<stem>.partial`` on local disk (renamed to
+    ``OUT/<stem>`` when finished); in a store, which cannot rename, ``OUT/<stem>`` itself
+    (finished once its ``report.json``, written last, is there)."""
+    if isinstance(out_dir, SlideURL):
+        return out_dir / stem
+    return out_dir / f".{stem}{PARTIAL_SUFFIX}"
 
 
 def mpp_override(slide_path: SlideLocation, config: RunConfig) -> float | None:
@@ -500,4 +560,31 @@ def _open_work_dir(work_dir: Path, digest: str, geom: MosaicGeometry,
     (work_dir / MARKERS).mkdir()
     create_mosaic(work_dir / "mask.zarr", geom, provenance=provenance, classes=classes)
     write_json_atomic(stamp, {"digest": digest})
+    return set()
+
+
+def _open_store_work_dir(work_dir: SlideURL, digest: str, geom: MosaicGeometry,
+                         provenance: dict[str, Any], classes: tuple[MosaicClass, ...]
+                         ) -> set[str]:
+    """:func:`_open_work_dir` for a slide written in place in a store: resume when the stamp
+    matches (its block markers are the finished blocks; a PUT is atomic, so no temporaries
+    are left to clear), else clear the prefix, ``report.json`` first, and start afresh.
+
+    The stamp is written after the empty mosaic, so a prefix with a stamp always has a
+    mosaic; the markers are only ever written after their block's chunks.
+    """
+    from wsi_seg.stages import result_store
+
+    stamp = work_dir / "config.json"
+    text = read_output_text(stamp)
+    try:
+        same = text is not None and decode_json(text, str(stamp)).get("digest") == digest
+    except (WsiSegError, AttributeError):
+        same = False
+    if same and read_output_text(work_dir / REPORT) is None:
+        return {n.removesuffix(".json") for n in result_store.names_under(work_dir / MARKERS)
+                if n.endswith(".json")}
+    result_store.clear_prefix(work_dir, REPORT)
+    create_mosaic(work_dir / "mask.zarr", geom, provenance=provenance, classes=classes)
+    write_json_output(stamp, {"digest": digest})
     return set()

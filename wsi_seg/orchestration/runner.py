@@ -23,15 +23,14 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from distributed.comm.core import CommClosedError
 
 from wsi_seg import __version__
 from wsi_seg.core.errors import RunStopped, WsiSegError, printable
-from wsi_seg.core.files import write_json_atomic
-from wsi_seg.core.locations import SlideLocation, slide_location, url_scheme
+from wsi_seg.core.files import write_json_output
+from wsi_seg.core.locations import OutputLocation, SlideLocation, SlideURL, slide_location
 from wsi_seg.core.locks import SlideLock, holder, try_lock
 from wsi_seg.core.naming import output_names, slide_stem
 from wsi_seg.orchestration import progress
@@ -60,6 +59,7 @@ from wsi_seg.stages.infer import InferConfig, check_batch_bytes, served_card
 
 if TYPE_CHECKING:  # metrics imports the geometry stack; the client needs only the type
     from wsi_seg.evaluation.metrics import OverlapScore
+    from wsi_seg.stages.result_store import StoreLease
 
 #: Seconds between looks at slides other runs hold, and between lines saying the run waits.
 HELD_POLL_S = 2.0
@@ -91,7 +91,7 @@ class SlideState:
     results: list[BlockResult] = field(default_factory=list)
     started: float | None = None
     report: SlideReport | None = None
-    slide_dir: Path | None = None  # where the report was published
+    slide_dir: OutputLocation | None = None  # where the report was published
     bar: Any = None  # this slide's progress bar while its blocks run
     # Whether the slide's outputs were complete at the run's start, asked once per run
     # (None: not yet); ``taken`` is why its output folder cannot be used, if it cannot.
@@ -100,24 +100,26 @@ class SlideState:
     # A skipped slide's figures for the summaries, from its finished report.json (only what
     # the summaries show, so a long run does not hold every report).
     earlier: dict[str, Any] | None = None
-    # This run's hold on the slide's outputs (another run's slide is "held" here).
-    lock: SlideLock | None = None
-    # (mtime_ns, size) of its report.json when ``done`` was decided (None: no report).
-    report_stamp: tuple[int, int] | None = None
+    # This run's hold on the slide's outputs (another run's slide is "held" here): a file
+    # lock on local disk, a lease in a store.
+    lock: SlideLock | StoreLease | None = None
+    # (mtime_ns, size) of its report.json when ``done`` was decided, (ETag, size) in a
+    # store (None: no report).
+    report_stamp: tuple[int | str, int] | None = None
 
     def unlock(self) -> None:
         if self.lock is not None:
             self.lock.release()
             self.lock = None
 
-    def result(self, out_dir: Path) -> SlideResult:
+    def result(self, out_dir: OutputLocation) -> SlideResult:
         """The slide's outcome, as the Python API returns it."""
         final = final_dir_for(out_dir, self.path, self.name)
         there = self.status in ("ok", "skipped") or (self.report is not None)
         job = self.job
         return SlideResult(
             self.path, self.name, self.status, self.error,
-            final if there and final.is_dir() else None, self.report,
+            final if there and _output_there(final) else None, self.report,
             job.n_tiles if job else None, job.n_blocks if job else None,
             job.n_blocks_done if job else None)
 
@@ -160,7 +162,7 @@ class SlideResult:
     name: str
     status: str
     error: str | None
-    output_dir: Path | None
+    output_dir: OutputLocation | None
     report: SlideReport | None
     tiles: int | None
     blocks: int | None
@@ -266,7 +268,7 @@ class Runner:
             "wall_s": round(time.perf_counter() - self.t0, 3),
             # The program by its name, not where one machine installed it.
             "command": ["wsi-seg", *sys.argv[1:]],
-            "config": {**asdict(self.config),
+            "config": {**asdict(self.config), "out_dir": str(self.config.out_dir),
                        "model_path": model_label(self.config.model_path)},
             "cluster": asdict(self.cluster),
             "workers": asdict(self.worker_plan) if self.worker_plan else None,
@@ -284,7 +286,7 @@ class Runner:
         }
         self._stop_if_out_lost()  # never re-create a folder deleted under the run
         try:
-            write_json_atomic(self.config.out_dir / RUN_JSON, record)
+            write_json_output(self.config.out_dir / RUN_JSON, record)
         except OSError as exc:
             self._stop_if_out_lost()
             raise WsiSegError(f"cannot write {RUN_JSON} ({exc.strerror or exc})",
@@ -346,10 +348,10 @@ class Runner:
         if self.finished(state):
             self._skip(state)
             return False
-        lock = try_lock(self.config.out_dir, state.name)
+        lock = _try_lock(self.config.out_dir, state.name)
         if lock is None:
             if state.status != "held":
-                self.say(f"~ {state.path.name}: {holder(self.config.out_dir, state.name)} "
+                self.say(f"~ {state.path.name}: {_holder(self.config.out_dir, state.name)} "
                          "is working on it; this run takes it over if that run stops")
             state.status = "held"
             return False
@@ -758,13 +760,50 @@ class Runner:
         class_csv = self.config.out_dir / CLASS_SUMMARY
         if class_rows:
             write_class_summary_csv(class_rows, class_csv)
+        elif isinstance(class_csv, SlideURL):
+            from wsi_seg.stages.result_store import delete
+
+            delete(class_csv)
         else:  # an earlier run's table would no longer match summary.md
             class_csv.unlink(missing_ok=True)
 
 
-def _report_stamp(out_dir: Path, state: SlideState) -> tuple[int, int] | None:
+def _try_lock(out_dir: OutputLocation, name: str) -> SlideLock | StoreLease | None:
+    """This run's hold on a slide's outputs: the file lock, or in a store the lease."""
+    if isinstance(out_dir, SlideURL):
+        from wsi_seg.stages.result_store import try_lease
+
+        return try_lease(out_dir, name)
+    return try_lock(out_dir, name)
+
+
+def _holder(out_dir: OutputLocation, name: str) -> str:
+    """Who holds a slide (:func:`wsi_seg.core.locks.holder`, or the lease's holder)."""
+    if isinstance(out_dir, SlideURL):
+        from wsi_seg.stages.result_store import lease_holder
+
+        return lease_holder(out_dir, name)
+    return holder(out_dir, name)
+
+
+def _output_there(final: OutputLocation) -> bool:
+    """Whether a slide's output folder is there (in a store: its completion marker)."""
+    if isinstance(final, SlideURL):
+        from wsi_seg.stages.result_store import exists
+
+        return exists(final / REPORT)
+    return final.is_dir()
+
+
+def _report_stamp(out_dir: OutputLocation, state: SlideState
+                  ) -> tuple[int | str, int] | None:
+    report = final_dir_for(out_dir, state.path, state.name) / REPORT
+    if isinstance(report, SlideURL):
+        from wsi_seg.stages.result_store import stamp
+
+        return stamp(report)
     try:
-        st = (final_dir_for(out_dir, state.path, state.name) / REPORT).stat()
+        st = report.stat()
     except OSError:
         return None
     return st.st_mtime_ns, st.st_size
@@ -790,7 +829,8 @@ def _classes_text(report: SlideReport) -> str:
     return ", ".join(parts)
 
 
-def _done_line(path: SlideLocation, report: SlideReport, slide_dir: Path, mark: str = "✓") -> str:
+def _done_line(path: SlideLocation, report: SlideReport, slide_dir: OutputLocation,
+               mark: str = "✓") -> str:
     """``✓ NAME: tiles in s (tiles/s; blocks phase ...), tumour mm², IoU, Dice -> DIR``; ``✗``
     when the outputs are there but the score asked for is not."""
     score, polys = report.score, report.polygons_score
@@ -803,17 +843,6 @@ def _done_line(path: SlideLocation, report: SlideReport, slide_dir: Path, mark: 
     return (f"{mark} {path.name}: {report.tiles} tiles in {report.wall_s:.1f} s "
             f"({report.tiles_per_s or 0.0:.1f} tiles/s{blocks}), tumour "
             f"{report.tumour_mm2:.3f} mm²{extra} -> {slide_dir}")
-
-
-def check_out_is_local(out_dir: Path) -> None:
-    """Results go to a local (or mounted) folder for now: ``--out s3://...`` is refused in one
-    line before anything is made (a ``Path`` keeps one slash of ``s3://``, hence the rule of
-    :func:`wsi_seg.core.locations.url_scheme`, which reads both)."""
-    scheme = url_scheme(str(out_dir))
-    if scheme is not None:
-        shown = f"{scheme}://{str(out_dir).split(':/', 1)[1].lstrip('/')}"
-        raise WsiSegError("--out: writing results to object storage is not yet supported; "
-                          "give a local folder (slides may be read from s3://)", shown)
 
 
 def run_slides(slides: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
@@ -841,7 +870,6 @@ def run_slides(slides: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 
     paths = [slides] if isinstance(slides, str | os.PathLike) else list(slides)
     check_model_fit(config)
-    check_out_is_local(config.out_dir)
     listed = read_slide_list(slide_list) if slide_list is not None else []
     if not paths and not listed:
         raise WsiSegError("no slides given: name slide files or folders, or --slides LIST")

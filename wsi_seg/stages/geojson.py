@@ -27,14 +27,15 @@ import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import shapely
 from shapely.geometry import Polygon
 from shapely.geometry.base import BaseGeometry
 
-from wsi_seg.core.files import write_atomic
+from wsi_seg.core.files import write_output
+from wsi_seg.core.locations import OutputLocation, SlideURL
 from wsi_seg.stages.vectorize import RegionPolygon
 
 TUMOR_CLASS = "Tumor"
@@ -134,54 +135,83 @@ def feature_collection(regions: Sequence[RegionPolygon], *, name: str = "tumor.g
     return _collection([r.polygon for r in regions], ids, class_name, color, props)
 
 
-def _write(doc: dict[str, Any], path: Path) -> Path:
+def _write(doc: dict[str, Any], path: OutputLocation) -> None:
     # One C-encoder pass over the whole document is the fast path for many features.
     data = (json.dumps(doc, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
     if path.suffix == ".gz":
         data = gzip.compress(data, compresslevel=6, mtime=0)  # mtime=0: reproducible bytes
-    return write_atomic(path, data)
+    write_output(path, data)  # a file on disk, or one object in a store
 
 
-def _id_seed(path: Path) -> str:
+def _as_location(path: str | Path | SlideURL) -> OutputLocation:
+    return path if isinstance(path, SlideURL) else Path(path)
+
+
+def _id_seed(path: OutputLocation) -> str:
     # The folder too: every slide's file is called tumor.geojson.
     return f"{path.parent.name}/{path.name}"
 
 
+@overload
 def write_geojson(regions: Sequence[RegionPolygon], path: str | Path, *,
+                  class_name: str = ..., color: tuple[int, int, int] = ...,
+                  id_seed: str | None = ...) -> Path: ...
+@overload
+def write_geojson(regions: Sequence[RegionPolygon], path: SlideURL, *,
+                  class_name: str = ..., color: tuple[int, int, int] = ...,
+                  id_seed: str | None = ...) -> SlideURL: ...
+def write_geojson(regions: Sequence[RegionPolygon], path: str | Path | SlideURL, *,
                   class_name: str = TUMOR_CLASS,
-                  color: tuple[int, int, int] = TUMOR_COLOR) -> Path:
+                  color: tuple[int, int, int] = TUMOR_COLOR,
+                  id_seed: str | None = None) -> OutputLocation:
     """Write regions (level-0 px polygons) as a QuPath-importable FeatureCollection.
 
     Args:
         regions: from :func:`wsi_seg.stages.vectorize.vectorize_mosaic`; their measurements (area
         µm²,
             perimeter µm, mean/max probability 0..1) become Feature measurements.
-        path: ``.geojson`` (or ``.json``); a trailing ``.gz`` writes gzip.
+        path: ``.geojson`` (or ``.json``); a trailing ``.gz`` writes gzip. An ``s3://``
+            URL writes one object to the store.
         class_name, color: the QuPath classification (``color`` as ``[r, g, b]`` 0..255).
+        id_seed: what the feature ids are derived from (default: the file's folder and
+            name); a writer that must give the bytes another path gives passes that path's.
 
     Returns:
         ``path``. Written to a temporary file in the same folder, then renamed (atomic).
     """
-    path = Path(path)
-    return _write(feature_collection(regions, name=_id_seed(path), class_name=class_name,
-                                     color=color), path)
+    loc = _as_location(path)
+    _write(feature_collection(regions, name=id_seed or _id_seed(loc), class_name=class_name,
+                              color=color), loc)
+    return loc
 
 
+@overload
 def write_class_geojson(groups: Sequence[tuple[str, tuple[int, int, int],
                                                Sequence[RegionPolygon]]],
-                        path: str | Path) -> Path:
+                        path: str | Path, id_seed: str | None = ...) -> Path: ...
+@overload
+def write_class_geojson(groups: Sequence[tuple[str, tuple[int, int, int],
+                                               Sequence[RegionPolygon]]],
+                        path: SlideURL, id_seed: str | None = ...) -> SlideURL: ...
+def write_class_geojson(groups: Sequence[tuple[str, tuple[int, int, int],
+                                               Sequence[RegionPolygon]]],
+                        path: str | Path | SlideURL, id_seed: str | None = None
+                        ) -> OutputLocation:
     """Write the regions of several classes into one FeatureCollection, each Feature
     classified by its class's QuPath name and colour (``groups``: ``(name, (r, g, b),
     regions)``, in output order), with the same measurements as :func:`write_geojson`. QuPath
     imports them as annotations of those classes. Written atomically; ``.gz`` writes gzip.
+    ``id_seed`` as for :func:`write_geojson`.
     """
-    path = Path(path)
+    loc = _as_location(path)
+    seed = id_seed or _id_seed(loc)
     features: list[dict[str, Any]] = []
     for name, color, regions in groups:
-        doc = feature_collection(regions, name=f"{_id_seed(path)}#{name}", class_name=name,
+        doc = feature_collection(regions, name=f"{seed}#{name}", class_name=name,
                                  color=color)
         features += doc["features"]
-    return _write({"type": "FeatureCollection", "features": features}, path)
+    _write({"type": "FeatureCollection", "features": features}, loc)
+    return loc
 
 
 def write_polygons(geoms: Sequence[BaseGeometry], path: str | Path, *,
@@ -201,4 +231,5 @@ def write_polygons(geoms: Sequence[BaseGeometry], path: str | Path, *,
              if isinstance(p, Polygon) and not p.is_empty]
     ids = _feature_ids(_id_seed(path), shapely.area(np.asarray(polys, dtype=object)))
     doc = _collection(polys, ids, class_name, color, [dict(properties or {}) for _ in polys])
-    return _write(doc, path)
+    _write(doc, path)
+    return path

@@ -32,9 +32,11 @@ from typing import Any, Literal
 
 import numpy as np
 import zarr
+import zarr.abc.store
 import zarr.storage
 
 from wsi_seg.core.geometry import PixelFrame
+from wsi_seg.core.locations import OutputLocation, SlideURL
 
 NGFF_VERSION = "0.5"
 
@@ -144,8 +146,16 @@ def _omero(classes: tuple[MosaicClass, ...]) -> dict[str, Any]:
         for c in classes]}
 
 
+def mosaic_store(path: str | Path | SlideURL, read_only: bool = False) -> zarr.abc.store.Store:
+    """The zarr store of a mosaic: a folder on local disk, or a prefix in an object store
+    written through fsspec (chunk by chunk, each a PUT: the same bytes as on disk)."""
+    if isinstance(path, SlideURL):
+        return zarr.storage.FsspecStore.from_url(path.url, read_only=read_only)
+    return zarr.storage.LocalStore(str(path), read_only=read_only)
+
+
 def create_mosaic(
-    path: str | Path,
+    path: str | Path | SlideURL,
     geom: MosaicGeometry,
     *,
     provenance: dict[str, Any] | None = None,
@@ -160,7 +170,7 @@ def create_mosaic(
     Overwrites whatever was at ``path``.
     """
     n = n_levels or n_levels_for(geom)
-    group = zarr.open_group(store=zarr.storage.LocalStore(str(path)), mode="w", zarr_format=3)
+    group = zarr.open_group(store=mosaic_store(path), mode="w", zarr_format=3)
     for level in range(n):
         group.create_array(
             name=str(level),
@@ -200,7 +210,7 @@ def _create_class_image(group: zarr.Group, geom: MosaicGeometry, n: int,
 class Mosaic:
     """An opened mosaic store: its group, geometry and provenance."""
 
-    path: Path
+    path: OutputLocation
     group: zarr.Group
     geom: MosaicGeometry
     n_levels: int
@@ -251,9 +261,9 @@ class ChannelView:
         return np.asarray(self.array[self.index, rows, cols])
 
 
-def open_mosaic(path: str | Path, mode: Literal["r", "r+"] = "r") -> Mosaic:
-    """Open a mosaic written by :func:`create_mosaic`."""
-    group = zarr.open_group(store=zarr.storage.LocalStore(str(path), read_only=mode == "r"),
+def open_mosaic(path: str | Path | SlideURL, mode: Literal["r", "r+"] = "r") -> Mosaic:
+    """Open a mosaic written by :func:`create_mosaic` (on local disk or in a store)."""
+    group = zarr.open_group(store=mosaic_store(path, read_only=mode == "r"),
                             mode=mode, zarr_format=3)
     meta: dict[str, Any] = dict(group.attrs["wsi_seg"])  # type: ignore[arg-type]
     geom = MosaicGeometry(**meta.pop("geometry"))
@@ -261,7 +271,8 @@ def open_mosaic(path: str | Path, mode: Literal["r", "r+"] = "r") -> Mosaic:
     classes = tuple(MosaicClass(str(c["name"]), (int(c["color"][0]), int(c["color"][1]),
                                                  int(c["color"][2])))
                     for c in meta.get("classes", ()))
-    return Mosaic(Path(path), group, geom, n, meta, classes)
+    return Mosaic(path if isinstance(path, SlideURL) else Path(path), group, geom, n, meta,
+                  classes)
 
 
 def record_threshold(mosaic: Mosaic, threshold: float) -> None:
