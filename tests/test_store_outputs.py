@@ -12,9 +12,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -240,6 +242,48 @@ def test_a_held_slide_is_left_alone(
     assert again is not None
     again.release()
     assert not result_store.exists(result_store.lease_url(out, "s1"))
+
+
+def test_stale_leases_are_taken_over_and_live_ones_kept(
+        s3_env: S3Server, bucket: str) -> None:
+    """A lease whose holder on this host is gone (SIGKILL) is taken over at once; one from
+    another host is kept while it is renewed and taken over once it is not."""
+    out = SlideURL(f"s3://{bucket}/stale")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    now = time.time()
+    for body, taken in (
+            ({"pid": int(gone.stdout), "host": socket.gethostname(), "since": "then",
+              "renewed_unix_s": now}, True),
+            ({"pid": 1, "host": "elsewhere", "since": "now", "renewed_unix_s": now}, False),
+            ({"pid": 1, "host": "elsewhere", "since": "then",
+              "renewed_unix_s": now - 2 * result_store.LEASE_TTL_S}, True)):
+        result_store.put_bytes(result_store.lease_url(out, "s1"), json.dumps(body).encode())
+        lease = result_store.try_lease(out, "s1")
+        assert (lease is not None) == taken, body
+        if lease is not None:
+            assert str(os.getpid()) in result_store.lease_holder(out, "s1")
+            lease.release()
+        else:
+            assert "elsewhere" in result_store.lease_holder(out, "s1")
+    result_store.delete(result_store.lease_url(out, "s1"))
+
+
+def test_overwrite_redoes_a_finished_slide_in_place(
+        s3_env: S3Server, bucket: str, local_slides: Path, local_reference: Path,
+        model: Path) -> None:
+    """--overwrite clears a finished slide's prefix (its marker first) and writes it again:
+    the same bytes, and nothing of the first run left beside them."""
+    out = f"s3://{bucket}/again/"
+    for extra in ([], ["--overwrite"]):
+        assert main(["run", str(local_slides), "--out", out, "--model", str(model),
+                     "--scheduler", "threads", *RUN_OPTS, *extra]) == 0
+    assert_same_as_local(s3_env, "again/", local_reference)
+    record = json.loads(store_objects(s3_env, "again/")["run.json"])
+    assert [s["status"] for s in record["slides"]] == ["ok", "ok"]
+    assert not any(k.split("/")[1] in ("blocks", "config.json")
+                   for k in store_objects(s3_env, "again/") if "/" in k)
+    assert finished_names(local_reference) == list(STEMS)  # the same listing on disk
 
 
 def test_bad_out_urls_fail_in_one_line(
