@@ -576,12 +576,14 @@ def _open_store_work_dir(work_dir: SlideURL, digest: str, geom: MosaicGeometry,
     from wsi_seg.stages import result_store
 
     stamp = work_dir / "config.json"
-    text = read_output_text(stamp)
+    # The marker first: a finished slide asked to be redone is cleared, whatever else it holds.
+    finished = read_output_text(work_dir / REPORT) is not None
+    text = None if finished else read_output_text(stamp)
     try:
         same = text is not None and decode_json(text, str(stamp)).get("digest") == digest
     except (WsiSegError, AttributeError):
         same = False
-    if same and read_output_text(work_dir / REPORT) is None:
+    if same:
         return {n.removesuffix(".json") for n in result_store.names_under(work_dir / MARKERS)
                 if n.endswith(".json")}
     result_store.clear_prefix(work_dir, REPORT)
