@@ -78,6 +78,19 @@ __all__ = ["RUN_JSON", "RunResult", "Runner", "SlideResult", "SlideState", "one_
            "run_score_lines", "run_slides", "versions", "warm_worker_async"]
 
 
+@dataclass(frozen=True)
+class JobCounts:
+    """What the run's records say of a slide's job once the job itself is let go."""
+
+    n_tiles: int
+    n_blocks: int
+    n_blocks_done: int
+
+    @classmethod
+    def of(cls, job: SlideJob) -> JobCounts:
+        return cls(job.n_tiles, job.n_blocks, job.n_blocks_done)
+
+
 @dataclass
 class SlideState:
     """Book-keeping of one slide during a run (mutable, client side only)."""
@@ -87,6 +100,9 @@ class SlideState:
     status: str = "pending"  # pending | running | ok | skipped | held | failed
     error: str | None = None
     job: SlideJob | None = None
+    # The job's figures, kept when a published slide lets its job go (its tissue polygons
+    # and block plan are the bulk of what a cohort's client would otherwise hold per slide).
+    counts: JobCounts | None = None
     remaining: int = 0
     results: list[BlockResult] = field(default_factory=list)
     started: float | None = None
@@ -116,12 +132,16 @@ class SlideState:
         """The slide's outcome, as the Python API returns it."""
         final = final_dir_for(out_dir, self.path, self.name)
         there = self.status in ("ok", "skipped") or (self.report is not None)
-        job = self.job
+        c = self.job_counts()
         return SlideResult(
             self.path, self.name, self.status, self.error,
             final if there and _output_there(final) else None, self.report,
-            job.n_tiles if job else None, job.n_blocks if job else None,
-            job.n_blocks_done if job else None)
+            c.n_tiles if c else None, c.n_blocks if c else None,
+            c.n_blocks_done if c else None)
+
+    def job_counts(self) -> JobCounts | None:
+        """The job's figures, whether it is still held or was let go."""
+        return JobCounts.of(self.job) if self.job is not None else self.counts
 
     def record(self) -> dict[str, Any]:
         """The slide's entry in ``run.json``."""
@@ -129,9 +149,8 @@ class SlideState:
                              "status": self.status}
         if self.error:
             d["error"] = self.error
-        if self.job is not None:
-            d.update(blocks=self.job.n_blocks, blocks_resumed=self.job.n_blocks_done,
-                     tiles=self.job.n_tiles)
+        if (c := self.job_counts()) is not None:
+            d.update(blocks=c.n_blocks, blocks_resumed=c.n_blocks_done, tiles=c.n_tiles)
         if self.report is not None and self.slide_dir is not None:
             r = self.report
             d["report"] = str(self.slide_dir / REPORT)
@@ -687,6 +706,9 @@ class Runner:
 
     def _finished(self, state: SlideState, report: SlideReport) -> None:
         state.unlock()  # published: the next run that asks finds it finished
+        if state.job is not None:  # keep its figures, let the rest go: memory flat per slide
+            state.counts, state.job = JobCounts.of(state.job), None
+        state.results = []
         state.status = "ok"
         state.slide_dir = final_dir_for(self.config.out_dir, state.path, state.name)
         state.report = report
@@ -720,7 +742,8 @@ class Runner:
     def _tiles_done(self) -> int:
         """Tiles of the slides this run predicted and published (a slide whose score failed
         was predicted and published too)."""
-        return sum(s.job.n_tiles for s in self.states if s.job and s.report is not None)
+        return sum(c.n_tiles for s in self.states
+                   if s.report is not None and (c := s.job_counts()) is not None)
 
     def result(self) -> RunResult:
         self._write_summaries()
