@@ -67,26 +67,27 @@ def read_bytes(url: SlideURL) -> bytes | None:
         return None
 
 
-def exists(url: SlideURL) -> bool:
-    """Whether the object exists (asked of the store, not of a cached listing)."""
+def _fresh_info(url: SlideURL) -> dict[str, Any] | None:
+    """The object's info asked of the store, not of fsspec's cached listing; None when
+    absent."""
     fs = filesystem(url)
     fs.invalidate_cache(url.key_path)
     try:
-        info = fs.info(url.key_path)
+        return dict(fs.info(url.key_path))
     except FileNotFoundError:
-        return False
-    return info.get("type") != "directory"
+        return None
+
+
+def exists(url: SlideURL) -> bool:
+    """Whether the object exists (asked of the store, not of a cached listing)."""
+    info = _fresh_info(url)
+    return info is not None and info.get("type") != "directory"
 
 
 def stamp(url: SlideURL) -> tuple[str, int] | None:
     """The object's (ETag, size): what changes when it is rewritten; None when absent."""
-    fs = filesystem(url)
-    fs.invalidate_cache(url.key_path)
-    try:
-        info = fs.info(url.key_path)
-    except FileNotFoundError:
-        return None
-    return str(info.get("ETag") or ""), int(info.get("size") or 0)
+    info = _fresh_info(url)
+    return None if info is None else (str(info.get("ETag") or ""), int(info.get("size") or 0))
 
 
 def delete(url: SlideURL) -> None:
