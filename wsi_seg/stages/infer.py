@@ -475,7 +475,8 @@ def cached_predictors() -> list[Predictor]:
 
 
 def warm_predictor(model_path: str | os.PathLike[str] | None, config: InferConfig) -> float:
-    """Load and compile the model and run one batch through it; returns the seconds taken.
+    """Load the model and compile its forward pass (:meth:`Engine.warm`); returns the seconds
+    taken.
 
     The first time in a process, the objects alive then (the framework's and the model's,
     ~500,000 with TensorFlow) are moved out of the garbage collector's sight
@@ -484,9 +485,7 @@ def warm_predictor(model_path: str | os.PathLike[str] | None, config: InferConfi
     several (vectorizing a noise map in a worker that loaded a UNet: 3.4-3.8 s; frozen, 3.1-3.3 s).
     """
     t = time.perf_counter()
-    pred = cached_predictor(model_path, config)
-    roi = pred.roi_px
-    pred(np.full((1, roi, roi, 3), PAD_VALUE, np.uint8))
+    cached_predictor(model_path, config).engine.warm()
     _freeze_heap_once()
     return time.perf_counter() - t
 
