@@ -119,7 +119,9 @@ def _device_options(p: argparse.ArgumentParser) -> None:
     d.add_argument("--batch-size", type=int, default=S,
                    help="predictor batch [gpu: the device's default; simulated: 32]")
     d.add_argument("--steps", default=S,
-                   help="gpu: comma-separated of cold, bundled, heavy, noisy [all]")
+                   help="gpu: comma-separated of cold, bundled, heavy, noisy; cold adds a "
+                   "cold run (a fresh cluster, as wsi-seg run) to each model's rounds, against "
+                   "its model-only rate [all]")
     d.add_argument("--step-timeout", type=float, default=S,
                    help="limit on each step or measurement, s [300]")
     d.add_argument("--heavy", default=S, metavar="TILE,DEPTH,FILTERS",

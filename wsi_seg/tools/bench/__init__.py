@@ -61,7 +61,9 @@ Both profiles write ``bench.json`` and ``bench.md`` into the output folder after
   --seed 11..14``), written in parallel child processes and cached;
 * ``cold``: ``run_slides`` exactly as ``wsi-seg run`` does it, with a fresh default local
   cluster, so the worker start-up (framework import, model load, compile) is inside the wall:
-  tiles/s over the whole wall and after the start-up line of ``run.json``;
+  tiles/s over the whole wall and after the start-up line of ``run.json``; one cold run per
+  round of each model entry below, so its ratio to the model-only rate is taken in the same
+  rounds (``ratio_cold``; with neither entry asked for, the bundled model's cold runs alone);
 * ``bundled`` and ``heavy`` (the bundled UNet; a random-weight UNet of the seeds' size, 4
   levels of 32-256 filters on 512 px tiles, built into the cache at bench time), each on one
   warm cluster sized as ``wsi-seg run`` sizes it, in interleaved rounds:
@@ -81,8 +83,8 @@ Both profiles write ``bench.json`` and ``bench.md`` into the output folder after
   a 16,000 px synthetic slide: vectorizing seconds / run seconds (goal < 10 %), and how
   speckled the mosaic was.
 
-They run in that order after the slides and models (bundled, heavy, cold, noisy: the warm
-figures first). With ``simulate_batch_s`` set the gpu profile is a dry run: every model runs
+They run in that order after the slides and models (bundled, heavy, each with its cold runs,
+then noisy). With ``simulate_batch_s`` set the gpu profile is a dry run: every model runs
 on the simulated device (tests; a machine without a GPU or framework).
 
 ``simulated`` (``wsi-seg bench --profile simulated``): does the CPU side keep a device busy?

@@ -1,5 +1,6 @@
 """The gpu profile's steps: slides and models, then per model (bundled, heavy) interleaved
-e2e / model-only / read-only rounds on the warm cluster, the cold run, and the noisy map."""
+e2e / model-only / read-only rounds on the warm cluster, and cold runs among them (a fresh
+cluster, as ``wsi-seg run``), then the noisy map."""
 
 from __future__ import annotations
 
@@ -22,8 +23,17 @@ from wsi_seg.tools.bench.synthetic import finish_unets, model_record, start_unet
 if TYPE_CHECKING:
     from wsi_seg.tools.bench.device import DeviceBenchmark
 
-#: What one round of a model's entry measures, interleaved (the order rotates every round).
+#: What one round of a model's entry measures, interleaved (the order rotates every round);
+#: with the ``cold`` step, a cold run as well (:func:`entry_measures`).
 MEASURES = ("e2e", "model", "read")
+#: The measures that need the warm cluster (a cold run starts its own).
+WARM_MEASURES = frozenset(MEASURES)
+
+
+def entry_measures(steps: tuple[str, ...]) -> tuple[str, ...]:
+    """What each model entry measures: :data:`MEASURES`, and ``cold`` with the cold step,
+    so the cold run's ratio is taken against the model-only rate of the same rounds."""
+    return (*MEASURES, "cold") if "cold" in steps else MEASURES
 
 
 def run_gpu(bm: DeviceBenchmark) -> None:
@@ -40,11 +50,13 @@ def run_gpu(bm: DeviceBenchmark) -> None:
     models: dict[str, Path] = {"bundled": cfg.main_model(), **built}
     bm.record["models"] = {k: model_record(p) for k, p in models.items()}
     bm.save()
-    for key in ("bundled", "heavy"):
-        if key in cfg.steps and key in models and main:
-            model_entry(bm, key, models[key], main)
-    if "cold" in cfg.steps and main:
-        bm.step("cold", lambda: _cold(bm, main, models["bundled"]))
+    measures = entry_measures(cfg.steps)
+    entries = [k for k in ("bundled", "heavy") if k in cfg.steps and k in models]
+    if not entries and "cold" in cfg.steps:  # the cold run alone, of the bundled model
+        entries, measures = ["bundled"], ("cold",)
+    for key in entries:
+        if main:
+            model_entry(bm, key, models[key], main, measures)
     if "noisy" in models and noisy_slide is not None:
         bm.step("noisy", lambda: _noisy(bm, models["noisy"], noisy_slide))
 
@@ -67,20 +79,19 @@ def _prepare(bm: DeviceBenchmark) -> tuple[list[dict[str, Any]], dict[str, Path]
     return slides, dict(zip(wanted, finish_unets(paths, proc, left), strict=True))
 
 
-def _cold(bm: DeviceBenchmark, slides: list[Path], model: Path) -> None:
-    rc = run_config(bm.runs_dir / "cold", model, bm.infer(cold=True))
-    bm.record["cold"] = run_once(None, slides, rc)
-
-
-def model_entry(bm: DeviceBenchmark, key: str, model: Path, slides: list[Path]) -> None:
-    """One model's entry: plan and warm, then interleaved e2e / model-only / read-only rounds,
-    each a step; the figures are updated (and saved) after every round's measurement."""
+def model_entry(bm: DeviceBenchmark, key: str, model: Path, slides: list[Path],
+                measures: tuple[str, ...] = MEASURES) -> None:
+    """One model's entry: plan and warm, then interleaved rounds of ``measures`` (e2e /
+    model-only / read-only, and cold runs), each a step; the figures are updated (and saved)
+    after every round's measurement."""
     entry: dict[str, Any] = {"model": key, "model_path": str(model),
                              "card": bm.record["models"][key]}
     bm.record.setdefault("runs", {})[key] = entry
     jobs: list[Any] = []  # the plans of the model being measured
-    if not bm.step(f"{key}: plan and warm",
-                   functools.partial(_plan_and_warm, bm, entry, model, slides, jobs)):
+    warm_too = bool(WARM_MEASURES.intersection(measures))
+    if not bm.step(f"{key}: plan and warm" if warm_too else f"{key}: plan",
+                   functools.partial(_plan_and_warm, bm, entry, model, slides, jobs,
+                                     warm_too)):
         return
 
     def measure(what: str, r: int) -> dict[str, Any] | None:
@@ -91,12 +102,11 @@ def model_entry(bm: DeviceBenchmark, key: str, model: Path, slides: list[Path]) 
         entry.update(entry_figures(entry["plan"], got))
         bm.save()
 
-    interleaved(MEASURES, bm.cfg.repeats, measure, update)
+    interleaved(measures, bm.cfg.repeats, measure, update)
 
 
 def _plan_and_warm(bm: DeviceBenchmark, entry: dict[str, Any], model: Path,
-                   slides: list[Path], jobs: list[Any]) -> bool:
-    bench = bm.bench()
+                   slides: list[Path], jobs: list[Any], warm_too: bool = True) -> bool:
     infer = bm.infer()
     rc = run_config(bm.runs_dir / f"{entry['model']}-plan", model, infer)
     jobs[:] = [plan_of({"path": str(p)}, rc) for p in slides]
@@ -104,8 +114,10 @@ def _plan_and_warm(bm: DeviceBenchmark, entry: dict[str, Any], model: Path,
                      "tiles": sum(j.n_tiles for j in jobs),
                      "tile_predictions": sum(j.n_tile_predictions for j in jobs),
                      "tile_px": jobs[0].card.window_px if jobs else None}
+    if not warm_too:
+        return True
     t = time.perf_counter()
-    got = warm(bench, model, infer)
+    got = warm(bm.bench(), model, infer)
     entry["warm"] = {"seconds": round(time.perf_counter() - t, 2), "workers": got}
     entry["device"] = sorted({w["device"] for w in got})
     return True
@@ -113,6 +125,9 @@ def _plan_and_warm(bm: DeviceBenchmark, entry: dict[str, Any], model: Path,
 
 def _measure(bm: DeviceBenchmark, what: str, model: Path, slides: list[Path],
              jobs: list[Any]) -> dict[str, Any]:
+    if what == "cold":  # as ``wsi-seg run``: a fresh default cluster, start-up in the wall
+        return run_once(None, slides, run_config(bm.runs_dir / "cold", model,
+                                                 bm.infer(cold=True)))
     bench = bm.bench()
     infer = bm.infer()
     sampler = DeviceSampler(bm.cfg.sample_period_s)
@@ -145,6 +160,20 @@ def _e2e_figures(e2e: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _cold_figures(cold: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"cold": {
+        "tiles": cold[-1]["tiles"],
+        "tiles_per_s": summary([c["tiles_per_s"] for c in cold], 2),
+        "wall_s": summary([c["wall_s"] for c in cold]),
+        "startup_s": summary([c.get("startup_s") or 0.0 for c in cold]),
+        "tiles_per_s_after_startup": summary([c.get("tiles_per_s_after_startup") or 0.0
+                                              for c in cold], 2),
+        "blocks_tiles_per_s": summary([c.get("blocks_tiles_per_s") or 0.0 for c in cold], 2),
+        "startup_workers": cold[-1].get("startup_workers"),
+        "load_avg": [c["load_avg"] for c in cold],
+    }}
+
+
 def _limits(e2e: list[dict[str, Any]], model: list[dict[str, Any]],
             read: list[dict[str, Any]], dup: float) -> dict[str, Any]:
     """The slower limit (medians) and the e2e ratios against it."""
@@ -161,11 +190,18 @@ def _limits(e2e: list[dict[str, Any]], model: list[dict[str, Any]],
 def entry_figures(plan: dict[str, Any], got: dict[str, list[dict[str, Any]]]
                   ) -> dict[str, Any]:
     """Summaries of a model's rounds and the ratio against the slower limit."""
-    e2e, model, read = got["e2e"], got["model"], got["read"]
+    e2e, model, read = got.get("e2e", []), got.get("model", []), got.get("read", [])
+    cold = got.get("cold", [])
     dup = plan["tile_predictions"] / plan["tiles"] if plan["tiles"] else 1.0
     out: dict[str, Any] = {"halo_factor": round(dup, 4)}
     if e2e:
         out.update(_e2e_figures(e2e))
+    if cold:
+        out.update(_cold_figures(cold))
+        if model:  # the issue's figure: a cold run against the model-only rate, same rounds
+            limit_m = statistics.median(m["predictions_per_s"] for m in model) / dup
+            out["ratio_cold"] = round(
+                statistics.median(c["tiles_per_s"] for c in cold) / limit_m, 4)
     if model:
         out["model_only"] = {
             "predictions_per_s": summary([m["predictions_per_s"] for m in model], 2),
