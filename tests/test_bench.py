@@ -392,9 +392,19 @@ def test_cli_device_profiles(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert (cfg.synth_size, cfg.heavy.tile_px, cfg.steps, cfg.step_timeout_s) == (
         3000, 256, ("bundled", "noisy"), 60.0)
     assert cfg.synth_seeds == (11, 12, 13, 14)
+    assert cfg.precision == "float32"  # today's results unless asked
+    bf16 = build_device_config(build_parser().parse_args(
+        ["bench", "--profile", "gpu", "--out", str(tmp_path), "--precision", "bfloat16"]))
+    from wsi_seg.tools.bench import DeviceBenchmark
+
+    # What the bench's runs and model-only rounds are given (cold: no cluster needed here).
+    assert DeviceBenchmark(bf16, say=lambda s: None).infer(cold=True).precision == "bfloat16"
     sim = build_device_config(build_parser().parse_args(
         ["bench", "--profile", "simulated", "--out", str(tmp_path)]))
     assert (sim.profile, sim.batch_size, sim.synth_size) == ("simulated", 32, 10000)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["bench", "--profile", "gpu", "--precision", "fp8"])
+    assert "invalid choice: 'fp8'" in capsys.readouterr().err
     for bad in (["--steps", "bundled,warp"], ["--heavy", "500,4,32"],
                 ["--slides", str(tmp_path / "none.svs")]):
         assert main(["bench", "--profile", "gpu", "--out", str(tmp_path), *bad]) == 2

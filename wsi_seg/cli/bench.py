@@ -105,6 +105,8 @@ def _default_cache() -> Path:
 
 def _device_options(p: argparse.ArgumentParser) -> None:
     """The options only the device profiles read."""
+    from wsi_seg.stages.backends import PRECISIONS
+
     S = argparse.SUPPRESS
     d = p.add_argument_group("device profiles (--profile gpu | simulated)")
     d.add_argument("--profile", choices=("standard", "gpu", "simulated"), default="standard",
@@ -136,6 +138,9 @@ def _device_options(p: argparse.ArgumentParser) -> None:
                    help="calibrated S = this x the CPU side's seconds per batch [1.5]")
     d.add_argument("--scratch", type=Path, default=S,
                    help="folder for the runs' outputs, removed at the end [OUT/runs]")
+    d.add_argument("--precision", choices=PRECISIONS, default=S,
+                   help="what the models compute in, as wsi-seg run --precision; run the "
+                   "bench once per precision to compare them [float32]")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -262,7 +267,7 @@ def build_device_config(args: argparse.Namespace) -> DeviceBenchConfig:
                      ("repeats", "repeats"), ("workers", "workers"),
                      ("threads_per_worker", "threads_per_worker"),
                      ("model_seconds", "model_seconds"), ("keep_outputs", "keep_outputs"),
-                     ("unet", "model_path")):
+                     ("unet", "model_path"), ("precision", "precision")):
         if hasattr(args, opt):
             changes[key] = getattr(args, opt)
     if hasattr(args, "slides"):

@@ -176,6 +176,7 @@ class DeviceBenchConfig:
         calibrate_batch_s: ``S`` of the calibration run (a device that is never the limit).
         scratch_dir: the runs' outputs (default ``out_dir/runs``), removed at the end.
         keep_outputs: keep the runs' outputs.
+        precision: what the models compute in (``InferConfig.precision``).
     """
 
     out_dir: Path
@@ -203,6 +204,7 @@ class DeviceBenchConfig:
     calibrate_batch_s: float = 0.001
     scratch_dir: Path | None = None
     keep_outputs: bool = False
+    precision: str = "float32"
 
     def main_model(self) -> Path:
         """The main model file: the given one, else the bundled UNet."""

@@ -120,7 +120,7 @@ class DeviceBenchmark:
                 else 0.0
         threads = None if cold else self.bench().tf_threads
         return InferConfig(batch_size=self.cfg.batch_size, threads=threads,
-                           simulate_batch_s=simulate_batch_s)
+                           simulate_batch_s=simulate_batch_s, precision=self.cfg.precision)
 
     # -- the run -----------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:

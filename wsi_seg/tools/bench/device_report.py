@@ -20,6 +20,7 @@ def _header(record: dict[str, Any]) -> list[str]:
         f" · {'GPUs: ' + '; '.join(m['gpus']) if m.get('gpus') else 'no GPU'}"
         f" · Keras backend {be.get('keras_backend')}"
         f"{' (jax ' + be['jax'] + ')' if be.get('jax') else ''}"
+        f" · precision asked {conf.get('precision', 'float32')}"
         f" · wsi-seg {m.get('wsi_seg_version')}{commit_suffix(m)}"
         f" · load avg {m.get('load_avg')} -> {m.get('load_avg_end')}", "",
     ]
@@ -105,11 +106,14 @@ def _run_stages(runs: dict[str, Any]) -> list[str]:
     lines.append("")
     for key, e in runs.items():
         p = e.get("e2e", {}).get("predictor")
+        ran_in = sorted({w.get("precision", "float32")
+                         for w in e.get("warm", {}).get("workers", [])})
         if p:
             lines.append(f"- {key}: last run's predictor: {p['batches']} batches, "
                          f"{p['windows']} windows, fill {pct(p['fill'])}; warm-up "
                          f"{e.get('warm', {}).get('seconds')} s on "
-                         f"{', '.join(e.get('device', []))}")
+                         f"{', '.join(e.get('device', []))} in "
+                         f"{', '.join(ran_in) or 'n/a'}")
     return [*lines, ""]
 
 
