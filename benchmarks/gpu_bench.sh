@@ -74,7 +74,7 @@ print(json.dumps(out, indent=2))
 EOF
 log "env: $(tr -d '\n ' < "$OUT/env.json" | cut -c1-400)"
 
-# 3. The bench: slides (parallel, cached), models, cold run, bundled, heavy, noisy.
+# 3. The bench: slides (parallel, cached), models, bundled and heavy (each with its cold runs), noisy.
 log "wsi-seg bench --profile gpu: ${SIZE} px slides, limit ${TOTAL} s (each step ${STEP} s)"
 timeout -k 20 "$TOTAL" "$PY" -c 'import sys; from wsi_seg.cli import main; sys.exit(main())' \
     bench --profile gpu --out "$OUT/bench" --cache "$CACHE" --scratch /tmp/wsi-seg-bench-runs \

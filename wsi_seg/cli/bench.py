@@ -56,10 +56,11 @@ what each figure means:
 device profiles (--profile gpu | simulated; bench.json and bench.md rewritten after every step,
 every step under --step-timeout):
   gpu                   a GPU workstation, in one run, on --slides or four synthetic 20,000 px
-                        slides (seeds 11-14, written in parallel, cached): "cold" = run_slides
-                        as `wsi-seg run` (fresh cluster, start-up line of run.json); for the
-                        bundled UNet and a heavier random-weight UNet (--heavy, 512 px tiles,
-                        32-256 filters) on one warm cluster, interleaved: e2e, model-only (full
+                        slides (seeds 11-14, written in parallel, cached): for the bundled
+                        UNet and a heavier random-weight UNet (--heavy, 512 px tiles, 32-256
+                        filters), interleaved rounds of: "cold" = run_slides as `wsi-seg run`
+                        (fresh cluster, start-up line of run.json; ratio cold = its tiles/s /
+                        the model-only limit), and on one warm cluster e2e, model-only (full
                         batches of random uint8 tiles into the workers' Predictor from as many
                         threads as task threads), read-only (the blocks' kept-window boxes),
                         ratio = e2e / min(model limit, read-only), the device's busy share in
