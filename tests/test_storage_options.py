@@ -280,3 +280,57 @@ def test_readme_storage_example_is_a_valid_config(tmp_path: Path) -> None:
     got = storage_of(toml(tmp_path, "[storage]\n" + block))
     assert got == StorageOptions(endpoint_url="http://minio.lab:9000", region="eu-west-1",
                                  profile="lab")
+
+
+def test_toml_profile_and_anon_reach_the_client(
+        no_env_endpoint: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``profile`` takes the key from an AWS credentials file (none in the environment); a
+    profile that is not there is one line naming it; ``anon`` sends unsigned requests
+    instead of looking for credentials (this server refuses them: one line too)."""
+    server = no_env_endpoint
+    creds = tmp_path / "credentials"
+    creds.write_text(f"[lab]\naws_access_key_id = {server.key_id}\n"
+                     f"aws_secret_access_key = {server.secret}\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(creds))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    slide = f"s3://{BUCKET}/slides/s2.tif"
+    base = f'[storage]\nendpoint_url = "{server.endpoint}"\n'
+    assert main(["info", slide, "--json", "--config",
+                 str(toml(tmp_path, base + 'profile = "lab"\n', "lab.toml"))]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[0])["path"] == slide
+    rc = main(["info", slide, "--config",
+               str(toml(tmp_path, base + 'profile = "nobody"\n', "nobody.toml"))])
+    line = one_error_line(capsys)
+    assert rc != 0 and slide in line and "nobody" in line, line
+    # No profile, no key: botocore finds no credentials; with anon it looks for none and
+    # sends the request unsigned, which this server (checking signatures) refuses.
+    rc = main(["info", slide, "--config", str(toml(tmp_path, base, "plain.toml"))])
+    line = one_error_line(capsys)
+    assert rc != 0 and slide in line and "credentials" in line.lower(), line
+    rc = main(["info", slide, "--config", str(toml(tmp_path, base + "anon = true\n",
+                                                    "anon.toml"))])
+    line = one_error_line(capsys)
+    assert rc != 0 and slide in line and "credentials" not in line.lower(), line
+
+
+def test_wrong_toml_endpoint_fails_before_work_for_a_slide_list(
+        no_env_endpoint: S3Server, local_slides: Path, model: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Slides named by ``--slides LIST`` are not listed, but their store is: once, before any
+    slide is opened, so a wrong endpoint is one line, not one failure per slide."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    cfg = toml(tmp_path, f'[storage]\nendpoint_url = "{closed}"\n')
+    listing = tmp_path / "cohort.txt"
+    listing.write_text(f"{local_slides / 's1.svs'}\ns3://{BUCKET}/slides/s1.svs\n"
+                       f"s3://{BUCKET}/slides/s2.tif\n")
+    out = tmp_path / "never"
+    rc = main(["run", "--slides", str(listing), "--out", str(out), "--model", str(model),
+               "--config", str(cfg), "--scheduler", "threads", *RUN_OPTS])
+    line = one_error_line(capsys)
+    assert rc == 2 and f"s3://{BUCKET}/slides" in line and closed in line, line
+    assert not out.exists()

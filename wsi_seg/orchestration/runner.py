@@ -897,7 +897,7 @@ def run_slides(slides: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
     The README's "Python" section shows it at work (a test runs that example).
     """
     from wsi_seg.orchestration.job import check_model_fit
-    from wsi_seg.stages.object_store import use_storage
+    from wsi_seg.stages.object_store import check_stores, use_storage
     from wsi_seg.stages.slide import find_slides
     from wsi_seg.stages.slide_files import read_slide_list
 
@@ -909,6 +909,7 @@ def run_slides(slides: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
     # config.storage reaches every s3:// URL of the run: here (listing, opening, tissue,
     # results) and on the workers (cluster.share_storage).
     with use_storage(config.storage):
+        check_stores(p for p in listed if isinstance(p, SlideURL))
         found = find_slides(paths) if paths else []
         given = {str(p) for p in found}
         found += [p for p in listed if str(p) not in given]

@@ -24,7 +24,7 @@ import contextlib
 import copy
 import io
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -152,6 +152,17 @@ def check_access(url: SlideURL) -> None:
                 from None
     except Exception as exc:  # botocore/aiohttp raise anything from ClientError to OSError
         raise ObjectStoreError(f"cannot list it: {_cause(exc)}", str(url)) from None
+
+
+def check_stores(urls: Iterable[SlideURL]) -> None:
+    """:func:`check_access` once per bucket (the prefix of its first URL), for slides that
+    are named, not listed (``--slides LIST``): a wrong credential or endpoint is one line
+    before any slide is opened, not one failure per slide."""
+    seen: set[str] = set()
+    for url in urls:
+        if url.bucket not in seen:
+            seen.add(url.bucket)
+            check_access(url.parent)
 
 
 @dataclass(frozen=True)
