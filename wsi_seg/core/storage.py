@@ -33,7 +33,7 @@ CREDENTIALS_REFUSED = ("credentials are not read from a TOML file (it is checked
 # Key names that hold a credential, whatever the section or spelling (aws_secret_access_key,
 # secret, key, token, password, sas_token, account_key, ...).
 _CREDENTIAL = re.compile(r"(^|_)(key|key_id|secret|token|password|passwd|credentials?)$"
-                         r"|secret|password|token")
+                         r"|secret|password|passphrase|token")
 
 
 def credential_key(key: str) -> bool:
