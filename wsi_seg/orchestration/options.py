@@ -445,8 +445,15 @@ def _toml_only_text(section: str) -> str | None:
     only = [o for o in OPTIONS if o.section == section and o.toml_only]
     if not only:
         return None
-    lines = [f"{o.key} = ...: {o.help_text().replace('%%', '%')}" for o in only]
-    return "in a --config file only (no flags; never written to run.json): " + "; ".join(lines)
+    import textwrap
+
+    lines = ["in a --config file only (no flags; never written to run.json); credentials",
+             "are refused there: they come from the environment or AWS's files"]
+    for o in only:
+        value = "true" if o.kind == "bool" else '"..."'
+        lines += textwrap.wrap(f"{o.key} = {value}: {o.help_text().replace('%%', '%')}",
+                               88, initial_indent="  ", subsequent_indent="      ")
+    return "\n".join(lines)
 
 
 # -- TOML -----------------------------------------------------------------------------------
