@@ -8,7 +8,8 @@ import importlib
 import pytest
 
 MODULES = ["wsi_seg.stages.tiling", "wsi_seg.stages.vectorize.driver", "wsi_seg.stages.backends",
-           "wsi_seg.core.params"]
+           "wsi_seg.core.params", "wsi_seg.core.storage", "wsi_seg.core.errors",
+           "wsi_seg.stages.object_store"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -36,6 +36,8 @@ _PUBLIC: dict[str, str] = {
     "InferConfig": "wsi_seg.stages.infer",
     "TissueConfig": "wsi_seg.stages.tissue",
     "ClusterConfig": "wsi_seg.orchestration.cluster",
+    "StorageOptions": "wsi_seg.core.storage",
+    "use_storage": "wsi_seg.stages.object_store",
     "SlideReport": "wsi_seg.orchestration.report",
     "open_slide": "wsi_seg.stages.slide",
     "find_slides": "wsi_seg.stages.slide",
@@ -61,6 +63,7 @@ __all__ = [
     "Slide",
     "SlideReport",
     "SlideResult",
+    "StorageOptions",
     "TissueConfig",
     "WsiSegError",
     "__version__",
@@ -69,11 +72,13 @@ __all__ = [
     "read_card",
     "run_slides",
     "score_files",
+    "use_storage",
 ]
 
 if TYPE_CHECKING:
     from wsi_seg.core.errors import WsiSegError
     from wsi_seg.core.params import ConfigError
+    from wsi_seg.core.storage import StorageOptions
     from wsi_seg.evaluation.metrics import OverlapScore
     from wsi_seg.evaluation.score import FileScore, score_files
     from wsi_seg.orchestration.cluster import ClusterConfig
@@ -82,6 +87,7 @@ if TYPE_CHECKING:
     from wsi_seg.orchestration.runner import RunResult, SlideResult, run_slides
     from wsi_seg.stages.card import ModelCard, read_card
     from wsi_seg.stages.infer import InferConfig
+    from wsi_seg.stages.object_store import use_storage
     from wsi_seg.stages.slide import Slide, find_slides, open_slide
     from wsi_seg.stages.tissue import TissueConfig
 

@@ -32,6 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--block", type=int, default=4096, help="block edge at --target-mpp, px")
     p.add_argument("--chunk", type=int, default=1024, help="mosaic chunk edge, px")
     p.add_argument("--json", action="store_true", help="print one JSON object per slide")
+    p.add_argument("--config", type=Path, metavar="TOML",
+                   help="a run's TOML file: its [storage] section says how s3:// slides are "
+                   "reached (endpoint, region, profile); the other sections are not used here")
     p.add_argument("--thumbnail", type=Path, metavar="PNG",
                    help="write the thumbnail with the tissue outline (green) to this PNG "
                    "(with several slides: a directory, one <stem>.png each)")
@@ -39,6 +42,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from wsi_seg.cli.run import storage_of
+    from wsi_seg.stages.object_store import use_storage
+
+    with use_storage(storage_of(args.config)):
+        return _describe(args)
+
+
+def _describe(args: argparse.Namespace) -> int:
     slides = find_slides(args.slides)
     plan = PlanSettings(args.target_mpp, args.tile, args.overlap, args.block, args.chunk)
     failed = 0

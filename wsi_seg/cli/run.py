@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 from wsi_seg.core.errors import WsiSegError, printable
 from wsi_seg.core.locations import OutputLocation
 from wsi_seg.core.params import ConfigError
+from wsi_seg.core.storage import StorageOptions
 from wsi_seg.orchestration import options
 from wsi_seg.orchestration.cluster import ClusterConfig, local_gpu_count
 from wsi_seg.orchestration.job import RunConfig
@@ -57,8 +58,9 @@ name when slides of the run share a stem):
   OUT/NAME/report.json    tiles, areas, scores, stage timings, tiles/s
   OUT/run.json, OUT/summary.csv, OUT/summary.md
 
---out may be a prefix in object storage (s3://bucket/prefix/, credentials and endpoint from
-the standard AWS variables and files): the same outputs are written there in place, and a
+--out may be a prefix in object storage (s3://bucket/prefix/, credentials from the standard
+AWS variables and files, the endpoint from them or from --config's [storage] section, whose
+keys have no flags): the same outputs are written there in place, and a
 slide counts as finished only once its report.json, written last, is there; a lease object
 (OUT/.NAME.lock.json, a conditional PUT) keeps two runs off one slide.
 
@@ -116,19 +118,39 @@ def model_path(value: Any) -> Path | None:
     return Path(value)
 
 
-def build_configs(opts: options.Resolved) -> tuple[RunConfig, ClusterConfig]:
-    """The configurations, each field filled by the option whose ``target`` names it. The
-    types check themselves; their one-line refusal is rewritten here in the options' words
-    (``--block 1000``, or ``[blocks] block = 1000 in FILE``)."""
-    parts: dict[str, dict[str, Any]] = {"run": {}, "infer": {}, "cluster": {}, "tissue": {}}
+def _parts(opts: options.Resolved) -> dict[str, dict[str, Any]]:
+    """Each configuration type's fields, filled by the options whose ``target`` names them."""
+    parts: dict[str, dict[str, Any]] = {"run": {}, "infer": {}, "cluster": {}, "tissue": {},
+                                        "storage": {}}
     for option in options.OPTIONS:
         if option.target is not None:
             part, field = option.target.split(".")
             parts[part][field] = option.config_value(opts[option.name])
+    return parts
+
+
+def storage_of(config: Path | None) -> StorageOptions:
+    """The ``[storage]`` options of a run's TOML file (every key of the file checked, the
+    other sections unused): how the commands other than ``run`` (``info``, ``score
+    --slide``) reach s3:// slides the way the run did."""
+    values, origins = dict(DEFAULTS), dict.fromkeys(DEFAULTS, "default")
+    for name, value in load_config(config).items():
+        values[name], origins[name] = value, str(config)
+    opts = options.Resolved(values, origins)
+    return _build("storage", StorageOptions, _parts(opts)["storage"], opts)
+
+
+def build_configs(opts: options.Resolved) -> tuple[RunConfig, ClusterConfig]:
+    """The configurations, each field filled by the option whose ``target`` names it. The
+    types check themselves; their one-line refusal is rewritten here in the options' words
+    (``--block 1000``, or ``[blocks] block = 1000 in FILE``)."""
+    parts = _parts(opts)
     parts["run"]["model_path"] = model_path(opts["model"])
     infer = _build("infer", InferConfig, parts["infer"], opts)
     tissue = _build("tissue", TissueConfig, parts["tissue"], opts)
-    config = _build("run", RunConfig, {**parts["run"], "infer": infer, "tissue": tissue}, opts)
+    storage = _build("storage", StorageOptions, parts["storage"], opts)
+    config = _build("run", RunConfig, {**parts["run"], "infer": infer, "tissue": tissue,
+                                       "storage": storage}, opts)
     return config, _build("cluster", ClusterConfig, parts["cluster"], opts)
 
 

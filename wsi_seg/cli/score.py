@@ -62,6 +62,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--skip-slide-check", action="store_true",
                    help="score even when the run's records name another slide file (the "
                    "extent must still match)")
+    p.add_argument("--config", type=Path, metavar="TOML",
+                   help="the run's TOML file: its [storage] section says how an s3:// --slide "
+                   "is reached (endpoint, region, profile); the other sections are not used")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--out", type=Path, default=None, metavar="JSON",
                    help="also write the result to this JSON file (its folder must exist)")
@@ -86,7 +89,15 @@ def _fmt(v: float | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from wsi_seg.cli.run import storage_of
+    from wsi_seg.stages.object_store import use_storage
+
     check_out(args.out)
+    with use_storage(storage_of(args.config)):
+        return _score(args)
+
+
+def _score(args: argparse.Namespace) -> int:
     result = score_files(args.pred, args.truth, args.slide, level=args.level,
                          truth_classes=args.truth_classes, threshold=args.threshold,
                          mpp=args.mpp, mask_mpp=args.mask_mpp,

@@ -10,8 +10,12 @@ for a terminal or a log) pass through :func:`printable` first.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
+
+# user:password@ (or a bare user@) in a URL's authority.
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s\"']*@")
 
 _NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
@@ -39,6 +43,16 @@ def printable(text: object) -> str:
     return "".join(c if c.isprintable() or c == " " else _escape(c) for c in s)
 
 
+def hide_userinfo(text: str) -> str:
+    """``text`` with any URL's ``user:password@`` shown as ``***@``: a message may quote an
+    endpoint, never a password written into one.
+
+    >>> hide_userinfo('cannot list it: "http://me:pw@host:9000/x"')
+    'cannot list it: "http://***@host:9000/x"'
+    """
+    return _USERINFO.sub(r"\g<scheme>***@", text)
+
+
 class WsiSegError(Exception):
     """A user-facing error: one line, naming the file (when there is one) and the cause.
 
@@ -54,7 +68,8 @@ class WsiSegError(Exception):
         self.path: Any = (None if path is None else Path(path)
                           if isinstance(path, str | os.PathLike) else path)
         # One line, whatever the cause text held (a library's multi-line message, a name).
-        self.cause = printable(" ".join(str(cause).split()))
+        # And never a password written into a URL (an endpoint a library echoes).
+        self.cause = printable(hide_userinfo(" ".join(str(cause).split())))
         super().__init__(self.cause if path is None else f"{printable(path)}: {self.cause}")
 
 

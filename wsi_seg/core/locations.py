@@ -121,6 +121,10 @@ def url_scheme(text: str) -> str | None:
 def slide_location(raw: str | os.PathLike[str] | SlideURL) -> SlideLocation:
     """What the user typed as a slide (or folder of slides), as a :data:`SlideLocation`.
 
+    A ``str`` is read whole (``s3://`` and ``s3:///x`` name no bucket); a ``Path`` has
+    already folded ``s3://`` into ``s3:``, a local name, so the command line hands its
+    arguments over as text.
+
     Raises:
         WsiSegError: a URL of a scheme slides are not read from, or without a bucket.
     """
@@ -135,9 +139,12 @@ def slide_location(raw: str | os.PathLike[str] | SlideURL) -> SlideLocation:
     if scheme not in SLIDE_URL_SCHEMES:
         raise WsiSegError(f"slides are read from {', '.join(s + '://' for s in SLIDE_URL_SCHEMES)}"
                           f" URLs and local paths, not {scheme}://", text)
-    rest = "/".join(p for p in _URL.match(text).group("rest").split("/") if p)  # type: ignore[union-attr]
-    if not rest:
-        raise WsiSegError("the URL names no bucket", text)
+    typed = _URL.match(text).group("rest")  # type: ignore[union-attr]
+    rest = "/".join(p for p in typed.split("/") if p)
+    # ``s3://`` and ``s3:///key``: the bucket, the first name after the two slashes, is
+    # missing (``s3:/b/k``, one slash, is how a Path prints ``s3://b/k``: its bucket is b).
+    if not rest or (typed.startswith("/") and not typed[1:].split("/", 1)[0]):
+        raise WsiSegError(f"the URL names no bucket ({scheme}://BUCKET/KEY)", text)
     return SlideURL(f"{scheme}://{rest}")
 
 

@@ -242,6 +242,31 @@ def worker_specs(plan: WorkerPlan, silence: int) -> dict[str, dict[str, Any]]:
     return specs
 
 
+class StoragePlugin(WorkerPlugin):
+    """Worker state: the run's ``[storage]`` options (endpoint, region, profile, anonymous;
+    never credentials, which each worker takes from its own environment or AWS files) laid
+    over the worker's fsspec configuration, so that the slides it reads and the results it
+    writes reach the store the client reaches. Set on every worker, including workers that
+    join later; registered by every run under one name, so a run without options puts an
+    existing cluster's workers back on their own configuration."""
+
+    name = "wsi-seg-storage"
+
+    def __init__(self, storage: Any) -> None:
+        self.storage = storage
+
+    def setup(self, worker: Any = None) -> None:
+        from wsi_seg.stages.object_store import apply_storage
+
+        apply_storage(self.storage)
+
+
+def share_storage(client: Any, storage: Any) -> None:
+    """The run's ``[storage]`` options on every worker, before any task (workers open s3://
+    URLs themselves); later workers get them as they join (:class:`StoragePlugin`)."""
+    client.register_plugin(StoragePlugin(storage))
+
+
 class ModelPlugin(WorkerPlugin):
     """Worker state: loads the model on every worker, including workers that join later.
 

@@ -32,6 +32,7 @@ from wsi_seg.core.locations import (
     SlideURL,
     output_location,
     slide_location,
+    url_scheme,
 )
 from wsi_seg.core.naming import (
     REPORT,
@@ -51,6 +52,7 @@ from wsi_seg.core.params import (
     coerce_tuples,
     param,
 )
+from wsi_seg.core.storage import StorageOptions
 from wsi_seg.stages.blend import BLEND_MODES, BlendSpec, blend_mode
 from wsi_seg.stages.card import ModelCard, bundled_model_path, read_card, sha256_file
 from wsi_seg.stages.infer import InferConfig, served_card
@@ -97,6 +99,9 @@ class RunConfig:
             model's per-class scores (:func:`~wsi_seg.evaluation.annotations.read_class_truths`).
         tissue: tissue detection settings.
         overwrite: redo finished slides.
+        storage: how s3:// slides and results are reached (endpoint, region, profile,
+            anonymous): applied to this process and the run's workers for the run, and never
+            written to ``run.json``; credentials are never among them.
     """
 
     out_dir: OutputLocation = param(rule=Rule("path"))  # noqa: RUF009 (a field())
@@ -121,18 +126,20 @@ class RunConfig:
     class_map: tuple[str, ...] | None = param(None, Rule("strs", check=class_map_problem))
     tissue: TissueConfig = field(default_factory=TissueConfig)
     overwrite: bool = param(False, Rule("bool"))
+    storage: StorageOptions = field(default_factory=StorageOptions)
 
     def __post_init__(self) -> None:
+        if isinstance(self.out_dir, str) and url_scheme(self.out_dir) is not None:
+            # Read whole, before a Path folds it ("s3://" would become the folder "s3:").
+            self._out_location(self.out_dir)
         if isinstance(self.out_dir, SlideURL):  # checked as the path it is typed as
             object.__setattr__(self, "out_dir", str(self.out_dir))
         coerce_paths(self, "out_dir", "model_path", "truth")
         coerce_tuples(self, "truth_patterns", "truth_classes", "class_map")
         check_params(self)
-        try:
-            object.__setattr__(self, "out_dir", output_location(self.out_dir))
-        except WsiSegError as exc:
-            raise ConfigError(f"{{out_dir}}: {exc}", {"out_dir": self.out_dir}) from None
-        for name, kind in (("infer", InferConfig), ("tissue", TissueConfig)):
+        object.__setattr__(self, "out_dir", self._out_location(self.out_dir))
+        for name, kind in (("infer", InferConfig), ("tissue", TissueConfig),
+                           ("storage", StorageOptions)):
             if not isinstance(getattr(self, name), kind):
                 raise ConfigError(f"{{{name}}}: must be of type {kind.__name__}",
                                   {name: getattr(self, name)})
@@ -145,6 +152,12 @@ class RunConfig:
                               "is: give one (slide_mpp for every slide, missing_mpp only "
                               "where the metadata has none)",
                               {"slide_mpp": self.slide_mpp, "missing_mpp": self.missing_mpp})
+
+    def _out_location(self, raw: Any) -> OutputLocation:
+        try:
+            return output_location(raw)
+        except WsiSegError as exc:
+            raise ConfigError(f"{{out_dir}}: {exc.cause}", {"out_dir": raw}) from None
 
     def resolved_model(self) -> Path:
         return self.model_path if self.model_path is not None else bundled_model_path("unet")

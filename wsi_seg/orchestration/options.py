@@ -25,8 +25,10 @@ from typing import Any
 
 from wsi_seg.core.errors import WsiSegError
 from wsi_seg.core.files import check_regular
+from wsi_seg.core.locations import url_scheme
 from wsi_seg.core.naming import TRUTH_PATTERNS
 from wsi_seg.core.params import Kind, Limits, Rule, field_of, rule_of
+from wsi_seg.core.storage import CREDENTIALS_REFUSED, credential_key
 from wsi_seg.stages.backends import BACKENDS
 from wsi_seg.stages.card import BUNDLED
 from wsi_seg.stages.tissue import MIN_AREA_SLIDE_FRACTION
@@ -42,6 +44,7 @@ SECTIONS: dict[str, str] = {
     "scores": "scores",
     "scheduling": "scheduling",
     "cluster": "SLURM cluster",
+    "storage": "object storage (s3://)",
 }
 
 _EXPECTED: dict[Kind, str] = {
@@ -70,13 +73,14 @@ FROM_FIELD: Any = object()
 
 def _config_types() -> dict[str, type]:
     """The configuration type of each ``target`` part."""
+    from wsi_seg.core.storage import StorageOptions
     from wsi_seg.orchestration.cluster import ClusterConfig
     from wsi_seg.orchestration.job import RunConfig
     from wsi_seg.stages.infer import InferConfig
     from wsi_seg.stages.tissue import TissueConfig
 
     return {"run": RunConfig, "infer": InferConfig, "cluster": ClusterConfig,
-            "tissue": TissueConfig}
+            "tissue": TissueConfig, "storage": StorageOptions}
 
 
 @dataclass(frozen=True)
@@ -93,7 +97,8 @@ class Option:
         section: TOML section ("" for the top level).
         help: what the option does, with units.
         target: ``part.field`` it fills (``run``: RunConfig, ``infer``: InferConfig,
-            ``cluster``: ClusterConfig, ``tissue``: TissueConfig), or None.
+            ``cluster``: ClusterConfig, ``tissue``: TissueConfig, ``storage``:
+            StorageOptions), or None.
         default: built-in default (:data:`FROM_FIELD`: the target field's; None: decided
             later, see ``default_text``).
         rule: what a value (a list item for ``strs``) must be; the target field's unless given.
@@ -101,6 +106,8 @@ class Option:
         toml_key: key within ``section`` when not ``name``.
         metavar: placeholder in ``--help``.
         unset: the configuration field's value when the option is None.
+        toml_only: set in a --config file only, never by a flag (the command line is
+            recorded in ``run.json``; where a store is and how to sign in to it is not).
     """
 
     name: str
@@ -114,6 +121,7 @@ class Option:
     toml_key: str | None = None
     metavar: str | None = None
     unset: Any = None
+    toml_only: bool = False
 
     def __post_init__(self) -> None:
         if self.target is None:
@@ -196,7 +204,9 @@ class Option:
         if value is None:
             return self.unset
         if self.kind == "path":
-            return Path(value)
+            # A URL stays the text typed, for the location type to read whole (a Path folds
+            # "s3://" into "s3:", a local folder).
+            return value if url_scheme(str(value)) is not None else Path(value)
         if self.kind == "strs":
             return tuple([value] if isinstance(value, str) else value)
         if self.kind == "float":
@@ -379,6 +389,20 @@ OPTIONS: tuple[Option, ...] = (
     Option("slurm_log_dir", "path", "cluster", "folder for the worker jobs' logs",
            "cluster.slurm_log_dir", toml_key="log_dir",
            default_text="SLURM's: slurm-JOBID.out in the current folder", metavar="DIR"),
+    # -- object storage: in the TOML only (no flags), never in run.json; credentials are
+    # refused there (load_toml), they come from the environment or AWS's files
+    Option("storage_endpoint_url", "str", "storage", "URL of the S3 API, e.g. "
+           "http://127.0.0.1:9000 for MinIO", "storage.endpoint_url",
+           toml_key="endpoint_url", toml_only=True,
+           default_text="$AWS_ENDPOINT_URL, ~/.aws/config, else AWS"),
+    Option("storage_region", "str", "storage", "the buckets' region, e.g. eu-west-1",
+           "storage.region", toml_key="region", toml_only=True,
+           default_text="$AWS_DEFAULT_REGION or the profile's"),
+    Option("storage_profile", "str", "storage", "AWS profile whose credentials and "
+           "settings are used (~/.aws/credentials, ~/.aws/config)", "storage.profile",
+           toml_key="profile", toml_only=True, default_text="$AWS_PROFILE, else the default"),
+    Option("storage_anon", "bool", "storage", "unsigned requests, for public buckets "
+           "(no credentials looked for)", "storage.anon", toml_key="anon", toml_only=True),
 )
 
 BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
@@ -398,9 +422,12 @@ def argument_type(kind: Kind, limits: Limits | None = None) -> Callable[[str], A
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Every option as a flag, grouped by TOML section. Absent flags stay absent (SUPPRESS),
     so the TOML file and the defaults can fill them."""
-    groups = {s: parser.add_argument_group(title if not s else f"{title} ([{s}] in --config)")
-              for s, title in SECTIONS.items()}
+    groups = {s: parser.add_argument_group(
+        title if not s else f"{title} ([{s}] in --config)",
+        description=_toml_only_text(s)) for s, title in SECTIONS.items()}
     for o in OPTIONS:
+        if o.toml_only:
+            continue
         kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": o.help_text()}
         if o.kind == "bool":
             kwargs["action"] = argparse.BooleanOptionalAction
@@ -411,6 +438,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             if o.kind == "strs":
                 kwargs["action"] = "append"
         groups[o.section].add_argument(o.flag, dest=o.name, **kwargs)
+
+
+def _toml_only_text(section: str) -> str | None:
+    """The help of a section whose options have no flags: each key and what it does."""
+    only = [o for o in OPTIONS if o.section == section and o.toml_only]
+    if not only:
+        return None
+    import textwrap
+
+    lines = ["in a --config file only (no flags; never written to run.json); credentials",
+             "are refused there: they come from the environment or AWS's files"]
+    for o in only:
+        value = "true" if o.kind == "bool" else '"..."'
+        lines += textwrap.wrap(f"{o.key} = {value}: {o.help_text().replace('%%', '%')}",
+                               88, initial_indent="  ", subsequent_indent="      ")
+    return "\n".join(lines)
 
 
 # -- TOML -----------------------------------------------------------------------------------
@@ -457,12 +500,27 @@ def _check_key(path: Path, section: str, key: str, value: Any) -> Option:
     return option
 
 
+def _refuse_credentials(path: Path, data: dict[str, Any], where: str = "") -> None:
+    """A key anywhere in the file that names a credential (``secret``, ``key``, ``token``,
+    ``aws_secret_access_key``, ...) and is no option: one line naming it, never its value."""
+    for key, value in data.items():
+        place = f"{where}.{key}" if where else key
+        known = _by_place().get((where, key.replace("-", "_"))) is not None
+        if not known and credential_key(key):
+            shown = f"[{where}] {key}" if where else key
+            raise WsiSegError(f"{shown}: {CREDENTIALS_REFUSED}", path)
+        if isinstance(value, dict):
+            _refuse_credentials(path, value, place)
+
+
 def load_toml(path: Path) -> dict[str, Any]:
     """Options from a TOML file, keyed by option name; every key and value checked.
 
     Keys sit in their own section (``[blocks] block = 2048``), with ``-`` or ``_``; a key in
     another section, an unknown key or section, or a value of the wrong type or range is a
-    one-line WsiSegError naming the file, the key and what it must be.
+    one-line WsiSegError naming the file, the key and what it must be. A credential
+    (``[storage] secret``, ``aws_secret_access_key``, ... in any table) is refused first,
+    in one line that never shows its value.
     """
     if not path.exists():
         raise WsiSegError("config file not found", path)
@@ -473,6 +531,7 @@ def load_toml(path: Path) -> dict[str, Any]:
         raise WsiSegError("config file not found", path) from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise WsiSegError(f"not a valid TOML file ({exc})", path) from None
+    _refuse_credentials(path, data)
     out: dict[str, Any] = {}
     for key, value in data.items():
         if isinstance(value, dict):

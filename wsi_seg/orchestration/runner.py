@@ -34,7 +34,13 @@ from wsi_seg.core.locations import OutputLocation, SlideLocation, SlideURL, slid
 from wsi_seg.core.locks import SlideLock, holder, try_lock
 from wsi_seg.core.naming import output_names, slide_stem
 from wsi_seg.orchestration import progress
-from wsi_seg.orchestration.cluster import BLOCK_GPU_SHARE, ClusterConfig, WorkerPlan, connect
+from wsi_seg.orchestration.cluster import (
+    BLOCK_GPU_SHARE,
+    ClusterConfig,
+    WorkerPlan,
+    connect,
+    share_storage,
+)
 from wsi_seg.orchestration.pipeline import (
     REPORT,
     BlockResult,
@@ -287,8 +293,10 @@ class Runner:
             "wall_s": round(time.perf_counter() - self.t0, 3),
             # The program by its name, not where one machine installed it.
             "command": ["wsi-seg", *sys.argv[1:]],
-            "config": {**asdict(self.config), "out_dir": str(self.config.out_dir),
-                       "model_path": model_label(self.config.model_path)},
+            # Where the store is and how it is signed in to stay out ([storage] options).
+            "config": {k: v for k, v in asdict(self.config).items() if k != "storage"}
+            | {"out_dir": str(self.config.out_dir),
+               "model_path": model_label(self.config.model_path)},
             "cluster": asdict(self.cluster),
             "workers": asdict(self.worker_plan) if self.worker_plan else None,
             "dashboard": self.dashboard,
@@ -440,6 +448,7 @@ class Runner:
                 self.write_run_json(finished=True)
                 return self.result()
             with connect(self.cluster) as (client, plan):
+                share_storage(client, self.config.storage)
                 infer = self._started(client, plan)
                 # Workers import the framework and load the model while the client plans
                 # the next slides (as many as the run would keep in flight).
@@ -888,6 +897,7 @@ def run_slides(slides: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
     The README's "Python" section shows it at work (a test runs that example).
     """
     from wsi_seg.orchestration.job import check_model_fit
+    from wsi_seg.stages.object_store import check_stores, use_storage
     from wsi_seg.stages.slide import find_slides
     from wsi_seg.stages.slide_files import read_slide_list
 
@@ -896,7 +906,11 @@ def run_slides(slides: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
     listed = read_slide_list(slide_list) if slide_list is not None else []
     if not paths and not listed:
         raise WsiSegError("no slides given: name slide files or folders, or --slides LIST")
-    found = find_slides(paths) if paths else []
-    given = {str(p) for p in found}
-    found += [p for p in listed if str(p) not in given]
-    return Runner(found, config, cluster or ClusterConfig(), quiet, gpu_resource).run()
+    # config.storage reaches every s3:// URL of the run: here (listing, opening, tissue,
+    # results) and on the workers (cluster.share_storage).
+    with use_storage(config.storage):
+        check_stores(p for p in listed if isinstance(p, SlideURL))
+        found = find_slides(paths) if paths else []
+        given = {str(p) for p in found}
+        found += [p for p in listed if str(p) not in given]
+        return Runner(found, config, cluster or ClusterConfig(), quiet, gpu_resource).run()

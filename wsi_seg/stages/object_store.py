@@ -6,7 +6,11 @@
   ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``, ``AWS_PROFILE`` and ``~/.aws/config`` /
   ``~/.aws/credentials``, ``AWS_ENDPOINT_URL``) and from fsspec's own configuration
   (``~/.config/fsspec/s3.json``, ``FSSPEC_S3_*`` variables); wsi-seg takes none on its
-  command line, so none can reach ``run.json``.
+  command line, so none can reach ``run.json``. The run TOML's ``[storage]`` section
+  (:class:`~wsi_seg.core.storage.StorageOptions`: endpoint, region, profile, anonymous; no
+  credentials) is laid over fsspec's configuration by :func:`use_storage`, so every s3://
+  filesystem of the process takes it: these reads, the results written, zarr's store and
+  wsidicom's series alike.
 * **Reads** are ranged: :class:`RemoteFile` fetches fixed blocks of :data:`BLOCK_BYTES` with
   one ranged GET per run of missing blocks, and keeps up to :data:`CACHE_BLOCKS` of them in
   fsspec's :class:`~fsspec.caching.BlockCache` (a slide's TIFF directories and tile tables are
@@ -17,14 +21,16 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from wsi_seg.core.errors import SlideError, WsiSegError
 from wsi_seg.core.locations import SlideURL
+from wsi_seg.core.storage import StorageOptions
 
 #: Bytes fetched per block: about ten 512 px JPEG tiles, so a row of tissue tiles costs a few
 #: requests while a tile in a sea of glass drags little glass along.
@@ -37,6 +43,57 @@ LOCK_STRIPES = 16
 
 class ObjectStoreError(SlideError):
     """The store cannot be reached, or refuses the credentials, or has no such bucket."""
+
+
+# -- the [storage] options of this process ----------------------------------------------------
+#: fsspec's own s3 configuration of this process before wsi-seg laid any options over it.
+_fsspec_own: dict[str, Any] | None = None
+_applied = StorageOptions()
+_applied_lock = threading.Lock()
+
+
+def apply_storage(options: StorageOptions) -> StorageOptions:
+    """Make ``options`` (over fsspec's own configuration) the settings of every s3://
+    filesystem this process builds from now on, whoever builds it (fsspec applies its
+    configuration to each new instance, and caches instances by their settings). Returns the
+    options applied before, so that a caller can put them back."""
+    import fsspec.config
+
+    global _fsspec_own, _applied
+    with _applied_lock:
+        if _fsspec_own is None:
+            _fsspec_own = copy.deepcopy(dict(fsspec.config.conf.get("s3", {})))
+        merged = {**_fsspec_own, **options.s3fs_kwargs()}
+        if "client_kwargs" in options.s3fs_kwargs() and "client_kwargs" in _fsspec_own:
+            merged["client_kwargs"] = {**_fsspec_own["client_kwargs"],
+                                       **options.s3fs_kwargs()["client_kwargs"]}
+        if merged:
+            fsspec.config.conf["s3"] = merged
+        else:
+            fsspec.config.conf.pop("s3", None)
+        before, _applied = _applied, options
+    return before
+
+
+@contextlib.contextmanager
+def use_storage(options: StorageOptions) -> Iterator[None]:
+    """``options`` applied (:func:`apply_storage`) within the block, then what was before.
+
+    >>> from wsi_seg.core.storage import StorageOptions
+    >>> with use_storage(StorageOptions(endpoint_url="http://127.0.0.1:9000")):
+    ...     import fsspec.config; fsspec.config.conf["s3"]["endpoint_url"]
+    'http://127.0.0.1:9000'
+    """
+    before = apply_storage(options)
+    try:
+        yield
+    finally:
+        apply_storage(before)
+
+
+def applied_storage() -> StorageOptions:
+    """The options this process's s3:// filesystems are built with now."""
+    return _applied
 
 
 def filesystem(url: SlideURL) -> Any:
@@ -95,6 +152,17 @@ def check_access(url: SlideURL) -> None:
                 from None
     except Exception as exc:  # botocore/aiohttp raise anything from ClientError to OSError
         raise ObjectStoreError(f"cannot list it: {_cause(exc)}", str(url)) from None
+
+
+def check_stores(urls: Iterable[SlideURL]) -> None:
+    """:func:`check_access` once per bucket (the prefix of its first URL), for slides that
+    are named, not listed (``--slides LIST``): a wrong credential or endpoint is one line
+    before any slide is opened, not one failure per slide."""
+    seen: set[str] = set()
+    for url in urls:
+        if url.bucket not in seen:
+            seen.add(url.bucket)
+            check_access(url.parent)
 
 
 @dataclass(frozen=True)
