@@ -17,27 +17,31 @@ import pytest
 
 from tests.dask_fixtures import DaskCluster
 from tests.model_fixtures import small_unet
-from tests.s3_fixtures import S3Server, s3_env, s3_server
+from tests.s3_fixtures import (
+    STORE_RUN_OPTS,
+    S3Server,
+    run_locally,
+    s3_env,
+    s3_server,
+    write_store_slides,
+)
 from tests.synth_fixtures import synthetic
 from wsi_seg.cli import main
 from wsi_seg.core.errors import SlideError
 from wsi_seg.core.locations import SlideURL, slide_location
 from wsi_seg.stages.object_store import fetched, reset_fetched
 from wsi_seg.stages.slide import find_slides, open_slide
-from wsi_seg.tools.synth import write_synthetic_slide
 
 __all__ = ["s3_env", "s3_server"]  # fixtures, imported for pytest
 
-RUN_OPTS = ["--block", "128", "--chunk", "128", "--batch-size", "4", "--quiet"]
+RUN_OPTS = STORE_RUN_OPTS
 BUCKET = "slides"
 
 
 @pytest.fixture(scope="module")
 def local_slides(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("local-slides")
-    write_synthetic_slide(d / "s1.svs", (2400, 2000), seed=11)
-    write_synthetic_slide(d / "s2.tif", (1600, 1600), seed=12)
-    return d
+    return write_store_slides(d, (11, 12))
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +60,7 @@ def uploaded(s3_server: S3Server, local_slides: Path) -> str:
 def local_reference(local_slides: Path, model: Path, tmp_path_factory: pytest.TempPathFactory
                     ) -> Path:
     """The same slides run from local disk (the bytes every store run must give)."""
-    out = tmp_path_factory.mktemp("local-ref")
-    assert main(["run", str(local_slides), "--out", str(out), "--model", str(model),
-                 "--scheduler", "threads", *RUN_OPTS]) == 0
-    return out
+    return run_locally(local_slides, model, tmp_path_factory.mktemp("local-ref"))
 
 
 def outputs(out: Path, stem: str) -> dict[str, bytes]:

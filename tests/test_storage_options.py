@@ -20,7 +20,14 @@ import pytest
 
 from tests.dask_fixtures import DaskCluster
 from tests.model_fixtures import small_unet
-from tests.s3_fixtures import S3Server, s3_env, s3_server
+from tests.s3_fixtures import (
+    STORE_RUN_OPTS,
+    S3Server,
+    run_locally,
+    s3_env,
+    s3_server,
+    write_store_slides,
+)
 from wsi_seg.cli import main
 from wsi_seg.core.params import ConfigError
 from wsi_seg.core.storage import StorageOptions
@@ -29,7 +36,7 @@ from wsi_seg.tools.synth import write_synthetic_slide
 
 __all__ = ["s3_env", "s3_server"]  # fixtures, imported for pytest
 
-RUN_OPTS = ["--block", "128", "--chunk", "128", "--batch-size", "4", "--quiet"]
+RUN_OPTS = STORE_RUN_OPTS
 BUCKET = "toml-store"
 STEMS = ("s1", "s2")
 
@@ -37,9 +44,7 @@ STEMS = ("s1", "s2")
 @pytest.fixture(scope="module")
 def local_slides(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("slides")
-    write_synthetic_slide(d / "s1.svs", (2400, 2000), seed=31)
-    write_synthetic_slide(d / "s2.tif", (1600, 1600), seed=32)
-    return d
+    return write_store_slides(d, (31, 32))
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +55,7 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def local_reference(local_slides: Path, model: Path, tmp_path_factory: pytest.TempPathFactory
                     ) -> Path:
-    out = tmp_path_factory.mktemp("local-ref")
-    assert main(["run", str(local_slides), "--out", str(out), "--model", str(model),
-                 "--scheduler", "threads", *RUN_OPTS]) == 0
-    return out
+    return run_locally(local_slides, model, tmp_path_factory.mktemp("local-ref"))
 
 
 @pytest.fixture

@@ -24,17 +24,23 @@ import pytest
 
 from tests.dask_fixtures import DaskCluster
 from tests.model_fixtures import small_unet
-from tests.s3_fixtures import S3Server, s3_env, s3_server
+from tests.s3_fixtures import (
+    STORE_RUN_OPTS,
+    S3Server,
+    run_locally,
+    s3_env,
+    s3_server,
+    write_store_slides,
+)
 from wsi_seg.cli import main
 from wsi_seg.core.locations import SlideURL
 from wsi_seg.orchestration.job import finished_names
 from wsi_seg.orchestration.report import REPORT
 from wsi_seg.stages import result_store
-from wsi_seg.tools.synth import write_synthetic_slide
 
 __all__ = ["s3_env", "s3_server"]  # fixtures, imported for pytest
 
-RUN_OPTS = ["--block", "128", "--chunk", "128", "--batch-size", "4", "--quiet"]
+RUN_OPTS = STORE_RUN_OPTS
 BUCKET = "results"
 STEMS = ("s1", "s2")
 
@@ -42,9 +48,7 @@ STEMS = ("s1", "s2")
 @pytest.fixture(scope="module")
 def local_slides(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("slides")
-    write_synthetic_slide(d / "s1.svs", (2400, 2000), seed=21)
-    write_synthetic_slide(d / "s2.tif", (1600, 1600), seed=22)
-    return d
+    return write_store_slides(d, (21, 22))
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +60,7 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def local_reference(local_slides: Path, model: Path, tmp_path_factory: pytest.TempPathFactory
                     ) -> Path:
     """The same slides with a local ``--out``: the bytes every store run must give."""
-    out = tmp_path_factory.mktemp("local-ref")
-    assert main(["run", str(local_slides), "--out", str(out), "--model", str(model),
-                 "--scheduler", "threads", *RUN_OPTS]) == 0
-    return out
+    return run_locally(local_slides, model, tmp_path_factory.mktemp("local-ref"))
 
 
 @pytest.fixture
