@@ -582,9 +582,8 @@ class Runner:
                 if self._prepare_one(state):
                     ready.append(state)
             if ready:
-                total = sum(s.job.tiles_todo for s in ready if s.job)
                 self.write_run_json()
-                self._collect(self._submit_all(client, infer, resources, ready), total)
+                self._stream(client, infer, resources, [])  # the slides just prepared
             waiting = [s for s in self.states if s.status == "held"]
             if waiting and not ready:
                 if time.perf_counter() - said > HELD_NOTICE_S:
@@ -637,16 +636,6 @@ class Runner:
         # while many blocks per worker feed its one predictor.
         return {"GPU": BLOCK_GPU_SHARE} if use_gpu else None
 
-    def _submit_all(self, client: Any, infer: InferConfig,
-                    resources: dict[str, float] | None,
-                    states: Sequence[SlideState]) -> _InFlight:
-        """These prepared slides' blocks, in a new flight."""
-        from distributed import as_completed
-
-        flight = _InFlight(client, as_completed())
-        self._submit(flight, infer, resources, states)
-        return flight
-
     def _submit(self, flight: _InFlight, infer: InferConfig,
                 resources: dict[str, float] | None, states: Sequence[SlideState]) -> None:
         """Submit each prepared slide's blocks (a slide with none left goes straight to
@@ -688,7 +677,8 @@ class Runner:
         """Run the prepared slides, and the slides in ``todo`` (popped from its end), keeping
         at most :data:`MAX_SLIDES_IN_FLIGHT` slides and about :data:`MAX_BLOCKS_IN_FLIGHT`
         blocks in flight: the next slide is prepared and submitted as results come in, so
-        the client's and the scheduler's memory stay flat in the number of slides."""
+        the client's and the scheduler's memory stay flat in the number of slides. With
+        ``todo`` empty, it runs just the slides prepared (the held ones taken over)."""
         from distributed import as_completed
 
         flight = _InFlight(client, as_completed())
@@ -738,15 +728,6 @@ class Runner:
                 self._submit_finish(flight, state)
         else:
             self._finished(state, value)
-
-    def _collect(self, flight: _InFlight, total_tiles: int) -> None:
-        """Take each task's result as it ends (slides submitted together)."""
-        bar = progress.Progress(total_tiles, "all slides", enabled=not self.quiet)
-        while flight.owner:
-            self._take(flight, next(flight.futures), bar)
-        for state in self.states:
-            self._close_bar(state)
-        bar.close()
 
     def _slide_progress(self, state: SlideState, tiles: int) -> None:
         """A bar per slide under the overall one, from its first block until its last (on a
