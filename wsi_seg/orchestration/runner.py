@@ -471,7 +471,15 @@ class Runner:
         if self.finished(state):
             self._skip(state)
             return False
-        lock = _try_lock(self.config.out_dir, state.name)
+        # Asked before every slide (a stat and a probe file), not only when run.json is
+        # rewritten (held to a share of the time): the lock and the work folder would make
+        # OUT again, and the slide would run, and be published, in a folder the user deleted.
+        self._stop_if_out_lost()
+        try:
+            lock = _try_lock(self.config.out_dir, state.name)
+        except OSError as exc:  # OUT deleted between the look and the lock's own file
+            self.fail(state, exc)  # stops the run first when OUT went
+            return False
         if lock is None:
             if state.status != "held":
                 self.say(f"~ {state.path.name}: {_holder(self.config.out_dir, state.name)} "
@@ -509,8 +517,9 @@ class Runner:
                  f"{final_dir_for(self.config.out_dir, state.path, state.name)}")
 
     def fail(self, state: SlideState, exc: BaseException) -> None:
-        if not isinstance(exc, WsiSegError):
-            self._stop_if_out_lost()  # the folder's fault, not the slide's
+        # The folder's fault, not the slide's? Asked whatever the error: a slide whose work
+        # folder went with OUT fails in a WsiSegError of its own (finish.check_work_dir).
+        self._stop_if_out_lost()
         self._close_bar(state)
         state.unlock()
         state.status = "failed"
@@ -790,6 +799,10 @@ class Runner:
     def _submit_finish(self, flight: _InFlight, state: SlideState) -> None:
         job = state.job
         assert job is not None and state.started is not None
+        # Never publish into OUT deleted (and made again by a write in flight) under the run:
+        # the worker's own check (finish.check_work_dir) passes in a folder made again before
+        # the slide was prepared.
+        self._stop_if_out_lost()
         wall = time.perf_counter() - state.started
         fut = flight.client.submit(finish_slide, job, self.config, sum_times(state.results),
                                    wall, pure=False, key=f"finish-{job.stem}-{job.config_digest}")
