@@ -139,3 +139,73 @@ def test_a_slide_list_runs_the_slides_it_names_and_a_missing_one_fails_alone(
     assert main(["run", "--out", str(tmp_path / "o3"), "--model", str(model)]) == 2
     assert "no slides given" in capsys.readouterr().err
     assert not (tmp_path / "o2").exists() and not (tmp_path / "o3").exists()
+
+
+def test_finished_slides_are_kept_as_records_not_reports(
+        cohort: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A finished slide's run.json entry and summary figures are kept as text out of the
+    client's memory, its report let go: no report is alive once the run returns, yet run.json
+    (one JSON document's layout), its run score and the summaries say what the published
+    report.json files say, the API reads each report back equal to the one the finishing task
+    returned, and a rerun's skipped slides show the same figures."""
+    import gc
+    from dataclasses import asdict
+
+    from wsi_seg.core.files import json_text
+    from wsi_seg.evaluation.metrics import summarize_scores
+    from wsi_seg.evaluation.overlay import SummaryRow, summary_markdown
+    from wsi_seg.orchestration.cluster import ClusterConfig
+    from wsi_seg.orchestration.job import RunConfig
+    from wsi_seg.orchestration.report import SlideReport, score_from_json
+
+    slides, model = cohort
+    returned: dict[str, SlideReport] = {}
+    finished = runner_module.Runner._finished
+
+    def finished_spy(self: Any, state: Any, report: SlideReport) -> None:
+        returned[state.name] = report
+        finished(self, state, report)
+
+    monkeypatch.setattr(runner_module.Runner, "_finished", finished_spy)
+    out = tmp_path / "out"
+    config = RunConfig(out_dir=out, model_path=model, truth=slides, block_px=128,
+                       chunk_px=128)
+    result = runner_module.Runner(sorted(slides.glob("*.svs")), config,
+                                  ClusterConfig(scheduler="threads"), quiet=True).run()
+    assert result.ok and result.count("ok") == len(STEMS)
+    gc.collect()
+    alive = [o for o in gc.get_objects() if isinstance(o, SlideReport)]
+    assert len(alive) == len(returned)  # the spy's own, and no other
+    returned_copy = dict(returned)
+    returned.clear()
+    for s in result.slides:
+        assert s.report == returned_copy[s.name] and s.score == returned_copy[s.name].score
+    assert list(result.reports()) == [returned_copy[n] for n in STEMS]
+    del returned_copy, alive
+    gc.collect()
+    assert not [o for o in gc.get_objects() if isinstance(o, SlideReport)]
+
+    raw = (out / "run.json").read_text()
+    record = json.loads(raw)
+    assert raw == json_text(record)  # spliced entries, laid out as one document
+    reports = [json.loads((out / n / "report.json").read_text()) for n in STEMS]
+    for entry, rep in zip(record["slides"], reports, strict=True):
+        assert entry["report"] == str(out / rep["output_name"] / "report.json")
+        assert {k: entry[k] for k in ("tiles_per_s", "wall_s", "blocks_wall_s", "stage_s",
+                                      "tumour_mm2", "tissue_mm2", "score", "notes")} == {
+            k: rep[k] for k in ("tiles_per_s", "wall_s", "blocks_wall_s", "stage_s",
+                                "tumour_mm2", "tissue_mm2", "score", "notes")}
+    scores = [score_from_json(r["score"]) for r in reports]
+    assert all(scores) and record["score"] == asdict(summarize_scores(scores))
+
+    def rows(status: str) -> list[SummaryRow]:
+        return [SummaryRow(f"{n}.svs", r["tissue_mm2"], r["tumour_mm2"], r["score"]["iou"],
+                           r["score"]["dice"], r["tiles_per_s"], status)
+                for n, r in zip(STEMS, reports, strict=True)]
+
+    footer = runner_module.run_score_lines(scores)
+    assert footer and (out / "summary.md").read_text() == summary_markdown(rows("ok"), footer)
+    again = runner_module.Runner(sorted(slides.glob("*.svs")), config,
+                                 ClusterConfig(scheduler="threads"), quiet=True).run()
+    assert again.count("skipped") == len(STEMS) and not list(again.reports())
+    assert (out / "summary.md").read_text() == summary_markdown(rows("skipped"))

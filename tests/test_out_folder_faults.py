@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -102,3 +103,63 @@ def test_output_folder_made_read_only_mid_run(slides: Path, tmp_path: Path) -> N
                       if line.startswith("✓ "))
     assert finished and sorted(kept.read_text().split()) == finished
     assert f"the {len(finished)} slide(s) it finished are kept" in errors[-1]
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from tests.model_fixtures import small_unet
+
+    d = tmp_path_factory.mktemp("small-slides")
+    for i in range(3):
+        write_synthetic_slide(d / f"t{i}.svs", (700, 600), seed=70 + i)
+    return d, small_unet(tmp_path_factory.mktemp("model") / "unet.keras")
+
+
+@pytest.mark.parametrize("when", ["taking the lock", "preparing"])
+def test_output_folder_deleted_as_a_slide_is_taken_up(
+        small: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], when: str) -> None:
+    """The deletion the test above makes at a random moment, made at the two moments that
+    raced: between the slide's lock and its lock's record (the lock makes OUT again, its
+    record then fails: no traceback), and just before the slide is prepared (its work folder
+    makes OUT again: the slide must not run, nor be published, in it). One slide in flight at
+    a time, so the first is published before the second is taken up."""
+    from wsi_seg.cli import main
+    from wsi_seg.core import locks
+    from wsi_seg.orchestration import runner as runner_module
+
+    slides, model = small
+    out = tmp_path / "out"
+    calls: list[str] = []
+
+    def delete_out() -> None:
+        out.rename(tmp_path / "gone")
+        shutil.rmtree(tmp_path / "gone")
+
+    def spy(real: Any, name: Any) -> Any:
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            calls.append(str(name(*args)))
+            if len(calls) == 2:
+                delete_out()
+            return real(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(runner_module, "MAX_SLIDES_IN_FLIGHT", 1)
+    if when == "taking the lock":
+        monkeypatch.setattr(locks, "write_json_atomic",
+                            spy(locks.write_json_atomic, lambda path, _: path.name))
+    else:
+        monkeypatch.setattr(runner_module, "prepare_slide",
+                            spy(runner_module.prepare_slide, lambda path, *_: path))
+    rc = main(["run", str(slides), "--out", str(out), "--model", str(model), "--block", "128",
+               "--chunk", "128", "--batch-size", "4", "--scheduler", "threads"])
+    captured = capsys.readouterr()
+    assert rc == 1 and len(calls) == 2, captured
+    assert "✓ t0.svs" in captured.out and "✓ t1.svs" not in captured.out
+    errors = _errors(captured.err.splitlines())
+    assert errors and errors[-1].startswith(
+        f"wsi-seg: error: {out}: output folder was deleted while the run was in flight: the "
+        "run stops; the 1 slide(s) it finished went with it; rerun to do the 2 left"), errors
+    published = [p.name for p in out.glob("*") if not p.name.startswith(".")] \
+        if out.exists() else []
+    assert not published and not (out / "run.json").exists(), published

@@ -121,6 +121,14 @@ def json_text(obj: Any) -> str:
     return json.dumps(obj, indent=2, default=_json_default) + "\n"
 
 
+def nested_json_text(obj: Any, depth: int) -> str:
+    """``obj`` as :func:`json_text` writes it ``depth`` containers deep inside a larger
+    document (its lines after the first indented to match, no final newline): a part that can
+    be serialised once and spliced into that document's text as often as it is rewritten.
+    JSON strings hold no raw newline, so every newline is a line of the layout."""
+    return json.dumps(obj, indent=2, default=_json_default).replace("\n", "\n" + "  " * depth)
+
+
 def write_json_output(path: str | os.PathLike[str] | SlideURL, obj: Any) -> None:
     """:func:`write_json_atomic`, to local disk or a store (:func:`write_output`)."""
     write_output(path, json_text(obj))

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import functools
 import platform
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from wsi_seg import __version__
 from wsi_seg.core.scores import format_score
-from wsi_seg.orchestration.report import SlideReport
+
+if TYPE_CHECKING:  # metrics imports the geometry stack; the client needs only the type
+    from wsi_seg.evaluation.metrics import OverlapScore
 
 #: The run's record in OUT: configuration, versions, per-slide status and timings.
 RUN_JSON = "run.json"
@@ -38,17 +41,18 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def run_score(reports: list[SlideReport]) -> Any:
-    """Micro/macro IoU and Dice over the scored slides (None when nothing was scored)."""
+def run_score(scores: Iterable[OverlapScore | None]) -> Any:
+    """Micro/macro IoU and Dice over the scored slides, given each slide's score in the run's
+    order (None: not scored); None when nothing was scored."""
     from wsi_seg.evaluation.metrics import summarize_scores
 
-    scores = [r.score for r in reports if r.score is not None]
-    return summarize_scores(scores) if scores else None
+    scored = [s for s in scores if s is not None]
+    return summarize_scores(scored) if scored else None
 
 
-def run_score_lines(reports: list[SlideReport]) -> list[str]:
+def run_score_lines(scores: Iterable[OverlapScore | None]) -> list[str]:
     """The run's scores as summary footer lines (empty-vs-empty slides counted apart)."""
-    run = run_score(reports)
+    run = run_score(scores)
     if run is None:
         return []
 

@@ -32,7 +32,7 @@ from wsi_seg.core.naming import REPORT
 if TYPE_CHECKING:  # metrics imports the geometry stack: the client reads reports without it
     from wsi_seg.evaluation.metrics import OverlapScore
 
-__all__ = ["REPORT", "REPORT_KEYS", "ClassRecord", "ModelRecord", "SlideReport"]
+__all__ = ["REPORT", "REPORT_KEYS", "ClassRecord", "ModelRecord", "SlideReport", "score_from_json"]
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,12 @@ class ClassRecord:
         data = asdict(self)
         data["score"] = self.score.as_dict() if self.score is not None else None
         return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ClassRecord:
+        """The record as :meth:`to_json` wrote it."""
+        return cls(data["name"], tuple(data["color"]), data["area_mm2"], data["regions"],
+                   score_from_json(data.get("score")))
 
 
 @dataclass(frozen=True)
@@ -113,6 +119,29 @@ class SlideReport:
                                   if self.polygons_score is not None else None)
         data["classes"] = [c.to_json() for c in self.classes]
         return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SlideReport:
+        """The report as :meth:`to_json` wrote it (a ``report.json`` read back): equal to the
+        one the finishing task returned."""
+        return cls(**{
+            **{k: data[k] for k in REPORT_KEYS if k in data},
+            "model": ModelRecord(**data["model"]),
+            "mosaic_shape_px": tuple(data["mosaic_shape_px"]),
+            "score": score_from_json(data["score"]),
+            "polygons_score": score_from_json(data["polygons_score"]),
+            "notes": tuple(data["notes"]),
+            "classes": tuple(ClassRecord.from_json(c) for c in data.get("classes") or ()),
+        })
+
+
+def score_from_json(data: dict[str, Any] | None) -> OverlapScore | None:
+    """An :class:`OverlapScore` from its ``as_dict`` (None stays None)."""
+    if data is None:
+        return None
+    from wsi_seg.evaluation.metrics import OverlapScore
+
+    return OverlapScore(data["tp"], data["fp"], data["fn"], data["resolution_um"])
 
 
 #: The keys of ``report.json``, in the order they are written.

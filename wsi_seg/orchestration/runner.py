@@ -7,19 +7,24 @@ is shown over tiles (overall, with tiles/s and ETA) with one line per finished s
 ``OUT/run.json`` records the configuration, versions, per-slide status, stage timings, tiles/s
 and errors, and is rewritten atomically whenever a slide finishes (for a large cohort, as often
 as 5 % of the client's time allows), so a killed run leaves a truthful record; rerunning the
-same command resumes. Slides are prepared and submitted as the run goes, a few at a time
-(:data:`MAX_SLIDES_IN_FLIGHT`, :data:`MAX_BLOCKS_IN_FLIGHT`), so a cohort of any size is a
-bounded graph and a slide's finishing overlaps the next slides' blocks.
+same command resumes. A finished slide's entry in it and its figures for the summaries are
+serialised once, into a temporary file of the client's (:class:`_Kept`), and its report let
+go: the client's memory per finished slide is a few numbers, whatever the cohort's size.
+Slides are prepared and submitted as the run goes, a few at a time (:data:`MAX_SLIDES_IN_FLIGHT`,
+:data:`MAX_BLOCKS_IN_FLIGHT`), so a cohort of any size is a bounded graph and a slide's
+finishing overlaps the next slides' blocks.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import sys
+import tempfile
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
@@ -29,7 +34,7 @@ from distributed.comm.core import CommClosedError
 
 from wsi_seg import __version__
 from wsi_seg.core.errors import RunStopped, WsiSegError, printable
-from wsi_seg.core.files import write_json_output
+from wsi_seg.core.files import json_text, nested_json_text, read_output_text, write_output
 from wsi_seg.core.locations import OutputLocation, SlideLocation, SlideURL, slide_location
 from wsi_seg.core.locks import SlideLock, holder, try_lock
 from wsi_seg.core.naming import output_names, slide_stem
@@ -59,6 +64,7 @@ from wsi_seg.orchestration.pipeline import (
     sum_times,
 )
 from wsi_seg.orchestration.records import RUN_JSON, run_score, run_score_lines, versions
+from wsi_seg.orchestration.report import score_from_json
 from wsi_seg.orchestration.warmup import warm_worker_async, warm_workers
 from wsi_seg.stages.card import model_label, verify_model_file
 from wsi_seg.stages.infer import InferConfig, check_batch_bytes, served_card
@@ -77,6 +83,10 @@ MAX_BLOCKS_IN_FLIGHT = 256
 #: The most of the client's time rewriting run.json may take (see Runner.write_run_json).
 RUN_JSON_BUSY_SHARE = 0.05
 HELD_NOTICE_S = 60.0
+#: What the summaries show of a slide, as report.json holds it.
+SUMMARY_KEYS = ("tissue_mm2", "tumour_mm2", "score", "tiles_per_s", "classes")
+#: Where run.json's slide entries go in the text of the rest of it (spliced in as text).
+_SLIDES = "\x00slides\x00"
 #: Seconds to wait for a worker declaring the resource blocks ask for (--gpu-resource).
 RESOURCE_WAIT_S = 60.0
 
@@ -84,7 +94,7 @@ __all__ = ["RUN_JSON", "RunResult", "Runner", "SlideResult", "SlideState", "one_
            "run_score_lines", "run_slides", "versions", "warm_worker_async"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class JobCounts:
     """What the run's records say of a slide's job once the job itself is let go."""
 
@@ -97,9 +107,10 @@ class JobCounts:
         return cls(job.n_tiles, job.n_blocks, job.n_blocks_done)
 
 
-@dataclass
+@dataclass(slots=True)
 class SlideState:
-    """Book-keeping of one slide during a run (mutable, client side only)."""
+    """Book-keeping of one slide during a run (mutable, client side only; slots: a cohort's
+    client holds one per slide)."""
 
     path: SlideLocation
     name: str  # the output folder name, distinct within the run
@@ -112,16 +123,18 @@ class SlideState:
     remaining: int = 0
     results: list[BlockResult] = field(default_factory=list)
     started: float | None = None
-    report: SlideReport | None = None
-    slide_dir: OutputLocation | None = None  # where the report was published
+    # This run published the slide's outputs (its report.json is this run's; the report
+    # itself is not held: its run.json entry and summary figures are kept in ``kept``).
+    published: bool = False
     bar: Any = None  # this slide's progress bar while its blocks run
     # Whether the slide's outputs were complete at the run's start, asked once per run
     # (None: not yet); ``taken`` is why its output folder cannot be used, if it cannot.
     done: bool | None = None
     taken: WsiSegError | None = None
-    # A skipped slide's figures for the summaries, from its finished report.json (only what
-    # the summaries show, so a long run does not hold every report).
-    earlier: dict[str, Any] | None = None
+    # Where the run's temporary file keeps the slide's run.json entry and its figures for
+    # the summaries (:meth:`_Kept.add`): a published slide's, from its report; a skipped
+    # one's figures, from its finished report.json. None: nothing kept.
+    kept: tuple[int, int, int] | None = None
     # This run's hold on the slide's outputs (another run's slide is "held" here): a file
     # lock on local disk, a lease in a store.
     lock: SlideLock | StoreLease | None = None
@@ -137,29 +150,33 @@ class SlideState:
     def result(self, out_dir: OutputLocation) -> SlideResult:
         """The slide's outcome, as the Python API returns it."""
         final = final_dir_for(out_dir, self.path, self.name)
-        there = self.status in ("ok", "skipped") or (self.report is not None)
+        there = self.status in ("ok", "skipped") or self.published
         c = self.job_counts()
+        output_dir = final if there and _output_there(final) else None
+        report = (None if not self.published or output_dir is None else output_dir / REPORT
+                  if isinstance(output_dir, SlideURL) else output_dir.absolute() / REPORT)
         return SlideResult(
-            self.path, self.name, self.status, self.error,
-            final if there and _output_there(final) else None, self.report,
+            self.path, self.name, self.status, self.error, output_dir, self.published,
             c.n_tiles if c else None, c.n_blocks if c else None,
-            c.n_blocks_done if c else None)
+            c.n_blocks_done if c else None, report)
 
     def job_counts(self) -> JobCounts | None:
         """The job's figures, whether it is still held or was let go."""
         return JobCounts.of(self.job) if self.job is not None else self.counts
 
-    def record(self) -> dict[str, Any]:
-        """The slide's entry in ``run.json``."""
+    def record(self, report: SlideReport | None = None,
+               slide_dir: OutputLocation | None = None) -> dict[str, Any]:
+        """The slide's entry in ``run.json``; with the report this run published for it (in
+        ``slide_dir``), its figures too."""
         d: dict[str, Any] = {"slide": str(self.path), "output": self.name,
                              "status": self.status}
         if self.error:
             d["error"] = self.error
         if (c := self.job_counts()) is not None:
             d.update(blocks=c.n_blocks, blocks_resumed=c.n_blocks_done, tiles=c.n_tiles)
-        if self.report is not None and self.slide_dir is not None:
-            r = self.report
-            d["report"] = str(self.slide_dir / REPORT)
+        if report is not None and slide_dir is not None:
+            r = report
+            d["report"] = str(slide_dir / REPORT)
             d.update(tiles_per_s=r.tiles_per_s, wall_s=r.wall_s, blocks_wall_s=r.blocks_wall_s,
                      stage_s=r.stage_s, tumour_mm2=r.tumour_mm2, tissue_mm2=r.tissue_mm2,
                      score=r.score.as_dict() if r.score is not None else None,
@@ -167,7 +184,7 @@ class SlideState:
         return d
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SlideResult:
     """One slide of a run.
 
@@ -178,7 +195,9 @@ class SlideResult:
             (another run was working on it) or ``failed`` (see ``error``).
         error: the one-line cause when it failed (or its score did), else None.
         output_dir: ``OUT/NAME`` when the slide's outputs are there, else None.
-        report: what ``report.json`` says, when this run finished the slide.
+        finished_here: this run finished the slide (published its outputs; a slide whose
+            score failed was published too): :attr:`report` reads its ``report.json``.
+        report_file: that ``report.json`` (absolute), when this run finished the slide.
         tiles: tiles over tissue (None when the slide could not be prepared).
         blocks, blocks_resumed: blocks planned, and those an earlier run had finished.
     """
@@ -188,15 +207,28 @@ class SlideResult:
     status: str
     error: str | None
     output_dir: OutputLocation | None
-    report: SlideReport | None
+    finished_here: bool
     tiles: int | None
     blocks: int | None
     blocks_resumed: int | None
+    # report.json's place (absolute: the working folder may change before it is read).
+    report_file: OutputLocation | None = field(default=None, repr=False)
+
+    @property
+    def report(self) -> SlideReport | None:
+        """What ``OUT/NAME/report.json`` says, when this run finished the slide (else None),
+        read from the file each time it is asked: a run's result holds no slide's report, so
+        a cohort's is as small as its list of slides. None too when the file is gone."""
+        if not self.finished_here or self.report_file is None:
+            return None
+        text = read_output_text(self.report_file)
+        return None if text is None else SlideReport.from_json(json.loads(text))
 
     @property
     def score(self) -> OverlapScore | None:
         """This run's score against the slide's truth (None: not scored)."""
-        return self.report.score if self.report is not None else None
+        report = self.report
+        return report.score if report is not None else None
 
 
 @dataclass(frozen=True)
@@ -218,6 +250,13 @@ class RunResult:
         """Slides with this status (``ok``, ``skipped``, ``held``, ``failed``)."""
         return sum(s.status == status for s in self.slides)
 
+    def reports(self) -> Iterator[SlideReport]:
+        """The reports of the slides this run finished, in order, each read from its
+        ``report.json`` as the iteration reaches it (none is held)."""
+        for s in self.slides:
+            if (report := s.report) is not None:
+                yield report
+
 
 def one_line(exc: BaseException) -> str:
     """A one-line cause for any exception (WsiSegError already is one)."""
@@ -225,6 +264,45 @@ def one_line(exc: BaseException) -> str:
         return str(exc)
     text = " ".join(str(exc).split()) or "no message"
     return f"{type(exc).__name__}: {text[:300]}"
+
+
+class _Kept:
+    """What the run's records keep of each finished slide, out of the client's memory: its
+    ``run.json`` entry, serialised once as it is spliced into each rewrite, and its figures
+    for the summaries (:data:`SUMMARY_KEYS`), appended to a temporary file of the client's
+    (gone when the run ends, or the process does). A slide holds where they are."""
+
+    def __init__(self) -> None:
+        self._file: Any = None
+
+    def add(self, entry: bytes, figures: dict[str, Any]) -> tuple[int, int, int]:
+        """Keep these; where they are (offset, entry's length, figures' length)."""
+        if self._file is None:
+            # Held open for the run (closed by close()), so no context manager.
+            self._file = tempfile.TemporaryFile(prefix="wsi-seg-run-")  # noqa: SIM115
+        fig = json.dumps(figures).encode("utf-8")
+        at = self._file.seek(0, os.SEEK_END)
+        self._file.write(entry + fig)
+        return at, len(entry), len(fig)
+
+    def entry(self, where: tuple[int, int, int]) -> bytes:
+        at, n, _ = where
+        return self._read(at, n)
+
+    def figures(self, where: tuple[int, int, int]) -> dict[str, Any]:
+        at, n, m = where
+        figures: dict[str, Any] = json.loads(self._read(at + n, m))
+        return figures
+
+    def _read(self, at: int, n: int) -> bytes:
+        self._file.seek(at)
+        data: bytes = self._file.read(n)
+        return data
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 @dataclass
@@ -265,6 +343,8 @@ class Runner:
         self.startup_s: float | None = None
         self.out_identity: tuple[int, int] | None = None  # OUT's (st_dev, st_ino), once made
         self._run_json_at = self._run_json_s = 0.0  # when run.json was last written, and cost
+        self._kept = _Kept()
+        self._n_scored = 0  # slides published with a score (run.json's and the summary's)
 
     # -- output --------------------------------------------------------------------------------
     def say(self, text: str, err: bool = False) -> None:
@@ -285,7 +365,6 @@ class Runner:
         self._run_json_s = self._run_json_at - now
 
     def _write_run_json(self, finished: bool) -> None:
-        reports = [s.report for s in self.states if s.report]
         record = {
             "wsi_seg_version": __version__,
             "started": self.started_at,
@@ -306,18 +385,44 @@ class Runner:
             "startup_workers": [asdict(w) for w in self.startup],
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
             "versions": versions(),
-            "slides": [s.record() for s in self.states],
+            "slides": _SLIDES,  # spliced in below: finished slides' entries are kept as text
             "failed": sum(s.status == "failed" for s in self.states),
             "tiles": self._tiles_done(),
-            "score": asdict(sc) if (sc := run_score(reports)) else None,
+            "score": asdict(sc) if (sc := run_score(self._scores())) else None,
         }
+        head, tail = json_text(record).split(json.dumps(_SLIDES), 1)
+        entries = [self._entry(s) for s in self.states]
+        data = b"".join((head.encode("utf-8"),
+                         b"[\n    " + b",\n    ".join(entries) + b"\n  ]" if entries else b"[]",
+                         tail.encode("utf-8")))
+        del entries
         self._stop_if_out_lost()  # never re-create a folder deleted under the run
         try:
-            write_json_output(self.config.out_dir / RUN_JSON, record)
+            write_output(self.config.out_dir / RUN_JSON, data)
         except OSError as exc:
             self._stop_if_out_lost()
             raise WsiSegError(f"cannot write {RUN_JSON} ({exc.strerror or exc})",
                               self.config.out_dir) from None
+
+    def _entry(self, state: SlideState) -> bytes:
+        """The slide's ``run.json`` entry as its text there: kept once published, else made."""
+        if state.published and state.kept is not None:
+            return self._kept.entry(state.kept)
+        return nested_json_text(state.record(), 2).encode("utf-8")
+
+    def _figures(self, state: SlideState) -> dict[str, Any]:
+        """What the summaries show of a slide, as ``report.json`` holds it: this run's report,
+        else (a skipped slide) the finished one read at the start; empty when neither."""
+        return self._kept.figures(state.kept) if state.kept is not None else {}
+
+    def _scores(self) -> Iterator[OverlapScore | None]:
+        """The scores of the slides this run published, in the run's order (read back only
+        when some slide was scored)."""
+        if not self._n_scored:
+            return
+        for s in self.states:
+            if s.published and s.kept is not None:
+                yield score_from_json(self._figures(s).get("score"))
 
     def _stop_if_out_lost(self) -> None:
         """Stop the run, in one line naming the folder and the cause, when ``OUT`` was
@@ -360,8 +465,7 @@ class Runner:
         # A slide that could not be scored before is redone (the truth may be fixed now).
         if self.config.truth is not None and report.get("score_error"):
             return False
-        state.earlier = {k: report.get(k) for k in ("tissue_mm2", "tumour_mm2", "score",
-                                                     "tiles_per_s", "classes")}
+        state.kept = self._kept.add(b"", {k: report.get(k) for k in SUMMARY_KEYS})
         return True
 
     def prepare(self) -> None:
@@ -375,7 +479,15 @@ class Runner:
         if self.finished(state):
             self._skip(state)
             return False
-        lock = _try_lock(self.config.out_dir, state.name)
+        # Asked before every slide (a stat and a probe file), not only when run.json is
+        # rewritten (held to a share of the time): the lock and the work folder would make
+        # OUT again, and the slide would run, and be published, in a folder the user deleted.
+        self._stop_if_out_lost()
+        try:
+            lock = _try_lock(self.config.out_dir, state.name)
+        except OSError as exc:  # OUT deleted between the look and the lock's own file
+            self.fail(state, exc)  # stops the run first when OUT went
+            return False
         if lock is None:
             if state.status != "held":
                 self.say(f"~ {state.path.name}: {_holder(self.config.out_dir, state.name)} "
@@ -413,8 +525,9 @@ class Runner:
                  f"{final_dir_for(self.config.out_dir, state.path, state.name)}")
 
     def fail(self, state: SlideState, exc: BaseException) -> None:
-        if not isinstance(exc, WsiSegError):
-            self._stop_if_out_lost()  # the folder's fault, not the slide's
+        # The folder's fault, not the slide's? Asked whatever the error: a slide whose work
+        # folder went with OUT fails in a WsiSegError of its own (finish.check_work_dir).
+        self._stop_if_out_lost()
         self._close_bar(state)
         state.unlock()
         state.status = "failed"
@@ -428,6 +541,12 @@ class Runner:
     def run(self) -> RunResult:
         """Check the output folder and model, then run every unfinished slide (see the
         module docstring); writes run.json and the summaries."""
+        try:
+            return self._run()
+        finally:
+            self._kept.close()
+
+    def _run(self) -> RunResult:
         # A bad model is the run's error, not every slide's: one line, before any worker starts
         # (and before the output folder is made).
         model = self.config.resolved_model()
@@ -481,9 +600,8 @@ class Runner:
                 if self._prepare_one(state):
                     ready.append(state)
             if ready:
-                total = sum(s.job.tiles_todo for s in ready if s.job)
                 self.write_run_json()
-                self._collect(self._submit_all(client, infer, resources, ready), total)
+                self._stream(client, infer, resources, [])  # the slides just prepared
             waiting = [s for s in self.states if s.status == "held"]
             if waiting and not ready:
                 if time.perf_counter() - said > HELD_NOTICE_S:
@@ -536,16 +654,6 @@ class Runner:
         # while many blocks per worker feed its one predictor.
         return {"GPU": BLOCK_GPU_SHARE} if use_gpu else None
 
-    def _submit_all(self, client: Any, infer: InferConfig,
-                    resources: dict[str, float] | None,
-                    states: Sequence[SlideState]) -> _InFlight:
-        """These prepared slides' blocks, in a new flight."""
-        from distributed import as_completed
-
-        flight = _InFlight(client, as_completed())
-        self._submit(flight, infer, resources, states)
-        return flight
-
     def _submit(self, flight: _InFlight, infer: InferConfig,
                 resources: dict[str, float] | None, states: Sequence[SlideState]) -> None:
         """Submit each prepared slide's blocks (a slide with none left goes straight to
@@ -587,7 +695,8 @@ class Runner:
         """Run the prepared slides, and the slides in ``todo`` (popped from its end), keeping
         at most :data:`MAX_SLIDES_IN_FLIGHT` slides and about :data:`MAX_BLOCKS_IN_FLIGHT`
         blocks in flight: the next slide is prepared and submitted as results come in, so
-        the client's and the scheduler's memory stay flat in the number of slides."""
+        the client's and the scheduler's memory stay flat in the number of slides. With
+        ``todo`` empty, it runs just the slides prepared (the held ones taken over)."""
         from distributed import as_completed
 
         flight = _InFlight(client, as_completed())
@@ -637,15 +746,6 @@ class Runner:
                 self._submit_finish(flight, state)
         else:
             self._finished(state, value)
-
-    def _collect(self, flight: _InFlight, total_tiles: int) -> None:
-        """Take each task's result as it ends (slides submitted together)."""
-        bar = progress.Progress(total_tiles, "all slides", enabled=not self.quiet)
-        while flight.owner:
-            self._take(flight, next(flight.futures), bar)
-        for state in self.states:
-            self._close_bar(state)
-        bar.close()
 
     def _slide_progress(self, state: SlideState, tiles: int) -> None:
         """A bar per slide under the overall one, from its first block until its last (on a
@@ -708,6 +808,10 @@ class Runner:
     def _submit_finish(self, flight: _InFlight, state: SlideState) -> None:
         job = state.job
         assert job is not None and state.started is not None
+        # Never publish into OUT deleted (and made again by a write in flight) under the run:
+        # the worker's own check (finish.check_work_dir) passes in a folder made again before
+        # the slide was prepared.
+        self._stop_if_out_lost()
         wall = time.perf_counter() - state.started
         fut = flight.client.submit(finish_slide, job, self.config, sum_times(state.results),
                                    wall, pure=False, key=f"finish-{job.stem}-{job.config_digest}")
@@ -719,15 +823,21 @@ class Runner:
             state.counts, state.job = JobCounts.of(state.job), None
         state.results = []
         state.status = "ok"
-        state.slide_dir = final_dir_for(self.config.out_dir, state.path, state.name)
-        state.report = report
+        state.published = True
+        slide_dir = final_dir_for(self.config.out_dir, state.path, state.name)
         if report.score_error:
             # Outputs are published, but the score the user asked for is not there: that is
             # a failure of the run, said on stderr and in run.json.
             state.status = "failed"
             state.error = f"{state.path}: cannot score: {report.score_error}"
             self.say(f"wsi-seg: error: {state.error}", err=True)
-        self.say(_done_line(state.path, report, state.slide_dir,
+        # Its run.json entry and summary figures are kept as text, the report let go.
+        data = report.to_json()
+        state.kept = self._kept.add(
+            nested_json_text(state.record(report, slide_dir), 2).encode("utf-8"),
+            {k: data.get(k) for k in SUMMARY_KEYS})
+        self._n_scored += report.score is not None
+        self.say(_done_line(state.path, report, slide_dir,
                             mark="✗" if report.score_error else "✓") + self._cohort_text())
         if report.classes:
             self.say(f"  classes: {_classes_text(report)}")
@@ -752,7 +862,7 @@ class Runner:
         """Tiles of the slides this run predicted and published (a slide whose score failed
         was predicted and published too)."""
         return sum(c.n_tiles for s in self.states
-                   if s.report is not None and (c := s.job_counts()) is not None)
+                   if s.published and (c := s.job_counts()) is not None)
 
     def result(self) -> RunResult:
         self._write_summaries()
@@ -775,7 +885,7 @@ class Runner:
         for s in self.states:
             status = s.status if s.status != "failed" else f"failed: {s.error}"
             name = s.path.name if s.name == slide_stem(s.path) else s.name
-            fig = _summary_figures(s)
+            fig = self._figures(s)
             rows.append(SummaryRow(
                 slide=name, tissue_mm2=fig.get("tissue_mm2"), tumour_mm2=fig.get("tumour_mm2"),
                 iou=(fig.get("score") or {}).get("iou"),
@@ -785,7 +895,7 @@ class Runner:
                                     (c.get("score") or {}).get("iou"),
                                     (c.get("score") or {}).get("dice"))
                            for c in fig.get("classes") or ()]
-        footer = run_score_lines([s.report for s in self.states if s.report])
+        footer = run_score_lines(self._scores())
         write_summary_csv(rows, self.config.out_dir / "summary.csv")
         write_summary_md(rows, self.config.out_dir / "summary.md", footer=footer,
                          classes=class_rows)
@@ -839,16 +949,6 @@ def _report_stamp(out_dir: OutputLocation, state: SlideState
     except OSError:
         return None
     return st.st_mtime_ns, st.st_size
-
-
-def _summary_figures(state: SlideState) -> dict[str, Any]:
-    """What the summaries show of a slide, as ``report.json`` holds it: from this run's report,
-    else (a skipped slide) from the finished one read at the start; empty when neither."""
-    if state.report is not None:
-        data = state.report.to_json()
-        return {k: data.get(k) for k in ("tissue_mm2", "tumour_mm2", "score", "tiles_per_s",
-                                         "classes")}
-    return state.earlier or {}
 
 
 def _classes_text(report: SlideReport) -> str:
