@@ -276,15 +276,14 @@ def _keras_bomb(path: Path, member: str, deflate: bytes, crc: int, declared: int
 # The child measures its own peak RSS around the command, after importing every command
 # module, so the growth is what the refused input cost.
 CHILD = """
-import json, resource, sys, time
+import json, resource, sys
 from wsi_seg.cli import build_parser, main
 import dask.distributed, shapely, zarr
 build_parser()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-start = time.perf_counter()
 rc = main(sys.argv[1:])
 grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
-print(json.dumps({"rc": rc, "grew_mib": grew / 1024, "s": time.perf_counter() - start}))
+print(json.dumps({"rc": rc, "grew_mib": grew / 1024}))
 """
 
 
@@ -318,7 +317,6 @@ def test_keras_bomb_is_refused_without_inflating(
                              str(bomb), *RUN_OPTS)
     assert result["rc"] == 2, err
     assert result["grew_mib"] < 100, result
-    assert result["s"] < 10, result
     line = _one_error_line(err)
     assert "bomb.keras" in line and said in line
 
@@ -334,7 +332,6 @@ def test_gzip_truth_bomb_is_refused_without_inflating(
         result, err = _run_child("score", str(pred), str(truth), "--slide", str(slide))
         assert result["rc"] == 2, err
         assert result["grew_mib"] < 100, result
-        assert result["s"] < 10, result
         line = _one_error_line(err)
         assert "bomb.geojson.gz" in line and "inflates to more than the 256 MiB" in line
 
@@ -393,7 +390,6 @@ def test_mask_truth_bomb_is_refused_without_decoding(
                              "--mask-mpp", "1", timeout_s=120)
     assert result["rc"] == 2, err
     assert result["grew_mib"] < 100, result
-    assert result["s"] < 10, result
     line = _one_error_line(err)
     assert "mask." in line and said in line
 
