@@ -149,13 +149,14 @@ def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3S
     s3fs.S3FileSystem.clear_instance_cache()
 
 
+
 #: The store tests' run options: small blocks and chunks (many objects from small slides).
 STORE_RUN_OPTS = ["--block", "128", "--chunk", "128", "--batch-size", "4", "--quiet"]
 
 
 def write_store_slides(folder: Path, seeds: tuple[int, int]) -> Path:
     """The store tests' two slides in ``folder``: ``s1.svs`` (2400 x 2000 px) and ``s2.tif``
-    (a generic tiled TIFF, 1600 x 1600 px), each test file with its own seeds."""
+    (a generic tiled TIFF, 1600 x 1600 px)."""
     from wsi_seg.tools.synth import write_synthetic_slide
 
     write_synthetic_slide(folder / "s1.svs", (2400, 2000), seed=seeds[0])
@@ -163,11 +164,30 @@ def write_store_slides(folder: Path, seeds: tuple[int, int]) -> Path:
     return folder
 
 
-def run_locally(slides: Path, model: Path, out: Path) -> Path:
-    """The slides run from local disk into a local ``out`` (in-process scheduler): the bytes
-    every store run of them must give."""
+@pytest.fixture(scope="module")
+def local_slides(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+                 ) -> Path:
+    """The module's two slides on local disk, from its ``SLIDE_SEEDS`` (each test file its
+    own, so their outputs never meet)."""
+    return write_store_slides(tmp_path_factory.mktemp("slides"), request.module.SLIDE_SEEDS)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small UNet the store tests run."""
+    from tests.model_fixtures import small_unet
+
+    return small_unet(tmp_path_factory.mktemp("model") / "unet.keras")
+
+
+@pytest.fixture(scope="module")
+def local_reference(local_slides: Path, model: Path, tmp_path_factory: pytest.TempPathFactory
+                    ) -> Path:
+    """The slides run from local disk into a local ``--out`` (in-process scheduler): the
+    bytes every store run of them must give."""
     from wsi_seg.cli import main
 
-    assert main(["run", str(slides), "--out", str(out), "--model", str(model),
+    out = tmp_path_factory.mktemp("local-ref")
+    assert main(["run", str(local_slides), "--out", str(out), "--model", str(model),
                  "--scheduler", "threads", *STORE_RUN_OPTS]) == 0
     return out

@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 
 from tests.dask_fixtures import DaskCluster
-from tests.model_fixtures import small_unet
 from tests.s3_fixtures import (
     STORE_RUN_OPTS,
     S3Server,
-    run_locally,
+    local_reference,
+    local_slides,
+    model,
     s3_env,
     s3_server,
-    write_store_slides,
 )
 from tests.synth_fixtures import synthetic
 from wsi_seg.cli import main
@@ -32,21 +32,11 @@ from wsi_seg.core.locations import SlideURL, slide_location
 from wsi_seg.stages.object_store import fetched, reset_fetched
 from wsi_seg.stages.slide import find_slides, open_slide
 
-__all__ = ["s3_env", "s3_server"]  # fixtures, imported for pytest
+__all__ = ["local_reference", "local_slides", "model", "s3_env", "s3_server"]  # fixtures
 
 RUN_OPTS = STORE_RUN_OPTS
+SLIDE_SEEDS = (11, 12)  # this file's slides (tests.s3_fixtures.local_slides)
 BUCKET = "slides"
-
-
-@pytest.fixture(scope="module")
-def local_slides(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("local-slides")
-    return write_store_slides(d, (11, 12))
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return small_unet(tmp_path_factory.mktemp("model") / "unet.keras")
 
 
 @pytest.fixture(scope="module")
@@ -54,13 +44,6 @@ def uploaded(s3_server: S3Server, local_slides: Path) -> str:
     """The run's slides under ``s3://slides/run/``."""
     s3_server.upload(BUCKET, "run/", sorted(local_slides.glob("s*.*")))
     return f"s3://{BUCKET}/run/"
-
-
-@pytest.fixture(scope="module")
-def local_reference(local_slides: Path, model: Path, tmp_path_factory: pytest.TempPathFactory
-                    ) -> Path:
-    """The same slides run from local disk (the bytes every store run must give)."""
-    return run_locally(local_slides, model, tmp_path_factory.mktemp("local-ref"))
 
 
 def outputs(out: Path, stem: str) -> dict[str, bytes]:

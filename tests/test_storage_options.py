@@ -19,14 +19,14 @@ from pathlib import Path
 import pytest
 
 from tests.dask_fixtures import DaskCluster
-from tests.model_fixtures import small_unet
 from tests.s3_fixtures import (
     STORE_RUN_OPTS,
     S3Server,
-    run_locally,
+    local_reference,
+    local_slides,
+    model,
     s3_env,
     s3_server,
-    write_store_slides,
 )
 from wsi_seg.cli import main
 from wsi_seg.core.params import ConfigError
@@ -34,28 +34,12 @@ from wsi_seg.core.storage import StorageOptions
 from wsi_seg.orchestration import options
 from wsi_seg.tools.synth import write_synthetic_slide
 
-__all__ = ["s3_env", "s3_server"]  # fixtures, imported for pytest
+__all__ = ["local_reference", "local_slides", "model", "s3_env", "s3_server"]  # fixtures
 
 RUN_OPTS = STORE_RUN_OPTS
+SLIDE_SEEDS = (31, 32)  # this file's slides (tests.s3_fixtures.local_slides)
 BUCKET = "toml-store"
 STEMS = ("s1", "s2")
-
-
-@pytest.fixture(scope="module")
-def local_slides(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("slides")
-    return write_store_slides(d, (31, 32))
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return small_unet(tmp_path_factory.mktemp("model") / "unet.keras")
-
-
-@pytest.fixture(scope="module")
-def local_reference(local_slides: Path, model: Path, tmp_path_factory: pytest.TempPathFactory
-                    ) -> Path:
-    return run_locally(local_slides, model, tmp_path_factory.mktemp("local-ref"))
 
 
 @pytest.fixture

@@ -23,14 +23,14 @@ from pathlib import Path
 import pytest
 
 from tests.dask_fixtures import DaskCluster
-from tests.model_fixtures import small_unet
 from tests.s3_fixtures import (
     STORE_RUN_OPTS,
     S3Server,
-    run_locally,
+    local_reference,
+    local_slides,
+    model,
     s3_env,
     s3_server,
-    write_store_slides,
 )
 from wsi_seg.cli import main
 from wsi_seg.core.locations import SlideURL
@@ -38,29 +38,12 @@ from wsi_seg.orchestration.job import finished_names
 from wsi_seg.orchestration.report import REPORT
 from wsi_seg.stages import result_store
 
-__all__ = ["s3_env", "s3_server"]  # fixtures, imported for pytest
+__all__ = ["local_reference", "local_slides", "model", "s3_env", "s3_server"]  # fixtures
 
 RUN_OPTS = STORE_RUN_OPTS
+SLIDE_SEEDS = (21, 22)  # this file's slides (tests.s3_fixtures.local_slides)
 BUCKET = "results"
 STEMS = ("s1", "s2")
-
-
-@pytest.fixture(scope="module")
-def local_slides(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("slides")
-    return write_store_slides(d, (21, 22))
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return small_unet(tmp_path_factory.mktemp("model") / "unet.keras")
-
-
-@pytest.fixture(scope="module")
-def local_reference(local_slides: Path, model: Path, tmp_path_factory: pytest.TempPathFactory
-                    ) -> Path:
-    """The same slides with a local ``--out``: the bytes every store run must give."""
-    return run_locally(local_slides, model, tmp_path_factory.mktemp("local-ref"))
 
 
 @pytest.fixture
