@@ -174,10 +174,16 @@ def _cold_figures(cold: list[dict[str, Any]]) -> dict[str, Any]:
     }}
 
 
+def _model_limit(model: list[dict[str, Any]], dup: float) -> float:
+    """The model-only limit in distinct tiles/s: the median predictions/s over the halo
+    factor."""
+    return statistics.median(m["predictions_per_s"] for m in model) / dup
+
+
 def _limits(e2e: list[dict[str, Any]], model: list[dict[str, Any]],
             read: list[dict[str, Any]], dup: float) -> dict[str, Any]:
     """The slower limit (medians) and the e2e ratios against it."""
-    limit_m = statistics.median(m["predictions_per_s"] for m in model) / dup
+    limit_m = _model_limit(model, dup)
     limit_r = statistics.median(r["tiles_per_s"] for r in read)
     limit = min(limit_m, limit_r)
     e2e_tps = statistics.median(e["tiles_per_s"] for e in e2e)
@@ -199,9 +205,8 @@ def entry_figures(plan: dict[str, Any], got: dict[str, list[dict[str, Any]]]
     if cold:
         out.update(_cold_figures(cold))
         if model:  # the issue's figure: a cold run against the model-only rate, same rounds
-            limit_m = statistics.median(m["predictions_per_s"] for m in model) / dup
-            out["ratio_cold"] = round(
-                statistics.median(c["tiles_per_s"] for c in cold) / limit_m, 4)
+            out["ratio_cold"] = round(statistics.median(c["tiles_per_s"] for c in cold)
+                                      / _model_limit(model, dup), 4)
     if model:
         out["model_only"] = {
             "predictions_per_s": summary([m["predictions_per_s"] for m in model], 2),
